@@ -1,0 +1,284 @@
+# Hive Mesh wire protocol. One ZeroMQ frame carries one Envelope (plus the routing frame on a
+# ROUTER). docs/protocol.md describes the flow. Rules for changing this file: never renumber or
+# retype a field; add fields and union arms at the end; bump protocolVersion only for changes
+# an old peer cannot ignore.
+@0xd79da499abba8c7f;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("mesh::proto");
+
+const protocolVersion :UInt16 = 1;
+
+struct Envelope {
+  version @0 :UInt16;
+  requestId @1 :UInt64;   # chosen by the requester, echoed in the reply; 0 for unsolicited
+  body :union {
+    # ---- node port: spore <-> nexus -------------------------------------------------------
+    hello @2 :Hello;             # spore -> nexus, first message on every (re)connection
+    welcome @3 :Welcome;         # nexus -> spore, answer to hello
+    heartbeat @4 :Heartbeat;     # both ways, every heartbeat interval
+    assign @5 :Assign;           # nexus -> spore: tasks to run
+    results @6 :Results;         # spore -> nexus: finished tasks
+    cancelTasks @7 :CancelTasks; # nexus -> spore: stop these tasks, their result is not wanted
+    # ---- client port: mesh CLI / client API <-> nexus --------------------------------------
+    submit @8 :Submit;
+    submitAck @9 :SubmitAck;
+    watch @10 :Watch;
+    progress @11 :Progress;
+    fetchResults @12 :FetchResults;
+    resultPage @13 :ResultPage;
+    statusRequest @14 :Void;
+    statusReply @15 :StatusReply;
+    nodesRequest @16 :Void;
+    nodesReply @17 :NodesReply;
+    taskRequest @18 :UInt64;     # task id
+    taskReply @19 :TaskInfo;
+    cancelBatch @20 :UInt64;     # batch id
+    cancelAck @21 :CancelAck;
+    error @22 :Error;            # reply to any request that could not be served
+    # ---- events port: PUB -> SUB, hints only -----------------------------------------------
+    event @23 :Event;
+  }
+}
+
+struct Error {
+  code @0 :Code;
+  message @1 :Text;            # one line, says what to do
+  enum Code {
+    badRequest @0;      # malformed, unknown kind, out-of-range field
+    notFound @1;        # no such batch or task
+    forbidden @2;       # the key's role may not do this
+    tooLarge @3;        # payload or batch over the configured limit
+    unavailable @4;     # nexus is busy (queue full) or shutting down: retry later
+    unknownHandler @5;  # no live spore has announced this handler
+    internal @6;        # a bug or a storage failure on the nexus; see its log
+  }
+}
+
+# ---- node port -------------------------------------------------------------------------------
+
+struct Hello {
+  name @0 :Text;               # human name of the spore (host name by default)
+  softwareVersion @1 :Text;
+  slots @2 :UInt16;            # tasks it runs at once
+  tags @3 :List(Text);         # capabilities, matched against a batch's requirements
+  handlers @4 :List(Text);     # handler names it can run
+  running @5 :List(UInt64);    # task ids still running from before a reconnect
+  advertise @6 :Text;          # address the operator pinned with --advertise, or empty
+  foundBy @7 :Text;            # "seed" or "beacon"
+  pid @8 :UInt32;
+}
+
+struct Welcome {
+  heartbeatMs @0 :UInt32;
+  missedBeats @1 :UInt8;       # peers are declared dead after this many silent intervals
+  nexusName @2 :Text;
+}
+
+struct Heartbeat {
+  cpuPct @0 :Float32;          # whole-host CPU busy, 0-100, from /proc/stat
+  memPct @1 :Float32;          # 100 - MemAvailable/MemTotal, from /proc/meminfo
+  running @2 :UInt32;          # tasks executing now
+  freeSlots @3 :UInt32;
+}
+
+struct TaskRun {
+  id @0 :UInt64;
+  attempt @1 :UInt8;           # 1 for the first run
+  handler @2 :Text;
+  payload @3 :Data;
+  timeoutMs @4 :UInt32;        # 0: no deadline
+}
+
+struct Assign {
+  tasks @0 :List(TaskRun);
+}
+
+enum TaskStatus {
+  ok @0;
+  failed @1;          # the handler reported failure; `error` says why
+  timedOut @2;        # killed at its deadline
+  crashed @3;         # the handler process died by a signal or the spore died under it
+  unknownHandler @4;  # this spore cannot run the handler
+  cancelled @5;
+  quarantined @6;     # killed its spore too many times; never retried
+}
+
+struct TaskResult {
+  id @0 :UInt64;
+  attempt @1 :UInt8;
+  status @2 :TaskStatus;
+  output @3 :Data;
+  error @4 :Text;
+  startedMs @5 :Int64;         # wall clock, ms since the epoch
+  durationUs @6 :UInt64;
+}
+
+struct Results {
+  results @0 :List(TaskResult);
+}
+
+struct CancelTasks {
+  ids @0 :List(UInt64);
+}
+
+# ---- client port -----------------------------------------------------------------------------
+
+struct BatchSpec {
+  handler @0 :Text;
+  priority @1 :UInt8;          # 0-255, higher runs first
+  requires @2 :List(Text);     # tags a spore must have
+  timeoutMs @3 :UInt32;        # per attempt; 0 = the nexus default
+  maxAttempts @4 :UInt8;       # 0 = the nexus default
+  label @5 :Text;
+}
+
+struct Submit {
+  batch @0 :UInt64;            # 0 opens a new batch with `spec`; else appends to that open batch
+  spec @1 :BatchSpec;
+  payloads @2 :List(Data);     # one task each, in order
+  seal @3 :Bool;               # no task will be added after these
+  watch @4 :Bool;              # send Progress to this connection as the batch advances
+}
+
+struct SubmitAck {
+  batch @0 :UInt64;
+  firstTask @1 :UInt64;        # the tasks of this chunk have ids firstTask .. firstTask+count-1
+  firstIndex @2 :UInt64;       # and indexes firstIndex .. within their batch
+  count @3 :UInt32;
+}
+
+struct Watch {
+  batch @0 :UInt64;            # progress is sent at least every 250 ms and when the batch ends
+}
+
+struct Progress {
+  batch @0 :UInt64;
+  total @1 :UInt64;            # tasks accepted so far
+  sealed @2 :Bool;
+  queued @3 :UInt64;
+  running @4 :UInt64;
+  succeeded @5 :UInt64;
+  failed @6 :UInt64;           # failed for good (attempts exhausted, quarantined)
+  cancelled @7 :UInt64;
+  finished @8 :Bool;           # sealed and every task has a final recorded result
+}
+
+struct FetchResults {
+  batch @0 :UInt64;
+  fromIndex @1 :UInt64;
+  limit @2 :UInt32;
+}
+
+struct ResultRow {
+  task @0 :UInt64;
+  index @1 :UInt64;
+  status @2 :TaskStatus;
+  output @3 :Data;
+  error @4 :Text;
+  attempts @5 :UInt8;
+  node @6 :Text;
+}
+
+struct ResultPage {
+  batch @0 :UInt64;
+  rows @1 :List(ResultRow);    # final results only, by index; tasks still pending are skipped
+  nextIndex @2 :UInt64;        # ask again from here
+  end @3 :Bool;                # no index at or after nextIndex can have a result yet
+}
+
+struct Counter {
+  name @0 :Text;
+  value @1 :UInt64;
+}
+
+struct BatchSummary {
+  id @0 :UInt64;
+  label @1 :Text;
+  handler @2 :Text;
+  priority @3 :UInt8;
+  progress @4 :Progress;
+  submittedMs @5 :Int64;
+}
+
+struct StatusReply {
+  nexusName @0 :Text;
+  softwareVersion @1 :Text;
+  uptimeMs @2 :UInt64;
+  nodesAlive @3 :UInt32;
+  slotsTotal @4 :UInt32;
+  queued @5 :UInt64;
+  running @6 :UInt64;
+  batches @7 :List(BatchSummary);   # batches not finished, and the latest finished ones
+  counters @8 :List(Counter);
+}
+
+struct NodeInfo {
+  key @0 :Text;                # z85 public key
+  fingerprint @1 :Text;
+  name @2 :Text;
+  address @3 :Text;
+  foundBy @4 :Text;
+  tags @5 :List(Text);
+  slots @6 :UInt16;
+  inFlight @7 :UInt32;         # counted by the nexus
+  cpuPct @8 :Float32;
+  memPct @9 :Float32;
+  score @10 :Float32;
+  lastBeatMsAgo @11 :UInt64;
+  alive @12 :Bool;
+  tasksDone @13 :UInt64;
+  connectedMs @14 :Int64;
+  softwareVersion @15 :Text;
+  handlers @16 :List(Text);
+}
+
+struct NodesReply {
+  nodes @0 :List(NodeInfo);
+}
+
+struct Attempt {
+  number @0 :UInt8;
+  node @1 :Text;               # name (fingerprint) of the spore
+  assignedMs @2 :Int64;
+  startedMs @3 :Int64;
+  endedMs @4 :Int64;
+  outcome @5 :Text;            # ok, failed, timed out, crashed, node lost, ...
+  error @6 :Text;
+}
+
+struct TaskInfo {
+  id @0 :UInt64;
+  batch @1 :UInt64;
+  index @2 :UInt64;
+  handler @3 :Text;
+  state @4 :Text;              # queued, waiting (retry backoff), running, succeeded, failed, ...
+  priority @5 :UInt8;
+  requires @6 :List(Text);
+  submittedMs @7 :Int64;
+  attempts @8 :List(Attempt);
+  output @9 :Data;
+  error @10 :Text;
+  why @11 :Text;               # for a task not running: why not (no spore has tag gpu, ...)
+  finishedMs @12 :Int64;
+}
+
+struct CancelAck {
+  batch @0 :UInt64;
+  cancelled @1 :UInt64;        # tasks that will not run
+}
+
+# ---- events port -----------------------------------------------------------------------------
+
+struct Event {
+  kind @0 :Kind;
+  batch @1 :UInt64;
+  node @2 :Text;
+  text @3 :Text;
+  enum Kind {
+    batchFinished @0;
+    nodeJoined @1;
+    nodeLost @2;
+    bundleAvailable @3;
+  }
+}

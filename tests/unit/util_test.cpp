@@ -1,0 +1,84 @@
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mesh/util/bytes.h"
+#include "mesh/util/result.h"
+
+using namespace mesh::util;
+
+TEST_CASE("a Result holds either a value or an error") {
+  Result<int> good = 7;
+  CHECK(good.ok());
+  CHECK(*good == 7);
+  Result<int> bad = err("no");
+  CHECK_FALSE(bad.ok());
+  CHECK(bad.error().message == "no");
+  CHECK_THROWS_AS(bad.value(), std::logic_error);
+  Status s;
+  CHECK(s.ok());
+  Status f = err("broken");
+  CHECK_FALSE(f.ok());
+}
+
+TEST_CASE("hex and base64 round trip known vectors") {
+  CHECK(toHex(std::string("\x00\xff\x10", 3)) == "00ff10");
+  CHECK(*fromHex("00ff10") == std::string("\x00\xff\x10", 3));
+  CHECK_FALSE(fromHex("abc").ok());
+  CHECK_FALSE(fromHex("zz").ok());
+  CHECK(toBase64("") == "");
+  CHECK(toBase64("f") == "Zg==");
+  CHECK(toBase64("fo") == "Zm8=");
+  CHECK(toBase64("foo") == "Zm9v");
+  CHECK(toBase64("foobar") == "Zm9vYmFy");
+}
+
+TEST_CASE("UTF-8 validation refuses overlongs, surrogates and truncation") {
+  CHECK(isUtf8("plain ascii"));
+  CHECK(isUtf8("caf\xc3\xa9"));
+  CHECK(isUtf8("\xf0\x9f\x98\x80"));
+  CHECK_FALSE(isUtf8("\xc0\xaf"));          // overlong '/'
+  CHECK_FALSE(isUtf8("\xed\xa0\x80"));      // surrogate
+  CHECK_FALSE(isUtf8("\xe2\x82"));          // truncated
+  CHECK_FALSE(isUtf8("\xff"));
+}
+
+TEST_CASE("JSON strings escape quotes, backslashes and control characters") {
+  CHECK(jsonString("a\"b\\c\nd\x01") == "\"a\\\"b\\\\c\\nd\\u0001\"");
+}
+
+TEST_CASE("sizes and durations parse with units and refuse garbage") {
+  CHECK(*parseSize("4096") == 4096);
+  CHECK(*parseSize("64K") == 65536);
+  CHECK(*parseSize("2M") == 2u << 20);
+  CHECK_FALSE(parseSize("12Q").ok());
+  CHECK_FALSE(parseSize("").ok());
+  CHECK_FALSE(parseSize("99999999999999999999999").ok());
+  CHECK(*parseDurationMs("250ms") == 250);
+  CHECK(*parseDurationMs("30") == 30000);
+  CHECK(*parseDurationMs("30d") == 30ll * 86400000);
+  CHECK_FALSE(parseDurationMs("5 weeks").ok());
+}
+
+TEST_CASE("splitList drops empty items") {
+  auto v = splitList(",gpu,,ssd,", ',');
+  REQUIRE(v.size() == 2);
+  CHECK(v[0] == "gpu");
+  CHECK(v[1] == "ssd");
+}
+
+TEST_CASE("writeFileAtomic creates the file with the requested mode") {
+  char dir[] = "/tmp/mesh-util-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string path = std::string(dir) + "/secret";
+  REQUIRE(writeFileAtomic(path, "hello", 0600).ok());
+  struct stat st{};
+  REQUIRE(stat(path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  CHECK(*readFile(path) == "hello");
+  CHECK_FALSE(readFile(path, 2).ok());
+  CHECK_FALSE(readFile(std::string(dir) + "/missing").ok());
+  unlink(path.c_str());
+  rmdir(dir);
+}
