@@ -1,0 +1,126 @@
+#include "mesh/transport/sockets.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "mesh/util/clock.h"
+
+namespace mesh::transport {
+
+zmq::context_t makeContext() {
+  zmq::context_t ctx;
+  // ZMQ_ZERO_COPY_RECV (10) is a draft name in Debian's header; the option is in the library.
+  zmq_ctx_set(ctx.handle(), 10, 0);
+  return ctx;
+}
+
+namespace {
+void applyCommon(zmq::socket_t& s, const SocketLimits& limits) {
+  s.set(zmq::sockopt::linger, limits.lingerMs);
+  s.set(zmq::sockopt::maxmsgsize, limits.maxMessageBytes);
+  s.set(zmq::sockopt::sndhwm, limits.sendHwm);
+  s.set(zmq::sockopt::rcvhwm, limits.recvHwm);
+}
+}  // namespace
+
+zmq::socket_t makeServerSocket(zmq::context_t& ctx, zmq::socket_type type,
+                               const crypto::KeyPair& serverKeys, const std::string& zapDomain,
+                               const SocketLimits& limits) {
+  MESH_ASSERT(!zapDomain.empty(), "a server socket needs a ZAP domain");
+  zmq::socket_t s(ctx, type);
+  applyCommon(s, limits);
+  s.set(zmq::sockopt::curve_server, 1);
+  s.set(zmq::sockopt::curve_secretkey, serverKeys.secretKey.z85());
+  s.set(zmq::sockopt::zap_domain, zapDomain);
+  int enforce = 1;
+  s.setsockopt(kZapEnforceDomain, &enforce, sizeof enforce);
+  if (type == zmq::socket_type::router) {
+    s.set(zmq::sockopt::router_mandatory, 1);
+  }
+  return s;
+}
+
+zmq::socket_t makeClientSocket(zmq::context_t& ctx, zmq::socket_type type,
+                               const crypto::KeyPair& ownKeys, const crypto::PublicKey& serverKey,
+                               const SocketLimits& limits) {
+  zmq::socket_t s(ctx, type);
+  applyCommon(s, limits);
+  s.set(zmq::sockopt::curve_serverkey, serverKey.z85());
+  s.set(zmq::sockopt::curve_publickey, ownKeys.publicKey.z85());
+  s.set(zmq::sockopt::curve_secretkey, ownKeys.secretKey.z85());
+  // libzmq's own reconnect backoff: 1 s doubling to 32 s (DESIGN.md section 4).
+  s.set(zmq::sockopt::reconnect_ivl, 1000);
+  s.set(zmq::sockopt::reconnect_ivl_max, 32000);
+  return s;
+}
+
+util::Result<std::string> bindSocket(zmq::socket_t& socket, const std::string& endpoint) {
+  try {
+    socket.bind(endpoint);
+  } catch (const zmq::error_t& e) {
+    return util::err("cannot bind " + endpoint + ": " + e.what());
+  }
+  return socket.get(zmq::sockopt::last_endpoint);
+}
+
+std::string userId(zmq::message_t& frame) {
+  const char* id = zmq_msg_gets(frame.handle(), "User-Id");
+  return id ? std::string(id) : std::string();
+}
+
+namespace {
+std::atomic<unsigned> gMonitorSeq{0};
+}
+
+HandshakeWatch::HandshakeWatch(zmq::context_t& ctx, zmq::socket_t& socket) : socket_(&socket) {
+  endpoint_ = "inproc://mesh-handshake-" + std::to_string(getpid()) + "-" + std::to_string(gMonitorSeq++);
+  int rc = zmq_socket_monitor(socket.handle(), endpoint_.c_str(),
+                              ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                  ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                  ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL);
+  MESH_ASSERT(rc == 0, "zmq_socket_monitor");
+  monitor_ = zmq::socket_t(ctx, zmq::socket_type::pair);
+  monitor_.connect(endpoint_);
+}
+
+HandshakeWatch::~HandshakeWatch() { zmq_socket_monitor(socket_->handle(), nullptr, 0); }
+
+HandshakeResult HandshakeWatch::wait(int timeoutMs, std::string* detail) {
+  const auto& clock = util::systemClock();
+  std::int64_t deadline = clock.monotonicMs() + timeoutMs;
+  for (;;) {
+    std::int64_t left = deadline - clock.monotonicMs();
+    if (left <= 0) return HandshakeResult::kTimedOut;
+    zmq::pollitem_t item{monitor_.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(left));
+    if (!(item.revents & ZMQ_POLLIN)) continue;
+    zmq::message_t header, address;
+    if (!monitor_.recv(header)) continue;
+    if (header.more()) (void)monitor_.recv(address);
+    if (header.size() < 6) continue;
+    std::uint16_t event;
+    std::uint32_t value;
+    std::memcpy(&event, header.data(), 2);
+    std::memcpy(&value, static_cast<const char*>(header.data()) + 2, 4);
+    if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) return HandshakeResult::kSucceeded;
+    if (detail) *detail = "handshake event " + std::to_string(event) + " status " + std::to_string(value);
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return HandshakeResult::kRefused;
+    return HandshakeResult::kFailed;
+  }
+}
+
+HandshakeResult probeWithKey(zmq::context_t& ctx, const std::string& endpoint,
+                             const crypto::PublicKey& serverKey, const crypto::KeyPair& probeKeys,
+                             zmq::socket_type type, int timeoutMs) {
+  SocketLimits limits;
+  limits.lingerMs = 0;
+  zmq::socket_t probe = makeClientSocket(ctx, type, probeKeys, serverKey, limits);
+  if (type == zmq::socket_type::sub) probe.set(zmq::sockopt::subscribe, "");
+  HandshakeWatch watch(ctx, probe);
+  probe.connect(endpoint);
+  return watch.wait(timeoutMs);
+}
+
+}  // namespace mesh::transport

@@ -1,0 +1,74 @@
+// ZeroMQ sockets with the house defaults, and the checks around CurveZMQ.
+//
+// Server sockets (nexus): CURVE server, a non-empty ZAP domain and ZMQ_ZAP_ENFORCE_DOMAIN
+// (option 93, hidden behind the draft API in Debian's header but compiled into its 4.3.4
+// library), so that a missing or dead ZAP handler refuses every peer instead of admitting all.
+// Client sockets (spore, mesh CLI): CURVE client pinned to the server's public key.
+// Every socket: bounded message size, bounded linger, and bounded queues.
+//
+// Thread rule: a socket lives and dies on the thread that uses it; the Context is thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <zmq.hpp>
+
+#include "mesh/crypto/keys.h"
+#include "mesh/util/result.h"
+
+namespace mesh::transport {
+
+constexpr int kZapEnforceDomain = 93;  // ZMQ_ZAP_ENFORCE_DOMAIN
+
+struct SocketLimits {
+  std::int64_t maxMessageBytes = 64ll << 20;
+  int lingerMs = 1000;
+  int sendHwm = 10000;
+  int recvHwm = 10000;
+};
+
+// The process's one ZeroMQ context, with ZMQ_ZERO_COPY_RECV off so received frames are
+// 8-byte aligned for Cap'n Proto (DESIGN.md section 12).
+zmq::context_t makeContext();
+
+zmq::socket_t makeServerSocket(zmq::context_t& ctx, zmq::socket_type type,
+                               const crypto::KeyPair& serverKeys, const std::string& zapDomain,
+                               const SocketLimits& limits);
+
+zmq::socket_t makeClientSocket(zmq::context_t& ctx, zmq::socket_type type,
+                               const crypto::KeyPair& ownKeys, const crypto::PublicKey& serverKey,
+                               const SocketLimits& limits);
+
+// Binds and returns the endpoint actually bound (resolves "tcp://127.0.0.1:*").
+util::Result<std::string> bindSocket(zmq::socket_t& socket, const std::string& endpoint);
+
+// The ZAP User-Id of a received body frame (our ZAP handler sets it to the z85 public key).
+// Empty when the frame has none (which never happens on a Curve server socket).
+std::string userId(zmq::message_t& frame);
+
+enum class HandshakeResult { kSucceeded, kRefused, kFailed, kTimedOut };
+
+// Watches a client socket's handshake: call before connect(), then wait().
+class HandshakeWatch {
+ public:
+  HandshakeWatch(zmq::context_t& ctx, zmq::socket_t& socket);
+  ~HandshakeWatch();
+  HandshakeWatch(const HandshakeWatch&) = delete;
+  HandshakeWatch& operator=(const HandshakeWatch&) = delete;
+  // Waits until the first handshake ends or timeoutMs passes.
+  HandshakeResult wait(int timeoutMs, std::string* detail = nullptr);
+
+ private:
+  zmq::socket_t* socket_;
+  zmq::socket_t monitor_;
+  std::string endpoint_;
+};
+
+// Connects to `endpoint` with a throwaway key and reports whether the server admitted it.
+// The nexus calls this on each of its own ports at start-up and refuses to serve if it gets in.
+HandshakeResult probeWithKey(zmq::context_t& ctx, const std::string& endpoint,
+                             const crypto::PublicKey& serverKey, const crypto::KeyPair& probeKeys,
+                             zmq::socket_type type, int timeoutMs);
+
+}  // namespace mesh::transport
