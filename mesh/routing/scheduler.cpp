@@ -1,0 +1,561 @@
+#include "mesh/routing/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "mesh/util/result.h"
+
+namespace mesh::routing {
+
+const char* statusName(Status s) {
+  switch (s) {
+    case Status::kOk: return "ok";
+    case Status::kFailed: return "failed";
+    case Status::kTimedOut: return "timed out";
+    case Status::kCrashed: return "crashed";
+    case Status::kUnknownHandler: return "unknown handler";
+    case Status::kCancelled: return "cancelled";
+    case Status::kQuarantined: return "quarantined";
+  }
+  return "?";
+}
+
+// ---- batches and tasks ---------------------------------------------------------------------
+
+Batch& Scheduler::addBatch(std::uint64_t id, BatchSpec spec) {
+  auto b = std::make_unique<Batch>();
+  b->id = id;
+  if (spec.timeoutMs == 0) spec.timeoutMs = config_.defaultTimeoutMs;
+  if (spec.maxAttempts == 0) spec.maxAttempts = config_.defaultMaxAttempts;
+  b->spec = std::move(spec);
+  Batch& ref = *b;
+  batches_[id] = std::move(b);
+  return ref;
+}
+
+Batch* Scheduler::batch(std::uint64_t id) {
+  auto it = batches_.find(id);
+  return it == batches_.end() ? nullptr : it->second.get();
+}
+
+const Task* Scheduler::task(std::uint64_t id) const {
+  auto it = tasks_.find(id);
+  return it == tasks_.end() ? nullptr : it->second.get();
+}
+
+void Scheduler::addTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string payload,
+                        std::uint8_t attemptsMade, std::uint8_t nodesLost) {
+  MESH_ASSERT(!tasks_.count(id), "task id added twice");
+  auto t = std::make_unique<Task>();
+  t->id = id;
+  t->index = index;
+  t->batch = &b;
+  t->payload = std::move(payload);
+  t->attempts = attemptsMade;
+  t->nodesLost = nodesLost;
+  tasks_[id] = std::move(t);
+  b.ready.push_back(id);
+  ++b.queued;
+  ++queuedTotal_;
+  makeActive(b);
+}
+
+void Scheduler::seal(Batch& b, std::uint64_t total) {
+  b.sealed = true;
+  b.total = total;
+  if (b.succeeded + b.failed + b.cancelledCount == b.total) effects_.finishedBatches.push_back(b.id);
+}
+
+void Scheduler::makeActive(Batch& b) {
+  if (b.cancelled || b.queued == 0 || inActive_.count(&b)) return;
+  inActive_.insert(&b);
+  active_[b.spec.priority].push_back(&b);
+}
+
+void Scheduler::enqueueFront(Task& t) {
+  t.state = Task::State::kQueued;
+  t.node = kNoNode;
+  t.batch->ready.push_front(t.id);
+  ++t.batch->queued;
+  ++queuedTotal_;
+  makeActive(*t.batch);
+}
+
+Task* Scheduler::frontTask(Batch& b) {
+  while (!b.ready.empty()) {
+    auto it = tasks_.find(b.ready.front());
+    if (it != tasks_.end() && it->second->state == Task::State::kQueued && it->second->batch == &b) {
+      return it->second.get();
+    }
+    b.ready.pop_front();  // ended or moved since it was queued
+  }
+  return nullptr;
+}
+
+std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
+  if (b.cancelled) return 0;
+  b.cancelled = true;
+  std::vector<Task*> mine;
+  for (auto& [id, t] : tasks_) {
+    if (t->batch == &b) mine.push_back(t.get());
+  }
+  std::sort(mine.begin(), mine.end(), [](Task* x, Task* y) { return x->id < y->id; });
+  for (Task* t : mine) {
+    if (t->state == Task::State::kRunning) {
+      effects_.cancels.emplace_back(t->node, t->id);
+      NodeId node = t->node;
+      detachFromNode(*t);
+      finish(*t, Status::kCancelled, "", "cancelled by the client", nowWallMs, 0, 0, node);
+    } else {
+      if (t->state == Task::State::kQueued) {
+        --b.queued;
+        --queuedTotal_;
+      } else {
+        --b.waiting;
+        --queuedTotal_;
+      }
+      finish(*t, Status::kCancelled, "", "cancelled by the client", nowWallMs, 0, 0, kNoNode);
+    }
+  }
+  b.ready.clear();
+  if (inActive_.erase(&b)) {
+    auto level = active_.find(b.spec.priority);
+    if (level != active_.end()) {
+      level->second.remove(&b);
+      if (level->second.empty()) active_.erase(level);
+    }
+  }
+  counters_.add("tasks_cancelled", mine.size());
+  return mine.size();
+}
+
+void Scheduler::markDurable(std::uint64_t batchId, Status status, std::uint64_t count) {
+  Batch* b = batch(batchId);
+  if (!b) return;
+  if (status == Status::kOk) b->durableSucceeded += count;
+  else if (status == Status::kCancelled) b->durableCancelled += count;
+  else b->durableFailed += count;
+}
+
+Progress Scheduler::progress(const Batch& b) const {
+  Progress p;
+  p.total = b.total;
+  p.sealed = b.sealed;
+  p.queued = b.queued + b.waiting;
+  p.running = b.running;
+  p.succeeded = b.durableSucceeded;
+  p.failed = b.durableFailed;
+  p.cancelled = b.durableCancelled;
+  p.finished = b.sealed && b.durableDone() >= b.total;
+  return p;
+}
+
+void Scheduler::forget(std::uint64_t batchId) {
+  Batch* b = batch(batchId);
+  if (!b) return;
+  MESH_ASSERT(b->queued == 0 && b->running == 0 && b->waiting == 0, "forgetting a batch with live tasks");
+  inActive_.erase(b);
+  batches_.erase(batchId);
+}
+
+std::string Scheduler::whyWaiting(const Task& t, std::int64_t nowMono) const {
+  switch (t.state) {
+    case Task::State::kRunning: return "";
+    case Task::State::kWaiting:
+      return "waiting " + std::to_string(std::max<std::int64_t>(0, t.notBeforeMono - nowMono)) +
+             " ms before attempt " + std::to_string(t.attempts + 1) + " (backoff after a failure)";
+    case Task::State::kQueued:
+      if (!t.batch->blockedWhy.empty()) return t.batch->blockedWhy;
+      return explainBlocked(*t.batch);
+  }
+  return "";
+}
+
+// ---- nodes ---------------------------------------------------------------------------------
+
+NodeId Scheduler::addNode(NodeInfo info) {
+  NodeId id = nextNode_++;
+  Node& n = nodes_[id];
+  n.id = id;
+  n.info = std::move(info);
+  if (n.info.slots == 0) n.info.slots = 1;
+  // A new node can unblock batches that found no eligible node.
+  for (auto& [bid, b] : batches_) makeActive(*b);
+  return id;
+}
+
+void Scheduler::updateLoad(NodeId id, double cpuPct, double memPct) {
+  if (Node* n = node(id)) {
+    n->cpuPct = std::clamp(cpuPct, 0.0, 100.0);
+    n->memPct = std::clamp(memPct, 0.0, 100.0);
+  }
+}
+
+Node* Scheduler::node(NodeId id) {
+  auto it = nodes_.find(id);
+  return it == nodes_.end() ? nullptr : &it->second;
+}
+
+void Scheduler::removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why) {
+  Node* n = node(id);
+  if (!n) return;
+  std::vector<std::uint64_t> running(n->running.begin(), n->running.end());
+  std::sort(running.begin(), running.end());
+  for (std::uint64_t tid : running) {
+    auto it = tasks_.find(tid);
+    if (it == tasks_.end()) continue;
+    endAttempt(*it->second, Status::kCrashed, "spore " + n->info.name + " lost: " + why, 0, nowWallMs, true, nullptr);
+  }
+  counters_.add("nodes_lost");
+  nodes_.erase(id);
+}
+
+double Scheduler::score(const Node& n) const {
+  const auto& w = config_.weights;
+  return w.cpu * n.cpuPct / 100.0 + w.mem * n.memPct / 100.0 +
+         w.inFlight * std::min(1.0, n.inFlight / 10.0);
+}
+
+std::uint32_t Scheduler::credit(const Node& n) const {
+  std::uint64_t prefetch = n.info.slots;
+  if (n.avgTaskUs > 0) {
+    double p = std::ceil(n.info.slots * static_cast<double>(config_.prefetchTargetUs) / n.avgTaskUs);
+    prefetch = static_cast<std::uint64_t>(std::clamp(p, 1.0, static_cast<double>(config_.maxPrefetch)));
+  }
+  std::uint64_t limit = n.info.slots + prefetch;
+  return limit > n.inFlight ? static_cast<std::uint32_t>(limit - n.inFlight) : 0;
+}
+
+std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id, const std::vector<std::uint64_t>& taskIds) {
+  std::vector<std::uint64_t> unknown;
+  Node* n = node(id);
+  if (!n) return taskIds;
+  for (std::uint64_t tid : taskIds) {
+    auto it = tasks_.find(tid);
+    if (it == tasks_.end() || it->second->state != Task::State::kQueued) {
+      unknown.push_back(tid);
+      continue;
+    }
+    Task& t = *it->second;
+    // Still queued since its node was lost: the node never stopped, so let it finish.
+    --t.batch->queued;
+    --queuedTotal_;
+    t.state = Task::State::kRunning;
+    t.node = id;
+    n->running.insert(tid);
+    ++n->inFlight;
+    ++t.batch->running;
+    ++runningTotal_;
+    counters_.add("tasks_adopted");
+  }
+  return unknown;
+}
+
+bool Scheduler::handlerOffered(const std::string& handler) const {
+  for (const auto& [id, n] : nodes_) {
+    if (n.info.handlers.count(handler)) return true;
+  }
+  return false;
+}
+
+bool Scheduler::eligible(const Node& n, const Batch& b) const {
+  if (!n.info.handlers.count(b.spec.handler)) return false;
+  for (const auto& tag : b.spec.requiredTags) {
+    if (!n.info.tags.count(tag)) return false;
+  }
+  return true;
+}
+
+Node* Scheduler::pickNode(const Batch& b, NodeId avoid) {
+  Node* best = nullptr;
+  Node* second = nullptr;
+  auto better = [&](const Node* x, const Node* y) {
+    if (!y) return true;
+    double sx = score(*x), sy = score(*y);
+    if (sx != sy) return sx < sy;
+    if (x->inFlight != y->inFlight) return x->inFlight < y->inFlight;
+    return x->id < y->id;
+  };
+  for (auto& [id, n] : nodes_) {
+    if (!eligible(n, b) || credit(n) == 0) continue;
+    if (better(&n, best)) {
+      second = best;
+      best = &n;
+    } else if (better(&n, second)) {
+      second = &n;
+    }
+  }
+  if (best && best->id == avoid && second) return second;
+  return best;
+}
+
+std::string Scheduler::explainBlocked(const Batch& b) const {
+  if (nodes_.empty()) return "no spore is connected";
+  bool handler = false, tags = false, both = false;
+  std::uint64_t slots = 0, busy = 0;
+  for (const auto& [id, n] : nodes_) {
+    bool h = n.info.handlers.count(b.spec.handler) > 0;
+    bool t = true;
+    for (const auto& tag : b.spec.requiredTags) t = t && n.info.tags.count(tag);
+    handler = handler || h;
+    tags = tags || t;
+    if (h && t) {
+      both = true;
+      slots += n.info.slots;
+      busy += n.inFlight;
+    }
+  }
+  std::string tagList;
+  for (const auto& t : b.spec.requiredTags) tagList += (tagList.empty() ? "" : ",") + t;
+  if (!handler) return "no live spore offers handler '" + b.spec.handler + "'";
+  if (!tags) return "no live spore has tag(s) " + tagList;
+  if (!both) return "no live spore has both handler '" + b.spec.handler + "' and tag(s) " + tagList;
+  return "waiting for a free slot: eligible spores have " + std::to_string(slots) + " slots and " +
+         std::to_string(busy) + " tasks in flight";
+}
+
+// ---- the work ------------------------------------------------------------------------------
+
+std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t nowWallMs) {
+  std::map<NodeId, std::vector<Task*>> out;
+  auto anyCredit = [&] {
+    for (auto& [id, n] : nodes_) {
+      if (credit(n) > 0) return true;
+    }
+    return false;
+  };
+  for (auto level = active_.begin(); level != active_.end();) {
+    auto& turn = level->second;
+    std::size_t blockedInARow = 0;
+    while (!turn.empty() && blockedInARow < turn.size()) {
+      if (!anyCredit()) break;
+      Batch* b = turn.front();
+      turn.pop_front();
+      Task* head = frontTask(*b);
+      if (!head) {
+        inActive_.erase(b);
+        continue;
+      }
+      Node* n = pickNode(*b, head->lastNode);
+      if (!n) {
+        b->blockedWhy = explainBlocked(*b);
+        turn.push_back(b);
+        ++blockedInARow;
+        continue;
+      }
+      b->blockedWhy.clear();
+      blockedInARow = 0;
+      std::uint32_t take = std::min(credit(*n), config_.dispatchChunk);
+      auto& list = out[n->id];
+      for (std::uint32_t i = 0; i < take; ++i) {
+        Task* t = frontTask(*b);
+        if (!t) break;
+        if (i > 0 && t->lastNode == n->id) break;  // its own turn will steer it elsewhere
+        b->ready.pop_front();
+        --b->queued;
+        --queuedTotal_;
+        t->state = Task::State::kRunning;
+        t->node = n->id;
+        ++t->attempts;
+        t->assignedWallMs = nowWallMs;
+        t->deadlineMono = nowMono + b->spec.timeoutMs + config_.deadlineGraceMs;
+        deadlines_.push({t->deadlineMono, t->id, t->attempts});
+        n->running.insert(t->id);
+        ++n->inFlight;
+        ++b->running;
+        ++runningTotal_;
+        list.push_back(t);
+      }
+      if (b->queued > 0) {
+        turn.push_back(b);
+      } else {
+        inActive_.erase(b);
+      }
+    }
+    if (turn.empty()) {
+      level = active_.erase(level);
+    } else {
+      ++level;
+    }
+    if (!anyCredit()) break;
+  }
+  std::vector<Assignment> result;
+  for (auto& [node, tasks] : out) {
+    if (!tasks.empty()) result.push_back({node, std::move(tasks)});
+  }
+  return result;
+}
+
+void Scheduler::detachFromNode(Task& t) {
+  if (t.state != Task::State::kRunning) return;
+  if (Node* n = node(t.node)) {
+    n->running.erase(t.id);
+    if (n->inFlight > 0) --n->inFlight;
+  }
+  --t.batch->running;
+  --runningTotal_;
+  t.lastNode = t.node;
+  t.node = kNoNode;
+}
+
+std::string Scheduler::nodeName(NodeId id) const {
+  auto it = nodes_.find(id);
+  return it == nodes_.end() ? std::string() : it->second.info.name;
+}
+
+void Scheduler::finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
+                       std::int64_t startedMs, std::uint64_t durationUs, NodeId node) {
+  FinalResult r;
+  r.task = t.id;
+  r.batch = t.batch->id;
+  r.status = status;
+  r.output = std::move(output);
+  r.error = std::move(error);
+  r.attempts = t.attempts;
+  r.node = nodeName(node);
+  r.assignedMs = t.assignedWallMs;
+  r.startedMs = startedMs;
+  r.finishedMs = nowWallMs;
+  r.durationUs = durationUs;
+  effects_.finals.push_back(std::move(r));
+  Batch& b = *t.batch;
+  if (status == Status::kOk) ++b.succeeded;
+  else if (status == Status::kCancelled) ++b.cancelledCount;
+  else ++b.failed;
+  tasks_.erase(t.id);  // t is gone from here on
+  if (b.sealed && b.succeeded + b.failed + b.cancelledCount == b.total) effects_.finishedBatches.push_back(b.id);
+}
+
+void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std::int64_t nowMono,
+                           std::int64_t nowWallMs, bool nodeLost, const Report* report) {
+  NodeId node = t.node;
+  std::string nodeLabel = nodeName(node);
+  detachFromNode(t);
+  Batch& b = *t.batch;
+  if (nodeLost) ++t.nodesLost;
+  std::uint8_t failures = static_cast<std::uint8_t>(t.attempts - std::min(t.attempts, t.nodesLost));
+  bool quarantine = nodeLost && t.nodesLost >= config_.quarantineAfter;
+  bool exhausted = !nodeLost && failures >= b.spec.maxAttempts;
+  if (quarantine) {
+    counters_.add("tasks_quarantined");
+    finish(t, Status::kQuarantined, "",
+           "quarantined: its spore died or went silent under it " + std::to_string(t.nodesLost) +
+               " times (last: " + error + ")",
+           nowWallMs, 0, 0, node);
+    return;
+  }
+  if (exhausted) {
+    counters_.add("tasks_failed");
+    if (status == Status::kTimedOut) counters_.add("tasks_timed_out");
+    finish(t, status, report ? report->output : std::string(),
+           error + " (attempt " + std::to_string(t.attempts) + " of " + std::to_string(b.spec.maxAttempts) + ")",
+           nowWallMs, report ? report->startedMs : 0, report ? report->durationUs : 0, node);
+    return;
+  }
+  EndedAttempt a;
+  a.task = t.id;
+  a.attempt = t.attempts;
+  a.node = nodeLabel;
+  a.assignedMs = t.assignedWallMs;
+  a.endedMs = nowWallMs;
+  a.outcome = nodeLost ? "node lost" : statusName(status);
+  a.error = error;
+  a.nodeLost = nodeLost;
+  effects_.attempts.push_back(std::move(a));
+  if (nodeLost) {
+    counters_.add("tasks_requeued");
+    enqueueFront(t);
+    return;
+  }
+  counters_.add("tasks_retried");
+  if (status == Status::kTimedOut) counters_.add("tasks_timed_out");
+  std::int64_t backoff = config_.retryBaseMs << std::min<int>(20, std::max<int>(0, failures - 1));
+  backoff = std::min(backoff, config_.retryMaxMs);
+  t.state = Task::State::kWaiting;
+  t.notBeforeMono = nowMono + backoff;
+  ++b.waiting;
+  ++queuedTotal_;
+  retries_.push({t.notBeforeMono, t.id});
+}
+
+void Scheduler::onReport(NodeId from, Report&& report, std::int64_t nowMono, std::int64_t nowWallMs) {
+  auto it = tasks_.find(report.task);
+  if (it == tasks_.end()) {
+    counters_.add("results_duplicate");
+    return;
+  }
+  Task& t = *it->second;
+  bool current = t.state == Task::State::kRunning && t.node == from && t.attempts == report.attempt;
+  Node* n = node(from);
+  if (n && (report.status == Status::kOk || report.status == Status::kFailed)) {
+    double d = static_cast<double>(std::max<std::uint64_t>(1, report.durationUs));
+    n->avgTaskUs = n->avgTaskUs <= 0 ? d : 0.9 * n->avgTaskUs + 0.1 * d;
+  }
+  if (!current) {
+    if (report.status != Status::kOk) {
+      counters_.add("results_stale_dropped");
+      return;
+    }
+    // A valid result from an attempt we had given up on: the first result wins.
+    counters_.add("results_late_accepted");
+    if (t.state == Task::State::kRunning) {
+      effects_.cancels.emplace_back(t.node, t.id);
+      detachFromNode(t);
+    } else if (t.state == Task::State::kQueued) {
+      --t.batch->queued;
+      --queuedTotal_;
+    } else {
+      --t.batch->waiting;
+      --queuedTotal_;
+    }
+    if (n) ++n->done;
+    finish(t, Status::kOk, std::move(report.output), "", nowWallMs, report.startedMs, report.durationUs, from);
+    return;
+  }
+  if (report.status == Status::kOk) {
+    detachFromNode(t);
+    if (n) ++n->done;
+    finish(t, Status::kOk, std::move(report.output), "", nowWallMs, report.startedMs, report.durationUs, from);
+    return;
+  }
+  if (n) ++n->done;
+  std::string error = report.error.empty() ? statusName(report.status) : report.error;
+  endAttempt(t, report.status == Status::kCancelled ? Status::kFailed : report.status, error, nowMono, nowWallMs,
+             false, &report);
+}
+
+void Scheduler::tick(std::int64_t nowMono, std::int64_t nowWallMs) {
+  while (!retries_.empty() && retries_.top().first <= nowMono) {
+    std::uint64_t id = retries_.top().second;
+    retries_.pop();
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || it->second->state != Task::State::kWaiting) continue;
+    Task& t = *it->second;
+    --t.batch->waiting;
+    --queuedTotal_;
+    enqueueFront(t);
+  }
+  while (!deadlines_.empty() && deadlines_.top().at <= nowMono) {
+    DeadlineEntry e = deadlines_.top();
+    deadlines_.pop();
+    auto it = tasks_.find(e.task);
+    if (it == tasks_.end()) continue;
+    Task& t = *it->second;
+    if (t.state != Task::State::kRunning || t.attempts != e.attempt) continue;
+    effects_.cancels.emplace_back(t.node, t.id);
+    counters_.add("attempts_expired");
+    endAttempt(t, Status::kTimedOut,
+               "no result from spore " + nodeName(t.node) + " within the timeout of " +
+                   std::to_string(t.batch->spec.timeoutMs) + " ms",
+               nowMono, nowWallMs, false, nullptr);
+  }
+}
+
+std::optional<std::int64_t> Scheduler::nextDeadline() const {
+  std::optional<std::int64_t> next;
+  if (!retries_.empty()) next = retries_.top().first;
+  if (!deadlines_.empty() && (!next || deadlines_.top().at < *next)) next = deadlines_.top().at;
+  return next;
+}
+
+}  // namespace mesh::routing

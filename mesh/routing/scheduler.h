@@ -1,0 +1,279 @@
+// The scheduler: which task runs where, and what happens when it ends.
+//
+// Pure logic, no I/O: the nexus feeds it batches, tasks, nodes, results and the time, and
+// drains the Effects it produces (records to write, cancels to send). That makes every rule
+// here unit-testable with a manual clock.
+//
+// Rules (DESIGN.md section 5):
+// - A node is eligible for a batch when it is alive, offers the batch's handler, has every
+//   required tag, and has credit: slots + prefetch - in_flight > 0, where in_flight is counted
+//   here, never taken from the node's word. Prefetch is sized in time (about `prefetchTargetUs`
+//   of work per slot, by the node's measured task duration) and capped at `maxPrefetch`, so
+//   long tasks get no more than one extra and microsecond tasks get enough to fill the pipe.
+// - Among eligible nodes: lowest load score 0.4 cpu + 0.3 mem + 0.3 min(1, in_flight/10)
+//   (weights configurable); a retried task avoids the node it last failed on when it can.
+// - Highest priority first; FIFO within a batch; batches of equal priority take turns.
+// - A failed attempt is retried with exponential backoff until maxAttempts; a task whose node
+//   dies under it is re-queued at once, and quarantined after `quarantineAfter` such deaths.
+// - First final result wins; anything later for the same task is a counted duplicate.
+//
+// Thread rule: owned by the nexus loop thread.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <map>
+#include <utility>
+#include <memory>
+#include <optional>
+#include <queue>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "mesh/util/counters.h"
+
+namespace mesh::routing {
+
+using NodeId = std::uint32_t;
+constexpr NodeId kNoNode = 0;
+
+// proto::TaskStatus values, repeated here so the scheduler does not depend on the wire schema.
+enum class Status : std::uint8_t { kOk = 0, kFailed = 1, kTimedOut = 2, kCrashed = 3, kUnknownHandler = 4,
+                                   kCancelled = 5, kQuarantined = 6 };
+const char* statusName(Status s);
+
+struct LoadWeights {
+  double cpu = 0.4, mem = 0.3, inFlight = 0.3;
+};
+
+struct SchedulerConfig {
+  LoadWeights weights;
+  std::uint32_t maxPrefetch = 256;
+  std::int64_t prefetchTargetUs = 5000;
+  std::int64_t retryBaseMs = 200;
+  std::int64_t retryMaxMs = 30000;
+  std::uint8_t quarantineAfter = 3;
+  std::uint32_t defaultTimeoutMs = 3'600'000;
+  std::uint8_t defaultMaxAttempts = 3;
+  // How long past a task's own timeout the nexus waits for a spore's answer before it
+  // declares the attempt lost (the spore enforces the timeout itself first).
+  std::int64_t deadlineGraceMs = 5000;
+  std::uint32_t dispatchChunk = 64;  // tasks given to one node per turn
+};
+
+struct BatchSpec {
+  std::string handler;
+  std::uint8_t priority = 0;
+  std::vector<std::string> requiredTags;
+  std::uint32_t timeoutMs = 0;
+  std::uint8_t maxAttempts = 0;
+  std::string label;
+  std::string clientKey;
+  std::int64_t submittedMs = 0;
+};
+
+struct Progress {
+  std::uint64_t total = 0, queued = 0, running = 0, succeeded = 0, failed = 0, cancelled = 0;
+  bool sealed = false, finished = false;
+};
+
+struct Batch;
+
+struct Task {
+  std::uint64_t id = 0;
+  std::uint64_t index = 0;
+  Batch* batch = nullptr;
+  std::string payload;
+  std::uint8_t attempts = 0;   // attempts started (the running one included)
+  std::uint8_t nodesLost = 0;
+  enum class State : std::uint8_t { kQueued, kWaiting, kRunning } state = State::kQueued;
+  NodeId node = kNoNode;       // while running
+  NodeId lastNode = kNoNode;   // the node of the last ended attempt
+  std::int64_t assignedWallMs = 0;
+  std::int64_t deadlineMono = 0;
+  std::int64_t notBeforeMono = 0;
+};
+
+struct Batch {
+  std::uint64_t id = 0;
+  BatchSpec spec;
+  std::deque<std::uint64_t> ready;  // task ids; ids of tasks that ended meanwhile are skipped
+  std::uint64_t queued = 0;          // tasks in `ready` that are really queued
+  std::uint64_t total = 0;
+  bool sealed = false;
+  bool cancelled = false;
+  std::uint64_t running = 0, waiting = 0;
+  // Final results produced in memory, and of those, the ones the store has committed.
+  std::uint64_t succeeded = 0, failed = 0, cancelledCount = 0;
+  std::uint64_t durableSucceeded = 0, durableFailed = 0, durableCancelled = 0;
+  std::string blockedWhy;  // set when a dispatch round found no eligible node
+  bool finishRecorded = false;
+  std::uint64_t durableDone() const { return durableSucceeded + durableFailed + durableCancelled; }
+};
+
+struct NodeInfo {
+  std::string key;          // z85 public key
+  std::string name;         // shown to people
+  std::uint16_t slots = 1;
+  std::set<std::string> tags;
+  std::set<std::string> handlers;
+};
+
+struct Node {
+  NodeId id = kNoNode;
+  NodeInfo info;
+  double cpuPct = 0, memPct = 0;
+  std::uint32_t inFlight = 0;
+  std::unordered_set<std::uint64_t> running;
+  double avgTaskUs = 0;     // EWMA of reported durations; 0 = not measured yet
+  std::uint64_t done = 0;
+};
+
+// A task's final result (the nexus writes it to the store).
+struct FinalResult {
+  std::uint64_t task = 0;
+  std::uint64_t batch = 0;
+  Status status = Status::kOk;
+  std::string output;
+  std::string error;
+  std::uint8_t attempts = 0;
+  std::string node;
+  std::int64_t assignedMs = 0, startedMs = 0, finishedMs = 0;
+  std::uint64_t durationUs = 0;
+};
+
+// An attempt that ended without ending its task (the timeline of `mesh task`).
+struct EndedAttempt {
+  std::uint64_t task = 0;
+  std::uint8_t attempt = 0;
+  std::string node;
+  std::int64_t assignedMs = 0, endedMs = 0;
+  std::string outcome;
+  std::string error;
+  bool nodeLost = false;
+};
+
+// What the nexus must do after a call: write these records, send these cancels.
+struct Effects {
+  std::vector<FinalResult> finals;
+  std::vector<EndedAttempt> attempts;
+  std::vector<std::pair<NodeId, std::uint64_t>> cancels;  // node, task id
+  std::vector<std::uint64_t> finishedBatches;             // every task has a final result (in memory)
+};
+
+struct Assignment {
+  NodeId node;
+  std::vector<Task*> tasks;  // valid until the next call that can end them
+};
+
+// One result reported by a node.
+struct Report {
+  std::uint64_t task = 0;
+  std::uint8_t attempt = 0;
+  Status status = Status::kOk;
+  std::string output;
+  std::string error;
+  std::int64_t startedMs = 0;
+  std::uint64_t durationUs = 0;
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(SchedulerConfig config) : config_(std::move(config)) {}
+
+  const SchedulerConfig& config() const { return config_; }
+
+  // ---- batches and tasks
+  Batch& addBatch(std::uint64_t id, BatchSpec spec);
+  Batch* batch(std::uint64_t id);
+  // Adds a task at the end of its batch's queue. `attemptsMade`/`nodesLost` carry history
+  // over a restart.
+  void addTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string payload,
+               std::uint8_t attemptsMade = 0, std::uint8_t nodesLost = 0);
+  void seal(Batch& b, std::uint64_t total);
+  // Every queued, waiting and running task of the batch ends as cancelled.
+  std::uint64_t cancel(Batch& b, std::int64_t nowWallMs);
+  // The store committed these final results (for Progress and for "finished").
+  void markDurable(std::uint64_t batchId, Status status, std::uint64_t count);
+  Progress progress(const Batch& b) const;
+  // Drops a finished batch from memory once its completion is durable.
+  void forget(std::uint64_t batchId);
+  const std::map<std::uint64_t, std::unique_ptr<Batch>>& batches() const { return batches_; }
+  const Task* task(std::uint64_t id) const;
+  // Why a task is not running, in words, or empty.
+  std::string whyWaiting(const Task& t, std::int64_t nowMono) const;
+
+  // ---- nodes
+  NodeId addNode(NodeInfo info);
+  void updateLoad(NodeId id, double cpuPct, double memPct);
+  // Ends every attempt running on the node (node lost): re-queue, or quarantine.
+  void removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why);
+  Node* node(NodeId id);
+  const std::map<NodeId, Node>& nodes() const { return nodes_; }
+  double score(const Node& n) const;
+  std::uint32_t credit(const Node& n) const;
+  // Tasks the node reports as still running after a reconnect: keep those assigned to it.
+  // Returns the ids it does not know (the nexus tells the node to drop them).
+  std::vector<std::uint64_t> adoptRunning(NodeId id, const std::vector<std::uint64_t>& taskIds);
+  // Does any live node offer this handler?
+  bool handlerOffered(const std::string& handler) const;
+
+  // ---- the work
+  std::vector<Assignment> dispatch(std::int64_t nowMono, std::int64_t nowWallMs);
+  void onReport(NodeId from, Report&& report, std::int64_t nowMono, std::int64_t nowWallMs);
+  // Moves due retries back to their queues and expires attempts past their deadline.
+  void tick(std::int64_t nowMono, std::int64_t nowWallMs);
+  // The earliest time tick() has work, or nullopt.
+  std::optional<std::int64_t> nextDeadline() const;
+
+  Effects takeEffects() { return std::exchange(effects_, Effects{}); }
+  util::Counters& counters() { return counters_; }
+  const util::Counters& counters() const { return counters_; }
+  std::uint64_t queuedTotal() const { return queuedTotal_; }
+  std::uint64_t runningTotal() const { return runningTotal_; }
+  std::size_t tasksInMemory() const { return tasks_.size(); }
+
+ private:
+  void enqueueFront(Task& t);
+  void makeActive(Batch& b);
+  Task* frontTask(Batch& b);
+  Node* pickNode(const Batch& b, NodeId avoid);
+  bool eligible(const Node& n, const Batch& b) const;
+  void endAttempt(Task& t, Status status, const std::string& error, std::int64_t nowMono,
+                  std::int64_t nowWallMs, bool nodeLost, const Report* report);
+  void finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
+              std::int64_t startedMs, std::uint64_t durationUs, NodeId node);
+  void detachFromNode(Task& t);
+  std::string nodeName(NodeId id) const;
+  std::string explainBlocked(const Batch& b) const;
+
+  SchedulerConfig config_;
+  std::map<std::uint64_t, std::unique_ptr<Batch>> batches_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Task>> tasks_;
+  // Batches with ready tasks, by priority (highest first), each level in turn order.
+  std::map<std::uint8_t, std::list<Batch*>, std::greater<>> active_;
+  std::set<Batch*> inActive_;
+  std::map<NodeId, Node> nodes_;
+  NodeId nextNode_ = 1;
+  // Retries waiting for their backoff: (time, task id).
+  std::priority_queue<std::pair<std::int64_t, std::uint64_t>, std::vector<std::pair<std::int64_t, std::uint64_t>>,
+                      std::greater<>> retries_;
+  // Deadlines of running attempts: (time, task id, attempt); stale entries skipped lazily.
+  struct DeadlineEntry {
+    std::int64_t at;
+    std::uint64_t task;
+    std::uint8_t attempt;
+    bool operator>(const DeadlineEntry& o) const { return at > o.at; }
+  };
+  std::priority_queue<DeadlineEntry, std::vector<DeadlineEntry>, std::greater<>> deadlines_;
+  Effects effects_;
+  util::Counters counters_;
+  std::uint64_t queuedTotal_ = 0;
+  std::uint64_t runningTotal_ = 0;
+};
+
+}  // namespace mesh::routing

@@ -1,0 +1,159 @@
+#include "mesh/store/db.h"
+
+#include "mesh/store/schema.h"
+
+namespace mesh::store {
+
+Statement::Statement(Statement&& o) noexcept : db_(o.db_), stmt_(o.stmt_), bindError_(o.bindError_) {
+  o.stmt_ = nullptr;
+}
+Statement& Statement::operator=(Statement&& o) noexcept {
+  if (this != &o) {
+    if (stmt_) sqlite3_finalize(stmt_);
+    db_ = o.db_;
+    stmt_ = o.stmt_;
+    bindError_ = o.bindError_;
+    o.stmt_ = nullptr;
+  }
+  return *this;
+}
+Statement::~Statement() {
+  if (stmt_) sqlite3_finalize(stmt_);
+}
+
+Statement& Statement::bind(int index, std::int64_t value) {
+  int rc = sqlite3_bind_int64(stmt_, index, value);
+  if (rc != SQLITE_OK) bindError_ = rc;
+  return *this;
+}
+Statement& Statement::bindText(int index, std::string_view value) {
+  int rc = sqlite3_bind_text64(stmt_, index, value.data(), value.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+  if (rc != SQLITE_OK) bindError_ = rc;
+  return *this;
+}
+Statement& Statement::bindBlob(int index, std::string_view value) {
+  int rc = sqlite3_bind_blob64(stmt_, index, value.data() ? value.data() : "", value.size(), SQLITE_TRANSIENT);
+  if (rc != SQLITE_OK) bindError_ = rc;
+  return *this;
+}
+Statement& Statement::bindBlobStatic(int index, std::string_view value) {
+  int rc = sqlite3_bind_blob64(stmt_, index, value.data() ? value.data() : "", value.size(), SQLITE_STATIC);
+  if (rc != SQLITE_OK) bindError_ = rc;
+  return *this;
+}
+Statement& Statement::bindNull(int index) {
+  int rc = sqlite3_bind_null(stmt_, index);
+  if (rc != SQLITE_OK) bindError_ = rc;
+  return *this;
+}
+
+util::Result<bool> Statement::step() {
+  if (bindError_ != SQLITE_OK) {
+    return util::err(std::string("SQLite bind failed: ") + sqlite3_errstr(bindError_));
+  }
+  int rc = sqlite3_step(stmt_);
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  return util::err(std::string("SQLite: ") + sqlite3_errmsg(db_));
+}
+
+util::Status Statement::run() {
+  for (;;) {
+    auto r = step();
+    if (!r) return r.error();
+    if (!*r) return {};
+  }
+}
+
+void Statement::reset() {
+  sqlite3_reset(stmt_);
+  sqlite3_clear_bindings(stmt_);
+  bindError_ = SQLITE_OK;
+}
+
+std::int64_t Statement::getInt(int column) const { return sqlite3_column_int64(stmt_, column); }
+std::string Statement::getText(int column) const {
+  const unsigned char* t = sqlite3_column_text(stmt_, column);
+  return t ? std::string(reinterpret_cast<const char*>(t), sqlite3_column_bytes(stmt_, column)) : std::string();
+}
+std::string_view Statement::getBlob(int column) const {
+  const void* b = sqlite3_column_blob(stmt_, column);
+  return b ? std::string_view(static_cast<const char*>(b), sqlite3_column_bytes(stmt_, column)) : std::string_view();
+}
+bool Statement::isNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
+
+Db::Db(Db&& o) noexcept : db_(o.db_), path_(std::move(o.path_)) { o.db_ = nullptr; }
+Db& Db::operator=(Db&& o) noexcept {
+  if (this != &o) {
+    if (db_) sqlite3_close_v2(db_);
+    db_ = o.db_;
+    path_ = std::move(o.path_);
+    o.db_ = nullptr;
+  }
+  return *this;
+}
+Db::~Db() {
+  if (db_) sqlite3_close_v2(db_);
+}
+
+util::Result<Db> Db::open(const std::string& path) {
+  Db db;
+  db.path_ = path;
+  int rc = sqlite3_open_v2(path.c_str(), &db.db_,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    return util::err("cannot open database " + path + ": " +
+                     (db.db_ ? sqlite3_errmsg(db.db_) : sqlite3_errstr(rc)));
+  }
+  sqlite3_busy_timeout(db.db_, 10000);
+  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+                             "PRAGMA foreign_keys=ON", "PRAGMA temp_store=MEMORY"}) {
+    if (auto s = db.exec(pragma); !s) return util::err("database " + path + ": " + s.error().message);
+  }
+  if (auto s = migrate(db); !s) return util::err("database " + path + ": " + s.error().message);
+  return db;
+}
+
+util::Status Db::exec(const std::string& sql) {
+  char* message = nullptr;
+  int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &message);
+  if (rc != SQLITE_OK) {
+    std::string text = message ? message : sqlite3_errstr(rc);
+    sqlite3_free(message);
+    return util::err("SQLite: " + text);
+  }
+  return {};
+}
+
+util::Result<Statement> Db::prepare(std::string_view sql) {
+  sqlite3_stmt* stmt = nullptr;
+  int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
+  if (rc != SQLITE_OK) return util::err(std::string("SQLite prepare: ") + sqlite3_errmsg(db_));
+  return Statement(db_, stmt);
+}
+
+util::Result<std::int64_t> Db::dataVersion() {
+  auto st = prepare("PRAGMA data_version");
+  if (!st) return st.error();
+  auto row = st->step();
+  if (!row) return row.error();
+  return st->getInt(0);
+}
+
+Transaction::Transaction(Db& db) : db_(db) {
+  begun_ = db_.exec("BEGIN IMMEDIATE");
+  open_ = begun_.ok();
+}
+
+Transaction::~Transaction() {
+  if (open_) (void)db_.exec("ROLLBACK");
+}
+
+util::Status Transaction::commit() {
+  if (!open_) return begun_.ok() ? util::Status(util::err("transaction already ended")) : begun_;
+  auto s = db_.exec("COMMIT");
+  if (s) open_ = false;
+  return s;
+}
+
+}  // namespace mesh::store

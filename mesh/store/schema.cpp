@@ -1,0 +1,91 @@
+#include "mesh/store/schema.h"
+
+#include <string>
+
+#include "mesh/store/db.h"
+
+namespace mesh::store {
+
+namespace {
+// Version 1. Tasks of a batch are rows of `tasks`; the final result of a task is one row of
+// `results` (primary key: first result wins); attempts that did not end the task are rows of
+// `attempts` (the timeline `mesh task` shows).
+const char* kV1 = R"sql(
+CREATE TABLE meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE keys(
+  public_key TEXT PRIMARY KEY,      -- z85
+  fingerprint TEXT NOT NULL,
+  role TEXT NOT NULL,               -- node | client | admin
+  state TEXT NOT NULL,              -- accepted | pending | revoked
+  comment TEXT NOT NULL DEFAULT '',
+  first_seen_ms INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL,
+  last_address TEXT NOT NULL DEFAULT '',
+  refusals INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX keys_fingerprint ON keys(fingerprint);
+CREATE TABLE batches(
+  id INTEGER PRIMARY KEY,
+  label TEXT NOT NULL DEFAULT '',
+  handler TEXT NOT NULL,
+  priority INTEGER NOT NULL,
+  requires TEXT NOT NULL DEFAULT '',  -- comma-separated tags
+  timeout_ms INTEGER NOT NULL,
+  max_attempts INTEGER NOT NULL,
+  client_key TEXT NOT NULL,
+  submitted_ms INTEGER NOT NULL,
+  sealed INTEGER NOT NULL DEFAULT 0,
+  total INTEGER NOT NULL DEFAULT 0,
+  cancelled_ms INTEGER,
+  finished_ms INTEGER);
+CREATE TABLE tasks(
+  id INTEGER PRIMARY KEY,
+  batch INTEGER NOT NULL,
+  idx INTEGER NOT NULL,
+  payload BLOB NOT NULL);
+CREATE UNIQUE INDEX tasks_batch_idx ON tasks(batch, idx);
+CREATE TABLE results(
+  task INTEGER PRIMARY KEY,
+  status INTEGER NOT NULL,          -- proto::TaskStatus
+  output BLOB NOT NULL,
+  error TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  node TEXT NOT NULL,
+  assigned_ms INTEGER NOT NULL,
+  started_ms INTEGER NOT NULL,
+  finished_ms INTEGER NOT NULL,
+  duration_us INTEGER NOT NULL);
+CREATE TABLE attempts(
+  task INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  node TEXT NOT NULL,
+  assigned_ms INTEGER NOT NULL,
+  ended_ms INTEGER NOT NULL,
+  outcome TEXT NOT NULL,            -- failed | timed out | crashed | node lost | ...
+  error TEXT NOT NULL,
+  node_lost INTEGER NOT NULL,       -- 1 when the spore died or went silent under the task
+  PRIMARY KEY(task, attempt)) WITHOUT ROWID;
+)sql";
+}  // namespace
+
+util::Status migrate(Db& db) {
+  auto st = db.prepare("PRAGMA user_version");
+  if (!st) return st.error();
+  auto row = st->step();
+  if (!row) return row.error();
+  int version = static_cast<int>(st->getInt(0));
+  st->reset();
+  if (version > kSchemaVersion) {
+    return util::err("made by a newer release (schema " + std::to_string(version) +
+                     ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
+  }
+  if (version < 1) {
+    Transaction tx(db);
+    if (!tx.begun()) return tx.begun();
+    if (auto s = db.exec(kV1); !s) return s;
+    if (auto s = db.exec("PRAGMA user_version = 1"); !s) return s;
+    if (auto s = tx.commit(); !s) return s;
+  }
+  return {};
+}
+
+}  // namespace mesh::store

@@ -1,0 +1,301 @@
+#include "mesh/store/task_store.h"
+
+#include "mesh/util/bytes.h"
+
+namespace mesh::store {
+
+namespace {
+std::string joinTags(const std::vector<std::string>& tags) {
+  std::string out;
+  for (const auto& t : tags) {
+    if (!out.empty()) out += ',';
+    out += t;
+  }
+  return out;
+}
+
+const char* kBatchColumns =
+    "id, label, handler, priority, requires, timeout_ms, max_attempts, client_key, submitted_ms, "
+    "sealed, total, cancelled_ms, finished_ms";
+
+BatchRecord readBatch(const Statement& st, int c = 0) {
+  BatchRecord b;
+  b.id = static_cast<std::uint64_t>(st.getInt(c + 0));
+  b.label = st.getText(c + 1);
+  b.handler = st.getText(c + 2);
+  b.priority = static_cast<std::uint8_t>(st.getInt(c + 3));
+  b.requiredTags = util::splitList(st.getText(c + 4), ',');
+  b.timeoutMs = static_cast<std::uint32_t>(st.getInt(c + 5));
+  b.maxAttempts = static_cast<std::uint8_t>(st.getInt(c + 6));
+  b.clientKey = st.getText(c + 7);
+  b.submittedMs = st.getInt(c + 8);
+  b.sealed = st.getInt(c + 9) != 0;
+  b.total = static_cast<std::uint64_t>(st.getInt(c + 10));
+  if (!st.isNull(c + 11)) b.cancelledMs = st.getInt(c + 11);
+  if (!st.isNull(c + 12)) b.finishedMs = st.getInt(c + 12);
+  return b;
+}
+
+const char* kResultColumns =
+    "r.status, r.output, r.error, r.attempts, r.node, r.assigned_ms, r.started_ms, r.finished_ms, "
+    "r.duration_us";
+
+ResultRecord readResult(const Statement& st, std::uint64_t task, int c) {
+  ResultRecord r;
+  r.task = task;
+  r.status = static_cast<std::uint8_t>(st.getInt(c + 0));
+  r.output = std::string(st.getBlob(c + 1));
+  r.error = st.getText(c + 2);
+  r.attempts = static_cast<std::uint8_t>(st.getInt(c + 3));
+  r.node = st.getText(c + 4);
+  r.assignedMs = st.getInt(c + 5);
+  r.startedMs = st.getInt(c + 6);
+  r.finishedMs = st.getInt(c + 7);
+  r.durationUs = static_cast<std::uint64_t>(st.getInt(c + 8));
+  return r;
+}
+
+template <typename Fn>
+util::Status forRows(Statement& st, Fn&& fn) {
+  for (;;) {
+    auto row = st.step();
+    if (!row) return row.error();
+    if (!*row) return {};
+    fn(st);
+  }
+}
+}  // namespace
+
+util::Status TaskStore::apply(const WriteSet& set) {
+  const WriteSet* one[] = {&set};
+  return applyAll(one);
+}
+
+util::Status TaskStore::applyAll(std::span<const WriteSet* const> sets) {
+  Transaction tx(db_);
+  if (!tx.begun()) return tx.begun();
+  for (const WriteSet* set : sets) {
+    if (auto s = write(*set); !s) return s;
+  }
+  return tx.commit();
+}
+
+util::Status TaskStore::write(const WriteSet& set) {
+  if (!set.newBatches.empty()) {
+    auto st = db_.prepare(
+        "INSERT INTO batches(id, label, handler, priority, requires, timeout_ms, max_attempts, "
+        "client_key, submitted_ms, sealed, total) VALUES(?,?,?,?,?,?,?,?,?,?,?)");
+    if (!st) return st.error();
+    for (const auto& b : set.newBatches) {
+      st->bind(1, static_cast<std::int64_t>(b.id)).bindText(2, b.label).bindText(3, b.handler)
+          .bind(4, b.priority).bindText(5, joinTags(b.requiredTags)).bind(6, b.timeoutMs)
+          .bind(7, b.maxAttempts).bindText(8, b.clientKey).bind(9, b.submittedMs)
+          .bind(10, b.sealed ? 1 : 0).bind(11, static_cast<std::int64_t>(b.total));
+      if (auto s = st->run(); !s) return s;
+      st->reset();
+    }
+  }
+  if (!set.chunks.empty()) {
+    auto st = db_.prepare("INSERT INTO tasks(id, batch, idx, payload) VALUES(?,?,?,?)");
+    if (!st) return st.error();
+    for (const auto& c : set.chunks) {
+      for (std::size_t i = 0; i < c.payloads.size(); ++i) {
+        st->bind(1, static_cast<std::int64_t>(c.firstId + i)).bind(2, static_cast<std::int64_t>(c.batch))
+            .bind(3, static_cast<std::int64_t>(c.firstIndex + i)).bindBlobStatic(4, c.payloads[i]);
+        if (auto s = st->run(); !s) return s;
+        st->reset();
+      }
+    }
+  }
+  if (!set.results.empty()) {
+    auto st = db_.prepare(
+        "INSERT OR IGNORE INTO results(task, status, output, error, attempts, node, assigned_ms, "
+        "started_ms, finished_ms, duration_us) VALUES(?,?,?,?,?,?,?,?,?,?)");
+    if (!st) return st.error();
+    for (const auto& r : set.results) {
+      st->bind(1, static_cast<std::int64_t>(r.task)).bind(2, r.status).bindBlobStatic(3, r.output)
+          .bindText(4, r.error).bind(5, r.attempts).bindText(6, r.node).bind(7, r.assignedMs)
+          .bind(8, r.startedMs).bind(9, r.finishedMs).bind(10, static_cast<std::int64_t>(r.durationUs));
+      if (auto s = st->run(); !s) return s;
+      st->reset();
+    }
+  }
+  if (!set.attempts.empty()) {
+    auto st = db_.prepare(
+        "INSERT OR IGNORE INTO attempts(task, attempt, node, assigned_ms, ended_ms, outcome, error, node_lost) "
+        "VALUES(?,?,?,?,?,?,?,?)");
+    if (!st) return st.error();
+    for (const auto& a : set.attempts) {
+      st->bind(1, static_cast<std::int64_t>(a.task)).bind(2, a.attempt).bindText(3, a.node)
+          .bind(4, a.assignedMs).bind(5, a.endedMs).bindText(6, a.outcome).bindText(7, a.error)
+          .bind(8, a.nodeLost ? 1 : 0);
+      if (auto s = st->run(); !s) return s;
+      st->reset();
+    }
+  }
+  for (const auto& u : set.updates) {
+    if (u.total) {
+      auto st = db_.prepare("UPDATE batches SET total = ?2, sealed = ?3 WHERE id = ?1");
+      if (!st) return st.error();
+      st->bind(1, static_cast<std::int64_t>(u.batch)).bind(2, static_cast<std::int64_t>(*u.total)).bind(3, u.sealed ? 1 : 0);
+      if (auto s = st->run(); !s) return s;
+    }
+    if (u.cancelledMs) {
+      auto st = db_.prepare("UPDATE batches SET cancelled_ms = ?2 WHERE id = ?1 AND cancelled_ms IS NULL");
+      if (!st) return st.error();
+      st->bind(1, static_cast<std::int64_t>(u.batch)).bind(2, *u.cancelledMs);
+      if (auto s = st->run(); !s) return s;
+    }
+    if (u.finishedMs) {
+      auto st = db_.prepare("UPDATE batches SET finished_ms = ?2 WHERE id = ?1");
+      if (!st) return st.error();
+      st->bind(1, static_cast<std::int64_t>(u.batch)).bind(2, *u.finishedMs);
+      if (auto s = st->run(); !s) return s;
+    }
+  }
+  return {};
+}
+
+util::Result<std::vector<BatchRecord>> TaskStore::unfinishedBatches() {
+  auto st = db_.prepare(std::string("SELECT ") + kBatchColumns +
+                        " FROM batches WHERE finished_ms IS NULL ORDER BY id");
+  if (!st) return st.error();
+  std::vector<BatchRecord> out;
+  if (auto s = forRows(*st, [&](Statement& s) { out.push_back(readBatch(s)); }); !s) return s.error();
+  return out;
+}
+
+util::Result<std::uint64_t> TaskStore::maxTaskId() {
+  auto st = db_.prepare("SELECT COALESCE(MAX(id), 0) FROM tasks");
+  if (!st) return st.error();
+  auto row = st->step();
+  if (!row) return row.error();
+  return static_cast<std::uint64_t>(st->getInt(0));
+}
+
+util::Result<std::uint64_t> TaskStore::maxBatchId() {
+  auto st = db_.prepare("SELECT COALESCE(MAX(id), 0) FROM batches");
+  if (!st) return st.error();
+  auto row = st->step();
+  if (!row) return row.error();
+  return static_cast<std::uint64_t>(st->getInt(0));
+}
+
+util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&&)>& each) {
+  auto st = db_.prepare(
+      "SELECT t.id, t.batch, t.idx, t.payload, "
+      "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id), "
+      "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id AND a.node_lost = 1) "
+      "FROM tasks t JOIN batches b ON b.id = t.batch "
+      "WHERE b.finished_ms IS NULL AND b.cancelled_ms IS NULL "
+      "  AND NOT EXISTS (SELECT 1 FROM results r WHERE r.task = t.id) "
+      "ORDER BY t.id");
+  if (!st) return st.error();
+  return forRows(*st, [&](Statement& s) {
+    PendingTask p;
+    p.id = static_cast<std::uint64_t>(s.getInt(0));
+    p.batch = static_cast<std::uint64_t>(s.getInt(1));
+    p.index = static_cast<std::uint64_t>(s.getInt(2));
+    p.payload = std::string(s.getBlob(3));
+    p.attemptsMade = static_cast<std::uint8_t>(std::min<std::int64_t>(255, s.getInt(4)));
+    p.nodesLost = static_cast<std::uint8_t>(std::min<std::int64_t>(255, s.getInt(5)));
+    each(std::move(p));
+  });
+}
+
+util::Result<BatchCounts> TaskStore::countResults(std::uint64_t batch) {
+  // proto::TaskStatus: ok = 0, cancelled = 5; everything else is a failure once final.
+  auto st = db_.prepare(
+      "SELECT r.status, COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = ? "
+      "GROUP BY r.status");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(batch));
+  BatchCounts c;
+  auto s = forRows(*st, [&](Statement& s) {
+    auto n = static_cast<std::uint64_t>(s.getInt(1));
+    switch (s.getInt(0)) {
+      case 0: c.succeeded += n; break;
+      case 5: c.cancelled += n; break;
+      default: c.failed += n;
+    }
+  });
+  if (!s) return s.error();
+  return c;
+}
+
+util::Result<std::optional<BatchRecord>> TaskStore::batch(std::uint64_t id) {
+  auto st = db_.prepare(std::string("SELECT ") + kBatchColumns + " FROM batches WHERE id = ?");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(id));
+  auto row = st->step();
+  if (!row) return row.error();
+  if (!*row) return std::optional<BatchRecord>();
+  return std::optional<BatchRecord>(readBatch(*st));
+}
+
+util::Result<std::vector<BatchRecord>> TaskStore::recentBatches(int limit) {
+  auto st = db_.prepare(std::string("SELECT ") + kBatchColumns + " FROM batches ORDER BY id DESC LIMIT ?");
+  if (!st) return st.error();
+  st->bind(1, limit);
+  std::vector<BatchRecord> out;
+  if (auto s = forRows(*st, [&](Statement& s) { out.push_back(readBatch(s)); }); !s) return s.error();
+  return out;
+}
+
+util::Result<std::vector<ResultRow>> TaskStore::resultsPage(std::uint64_t batch, std::uint64_t fromIndex, int limit) {
+  auto st = db_.prepare(std::string("SELECT t.id, t.idx, ") + kResultColumns +
+                        " FROM tasks t JOIN results r ON r.task = t.id "
+                        "WHERE t.batch = ? AND t.idx >= ? ORDER BY t.idx LIMIT ?");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(batch)).bind(2, static_cast<std::int64_t>(fromIndex)).bind(3, limit);
+  std::vector<ResultRow> out;
+  auto s = forRows(*st, [&](Statement& s) {
+    ResultRow r;
+    r.task = static_cast<std::uint64_t>(s.getInt(0));
+    r.index = static_cast<std::uint64_t>(s.getInt(1));
+    r.result = readResult(s, r.task, 2);
+    out.push_back(std::move(r));
+  });
+  if (!s) return s.error();
+  return out;
+}
+
+util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
+  auto st = db_.prepare(std::string("SELECT t.id, t.batch, t.idx, ") + kResultColumns + ", r.task IS NULL, " +
+                        "b.id, b.label, b.handler, b.priority, b.requires, b.timeout_ms, b.max_attempts, "
+                        "b.client_key, b.submitted_ms, b.sealed, b.total, b.cancelled_ms, b.finished_ms"
+                        " FROM tasks t JOIN batches b ON b.id = t.batch LEFT JOIN results r ON r.task = t.id "
+                        "WHERE t.id = ?");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(id));
+  auto row = st->step();
+  if (!row) return row.error();
+  if (!*row) return std::optional<TaskRow>();
+  TaskRow t;
+  t.id = static_cast<std::uint64_t>(st->getInt(0));
+  t.batch = static_cast<std::uint64_t>(st->getInt(1));
+  t.index = static_cast<std::uint64_t>(st->getInt(2));
+  if (st->getInt(12) == 0) t.result = readResult(*st, t.id, 3);
+  t.batchRecord = readBatch(*st, 13);
+  auto at = db_.prepare(
+      "SELECT attempt, node, assigned_ms, ended_ms, outcome, error, node_lost FROM attempts "
+      "WHERE task = ? ORDER BY attempt");
+  if (!at) return at.error();
+  at->bind(1, static_cast<std::int64_t>(id));
+  auto s = forRows(*at, [&](Statement& s) {
+    AttemptRecord a;
+    a.task = t.id;
+    a.attempt = static_cast<std::uint8_t>(s.getInt(0));
+    a.node = s.getText(1);
+    a.assignedMs = s.getInt(2);
+    a.endedMs = s.getInt(3);
+    a.outcome = s.getText(4);
+    a.error = s.getText(5);
+    a.nodeLost = s.getInt(6) != 0;
+    t.attempts.push_back(std::move(a));
+  });
+  if (!s) return s.error();
+  return std::optional<TaskRow>(std::move(t));
+}
+
+}  // namespace mesh::store

@@ -1,0 +1,150 @@
+// Batches, tasks, results and attempts in SQLite: the durable half of the nexus.
+//
+// Writes go through apply(WriteSet) in one transaction (the group commit). Reads serve the
+// CLI (`mesh results`, `mesh task`) and recovery after a restart.
+//
+// Invariants: a task row exists before any result for it; a result row is final and written
+// once (INSERT OR IGNORE: the first result for a task id wins).
+// Thread rule: a TaskStore uses one Db and belongs to that Db's thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mesh/store/db.h"
+
+namespace mesh::store {
+
+struct BatchRecord {
+  std::uint64_t id = 0;
+  std::string label;
+  std::string handler;
+  std::uint8_t priority = 0;
+  std::vector<std::string> requiredTags;
+  std::uint32_t timeoutMs = 0;
+  std::uint8_t maxAttempts = 1;
+  std::string clientKey;
+  std::int64_t submittedMs = 0;
+  bool sealed = false;
+  std::uint64_t total = 0;
+  std::optional<std::int64_t> cancelledMs;
+  std::optional<std::int64_t> finishedMs;
+};
+
+// A run of tasks of one batch with consecutive ids and indexes. The payload views point into
+// memory that `keepAlive` owns (typically the received frame), so nothing is copied.
+struct TaskChunk {
+  std::uint64_t batch = 0;
+  std::uint64_t firstId = 0;
+  std::uint64_t firstIndex = 0;
+  std::vector<std::string_view> payloads;
+  std::shared_ptr<const void> keepAlive;
+};
+
+struct ResultRecord {
+  std::uint64_t task = 0;
+  std::uint8_t status = 0;  // proto::TaskStatus
+  std::string output;
+  std::string error;
+  std::uint8_t attempts = 0;
+  std::string node;
+  std::int64_t assignedMs = 0;
+  std::int64_t startedMs = 0;
+  std::int64_t finishedMs = 0;
+  std::uint64_t durationUs = 0;
+};
+
+struct AttemptRecord {
+  std::uint64_t task = 0;
+  std::uint8_t attempt = 0;
+  std::string node;
+  std::int64_t assignedMs = 0;
+  std::int64_t endedMs = 0;
+  std::string outcome;
+  std::string error;
+  bool nodeLost = false;
+};
+
+struct BatchUpdate {
+  std::uint64_t batch = 0;
+  std::optional<std::uint64_t> total;  // with sealed
+  bool sealed = false;
+  std::optional<std::int64_t> cancelledMs;
+  std::optional<std::int64_t> finishedMs;
+};
+
+// Everything one group commit writes.
+struct WriteSet {
+  std::vector<BatchRecord> newBatches;
+  std::vector<TaskChunk> chunks;
+  std::vector<ResultRecord> results;
+  std::vector<AttemptRecord> attempts;
+  std::vector<BatchUpdate> updates;
+  bool empty() const {
+    return newBatches.empty() && chunks.empty() && results.empty() && attempts.empty() && updates.empty();
+  }
+};
+
+// One task to run again after a restart.
+struct PendingTask {
+  std::uint64_t id = 0;
+  std::uint64_t batch = 0;
+  std::uint64_t index = 0;
+  std::string payload;
+  std::uint8_t attemptsMade = 0;   // attempts already recorded
+  std::uint8_t nodesLost = 0;      // of which the spore died under the task
+};
+
+struct BatchCounts {
+  std::uint64_t succeeded = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t cancelled = 0;
+};
+
+struct TaskRow {
+  std::uint64_t id = 0, batch = 0, index = 0;
+  BatchRecord batchRecord;
+  std::optional<ResultRecord> result;
+  std::vector<AttemptRecord> attempts;
+};
+
+struct ResultRow {
+  std::uint64_t task = 0, index = 0;
+  ResultRecord result;
+};
+
+class TaskStore {
+ public:
+  explicit TaskStore(Db& db) : db_(db) {}
+
+  // Applies the whole set in one transaction; on error nothing of it is written.
+  util::Status apply(const WriteSet& set);
+  // Applies several sets in one transaction (the group commit); all or nothing.
+  util::Status applyAll(std::span<const WriteSet* const> sets);
+
+  // Recovery.
+  util::Result<std::vector<BatchRecord>> unfinishedBatches();
+  util::Result<std::uint64_t> maxTaskId();
+  util::Result<std::uint64_t> maxBatchId();
+  // Calls `each` for every task of an unfinished, uncancelled batch that has no result, in id order.
+  util::Status forEachPendingTask(const std::function<void(PendingTask&&)>& each);
+  util::Result<BatchCounts> countResults(std::uint64_t batch);
+
+  // Queries.
+  util::Result<std::optional<BatchRecord>> batch(std::uint64_t id);
+  util::Result<std::vector<BatchRecord>> recentBatches(int limit);
+  util::Result<std::vector<ResultRow>> resultsPage(std::uint64_t batch, std::uint64_t fromIndex, int limit);
+  util::Result<std::optional<TaskRow>> task(std::uint64_t id);
+
+ private:
+  util::Status write(const WriteSet& set);  // inside an open transaction
+  Db& db_;
+};
+
+}  // namespace mesh::store

@@ -1,0 +1,135 @@
+#include "mesh/store/writer.h"
+
+#include <atomic>
+#include <cstring>
+#include <future>
+
+#include "mesh/util/clock.h"
+#include "mesh/util/log.h"
+
+namespace mesh::store {
+
+namespace {
+std::atomic<unsigned> gWriterSeq{0};
+
+struct Job {
+  std::uint64_t ticket = 0;
+  std::unique_ptr<WriteSet> set;  // null: stop
+};
+
+// Ownership of a heap object crosses the inproc socket as its pointer value.
+template <typename T>
+zmq::message_t pointerMessage(std::unique_ptr<T> p) {
+  T* raw = p.release();
+  return zmq::message_t(&raw, sizeof raw);
+}
+template <typename T>
+std::unique_ptr<T> takePointer(const zmq::message_t& m) {
+  MESH_ASSERT(m.size() == sizeof(T*), "inproc pointer message of the wrong size");
+  T* raw;
+  std::memcpy(&raw, m.data(), sizeof raw);
+  return std::unique_ptr<T>(raw);
+}
+}  // namespace
+
+util::Result<std::unique_ptr<StoreWriter>> StoreWriter::start(zmq::context_t& ctx, const std::string& dbPath) {
+  auto db = Db::open(dbPath);
+  if (!db) return db.error();
+  std::unique_ptr<StoreWriter> w(new StoreWriter(ctx));
+  std::string endpoint = "inproc://mesh-store-writer-" + std::to_string(gWriterSeq++);
+  w->socket_ = zmq::socket_t(ctx, zmq::socket_type::pair);
+  w->socket_.set(zmq::sockopt::sndhwm, 0);  // bounded by the nexus's own limits instead
+  w->socket_.bind(endpoint);
+  StoreWriter* self = w.get();
+  w->thread_ = std::thread([self, d = std::move(*db), endpoint]() mutable { self->run(std::move(d), endpoint); });
+  return w;
+}
+
+StoreWriter::~StoreWriter() {
+  try {
+    Job stop;
+    socket_.send(pointerMessage(std::make_unique<Job>(std::move(stop))), zmq::send_flags::none);
+  } catch (...) {
+  }
+  if (thread_.joinable()) thread_.join();
+  // Free notices nobody will read.
+  socket_.set(zmq::sockopt::rcvtimeo, 0);
+  zmq::message_t m;
+  while (socket_.recv(m, zmq::recv_flags::dontwait)) takePointer<CommitNotice>(m);
+}
+
+std::uint64_t StoreWriter::submit(std::unique_ptr<WriteSet> set) {
+  auto job = std::make_unique<Job>();
+  job->ticket = nextTicket_++;
+  job->set = std::move(set);
+  std::uint64_t ticket = job->ticket;
+  socket_.send(pointerMessage(std::move(job)), zmq::send_flags::none);
+  return ticket;
+}
+
+std::optional<CommitNotice> StoreWriter::receive() {
+  zmq::message_t m;
+  if (!socket_.recv(m, zmq::recv_flags::dontwait)) return std::nullopt;
+  auto notice = takePointer<CommitNotice>(m);
+  answered_ += notice->committed.size() + notice->failed.size();
+  return std::move(*notice);
+}
+
+void StoreWriter::run(Db db, std::string endpoint) {
+  zmq::socket_t pipe(ctx_, zmq::socket_type::pair);
+  pipe.set(zmq::sockopt::sndhwm, 0);
+  pipe.connect(endpoint);
+  TaskStore store(db);
+  const auto& clock = util::systemClock();
+  bool stopping = false;
+  while (!stopping) {
+    std::vector<std::unique_ptr<Job>> jobs;
+    zmq::message_t m;
+    try {
+      if (!pipe.recv(m)) continue;
+    } catch (const zmq::error_t& e) {
+      if (e.num() == ETERM) return;
+      continue;
+    }
+    jobs.push_back(takePointer<Job>(m));
+    // Take everything else that is waiting: one transaction for all of it.
+    while (jobs.size() < 4096 && pipe.recv(m, zmq::recv_flags::dontwait)) jobs.push_back(takePointer<Job>(m));
+    auto notice = std::make_unique<CommitNotice>();
+    std::vector<const WriteSet*> sets;
+    std::vector<Job*> work;
+    for (auto& j : jobs) {
+      if (!j->set) {
+        stopping = true;
+        continue;
+      }
+      sets.push_back(j->set.get());
+      work.push_back(j.get());
+    }
+    if (sets.empty()) continue;
+    std::int64_t start = clock.monotonicUs();
+    util::Status s = store.applyAll(sets);
+    if (s) {
+      for (Job* j : work) notice->committed.push_back(j->ticket);
+    } else {
+      MESH_ERROR("group commit of %zu sets failed (%s); writing them one by one", sets.size(),
+                 s.error().message.c_str());
+      for (Job* j : work) {
+        util::Status one = store.apply(*j->set);
+        if (one) {
+          notice->committed.push_back(j->ticket);
+        } else {
+          notice->failed.emplace_back(j->ticket, one.error().message);
+          notice->failedSets.push_back(std::move(j->set));
+        }
+      }
+    }
+    notice->commitUs = clock.monotonicUs() - start;
+    try {
+      pipe.send(pointerMessage(std::move(notice)), zmq::send_flags::none);
+    } catch (const zmq::error_t&) {
+      return;
+    }
+  }
+}
+
+}  // namespace mesh::store

@@ -1,0 +1,58 @@
+// StoreWriter: the nexus's group-commit thread. The nexus loop hands it WriteSets (by message,
+// over inproc); the thread takes every set waiting, writes them in ONE transaction, commits
+// (synchronous=FULL), and answers with a Commit notice. So the loop never blocks on fsync, and
+// the more work arrives, the more each commit carries.
+//
+// If a group fails, each set is retried on its own so one bad set cannot hold back the others;
+// a set that still fails is reported as failed (the nexus decides: refuse a submit, retry results).
+//
+// Thread rule: the object belongs to the nexus loop thread (submit, socket, receive); the
+// writer thread owns its own Db connection.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+#include <zmq.hpp>
+
+#include "mesh/store/task_store.h"
+
+namespace mesh::store {
+
+struct CommitNotice {
+  std::vector<std::uint64_t> committed;  // tickets now durable, in order
+  std::vector<std::pair<std::uint64_t, std::string>> failed;  // ticket, error
+  std::vector<std::unique_ptr<WriteSet>> failedSets;  // handed back, for the nexus to retry
+  std::int64_t commitUs = 0;
+};
+
+class StoreWriter {
+ public:
+  // Starts the thread; fails if the database cannot be opened.
+  static util::Result<std::unique_ptr<StoreWriter>> start(zmq::context_t& ctx, const std::string& dbPath);
+  ~StoreWriter();  // writes what is queued, then stops
+  StoreWriter(const StoreWriter&) = delete;
+  StoreWriter& operator=(const StoreWriter&) = delete;
+
+  // Queues a set; returns its ticket (increasing from 1).
+  std::uint64_t submit(std::unique_ptr<WriteSet> set);
+  // Poll this socket for POLLIN, then call receive().
+  zmq::socket_t& socket() { return socket_; }
+  std::optional<CommitNotice> receive();
+  std::uint64_t queued() const { return nextTicket_ - 1 - answered_; }
+
+ private:
+  StoreWriter(zmq::context_t& ctx) : ctx_(ctx) {}
+  void run(Db db, std::string endpoint);
+
+  zmq::context_t& ctx_;
+  zmq::socket_t socket_;
+  std::thread thread_;
+  std::uint64_t nextTicket_ = 1;
+  std::uint64_t answered_ = 0;
+};
+
+}  // namespace mesh::store

@@ -1,0 +1,297 @@
+#include <doctest/doctest.h>
+
+#include "mesh/routing/scheduler.h"
+
+using namespace mesh::routing;
+
+namespace {
+NodeInfo nodeInfo(const std::string& name, std::uint16_t slots, std::set<std::string> tags = {},
+                  std::set<std::string> handlers = {"echo", "sleep"}) {
+  NodeInfo n;
+  n.key = name + "-key";
+  n.name = name;
+  n.slots = slots;
+  n.tags = std::move(tags);
+  n.handlers = std::move(handlers);
+  return n;
+}
+
+BatchSpec spec(const std::string& handler = "echo", std::uint8_t priority = 0,
+               std::vector<std::string> requiredTags = {}, std::uint8_t attempts = 3) {
+  BatchSpec s;
+  s.handler = handler;
+  s.priority = priority;
+  s.requiredTags = std::move(requiredTags);
+  s.timeoutMs = 1000;
+  s.maxAttempts = attempts;
+  return s;
+}
+
+Batch& batchOf(Scheduler& s, std::uint64_t id, BatchSpec sp, int tasks, std::uint64_t firstTask) {
+  Batch& b = s.addBatch(id, std::move(sp));
+  for (int i = 0; i < tasks; ++i) s.addTask(b, firstTask + i, i, "p" + std::to_string(i));
+  s.seal(b, tasks);
+  return b;
+}
+
+Report ok(std::uint64_t task, std::uint8_t attempt) {
+  Report r;
+  r.task = task;
+  r.attempt = attempt;
+  r.status = Status::kOk;
+  r.output = "out";
+  r.durationUs = 1000;
+  return r;
+}
+
+Report failed(std::uint64_t task, std::uint8_t attempt) {
+  Report r = ok(task, attempt);
+  r.status = Status::kFailed;
+  r.error = "boom";
+  return r;
+}
+
+std::size_t assignedTo(const std::vector<Assignment>& as, NodeId node) {
+  for (auto& a : as) {
+    if (a.node == node) return a.tasks.size();
+  }
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("a task requiring a tag runs only on a node with that tag") {
+  Scheduler s(SchedulerConfig{});
+  NodeId plain = s.addNode(nodeInfo("plain", 4));
+  NodeId gpu = s.addNode(nodeInfo("gpu", 4, {"gpu"}));
+  batchOf(s, 1, spec("echo", 0, {"gpu"}), 3, 100);
+  auto as = s.dispatch(0, 0);
+  CHECK(assignedTo(as, plain) == 0);
+  CHECK(assignedTo(as, gpu) == 3);
+}
+
+TEST_CASE("a task requiring a tag nobody has stays queued and says why") {
+  Scheduler s(SchedulerConfig{});
+  s.addNode(nodeInfo("plain", 4));
+  batchOf(s, 1, spec("echo", 0, {"tpu"}), 1, 100);
+  CHECK(s.dispatch(0, 0).empty());
+  const Task* t = s.task(100);
+  REQUIRE(t != nullptr);
+  CHECK(s.whyWaiting(*t, 0) == "no live spore has tag(s) tpu");
+  CHECK(s.queuedTotal() == 1);
+}
+
+TEST_CASE("a batch whose handler no node offers says so") {
+  Scheduler s(SchedulerConfig{});
+  s.addNode(nodeInfo("plain", 4));
+  batchOf(s, 1, spec("render"), 1, 100);
+  s.dispatch(0, 0);
+  CHECK(s.whyWaiting(*s.task(100), 0) == "no live spore offers handler 'render'");
+  CHECK_FALSE(s.handlerOffered("render"));
+  CHECK(s.handlerOffered("echo"));
+}
+
+TEST_CASE("a node never holds more than its slots plus the prefetch") {
+  SchedulerConfig c;
+  Scheduler s(c);
+  NodeId n = s.addNode(nodeInfo("n", 2));
+  batchOf(s, 1, spec(), 100, 1);
+  auto as = s.dispatch(0, 0);
+  // Not measured yet: prefetch = slots.
+  CHECK(assignedTo(as, n) == 4);
+  CHECK(s.dispatch(0, 0).empty());
+  // Fast tasks measured: the prefetch grows, but never past maxPrefetch.
+  for (auto* t : as[0].tasks) {
+    Report r = ok(t->id, 1);
+    r.durationUs = 1;
+    s.onReport(n, std::move(r), 0, 0);
+  }
+  as = s.dispatch(0, 0);
+  CHECK(assignedTo(as, n) == std::min<std::size_t>(96, 2 + c.maxPrefetch));
+  // Slow tasks: the prefetch shrinks to one.
+  SchedulerConfig slow;
+  Scheduler s2(slow);
+  NodeId m = s2.addNode(nodeInfo("m", 2));
+  batchOf(s2, 1, spec(), 100, 1);
+  auto first = s2.dispatch(0, 0);
+  for (auto* t : first[0].tasks) {
+    Report r = ok(t->id, 1);
+    r.durationUs = 10'000'000;
+    s2.onReport(m, std::move(r), 0, 0);
+  }
+  CHECK(assignedTo(s2.dispatch(0, 0), m) == 3);
+}
+
+TEST_CASE("higher priority batches are dispatched first") {
+  Scheduler s(SchedulerConfig{});
+  NodeId n = s.addNode(nodeInfo("n", 1));
+  batchOf(s, 1, spec("echo", 1), 5, 100);
+  batchOf(s, 2, spec("echo", 9), 5, 200);
+  auto as = s.dispatch(0, 0);
+  REQUIRE(assignedTo(as, n) == 2);
+  for (auto* t : as[0].tasks) CHECK(t->batch->id == 2);
+}
+
+TEST_CASE("batches of equal priority take turns") {
+  SchedulerConfig c;
+  c.dispatchChunk = 1;
+  Scheduler s(c);
+  s.addNode(nodeInfo("n", 4));
+  batchOf(s, 1, spec(), 10, 100);
+  batchOf(s, 2, spec(), 10, 200);
+  auto as = s.dispatch(0, 0);
+  REQUIRE(as.size() == 1);
+  std::map<std::uint64_t, int> perBatch;
+  for (auto* t : as[0].tasks) perBatch[t->batch->id]++;
+  CHECK(perBatch[1] == 4);
+  CHECK(perBatch[2] == 4);
+}
+
+TEST_CASE("the node with the lower load score gets the work") {
+  SchedulerConfig c;
+  c.dispatchChunk = 1;
+  Scheduler s(c);
+  NodeId busy = s.addNode(nodeInfo("busy", 1));
+  NodeId idle = s.addNode(nodeInfo("idle", 1));
+  s.updateLoad(busy, 95, 80);
+  s.updateLoad(idle, 5, 10);
+  batchOf(s, 1, spec(), 1, 100);
+  auto as = s.dispatch(0, 0);
+  CHECK(assignedTo(as, idle) == 1);
+  CHECK(assignedTo(as, busy) == 0);
+  CHECK(s.score(*s.node(busy)) == doctest::Approx(0.4 * 0.95 + 0.3 * 0.8));
+}
+
+TEST_CASE("a failed task is retried with backoff on another node, then fails for good") {
+  SchedulerConfig c;
+  c.retryBaseMs = 100;
+  Scheduler s(c);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  NodeId b = s.addNode(nodeInfo("b", 1));
+  batchOf(s, 1, spec("echo", 0, {}, 2), 1, 100);
+  auto as = s.dispatch(0, 0);
+  REQUIRE(as.size() == 1);
+  NodeId first = as[0].node;
+  s.onReport(first, failed(100, 1), 0, 0);
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.empty());
+  REQUIRE(fx.attempts.size() == 1);
+  CHECK(fx.attempts[0].outcome == "failed");
+  CHECK(s.dispatch(50, 0).empty());  // still backing off
+  s.tick(100, 0);
+  as = s.dispatch(100, 0);
+  REQUIRE(as.size() == 1);
+  CHECK(as[0].node == (first == a ? b : a));
+  s.onReport(as[0].node, failed(100, 2), 100, 0);
+  fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].status == Status::kFailed);
+  CHECK(fx.finals[0].error.find("attempt 2 of 2") != std::string::npos);
+  CHECK(fx.finishedBatches == std::vector<std::uint64_t>{1});
+  CHECK(s.counters().get("tasks_retried") == 1);
+}
+
+TEST_CASE("a lost node's tasks are re-queued at once, and a task that keeps losing nodes is quarantined") {
+  SchedulerConfig c;
+  c.quarantineAfter = 3;
+  Scheduler s(c);
+  batchOf(s, 1, spec(), 1, 100);
+  for (int round = 1; round <= 3; ++round) {
+    NodeId n = s.addNode(nodeInfo("n" + std::to_string(round), 1));
+    auto as = s.dispatch(0, 0);
+    REQUIRE(assignedTo(as, n) == 1);
+    s.removeNode(n, 0, "missed 3 heartbeats");
+  }
+  auto fx = s.takeEffects();
+  CHECK(fx.attempts.size() == 2);
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].status == Status::kQuarantined);
+  CHECK(s.counters().get("tasks_quarantined") == 1);
+}
+
+TEST_CASE("the first result wins and a late duplicate is dropped") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  batchOf(s, 1, spec(), 1, 100);
+  s.dispatch(0, 0);
+  s.removeNode(a, 0, "silent");          // re-queued
+  NodeId b = s.addNode(nodeInfo("b", 1));
+  auto as = s.dispatch(0, 0);
+  REQUIRE(assignedTo(as, b) == 1);
+  // The "dead" node comes back with a valid result: it is the first, so it wins.
+  s.onReport(a, ok(100, 1), 0, 0);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  REQUIRE(fx.cancels.size() == 1);
+  CHECK(fx.cancels[0].first == b);
+  // The second result for the same task is dropped and counted.
+  s.onReport(b, ok(100, 2), 0, 0);
+  CHECK(s.takeEffects().finals.empty());
+  CHECK(s.counters().get("results_duplicate") == 1);
+  CHECK(s.node(b)->inFlight == 0);
+}
+
+TEST_CASE("an attempt past its deadline is expired and retried") {
+  SchedulerConfig c;
+  c.deadlineGraceMs = 500;
+  c.retryBaseMs = 10;
+  Scheduler s(c);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  batchOf(s, 1, spec(), 1, 100);  // timeout 1000 ms
+  s.dispatch(0, 0);
+  s.tick(1499, 0);
+  CHECK(s.takeEffects().attempts.empty());
+  s.tick(1500, 0);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.attempts.size() == 1);
+  CHECK(fx.attempts[0].outcome == "timed out");
+  REQUIRE(fx.cancels.size() == 1);
+  CHECK(fx.cancels[0].first == a);
+  CHECK(s.node(a)->inFlight == 0);
+}
+
+TEST_CASE("cancelling a batch ends every task and tells nodes to stop running ones") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  Batch& b = batchOf(s, 1, spec(), 5, 100);
+  s.dispatch(0, 0);
+  CHECK(s.cancel(b, 0) == 5);
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.size() == 5);
+  CHECK(fx.cancels.size() == 2);
+  CHECK(s.node(a)->inFlight == 0);
+  CHECK(s.queuedTotal() == 0);
+  CHECK(s.runningTotal() == 0);
+  CHECK(s.dispatch(0, 0).empty());
+}
+
+TEST_CASE("a reconnecting node keeps the tasks it still runs") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  batchOf(s, 1, spec(), 2, 100);
+  s.dispatch(0, 0);
+  s.removeNode(a, 0, "reconnected");
+  NodeId a2 = s.addNode(nodeInfo("a", 2));
+  auto unknown = s.adoptRunning(a2, {100, 555});
+  CHECK(unknown == std::vector<std::uint64_t>{555});
+  s.onReport(a2, ok(100, 1), 0, 0);
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.size() == 1);
+  CHECK(s.task(101) != nullptr);
+}
+
+TEST_CASE("progress counts only what the store has committed") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  Batch& b = batchOf(s, 1, spec(), 2, 100);
+  s.dispatch(0, 0);
+  s.onReport(a, ok(100, 1), 0, 0);
+  s.onReport(a, ok(101, 1), 0, 0);
+  auto fx = s.takeEffects();
+  CHECK(fx.finishedBatches == std::vector<std::uint64_t>{1});
+  CHECK_FALSE(s.progress(b).finished);
+  s.markDurable(1, Status::kOk, 2);
+  CHECK(s.progress(b).finished);
+  CHECK(s.progress(b).succeeded == 2);
+  s.forget(1);
+  CHECK(s.batch(1) == nullptr);
+}

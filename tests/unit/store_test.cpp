@@ -1,0 +1,205 @@
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "mesh/store/db.h"
+#include "mesh/store/key_store.h"
+#include "mesh/store/task_store.h"
+#include "mesh/store/writer.h"
+#include "mesh/util/clock.h"
+
+using namespace mesh;
+using namespace mesh::store;
+
+namespace {
+struct TempDb {
+  std::string dir;
+  std::string path;
+  TempDb() {
+    char d[] = "/tmp/mesh-store-XXXXXX";
+    REQUIRE(mkdtemp(d) != nullptr);
+    dir = d;
+    path = dir + "/nexus.db";
+  }
+  ~TempDb() { std::system(("rm -rf " + dir).c_str()); }
+};
+
+WriteSet batchWithTasks(std::uint64_t batch, std::uint64_t firstId, const std::vector<std::string>& payloads,
+                        std::shared_ptr<std::vector<std::string>>* keep) {
+  WriteSet set;
+  BatchRecord b;
+  b.id = batch;
+  b.handler = "echo";
+  b.priority = 5;
+  b.requiredTags = {"gpu", "ssd"};
+  b.timeoutMs = 1000;
+  b.maxAttempts = 3;
+  b.clientKey = "k";
+  b.submittedMs = 1;
+  b.sealed = true;
+  b.total = payloads.size();
+  set.newBatches.push_back(b);
+  *keep = std::make_shared<std::vector<std::string>>(payloads);
+  TaskChunk c;
+  c.batch = batch;
+  c.firstId = firstId;
+  c.firstIndex = 0;
+  for (auto& p : **keep) c.payloads.push_back(p);
+  c.keepAlive = *keep;
+  set.chunks.push_back(std::move(c));
+  return set;
+}
+}  // namespace
+
+TEST_CASE("a new database is migrated and a newer one is refused") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    REQUIRE(db->exec("PRAGMA user_version = 99").ok());
+  }
+  auto again = Db::open(t.path);
+  REQUIRE_FALSE(again.ok());
+  CHECK(again.error().message.find("newer release") != std::string::npos);
+}
+
+TEST_CASE("keys move from pending to accepted to revoked") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  KeyStore keys(*db);
+  auto k = crypto::KeyPair::generate();
+  REQUIRE(keys.recordRefusal(k.publicKey, Role::kNode, "127.0.0.1", 10).ok());
+  REQUIRE(keys.recordRefusal(k.publicKey, Role::kNode, "127.0.0.1", 11).ok());
+  auto pending = keys.list(KeyState::kPending);
+  REQUIRE(pending.ok());
+  REQUIRE(pending->size() == 1);
+  CHECK((*pending)[0].refusals == 2);
+  CHECK((*pending)[0].role == Role::kNode);
+  auto resolved = keys.resolve(k.publicKey.fingerprint().substr(0, 9));
+  REQUIRE(resolved.ok());
+  CHECK(resolved->publicKey == k.publicKey.z85());
+  REQUIRE(keys.accept(k.publicKey, Role::kNode, "worker-1", 12).ok());
+  auto found = keys.find(k.publicKey);
+  REQUIRE(found.ok());
+  REQUIRE(found->has_value());
+  CHECK((*found)->state == KeyState::kAccepted);
+  CHECK((*found)->comment == "worker-1");
+  // A refusal after acceptance does not demote the key.
+  REQUIRE(keys.recordRefusal(k.publicKey, Role::kClient, "127.0.0.1", 13).ok());
+  CHECK((*keys.find(k.publicKey))->state == KeyState::kAccepted);
+  REQUIRE(keys.revoke(k.publicKey, 14).ok());
+  CHECK((*keys.find(k.publicKey))->state == KeyState::kRevoked);
+  CHECK_FALSE(keys.revoke(crypto::KeyPair::generate().publicKey, 15).ok());
+}
+
+TEST_CASE("resolving an ambiguous or unknown fingerprint is an error") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  KeyStore keys(*db);
+  CHECK_FALSE(keys.resolve("abcd").ok());
+  CHECK_FALSE(keys.resolve("ab").ok());
+  for (int i = 0; i < 40; ++i) REQUIRE(keys.accept(crypto::KeyPair::generate().publicKey, Role::kClient, "", i).ok());
+  // With 40 keys, some 1-hex-digit prefix is shared; a 4-digit minimum is enforced anyway.
+  CHECK_FALSE(keys.resolve("a").ok());
+}
+
+TEST_CASE("tasks without results are pending after a restart, and the first result wins") {
+  TempDb t;
+  std::shared_ptr<std::vector<std::string>> keep;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);
+    REQUIRE(tasks.apply(batchWithTasks(1, 100, {"a", "b", "c"}, &keep)).ok());
+    WriteSet results;
+    ResultRecord r;
+    r.task = 101;
+    r.status = 0;
+    r.output = "first";
+    r.attempts = 1;
+    r.node = "n1";
+    results.results.push_back(r);
+    r.output = "second";
+    results.results.push_back(r);
+    AttemptRecord a;
+    a.task = 102;
+    a.attempt = 1;
+    a.node = "n2";
+    a.outcome = "node lost";
+    a.nodeLost = true;
+    results.attempts.push_back(a);
+    REQUIRE(tasks.apply(results).ok());
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  CHECK(*tasks.maxTaskId() == 102);
+  CHECK(*tasks.maxBatchId() == 1);
+  std::vector<PendingTask> pending;
+  REQUIRE(tasks.forEachPendingTask([&](PendingTask&& p) { pending.push_back(std::move(p)); }).ok());
+  REQUIRE(pending.size() == 2);
+  CHECK(pending[0].id == 100);
+  CHECK(pending[0].payload == "a");
+  CHECK(pending[1].id == 102);
+  CHECK(pending[1].attemptsMade == 1);
+  CHECK(pending[1].nodesLost == 1);
+  auto page = tasks.resultsPage(1, 0, 10);
+  REQUIRE(page.ok());
+  REQUIRE(page->size() == 1);
+  CHECK((*page)[0].result.output == "first");
+  CHECK((*page)[0].index == 1);
+  auto info = tasks.task(102);
+  REQUIRE(info.ok());
+  REQUIRE(info->has_value());
+  CHECK_FALSE((*info)->result.has_value());
+  CHECK((*info)->batchRecord.requiredTags.size() == 2);
+  CHECK((*info)->attempts.size() == 1);
+  auto counts = tasks.countResults(1);
+  REQUIRE(counts.ok());
+  CHECK(counts->succeeded == 1);
+  CHECK_FALSE(tasks.task(999)->has_value());
+}
+
+TEST_CASE("a failed write set leaves nothing behind") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  std::shared_ptr<std::vector<std::string>> keep;
+  REQUIRE(tasks.apply(batchWithTasks(1, 1, {"x"}, &keep)).ok());
+  // The same batch id again violates the primary key: the whole set must roll back.
+  WriteSet dup = batchWithTasks(1, 50, {"y"}, &keep);
+  CHECK_FALSE(tasks.apply(dup).ok());
+  CHECK(*tasks.maxTaskId() == 1);
+}
+
+TEST_CASE("the writer thread commits queued sets and reports their tickets") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  auto writer = StoreWriter::start(ctx, t.path);
+  REQUIRE(writer.ok());
+  std::shared_ptr<std::vector<std::string>> keep1, keep2;
+  auto t1 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(1, 1, {"a", "b"}, &keep1)));
+  auto t2 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(1, 10, {"dup"}, &keep2)));  // fails
+  std::vector<std::uint64_t> committed, failed;
+  std::int64_t deadline = util::systemClock().monotonicMs() + 10000;
+  while (committed.size() + failed.size() < 2 && util::systemClock().monotonicMs() < deadline) {
+    zmq::pollitem_t item{(*writer)->socket().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(100));
+    while (auto n = (*writer)->receive()) {
+      for (auto c : n->committed) committed.push_back(c);
+      for (auto& f : n->failed) failed.push_back(f.first);
+      CHECK(n->failedSets.size() == n->failed.size());
+    }
+  }
+  REQUIRE(committed.size() == 1);
+  CHECK(committed[0] == t1);
+  REQUIRE(failed.size() == 1);
+  CHECK(failed[0] == t2);
+  CHECK((*writer)->queued() == 0);
+}
