@@ -73,6 +73,7 @@ struct Welcome {
   heartbeatMs @0 :UInt32;
   missedBeats @1 :UInt8;       # peers are declared dead after this many silent intervals
   nexusName @2 :Text;
+  eventsPort @3 :UInt16;       # the PUB port, on the same host as the node port
 }
 
 struct Heartbeat {

@@ -66,6 +66,12 @@ void Scheduler::seal(Batch& b, std::uint64_t total) {
   if (b.succeeded + b.failed + b.cancelledCount == b.total) effects_.finishedBatches.push_back(b.id);
 }
 
+void Scheduler::restoreCounts(Batch& b, std::uint64_t succeeded, std::uint64_t failed, std::uint64_t cancelled) {
+  b.succeeded = b.durableSucceeded = succeeded;
+  b.failed = b.durableFailed = failed;
+  b.cancelledCount = b.durableCancelled = cancelled;
+}
+
 void Scheduler::makeActive(Batch& b) {
   if (b.cancelled || b.queued == 0 || inActive_.count(&b)) return;
   inActive_.insert(&b);
@@ -93,7 +99,6 @@ Task* Scheduler::frontTask(Batch& b) {
 }
 
 std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
-  if (b.cancelled) return 0;
   b.cancelled = true;
   std::vector<Task*> mine;
   for (auto& [id, t] : tasks_) {

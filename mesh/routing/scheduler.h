@@ -111,6 +111,9 @@ struct Batch {
   std::uint64_t succeeded = 0, failed = 0, cancelledCount = 0;
   std::uint64_t durableSucceeded = 0, durableFailed = 0, durableCancelled = 0;
   std::string blockedWhy;  // set when a dispatch round found no eligible node
+  // Bookkeeping of the nexus for chunks accepted but not yet committed (not used here).
+  std::uint64_t pendingAdds = 0;
+  bool sealPending = false;
   bool finishRecorded = false;
   std::uint64_t durableDone() const { return durableSucceeded + durableFailed + durableCancelled; }
 };
@@ -195,7 +198,10 @@ class Scheduler {
   void addTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string payload,
                std::uint8_t attemptsMade = 0, std::uint8_t nodesLost = 0);
   void seal(Batch& b, std::uint64_t total);
-  // Every queued, waiting and running task of the batch ends as cancelled.
+  // After a restart: results the store already holds for the batch.
+  void restoreCounts(Batch& b, std::uint64_t succeeded, std::uint64_t failed, std::uint64_t cancelled);
+  // Every queued, waiting and running task of the batch ends as cancelled; tasks added to the
+  // batch later are cancelled by calling this again. Returns how many tasks it ended.
   std::uint64_t cancel(Batch& b, std::int64_t nowWallMs);
   // The store committed these final results (for Progress and for "finished").
   void markDurable(std::uint64_t batchId, Status status, std::uint64_t count);

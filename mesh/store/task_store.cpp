@@ -187,7 +187,7 @@ util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&
       "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id), "
       "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id AND a.node_lost = 1) "
       "FROM tasks t JOIN batches b ON b.id = t.batch "
-      "WHERE b.finished_ms IS NULL AND b.cancelled_ms IS NULL "
+      "WHERE b.finished_ms IS NULL "
       "  AND NOT EXISTS (SELECT 1 FROM results r WHERE r.task = t.id) "
       "ORDER BY t.id");
   if (!st) return st.error();

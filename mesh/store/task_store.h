@@ -132,7 +132,7 @@ class TaskStore {
   util::Result<std::vector<BatchRecord>> unfinishedBatches();
   util::Result<std::uint64_t> maxTaskId();
   util::Result<std::uint64_t> maxBatchId();
-  // Calls `each` for every task of an unfinished, uncancelled batch that has no result, in id order.
+  // Calls `each` for every task of an unfinished batch that has no result, in id order.
   util::Status forEachPendingTask(const std::function<void(PendingTask&&)>& each);
   util::Result<BatchCounts> countResults(std::uint64_t batch);
 

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -91,11 +92,13 @@ HandshakeResult HandshakeWatch::wait(int timeoutMs, std::string* detail) {
   const auto& clock = util::systemClock();
   std::int64_t deadline = clock.monotonicMs() + timeoutMs;
   for (;;) {
-    std::int64_t left = deadline - clock.monotonicMs();
-    if (left <= 0) return HandshakeResult::kTimedOut;
+    std::int64_t left = std::max<std::int64_t>(0, deadline - clock.monotonicMs());
     zmq::pollitem_t item{monitor_.handle(), 0, ZMQ_POLLIN, 0};
     zmq::poll(&item, 1, std::chrono::milliseconds(left));
-    if (!(item.revents & ZMQ_POLLIN)) continue;
+    if (!(item.revents & ZMQ_POLLIN)) {
+      if (clock.monotonicMs() >= deadline) return HandshakeResult::kTimedOut;
+      continue;
+    }
     zmq::message_t header, address;
     if (!monitor_.recv(header)) continue;
     if (header.more()) (void)monitor_.recv(address);

@@ -58,6 +58,9 @@ class HandshakeWatch {
   HandshakeWatch& operator=(const HandshakeWatch&) = delete;
   // Waits until the first handshake ends or timeoutMs passes.
   HandshakeResult wait(int timeoutMs, std::string* detail = nullptr);
+  // Without blocking: the outcome of the latest handshake seen since the last call, if any
+  // (kTimedOut means none yet). For an actor that polls many things.
+  HandshakeResult check() { return wait(0); }
 
  private:
   zmq::socket_t* socket_;

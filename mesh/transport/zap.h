@@ -2,8 +2,9 @@
 //
 // It runs on its own thread with a REP socket on inproc://zeromq.zap.01, bound (and ready)
 // before the constructor returns, so it exists before any server socket is bound. For every
-// handshake libzmq asks it; it refuses the throwaway probe key, and otherwise asks the
-// Authorizer. An accepted peer's ZAP User-Id is its z85 public key: nodes read identity from
+// handshake libzmq asks it, and it asks the Authorizer (which must refuse on any error: an
+// exception counts as a refusal). The start-up probe key goes through the same Authorizer, so
+// the self-check proves the real decision path, not a special case. An accepted peer's ZAP User-Id is its z85 public key: nodes read identity from
 // that, never from a routing id.
 //
 // Thread rule: the Authorizer runs on the ZAP thread only (it must bring its own resources,
@@ -24,6 +25,7 @@ struct ZapRequest {
   std::string domain;     // the server socket's ZAP domain: tells which port
   std::string address;    // peer IP address
   crypto::PublicKey key;  // the client's long-term Curve key
+  bool probe = false;     // the key is the start-up self-check's: judge it, but do not record it
 };
 
 struct ZapVerdict {
@@ -41,7 +43,7 @@ class ZapHandler {
   ZapHandler(const ZapHandler&) = delete;
   ZapHandler& operator=(const ZapHandler&) = delete;
 
-  // A key pair the handler always refuses, for the start-up self-check.
+  // The throwaway key pair of the start-up self-check (flagged as `probe` in its requests).
   const crypto::KeyPair& probeKeys() const { return probe_; }
   // Handshakes seen, admitted and refused so far (any thread may read).
   std::uint64_t admitted() const { return admitted_; }

@@ -13,6 +13,7 @@ namespace mesh::util {
 // One line of text that says what went wrong and, where possible, what to do about it.
 struct Error {
   std::string message;
+  int code = 0;  // optional classification, e.g. the exit code a CLI should use
 };
 
 template <typename T>
@@ -63,7 +64,7 @@ class [[nodiscard]] Status {
   Error error_;
 };
 
-inline Error err(std::string message) { return Error{std::move(message)}; }
+inline Error err(std::string message, int code = 0) { return Error{std::move(message), code}; }
 
 // Asserts an invariant of the program itself (never of input): throws on violation so the
 // actor loop can log it and go on.

@@ -1,0 +1,330 @@
+#include "mesh/config/config.h"
+
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "mesh/util/bytes.h"
+
+namespace po = boost::program_options;
+
+namespace mesh::config {
+
+namespace {
+
+std::string hostName() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "localhost";
+  return buf;
+}
+
+util::Error usage(const std::string& what, const std::string& program) {
+  return util::err(what + " (see `" + program + " --help`)", 2);
+}
+
+// Parses argv and then the --config file (command line wins), notify()ing at the end.
+util::Status parseInto(int argc, const char* const* argv, const po::options_description& all,
+                       const po::positional_options_description* positional, po::variables_map& vm,
+                       const std::string& program) {
+  try {
+    po::command_line_parser parser(argc, argv);
+    parser.options(all);
+    if (positional) parser.positional(*positional);
+    po::store(parser.run(), vm);
+    if (vm.count("config") && !vm.count("help")) {
+      std::string path = vm["config"].as<std::string>();
+      std::ifstream in(path);
+      if (!in) return usage("cannot read config file " + path, program);
+      po::store(po::parse_config_file(in, all), vm);
+    }
+    if (!vm.count("help")) po::notify(vm);
+  } catch (const po::error& e) {
+    return usage(e.what(), program);
+  }
+  return {};
+}
+
+util::Result<std::int64_t> durationOption(const po::variables_map& vm, const char* name, std::int64_t dflt) {
+  if (!vm.count(name)) return dflt;
+  auto d = util::parseDurationMs(vm[name].as<std::string>());
+  if (!d) return util::err(std::string("--") + name + ": " + d.error().message, 2);
+  return *d;
+}
+
+util::Result<std::uint64_t> sizeOption(const po::variables_map& vm, const char* name, std::uint64_t dflt) {
+  if (!vm.count(name)) return dflt;
+  auto s = util::parseSize(vm[name].as<std::string>());
+  if (!s) return util::err(std::string("--") + name + ": " + s.error().message, 2);
+  return *s;
+}
+
+std::vector<std::string> listOption(const po::variables_map& vm, const char* name) {
+  std::vector<std::string> out;
+  if (!vm.count(name)) return out;
+  for (const auto& item : vm[name].as<std::vector<std::string>>()) {
+    for (auto& part : util::splitList(item, ',')) out.push_back(part);
+  }
+  return out;
+}
+
+std::string helpText(const std::string& intro, const po::options_description& visible) {
+  std::ostringstream out;
+  out << intro << "\n" << visible;
+  return out.str();
+}
+
+}  // namespace
+
+util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) {
+  NexusConfig c;
+  po::options_description general("Options");
+  general.add_options()
+      ("help,h", "show this help and exit")
+      ("config", po::value<std::string>(), "read options from FILE (name = value lines)")
+      ("data-dir", po::value<std::string>(&c.dataDir)->required(),
+       "directory for the database (nexus.db), the server key (nexus.key) and the endpoints file")
+      ("bind-node", po::value<std::string>(&c.nodeEndpoint)->default_value(c.nodeEndpoint), "endpoint spores connect to")
+      ("bind-client", po::value<std::string>(&c.clientEndpoint)->default_value(c.clientEndpoint), "endpoint clients (mesh) connect to")
+      ("bind-events", po::value<std::string>(&c.eventsEndpoint)->default_value(c.eventsEndpoint), "PUB endpoint for event hints")
+      ("name", po::value<std::string>(&c.name), "name shown to users (default: host name)")
+      ("heartbeat", po::value<std::string>()->default_value("1s"), "heartbeat interval")
+      ("missed-beats", po::value<int>(&c.missedBeats)->default_value(3), "declare a spore dead after this many silent intervals")
+      ("weights", po::value<std::string>()->default_value("0.4,0.3,0.3"), "load score weights: cpu,mem,in-flight")
+      ("max-prefetch", po::value<std::uint32_t>(&c.scheduler.maxPrefetch)->default_value(256), "most tasks queued on a spore beyond its slots")
+      ("default-timeout", po::value<std::string>()->default_value("1h"), "task timeout when a batch gives none")
+      ("default-attempts", po::value<unsigned>()->default_value(3), "attempts when a batch gives none")
+      ("quarantine-after", po::value<unsigned>()->default_value(3), "quarantine a task after its spore dies under it this often")
+      ("max-payload", po::value<std::string>()->default_value("16M"), "largest task payload accepted")
+      ("max-frame", po::value<std::string>()->default_value("64M"), "largest message accepted from the network")
+      ("max-queued", po::value<std::uint64_t>(&c.maxQueuedTasks)->default_value(c.maxQueuedTasks), "refuse submissions beyond this many unfinished tasks")
+      ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error");
+  po::options_description discovery("LAN discovery");
+  discovery.add_options()
+      ("beacon", po::bool_switch(&c.beacon), "broadcast a UDP beacon every second so spores find this nexus")
+      ("cluster", po::value<std::string>(&c.cluster)->default_value("default"), "cluster name carried in the beacon")
+      ("beacon-port", po::value<std::uint16_t>(&c.beaconPort)->default_value(7699), "UDP port of the beacon")
+      ("interface", po::value<std::vector<std::string>>(), "broadcast only on this interface (repeatable)")
+      ("beacon-target", po::value<std::vector<std::string>>(), "send the beacon to HOST:PORT instead of broadcasting (repeatable)")
+      ("advertise", po::value<std::string>(&c.advertise), "host or address spores should connect to (multi-NIC hosts)");
+  po::options_description all;
+  all.add(general).add(discovery);
+  po::variables_map vm;
+  if (auto s = parseInto(argc, argv, all, nullptr, vm, "nexus"); !s) return s.error();
+  Parsed<NexusConfig> out;
+  if (vm.count("help")) {
+    out.help = helpText(
+        "nexus: the Hive Mesh coordinator. Accepts batches from clients, stores them durably in\n"
+        "SQLite, and routes tasks to spores by load. Every connection is CurveZMQ-authenticated:\n"
+        "only keys accepted with `mesh keys accept` get in.\n\n"
+        "Usage: nexus --data-dir DIR [options]\n",
+        all);
+    return out;
+  }
+  if (c.name.empty()) c.name = hostName();
+  auto hb = durationOption(vm, "heartbeat", 1000);
+  if (!hb) return hb.error();
+  c.heartbeatMs = *hb;
+  auto to = durationOption(vm, "default-timeout", 3'600'000);
+  if (!to) return to.error();
+  c.scheduler.defaultTimeoutMs = static_cast<std::uint32_t>(std::min<std::int64_t>(*to, UINT32_MAX));
+  c.scheduler.defaultMaxAttempts = static_cast<std::uint8_t>(std::clamp(vm["default-attempts"].as<unsigned>(), 1u, 255u));
+  c.scheduler.quarantineAfter = static_cast<std::uint8_t>(std::clamp(vm["quarantine-after"].as<unsigned>(), 1u, 255u));
+  auto payload = sizeOption(vm, "max-payload", c.maxPayloadBytes);
+  if (!payload) return payload.error();
+  c.maxPayloadBytes = *payload;
+  auto frame = sizeOption(vm, "max-frame", c.maxFrameBytes);
+  if (!frame) return frame.error();
+  c.maxFrameBytes = *frame;
+  auto weights = util::splitList(vm["weights"].as<std::string>(), ',');
+  if (weights.size() != 3) return usage("--weights takes three numbers: cpu,mem,in-flight", "nexus");
+  try {
+    c.scheduler.weights = {std::stod(weights[0]), std::stod(weights[1]), std::stod(weights[2])};
+  } catch (const std::exception&) {
+    return usage("--weights takes three numbers: cpu,mem,in-flight", "nexus");
+  }
+  if (c.missedBeats < 1) return usage("--missed-beats must be at least 1", "nexus");
+  if (c.heartbeatMs < 50) return usage("--heartbeat must be at least 50ms", "nexus");
+  c.beaconInterfaces = listOption(vm, "interface");
+  c.beaconTargets = listOption(vm, "beacon-target");
+  out.config = std::move(c);
+  return out;
+}
+
+util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) {
+  SporeConfig c;
+  po::options_description general("Options");
+  general.add_options()
+      ("help,h", "show this help and exit")
+      ("config", po::value<std::string>(), "read options from FILE (name = value lines)")
+      ("data-dir", po::value<std::string>(&c.dataDir)->required(), "directory for this spore's key, work dirs and state")
+      ("key", po::value<std::string>(&c.keyFile), "this spore's key pair file (default DATA_DIR/spore.key, created if missing)")
+      ("nexus", po::value<std::vector<std::string>>(), "nexus node endpoint tcp://HOST:PORT (repeatable, tried in order); none: listen for beacons")
+      ("nexus-key", po::value<std::string>(&c.nexusKey)->required(), "the nexus public key to trust: a .pub file or its z85 text")
+      ("name", po::value<std::string>(&c.name), "name shown in `mesh nodes` (default: host name)")
+      ("slots", po::value<unsigned>(&c.slots), "tasks run at once (default: number of CPUs)")
+      ("tags", po::value<std::vector<std::string>>(), "capabilities, e.g. gpu,ssd (repeatable or comma-separated)")
+      ("handlers", po::value<std::string>(&c.handlersDir), "directory of handler programs (file name = handler name)")
+      ("heartbeat", po::value<std::string>()->default_value("1s"), "heartbeat interval")
+      ("missed-beats", po::value<int>(&c.missedBeats)->default_value(3), "reconnect after this many silent intervals")
+      ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error");
+  po::options_description discovery("LAN discovery");
+  discovery.add_options()
+      ("cluster", po::value<std::string>(&c.cluster)->default_value("default"), "join only beacons of this cluster")
+      ("beacon-port", po::value<std::uint16_t>(&c.beaconPort)->default_value(7699), "UDP port to listen for beacons on")
+      ("interface", po::value<std::vector<std::string>>(), "accept beacons only from this interface (repeatable)")
+      ("advertise", po::value<std::string>(&c.advertise), "address of this spore shown to operators");
+  po::options_description limits("Limits for handler programs");
+  limits.add_options()
+      ("max-output", po::value<std::string>()->default_value("64M"), "largest stdout a task may write")
+      ("max-stderr", po::value<std::string>()->default_value("4K"), "stderr kept as the error text")
+      ("cpu-seconds", po::value<std::uint64_t>(&c.cpuSeconds)->default_value(0), "CPU seconds per task (0: no limit)")
+      ("memory", po::value<std::string>()->default_value("0"), "address space per task (0: no limit)")
+      ("open-files", po::value<std::uint64_t>(&c.openFiles)->default_value(256), "open files per task")
+      ("kill-grace", po::value<std::string>()->default_value("2s"), "time between SIGTERM and SIGKILL at a deadline")
+      ("max-frame", po::value<std::string>()->default_value("64M"), "largest message accepted from the network");
+  po::options_description all;
+  all.add(general).add(discovery).add(limits);
+  po::variables_map vm;
+  if (auto s = parseInto(argc, argv, all, nullptr, vm, "spore"); !s) return s.error();
+  Parsed<SporeConfig> out;
+  if (vm.count("help")) {
+    out.help = helpText(
+        "spore: a Hive Mesh worker. Connects to a nexus (given with --nexus, or found by its LAN\n"
+        "beacon), proves its identity with its own Curve key, and runs the tasks it is sent.\n"
+        "Its key must be accepted on the nexus: `mesh keys accept FINGERPRINT`.\n\n"
+        "Usage: spore --data-dir DIR --nexus-key NEXUS.pub [--nexus tcp://HOST:7700] [options]\n",
+        all);
+    return out;
+  }
+  if (c.name.empty()) c.name = hostName();
+  if (c.slots == 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    c.slots = n > 0 ? static_cast<unsigned>(n) : 1;
+  }
+  if (c.slots > 1024) return usage("--slots must be at most 1024", "spore");
+  if (c.keyFile.empty()) c.keyFile = c.dataDir + "/spore.key";
+  if (vm.count("nexus")) c.nexus = vm["nexus"].as<std::vector<std::string>>();
+  c.tags = listOption(vm, "tags");
+  c.interfaces = listOption(vm, "interface");
+  auto hb = durationOption(vm, "heartbeat", 1000);
+  if (!hb) return hb.error();
+  c.heartbeatMs = *hb;
+  auto grace = durationOption(vm, "kill-grace", 2000);
+  if (!grace) return grace.error();
+  c.killGraceMs = *grace;
+  auto o = sizeOption(vm, "max-output", c.maxOutputBytes);
+  if (!o) return o.error();
+  c.maxOutputBytes = *o;
+  auto e = sizeOption(vm, "max-stderr", c.maxStderrBytes);
+  if (!e) return e.error();
+  c.maxStderrBytes = *e;
+  auto m = sizeOption(vm, "memory", 0);
+  if (!m) return m.error();
+  c.memoryBytes = *m;
+  auto f = sizeOption(vm, "max-frame", c.maxFrameBytes);
+  if (!f) return f.error();
+  c.maxFrameBytes = *f;
+  if (c.missedBeats < 1) return usage("--missed-beats must be at least 1", "spore");
+  if (c.heartbeatMs < 50) return usage("--heartbeat must be at least 50ms", "spore");
+  out.config = std::move(c);
+  return out;
+}
+
+util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
+  CliCommand c;
+  auto env = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v ? std::string(v) : std::string();
+  };
+  c.client.nexus = env("MESH_NEXUS");
+  c.client.nexusKey = env("MESH_NEXUS_KEY");
+  c.client.key = env("MESH_KEY");
+  c.client.dataDir = env("MESH_DATA_DIR");
+  po::options_description global("Connection (also MESH_NEXUS, MESH_NEXUS_KEY, MESH_KEY, MESH_DATA_DIR)");
+  global.add_options()
+      ("help,h", "show this help and exit")
+      ("config", po::value<std::string>(), "read options from FILE (name = value lines)")
+      ("nexus", po::value<std::string>(&c.client.nexus), "the nexus client endpoint, tcp://HOST:7701")
+      ("nexus-key", po::value<std::string>(&c.client.nexusKey), "the nexus public key: a .pub file or its z85 text")
+      ("key", po::value<std::string>(&c.client.key), "this client's key pair file")
+      ("data-dir", po::value<std::string>(&c.client.dataDir), "the nexus data dir (for `mesh keys` on the nexus host)")
+      ("json", po::bool_switch(&c.client.json), "print JSON (one object per line) instead of text")
+      ("timeout", po::value<std::string>()->default_value("10s"), "give up connecting or waiting for a reply after this long");
+  po::options_description submit("submit");
+  submit.add_options()
+      ("handler", po::value<std::string>(&c.submit.handler), "handler that runs each task (echo, sha256, sleep, fail, or a program)")
+      ("priority", po::value<unsigned>(&c.submit.priority)->default_value(0), "0-255, higher runs first")
+      ("requires", po::value<std::vector<std::string>>(), "tags a spore must have, e.g. gpu (comma-separated)")
+      ("task-timeout", po::value<std::string>(), "per-attempt timeout of each task, e.g. 30s (default: the nexus's)")
+      ("attempts", po::value<unsigned>(&c.submit.attempts)->default_value(0), "attempts per task (default: the nexus's)")
+      ("label", po::value<std::string>(&c.submit.label), "a name for the batch")
+      ("lines", po::value<std::string>(&c.submit.linesFrom), "one task per line of FILE (- for stdin)")
+      ("files", po::value<std::vector<std::string>>()->multitoken(), "one task per file, the file's bytes as payload")
+      ("wait", po::bool_switch(&c.submit.wait), "wait for the batch to finish (like `mesh wait`)");
+  po::options_description keys("keys");
+  keys.add_options()
+      ("role", po::value<std::string>(&c.role), "role of an accepted key: node, client or admin")
+      ("comment", po::value<std::string>(&c.comment), "a note stored with the key")
+      ("release", po::bool_switch(&c.release), "keys gen: an Ed25519 release key for signing bundles");
+  po::options_description other("Other");
+  other.add_options()
+      ("quiet,q", po::bool_switch(&c.quiet), "wait: no progress output")
+      ("limit", po::value<std::uint64_t>(&c.limit)->default_value(0), "results: at most this many rows");
+  po::options_description hidden;
+  hidden.add_options()("words", po::value<std::vector<std::string>>(), "command words");
+  po::options_description all, visible;
+  all.add(global).add(submit).add(keys).add(other).add(hidden);
+  visible.add(global).add(submit).add(keys).add(other);
+  po::positional_options_description positional;
+  positional.add("words", -1);
+  po::variables_map vm;
+  if (auto s = parseInto(argc, argv, all, &positional, vm, "mesh"); !s) return s.error();
+  Parsed<CliCommand> out;
+  std::vector<std::string> words;
+  if (vm.count("words")) words = vm["words"].as<std::vector<std::string>>();
+  if (vm.count("help") || words.empty()) {
+    out.help = helpText(
+        "mesh: the Hive Mesh command line.\n\n"
+        "Usage: mesh COMMAND [options]\n\n"
+        "Commands:\n"
+        "  submit --handler H (--lines FILE|- | --files F...)  submit a batch, print its id\n"
+        "  wait BATCH                 wait for a batch (progress on a terminal); exit 0 if all succeeded\n"
+        "  results BATCH              print each task's result in submission order\n"
+        "  status                     the nexus: nodes, queues, batches, counters\n"
+        "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
+        "  task TASK                  one task's timeline, and why it waits if it does\n"
+        "  cancel BATCH               stop a batch: queued tasks never run, running ones are killed\n"
+        "  keys gen FILE              make a Curve key pair (FILE, FILE.pub); --release: a bundle key\n"
+        "  keys list | pending        keys the nexus knows (needs --data-dir on the nexus host)\n"
+        "  keys accept FP [--role R]  let a pending key in (fingerprint, key or .pub file)\n"
+        "  keys revoke FP             shut a key out\n"
+        "  keys fingerprint FILE      the fingerprint of a key file\n\n"
+        "Exit codes: 0 success, 1 some tasks failed, 2 usage error, 3 cannot reach or\n"
+        "authenticate to the nexus.\n",
+        visible);
+    return out;
+  }
+  std::size_t nWords = (words[0] == "keys" || words[0] == "bundle") ? 2 : 1;
+  if (words.size() < nWords) return usage("`mesh " + words[0] + "` needs a subcommand", "mesh");
+  c.words.assign(words.begin(), words.begin() + nWords);
+  c.args.assign(words.begin() + nWords, words.end());
+  auto timeout = durationOption(vm, "timeout", 10000);
+  if (!timeout) return timeout.error();
+  c.client.timeoutMs = *timeout;
+  if (vm.count("files")) c.submit.files = vm["files"].as<std::vector<std::string>>();
+  c.submit.requiredTags = listOption(vm, "requires");
+  if (vm.count("task-timeout")) {
+    auto t = durationOption(vm, "task-timeout", 0);
+    if (!t) return t.error();
+    c.submit.timeoutMs = *t;
+  }
+  if (c.submit.priority > 255) return usage("--priority must be 0-255", "mesh");
+  if (c.submit.attempts > 255) return usage("--attempts must be 0-255", "mesh");
+  out.config = std::move(c);
+  return out;
+}
+
+}  // namespace mesh::config

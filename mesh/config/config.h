@@ -1,0 +1,111 @@
+// Plain configuration structs for the nexus, the spore and the mesh CLI, and their parsers.
+// This is the only place that includes Boost.Program_options. Every option can also be set in
+// a config file (--config FILE, "name = value" lines, the same names without the dashes).
+//
+// A parser returns the config, or help text (for --help), or an Error with code 2 (usage).
+// Thread rule: plain values.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mesh/routing/scheduler.h"
+#include "mesh/util/result.h"
+
+namespace mesh::config {
+
+struct NexusConfig {
+  std::string dataDir;
+  std::string nodeEndpoint = "tcp://0.0.0.0:7700";
+  std::string clientEndpoint = "tcp://0.0.0.0:7701";
+  std::string eventsEndpoint = "tcp://0.0.0.0:7702";
+  std::string name;
+  std::int64_t heartbeatMs = 1000;
+  int missedBeats = 3;
+  routing::SchedulerConfig scheduler;
+  std::uint64_t maxPayloadBytes = 16ull << 20;
+  std::uint64_t maxFrameBytes = 64ull << 20;
+  std::uint64_t maxQueuedTasks = 20'000'000;
+  // Discovery (LAN beacon).
+  bool beacon = false;
+  std::string cluster = "default";
+  std::uint16_t beaconPort = 7699;
+  std::vector<std::string> beaconInterfaces;
+  std::vector<std::string> beaconTargets;  // host:port unicast targets instead of broadcast
+  std::string advertise;
+  std::string logLevel = "info";
+};
+
+struct SporeConfig {
+  std::string dataDir;
+  std::string keyFile;                 // default DATA_DIR/spore.key
+  std::vector<std::string> nexus;      // tried in order; empty: find the nexus by beacon
+  std::string nexusKey;                // pinned: a .pub file or the z85 text
+  std::string name;
+  unsigned slots = 0;                  // 0: the number of CPUs
+  std::vector<std::string> tags;
+  std::string handlersDir;
+  std::int64_t heartbeatMs = 1000;
+  int missedBeats = 3;
+  std::string cluster = "default";
+  std::uint16_t beaconPort = 7699;
+  std::vector<std::string> interfaces;
+  std::string advertise;
+  // Limits for handler programs.
+  std::uint64_t maxOutputBytes = 64ull << 20;
+  std::uint64_t maxStderrBytes = 4096;
+  std::uint64_t cpuSeconds = 0;
+  std::uint64_t memoryBytes = 0;
+  std::uint64_t openFiles = 256;
+  std::int64_t killGraceMs = 2000;
+  std::uint64_t maxFrameBytes = 64ull << 20;
+  std::string logLevel = "info";
+};
+
+// Where and who the mesh CLI connects as.
+struct ClientConfig {
+  std::string nexus;       // client endpoint, MESH_NEXUS
+  std::string nexusKey;    // MESH_NEXUS_KEY: a .pub file or z85
+  std::string key;         // MESH_KEY: this client's key pair file
+  std::string dataDir;     // MESH_DATA_DIR: the nexus data dir, for `mesh keys` on the nexus host
+  bool json = false;
+  std::int64_t timeoutMs = 10000;  // connecting and each request
+};
+
+struct SubmitOptions {
+  std::string handler;
+  unsigned priority = 0;
+  std::vector<std::string> requiredTags;
+  std::int64_t timeoutMs = 0;
+  unsigned attempts = 0;
+  std::string label;
+  std::string linesFrom;             // "--lines": a file or "-"
+  std::vector<std::string> files;    // "--files"
+  bool wait = false;
+};
+
+struct CliCommand {
+  std::vector<std::string> words;    // e.g. {"keys", "accept"} or {"submit"}
+  std::vector<std::string> args;     // positional arguments after the command words
+  ClientConfig client;
+  SubmitOptions submit;
+  std::string role;                  // keys accept/gen
+  std::string comment;
+  bool release = false;              // keys gen --release
+  bool quiet = false;
+  std::uint64_t limit = 0;
+};
+
+template <typename T>
+struct Parsed {
+  std::optional<T> config;  // set unless help was asked for
+  std::string help;
+};
+
+util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv);
+util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv);
+util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv);
+
+}  // namespace mesh::config

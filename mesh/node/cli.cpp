@@ -1,0 +1,531 @@
+#include "mesh/node/cli.h"
+
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+
+#include "mesh/crypto/keys.h"
+#include "mesh/node/client.h"
+#include "mesh/node/common.h"
+#include "mesh/store/db.h"
+#include "mesh/store/key_store.h"
+#include "mesh/transport/sockets.h"
+#include "mesh/util/bytes.h"
+#include "mesh/util/clock.h"
+
+namespace mesh::node {
+
+namespace {
+
+using config::CliCommand;
+
+int fail(const util::Error& e) {
+  std::fprintf(stderr, "mesh: %s\n", e.message.c_str());
+  return e.code ? e.code : kExitFailed;
+}
+
+int usageError(const std::string& message) {
+  std::fprintf(stderr, "mesh: %s (see `mesh --help`)\n", message.c_str());
+  return kExitUsage;
+}
+
+util::Result<std::uint64_t> parseId(const std::vector<std::string>& args, const char* what) {
+  if (args.size() != 1) return util::err(std::string("give exactly one ") + what, kExitUsage);
+  const std::string& s = args[0];
+  if (s.empty() || s.size() > 19 || s.find_first_not_of("0123456789") != std::string::npos) {
+    return util::err(std::string("'") + s + "' is not a " + what + " id", kExitUsage);
+  }
+  return std::stoull(s);
+}
+
+std::string isoTime(std::int64_t ms) {
+  if (ms <= 0) return "-";
+  time_t secs = static_cast<time_t>(ms / 1000);
+  tm utc{};
+  gmtime_r(&secs, &utc);
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900, utc.tm_mon + 1,
+                utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms % 1000));
+  return buf;
+}
+
+// Text for a terminal: printable as is, everything else escaped.
+std::string escaped(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\\') out += "\\\\";
+    else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else out.push_back(static_cast<char>(c));
+  }
+  return out;
+}
+
+// JSON field for bytes that may not be text: "name": "..." or "name_base64": "...".
+void appendBytes(std::string& out, const char* name, std::string_view bytes) {
+  if (util::isUtf8(bytes)) {
+    out += std::string("\"") + name + "\":";
+    util::appendJsonString(out, bytes);
+  } else {
+    out += std::string("\"") + name + "_base64\":";
+    util::appendJsonString(out, util::toBase64(bytes));
+  }
+}
+
+util::Result<std::unique_ptr<Client>> connectClient(zmq::context_t& ctx, const CliCommand& cmd) {
+  if (cmd.client.nexusKey.empty()) return util::err("no nexus key given: set MESH_NEXUS_KEY or --nexus-key", kExitUsage);
+  auto key = crypto::loadPublicKey(cmd.client.nexusKey);
+  if (!key) return util::err("nexus key: " + key.error().message, kExitUsage);
+  if (cmd.client.key.empty()) return util::err("no client key given: set MESH_KEY or --key", kExitUsage);
+  ClientOptions o;
+  o.endpoint = cmd.client.nexus;
+  o.nexusKey = *key;
+  o.keyFile = cmd.client.key;
+  o.timeoutMs = cmd.client.timeoutMs;
+  return Client::connect(ctx, o);
+}
+
+// ---- keys ------------------------------------------------------------------------------------
+
+util::Result<store::Db> openNexusDb(const CliCommand& cmd) {
+  if (cmd.client.dataDir.empty()) {
+    return util::err("`mesh keys` works on the nexus host: give --data-dir (or MESH_DATA_DIR) of the nexus", kExitUsage);
+  }
+  std::string path = cmd.client.dataDir + "/nexus.db";
+  if (access(path.c_str(), F_OK) != 0) {
+    return util::err("no nexus database at " + path + ": is --data-dir the nexus data dir?", kExitUsage);
+  }
+  return store::Db::open(path);
+}
+
+int keysCommand(const CliCommand& cmd) {
+  const std::string& sub = cmd.words[1];
+  const auto& clock = util::systemClock();
+  if (sub == "gen") {
+    if (cmd.args.size() != 1) return usageError("keys gen takes one FILE");
+    if (cmd.release) return usageError("release keys (--release) come with signed bundles; not in this build yet");
+    auto pair = crypto::KeyPair::generate();
+    if (auto s = crypto::saveKeyPair(cmd.args[0], pair); !s) return fail(s.error());
+    if (cmd.client.json) {
+      std::printf("{\"file\":%s,\"public_key\":%s,\"fingerprint\":%s}\n", util::jsonString(cmd.args[0]).c_str(),
+                  util::jsonString(pair.publicKey.z85()).c_str(), util::jsonString(pair.publicKey.fingerprint()).c_str());
+    } else {
+      std::printf("wrote %s (secret, mode 600) and %s.pub\nfingerprint %s\n", cmd.args[0].c_str(), cmd.args[0].c_str(),
+                  pair.publicKey.fingerprint().c_str());
+    }
+    return 0;
+  }
+  if (sub == "fingerprint") {
+    if (cmd.args.size() != 1) return usageError("keys fingerprint takes one key file (or z85 key)");
+    auto key = crypto::loadPublicKey(cmd.args[0]);
+    if (!key) return fail(key.error());
+    if (cmd.client.json) {
+      std::printf("{\"public_key\":%s,\"fingerprint\":%s}\n", util::jsonString(key->z85()).c_str(),
+                  util::jsonString(key->fingerprint()).c_str());
+    } else {
+      std::printf("%s\n", key->fingerprint().c_str());
+    }
+    return 0;
+  }
+  auto db = openNexusDb(cmd);
+  if (!db) return fail(db.error());
+  store::KeyStore keys(*db);
+  if (sub == "list" || sub == "pending") {
+    std::optional<store::KeyState> state;
+    if (sub == "pending") state = store::KeyState::kPending;
+    auto list = keys.list(state);
+    if (!list) return fail(list.error());
+    if (!cmd.client.json) std::printf("%-19s  %-8s  %-6s  %-24s  %-8s  %s\n", "FINGERPRINT", "STATE", "ROLE", "UPDATED", "REFUSALS", "COMMENT / LAST ADDRESS");
+    for (const auto& k : *list) {
+      if (cmd.client.json) {
+        std::printf("{\"fingerprint\":%s,\"public_key\":%s,\"state\":\"%s\",\"role\":\"%s\",\"comment\":%s,"
+                    "\"first_seen_ms\":%" PRId64 ",\"updated_ms\":%" PRId64 ",\"last_address\":%s,\"refusals\":%" PRId64 "}\n",
+                    util::jsonString(k.fingerprint).c_str(), util::jsonString(k.publicKey).c_str(),
+                    store::keyStateName(k.state), store::roleName(k.role), util::jsonString(k.comment).c_str(),
+                    k.firstSeenMs, k.updatedMs, util::jsonString(k.lastAddress).c_str(), k.refusals);
+      } else {
+        std::printf("%-19s  %-8s  %-6s  %-24s  %-8" PRId64 "  %s\n", k.fingerprint.c_str(), store::keyStateName(k.state),
+                    store::roleName(k.role), isoTime(k.updatedMs).c_str(), k.refusals,
+                    (k.comment.empty() ? k.lastAddress : k.comment).c_str());
+      }
+    }
+    return 0;
+  }
+  if (sub == "accept" || sub == "revoke") {
+    if (cmd.args.size() != 1) return usageError("keys " + sub + " takes one fingerprint, key or .pub file");
+    auto rec = keys.resolve(cmd.args[0]);
+    if (!rec) return fail(util::err(rec.error().message, kExitUsage));
+    auto key = crypto::PublicKey::fromZ85(rec->publicKey);
+    if (!key) return fail(key.error());
+    if (sub == "revoke") {
+      if (auto s = keys.revoke(*key, clock.wallMs()); !s) return fail(s.error());
+      std::printf("revoked %s\n", key->fingerprint().c_str());
+      return 0;
+    }
+    store::Role role = rec->role;
+    if (!cmd.role.empty()) {
+      auto r = store::parseRole(cmd.role);
+      if (!r) return usageError(r.error().message);
+      role = *r;
+    } else if (rec->firstSeenMs < 0) {
+      return usageError("this key has not tried to connect yet: give its --role (node, client or admin)");
+    }
+    if (auto s = keys.accept(*key, role, cmd.comment, clock.wallMs()); !s) return fail(s.error());
+    std::printf("accepted %s as %s\n", key->fingerprint().c_str(), store::roleName(role));
+    return 0;
+  }
+  return usageError("unknown keys subcommand '" + sub + "'");
+}
+
+// ---- submit / wait / results -----------------------------------------------------------------
+
+class ProgressPrinter {
+ public:
+  ProgressPrinter(bool quiet) : quiet_(quiet), tty_(isatty(STDERR_FILENO)), start_(util::systemClock().monotonicMs()) {}
+  void operator()(const ProgressView& p) {
+    if (quiet_) return;
+    std::int64_t now = util::systemClock().monotonicMs();
+    double secs = static_cast<double>(now - start_) / 1000.0;
+    std::uint64_t done = p.succeeded + p.failed + p.cancelled;
+    if (tty_) {
+      int width = 30;
+      int filled = p.total ? static_cast<int>(width * done / p.total) : 0;
+      std::string bar(static_cast<std::size_t>(filled), '#');
+      bar.resize(static_cast<std::size_t>(width), '.');
+      std::fprintf(stderr, "\r[%s] %" PRIu64 "/%" PRIu64 "%s  ok %" PRIu64 "  failed %" PRIu64 "  running %" PRIu64
+                           "  queued %" PRIu64 "  %.1fs ",
+                   bar.c_str(), done, p.total, p.sealed ? "" : "+", p.succeeded, p.failed, p.running, p.queued, secs);
+      if (p.finished) std::fprintf(stderr, "\n");
+    } else if (p.finished || now - lastLine_ >= 2000) {
+      lastLine_ = now;
+      std::fprintf(stderr, "batch %" PRIu64 ": %" PRIu64 "/%" PRIu64 " done, %" PRIu64 " ok, %" PRIu64 " failed, %" PRIu64
+                           " running, %" PRIu64 " queued (%.1fs)\n",
+                   p.batch, done, p.total, p.succeeded, p.failed, p.running, p.queued, secs);
+    }
+  }
+
+ private:
+  bool quiet_, tty_;
+  std::int64_t start_;
+  std::int64_t lastLine_ = 0;
+};
+
+int finishWait(const CliCommand& cmd, const ProgressView& p) {
+  if (cmd.client.json) {
+    std::printf("{\"batch\":%" PRIu64 ",\"total\":%" PRIu64 ",\"succeeded\":%" PRIu64 ",\"failed\":%" PRIu64
+                ",\"cancelled\":%" PRIu64 ",\"finished\":%s}\n",
+                p.batch, p.total, p.succeeded, p.failed, p.cancelled, p.finished ? "true" : "false");
+  }
+  return p.failed == 0 && p.cancelled == 0 ? 0 : kExitFailed;
+}
+
+int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  const auto& s = cmd.submit;
+  if (s.handler.empty()) return usageError("submit needs --handler NAME");
+  if (s.linesFrom.empty() == s.files.empty()) return usageError("submit needs exactly one of --lines FILE|- and --files F...");
+  if (!cmd.args.empty()) return usageError("unexpected argument '" + cmd.args[0] + "' (use --files for files)");
+  if (s.timeoutMs < 0 || s.timeoutMs > UINT32_MAX) return usageError("--task-timeout is out of range");
+  PayloadSource source;
+  std::ifstream file;
+  std::istream* in = nullptr;
+  std::size_t nextFile = 0;
+  if (!s.linesFrom.empty()) {
+    if (s.linesFrom == "-") {
+      in = &std::cin;
+    } else {
+      file.open(s.linesFrom, std::ios::binary);
+      if (!file) return usageError("cannot read " + s.linesFrom);
+      in = &file;
+    }
+    source = [in](std::string* out) -> util::Result<bool> {
+      if (!std::getline(*in, *out)) return false;
+      return true;
+    };
+  } else {
+    for (const auto& f : s.files) {
+      if (access(f.c_str(), R_OK) != 0) return usageError("cannot read " + f);
+    }
+    source = [&](std::string* out) -> util::Result<bool> {
+      if (nextFile >= s.files.size()) return false;
+      auto data = util::readFile(s.files[nextFile++], 1ull << 30);
+      if (!data) return util::err(data.error().message, kExitUsage);
+      *out = std::move(*data);
+      return true;
+    };
+  }
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  BatchOptions o;
+  o.handler = s.handler;
+  o.priority = static_cast<std::uint8_t>(s.priority);
+  o.requiredTags = s.requiredTags;
+  o.timeoutMs = static_cast<std::uint32_t>(s.timeoutMs);
+  o.maxAttempts = static_cast<std::uint8_t>(s.attempts);
+  o.label = s.label;
+  auto batch = (*client)->submit(o, source);
+  if (!batch) return fail(batch.error());
+  if (cmd.client.json) std::printf("{\"batch\":%" PRIu64 "}\n", *batch);
+  else std::printf("%" PRIu64 "\n", *batch);
+  std::fflush(stdout);
+  if (!s.wait) return 0;
+  ProgressPrinter printer(cmd.quiet);
+  auto p = (*client)->wait(*batch, std::ref(printer), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
+  if (!p) return fail(p.error());
+  return finishWait(cmd, *p);
+}
+
+int waitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  auto id = parseId(cmd.args, "batch");
+  if (!id) return fail(id.error());
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  ProgressPrinter printer(cmd.quiet || cmd.client.json);
+  auto p = (*client)->wait(*id, std::ref(printer), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
+  if (!p) return fail(p.error());
+  return finishWait(cmd, *p);
+}
+
+int resultsCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  auto id = parseId(cmd.args, "batch");
+  if (!id) return fail(id.error());
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  std::uint64_t from = 0, printed = 0;
+  bool anyFailed = false;
+  for (;;) {
+    wire::Encoder e((*client)->nextRequestId(), 32);
+    auto req = e.body().initFetchResults();
+    req.setBatch(*id);
+    req.setFromIndex(from);
+    req.setLimit(1000);
+    auto reply = (*client)->call(e);
+    if (!reply) return fail(reply.error());
+    auto page = reply->envelope().getBody().getResultPage();
+    std::string out;
+    for (auto r : page.getRows()) {
+      if (cmd.limit && printed >= cmd.limit) break;
+      ++printed;
+      anyFailed = anyFailed || r.getStatus() != proto::TaskStatus::OK;
+      if (cmd.client.json) {
+        out += "{\"task\":" + std::to_string(r.getTask()) + ",\"index\":" + std::to_string(r.getIndex()) +
+               ",\"status\":\"" + taskStatusName(r.getStatus()) + "\",";
+        appendBytes(out, "output", wire::view(r.getOutput()));
+        out += ",\"error\":";
+        util::appendJsonString(out, wire::view(r.getError()));
+        out += ",\"attempts\":" + std::to_string(r.getAttempts()) + ",\"node\":";
+        util::appendJsonString(out, wire::view(r.getNode()));
+        out += "}\n";
+      } else {
+        out += std::to_string(r.getIndex()) + "\t" + taskStatusName(r.getStatus()) + "\t" +
+               escaped(r.getStatus() == proto::TaskStatus::OK ? wire::view(r.getOutput())
+                                                              : std::string_view(wire::view(r.getError()))) +
+               "\n";
+      }
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    if (page.getEnd() || page.getRows().size() == 0 || (cmd.limit && printed >= cmd.limit)) break;
+    from = page.getNextIndex();
+  }
+  std::fflush(stdout);
+  return anyFailed ? kExitFailed : 0;
+}
+
+// ---- status / nodes / task / cancel ----------------------------------------------------------
+
+int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  wire::Encoder e;
+  e.body().setStatusRequest();
+  auto reply = (*client)->call(e);
+  if (!reply) return fail(reply.error());
+  auto s = reply->envelope().getBody().getStatusReply();
+  if (cmd.client.json) {
+    std::string out = "{\"nexus\":" + util::jsonString(wire::view(s.getNexusName())) +
+                      ",\"version\":" + util::jsonString(wire::view(s.getSoftwareVersion())) +
+                      ",\"uptime_ms\":" + std::to_string(s.getUptimeMs()) +
+                      ",\"nodes_alive\":" + std::to_string(s.getNodesAlive()) +
+                      ",\"slots\":" + std::to_string(s.getSlotsTotal()) + ",\"queued\":" + std::to_string(s.getQueued()) +
+                      ",\"running\":" + std::to_string(s.getRunning()) + ",\"batches\":[";
+    bool first = true;
+    for (auto b : s.getBatches()) {
+      auto p = b.getProgress();
+      out += std::string(first ? "" : ",") + "{\"batch\":" + std::to_string(b.getId()) +
+             ",\"label\":" + util::jsonString(wire::view(b.getLabel())) +
+             ",\"handler\":" + util::jsonString(wire::view(b.getHandler())) +
+             ",\"priority\":" + std::to_string(b.getPriority()) + ",\"total\":" + std::to_string(p.getTotal()) +
+             ",\"queued\":" + std::to_string(p.getQueued()) + ",\"running\":" + std::to_string(p.getRunning()) +
+             ",\"succeeded\":" + std::to_string(p.getSucceeded()) + ",\"failed\":" + std::to_string(p.getFailed()) +
+             ",\"cancelled\":" + std::to_string(p.getCancelled()) +
+             ",\"finished\":" + (p.getFinished() ? "true" : "false") + "}";
+      first = false;
+    }
+    out += "],\"counters\":{";
+    first = true;
+    for (auto c : s.getCounters()) {
+      out += std::string(first ? "" : ",") + util::jsonString(wire::view(c.getName())) + ":" + std::to_string(c.getValue());
+      first = false;
+    }
+    out += "}}\n";
+    std::fputs(out.c_str(), stdout);
+    return 0;
+  }
+  std::printf("nexus %s (version %s), up %" PRIu64 " s\n", std::string(wire::view(s.getNexusName())).c_str(),
+              std::string(wire::view(s.getSoftwareVersion())).c_str(), s.getUptimeMs() / 1000);
+  std::printf("spores %u alive, %u slots; tasks %" PRIu64 " queued, %" PRIu64 " running\n", s.getNodesAlive(),
+              s.getSlotsTotal(), s.getQueued(), s.getRunning());
+  std::printf("\n%-8s %-12s %-10s %4s %9s %9s %9s %9s %8s  %s\n", "BATCH", "HANDLER", "LABEL", "PRIO", "TOTAL", "OK",
+              "FAILED", "RUNNING", "QUEUED", "STATE");
+  for (auto b : s.getBatches()) {
+    auto p = b.getProgress();
+    std::printf("%-8" PRIu64 " %-12s %-10s %4u %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %8" PRIu64 "  %s\n",
+                b.getId(), std::string(wire::view(b.getHandler())).c_str(), std::string(wire::view(b.getLabel())).c_str(),
+                b.getPriority(), p.getTotal(), p.getSucceeded(), p.getFailed(), p.getRunning(), p.getQueued(),
+                p.getFinished() ? (p.getCancelled() ? "cancelled" : "finished") : (p.getSealed() ? "running" : "open"));
+  }
+  std::printf("\ncounters:\n");
+  for (auto c : s.getCounters()) {
+    std::printf("  %-28s %" PRIu64 "\n", std::string(wire::view(c.getName())).c_str(), c.getValue());
+  }
+  return 0;
+}
+
+int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  wire::Encoder e;
+  e.body().setNodesRequest();
+  auto reply = (*client)->call(e);
+  if (!reply) return fail(reply.error());
+  auto nodes = reply->envelope().getBody().getNodesReply().getNodes();
+  if (!cmd.client.json) {
+    std::printf("%-16s %-19s %-22s %-6s %5s %6s %5s %5s %6s %8s %7s  %s\n", "NAME", "FINGERPRINT", "ADDRESS", "FOUND",
+                "SLOTS", "FLIGHT", "CPU%", "MEM%", "SCORE", "DONE", "BEAT", "TAGS");
+  }
+  for (auto n : nodes) {
+    std::string tags;
+    for (auto t : n.getTags()) tags += (tags.empty() ? "" : ",") + std::string(wire::view(t));
+    if (cmd.client.json) {
+      std::string handlers;
+      for (auto h : n.getHandlers()) handlers += std::string(handlers.empty() ? "" : ",") + util::jsonString(wire::view(h));
+      std::string tagsJson;
+      for (auto t : n.getTags()) tagsJson += std::string(tagsJson.empty() ? "" : ",") + util::jsonString(wire::view(t));
+      std::printf("{\"name\":%s,\"fingerprint\":%s,\"key\":%s,\"address\":%s,\"found_by\":%s,\"slots\":%u,"
+                  "\"in_flight\":%u,\"cpu_pct\":%.1f,\"mem_pct\":%.1f,\"score\":%.3f,\"tasks_done\":%" PRIu64
+                  ",\"last_heartbeat_ms_ago\":%" PRIu64 ",\"connected_ms\":%" PRId64 ",\"version\":%s,\"tags\":[%s],\"handlers\":[%s]}\n",
+                  util::jsonString(wire::view(n.getName())).c_str(), util::jsonString(wire::view(n.getFingerprint())).c_str(),
+                  util::jsonString(wire::view(n.getKey())).c_str(), util::jsonString(wire::view(n.getAddress())).c_str(),
+                  util::jsonString(wire::view(n.getFoundBy())).c_str(), n.getSlots(), n.getInFlight(), n.getCpuPct(),
+                  n.getMemPct(), n.getScore(), n.getTasksDone(), n.getLastBeatMsAgo(), n.getConnectedMs(),
+                  util::jsonString(wire::view(n.getSoftwareVersion())).c_str(), tagsJson.c_str(), handlers.c_str());
+    } else {
+      std::printf("%-16s %-19s %-22s %-6s %5u %6u %5.1f %5.1f %6.3f %8" PRIu64 " %5" PRIu64 "ms  %s\n",
+                  std::string(wire::view(n.getName())).c_str(), std::string(wire::view(n.getFingerprint())).c_str(),
+                  std::string(wire::view(n.getAddress())).c_str(), std::string(wire::view(n.getFoundBy())).c_str(),
+                  n.getSlots(), n.getInFlight(), n.getCpuPct(), n.getMemPct(), n.getScore(), n.getTasksDone(),
+                  n.getLastBeatMsAgo(), tags.c_str());
+    }
+  }
+  return 0;
+}
+
+int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  auto id = parseId(cmd.args, "task");
+  if (!id) return fail(id.error());
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  wire::Encoder e;
+  e.body().setTaskRequest(*id);
+  auto reply = (*client)->call(e);
+  if (!reply) return fail(reply.error());
+  auto t = reply->envelope().getBody().getTaskReply();
+  std::string tags;
+  for (auto r : t.getRequires()) tags += (tags.empty() ? "" : ",") + std::string(wire::view(r));
+  if (cmd.client.json) {
+    std::string out = "{\"task\":" + std::to_string(t.getId()) + ",\"batch\":" + std::to_string(t.getBatch()) +
+                      ",\"index\":" + std::to_string(t.getIndex()) + ",\"handler\":" + util::jsonString(wire::view(t.getHandler())) +
+                      ",\"state\":" + util::jsonString(wire::view(t.getState())) +
+                      ",\"priority\":" + std::to_string(t.getPriority()) + ",\"requires\":" + util::jsonString(tags) +
+                      ",\"submitted_ms\":" + std::to_string(t.getSubmittedMs()) +
+                      ",\"finished_ms\":" + std::to_string(t.getFinishedMs()) + ",\"why\":" + util::jsonString(wire::view(t.getWhy())) + ",";
+    appendBytes(out, "output", wire::view(t.getOutput()));
+    out += ",\"error\":" + util::jsonString(wire::view(t.getError())) + ",\"attempts\":[";
+    bool first = true;
+    for (auto a : t.getAttempts()) {
+      out += std::string(first ? "" : ",") + "{\"attempt\":" + std::to_string(a.getNumber()) +
+             ",\"node\":" + util::jsonString(wire::view(a.getNode())) + ",\"assigned_ms\":" + std::to_string(a.getAssignedMs()) +
+             ",\"started_ms\":" + std::to_string(a.getStartedMs()) + ",\"ended_ms\":" + std::to_string(a.getEndedMs()) +
+             ",\"outcome\":" + util::jsonString(wire::view(a.getOutcome())) +
+             ",\"error\":" + util::jsonString(wire::view(a.getError())) + "}";
+      first = false;
+    }
+    out += "]}\n";
+    std::fputs(out.c_str(), stdout);
+    return 0;
+  }
+  std::printf("task %" PRIu64 " (batch %" PRIu64 ", index %" PRIu64 "), handler %s, priority %u%s%s\n", t.getId(),
+              t.getBatch(), t.getIndex(), std::string(wire::view(t.getHandler())).c_str(), t.getPriority(),
+              tags.empty() ? "" : ", requires ", tags.c_str());
+  std::printf("state: %s\n", std::string(wire::view(t.getState())).c_str());
+  if (t.getWhy().size()) std::printf("why: %s\n", std::string(wire::view(t.getWhy())).c_str());
+  std::printf("%s  submitted\n", isoTime(t.getSubmittedMs()).c_str());
+  for (auto a : t.getAttempts()) {
+    std::printf("%s  attempt %u assigned to %s\n", isoTime(a.getAssignedMs()).c_str(), a.getNumber(),
+                std::string(wire::view(a.getNode())).c_str());
+    if (a.getStartedMs() > 0) std::printf("%s  attempt %u started\n", isoTime(a.getStartedMs()).c_str(), a.getNumber());
+    if (a.getEndedMs() > 0) {
+      std::string err(wire::view(a.getError()));
+      std::printf("%s  attempt %u ended: %s%s%s\n", isoTime(a.getEndedMs()).c_str(), a.getNumber(),
+                  std::string(wire::view(a.getOutcome())).c_str(), err.empty() ? "" : ": ", escaped(err).c_str());
+    } else {
+      std::printf("%*s  attempt %u %s\n", 24, "", a.getNumber(), std::string(wire::view(a.getOutcome())).c_str());
+    }
+  }
+  if (t.getFinishedMs() > 0) {
+    std::printf("output: %s\n", escaped(wire::view(t.getOutput())).c_str());
+  }
+  return 0;
+}
+
+int cancelCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  auto id = parseId(cmd.args, "batch");
+  if (!id) return fail(id.error());
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  wire::Encoder e;
+  e.body().setCancelBatch(*id);
+  auto reply = (*client)->call(e);
+  if (!reply) return fail(reply.error());
+  auto ack = reply->envelope().getBody().getCancelAck();
+  if (cmd.client.json) std::printf("{\"batch\":%" PRIu64 ",\"cancelled\":%" PRIu64 "}\n", ack.getBatch(), ack.getCancelled());
+  else std::printf("batch %" PRIu64 ": %" PRIu64 " tasks cancelled\n", ack.getBatch(), ack.getCancelled());
+  return 0;
+}
+
+}  // namespace
+
+int runCli(const config::CliCommand& cmd) {
+  const std::string& verb = cmd.words[0];
+  if (verb == "keys") return keysCommand(cmd);
+  auto ctx = transport::makeContext();
+  int rc;
+  if (verb == "submit") rc = submitCommand(ctx, cmd);
+  else if (verb == "wait") rc = waitCommand(ctx, cmd);
+  else if (verb == "results") rc = resultsCommand(ctx, cmd);
+  else if (verb == "status") rc = statusCommand(ctx, cmd);
+  else if (verb == "nodes") rc = nodesCommand(ctx, cmd);
+  else if (verb == "task") rc = taskCommand(ctx, cmd);
+  else if (verb == "cancel") rc = cancelCommand(ctx, cmd);
+  else rc = usageError("unknown command '" + verb + "'");
+  return rc;
+}
+
+}  // namespace mesh::node

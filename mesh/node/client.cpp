@@ -1,0 +1,256 @@
+#include "mesh/node/client.h"
+
+#include <deque>
+
+#include "mesh/transport/sockets.h"
+#include "mesh/util/clock.h"
+
+namespace mesh::node {
+
+namespace {
+constexpr std::size_t kChunkTasks = 10000;
+constexpr std::size_t kChunkBytes = 8u << 20;
+constexpr std::size_t kWindow = 4;  // chunks in flight
+}  // namespace
+
+const char* taskStatusName(proto::TaskStatus s) {
+  switch (s) {
+    case proto::TaskStatus::OK: return "ok";
+    case proto::TaskStatus::FAILED: return "failed";
+    case proto::TaskStatus::TIMED_OUT: return "timed out";
+    case proto::TaskStatus::CRASHED: return "crashed";
+    case proto::TaskStatus::UNKNOWN_HANDLER: return "unknown handler";
+    case proto::TaskStatus::CANCELLED: return "cancelled";
+    case proto::TaskStatus::QUARANTINED: return "quarantined";
+  }
+  return "unknown";
+}
+
+ProgressView progressView(proto::Progress::Reader p) {
+  ProgressView v;
+  v.batch = p.getBatch();
+  v.total = p.getTotal();
+  v.queued = p.getQueued();
+  v.running = p.getRunning();
+  v.succeeded = p.getSucceeded();
+  v.failed = p.getFailed();
+  v.cancelled = p.getCancelled();
+  v.sealed = p.getSealed();
+  v.finished = p.getFinished();
+  return v;
+}
+
+util::Result<std::unique_ptr<Client>> Client::connect(zmq::context_t& ctx, const ClientOptions& options) {
+  if (options.endpoint.empty()) {
+    return util::err("no nexus given: set MESH_NEXUS or --nexus tcp://HOST:7701", kExitUsage);
+  }
+  auto keys = crypto::loadKeyPair(options.keyFile);
+  if (!keys) return util::err(keys.error().message + " (set MESH_KEY or --key)", kExitUsage);
+  std::unique_ptr<Client> c(new Client(ctx, options));
+  c->keys_ = std::move(*keys);
+  transport::SocketLimits limits;
+  limits.lingerMs = 1000;
+  c->socket_ = transport::makeClientSocket(ctx, zmq::socket_type::dealer, c->keys_, options.nexusKey, limits);
+  transport::HandshakeWatch watch(ctx, c->socket_);
+  try {
+    c->socket_.connect(options.endpoint);
+  } catch (const zmq::error_t& e) {
+    return util::err("bad nexus endpoint " + options.endpoint + ": " + e.what(), kExitUsage);
+  }
+  std::string detail;
+  switch (watch.wait(static_cast<int>(options.timeoutMs), &detail)) {
+    case transport::HandshakeResult::kSucceeded:
+      return c;
+    case transport::HandshakeResult::kRefused:
+      return util::err("the nexus at " + options.endpoint + " refused this client's key " +
+                           c->keys_.publicKey.fingerprint() + ": on the nexus host run `mesh keys accept " +
+                           c->keys_.publicKey.fingerprint() + " --role client`",
+                       kExitUnreachable);
+    case transport::HandshakeResult::kFailed:
+      return util::err("the handshake with " + options.endpoint + " failed (" + detail +
+                           "): is MESH_NEXUS_KEY the key of this nexus?",
+                       kExitUnreachable);
+    case transport::HandshakeResult::kTimedOut:
+      break;
+  }
+  return util::err("cannot reach the nexus at " + options.endpoint + " within " +
+                       std::to_string(options.timeoutMs) + " ms: is it running, and is MESH_NEXUS_KEY its key?",
+                   kExitUnreachable);
+}
+
+util::Result<wire::Decoded> Client::receive(std::int64_t timeoutMs) {
+  zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+  zmq::poll(&item, 1, std::chrono::milliseconds(timeoutMs));
+  if (!(item.revents & ZMQ_POLLIN)) return util::err("timeout", kExitUnreachable);
+  zmq::message_t m;
+  if (!socket_.recv(m)) return util::err("timeout", kExitUnreachable);
+  auto d = wire::decode(std::move(m), wire::Limits{});
+  if (!d) return util::err("bad reply from the nexus: " + d.error().message, kExitFailed);
+  return d;
+}
+
+util::Result<wire::Decoded> Client::call(wire::Encoder& request) {
+  std::uint64_t id = request.envelope().getRequestId();
+  if (id == 0) {
+    id = nextRequestId();
+    request.envelope().setRequestId(id);
+  }
+  socket_.send(request.finish(), zmq::send_flags::none);
+  const auto& clock = util::systemClock();
+  std::int64_t deadline = clock.monotonicMs() + options_.timeoutMs;
+  for (;;) {
+    std::int64_t left = deadline - clock.monotonicMs();
+    if (left <= 0) break;
+    auto reply = receive(left);
+    if (!reply) {
+      if (reply.error().code == kExitUnreachable) break;
+      return reply.error();
+    }
+    if (reply->envelope().getRequestId() != id) continue;  // a stale progress message
+    if (reply->which() == proto::Envelope::Body::ERROR) {
+      return util::err(std::string(wire::view(reply->envelope().getBody().getError().getMessage())), kExitFailed);
+    }
+    return reply;
+  }
+  return util::err("no answer from the nexus at " + options_.endpoint + " within " +
+                       std::to_string(options_.timeoutMs) + " ms",
+                   kExitUnreachable);
+}
+
+util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const PayloadSource& payloads,
+                                           const std::function<void(std::uint64_t)>& onChunk) {
+  // Read one chunk ahead so the last chunk can carry the seal.
+  auto readChunk = [&](std::vector<std::string>& out) -> util::Result<bool> {
+    out.clear();
+    std::size_t bytes = 0;
+    while (out.size() < kChunkTasks && bytes < kChunkBytes) {
+      std::string p;
+      auto more = payloads(&p);
+      if (!more) return more.error();
+      if (!*more) return false;
+      bytes += p.size();
+      out.push_back(std::move(p));
+    }
+    return true;
+  };
+  std::vector<std::string> chunk, next;
+  auto more = readChunk(chunk);
+  if (!more) return more.error();
+  bool hasMore = *more;
+  if (hasMore) {
+    auto m2 = readChunk(next);
+    if (!m2) return m2.error();
+    hasMore = *m2 || !next.empty();
+  }
+  std::uint64_t batch = 0, accepted = 0;
+  std::deque<std::uint64_t> inFlight;  // request ids of chunks not yet acknowledged
+  auto send = [&](const std::vector<std::string>& tasks, bool seal) {
+    std::size_t bytes = 0;
+    for (const auto& t : tasks) bytes += t.size() + 16;
+    wire::Encoder e(nextRequestId(), static_cast<unsigned>(bytes / 8 + 256));
+    auto s = e.body().initSubmit();
+    s.setBatch(batch);
+    if (batch == 0) {
+      auto spec = s.initSpec();
+      spec.setHandler(options.handler);
+      spec.setPriority(options.priority);
+      auto tags = spec.initRequires(static_cast<unsigned>(options.requiredTags.size()));
+      for (unsigned i = 0; i < options.requiredTags.size(); ++i) tags.set(i, options.requiredTags[i]);
+      spec.setTimeoutMs(options.timeoutMs);
+      spec.setMaxAttempts(options.maxAttempts);
+      spec.setLabel(options.label);
+    }
+    auto list = s.initPayloads(static_cast<unsigned>(tasks.size()));
+    for (unsigned i = 0; i < tasks.size(); ++i) list.set(i, wire::asData(tasks[i]));
+    s.setSeal(seal);
+    inFlight.push_back(e.envelope().getRequestId());
+    socket_.send(e.finish(), zmq::send_flags::none);
+  };
+  auto awaitAck = [&]() -> util::Status {
+    const auto& clock = util::systemClock();
+    std::int64_t deadline = clock.monotonicMs() + options_.timeoutMs;
+    while (clock.monotonicMs() < deadline) {
+      auto reply = receive(deadline - clock.monotonicMs());
+      if (!reply) {
+        if (reply.error().code == kExitUnreachable) break;
+        return reply.error();
+      }
+      std::uint64_t id = reply->envelope().getRequestId();
+      if (inFlight.empty() || id != inFlight.front()) continue;
+      inFlight.pop_front();
+      if (reply->which() == proto::Envelope::Body::ERROR) {
+        std::string msg(wire::view(reply->envelope().getBody().getError().getMessage()));
+        return util::err(batch ? "batch " + std::to_string(batch) + ": " + msg : msg, kExitFailed);
+      }
+      if (reply->which() != proto::Envelope::Body::SUBMIT_ACK) return util::err("unexpected reply to a submit", kExitFailed);
+      auto ack = reply->envelope().getBody().getSubmitAck();
+      batch = ack.getBatch();
+      accepted += ack.getCount();
+      if (onChunk) onChunk(accepted);
+      return {};
+    }
+    return util::err("no answer from the nexus within " + std::to_string(options_.timeoutMs) + " ms while submitting" +
+                         (batch ? " (batch " + std::to_string(batch) + " stays open and incomplete)" : ""),
+                     kExitUnreachable);
+  };
+  send(chunk, !hasMore);
+  if (auto s = awaitAck(); !s) return s.error();  // the first chunk gives us the batch id
+  while (hasMore) {
+    chunk.swap(next);
+    auto m = readChunk(next);
+    if (!m) return m.error();
+    hasMore = *m || !next.empty();
+    send(chunk, !hasMore);
+    while (inFlight.size() >= kWindow) {
+      if (auto s = awaitAck(); !s) return s.error();
+    }
+  }
+  while (!inFlight.empty()) {
+    if (auto s = awaitAck(); !s) return s.error();
+  }
+  return batch;
+}
+
+util::Result<ProgressView> Client::wait(std::uint64_t batch, const std::function<void(const ProgressView&)>& onProgress,
+                                        std::int64_t patienceMs) {
+  const auto& clock = util::systemClock();
+  std::int64_t lastHeard = clock.monotonicMs();
+  std::int64_t lastAsked = 0;
+  std::uint64_t watchId = 0;
+  for (;;) {
+    std::int64_t now = clock.monotonicMs();
+    if (watchId == 0 || (now - lastAsked >= 1000 && now - lastHeard >= 1000)) {
+      // Ask (again): the first time, and whenever the nexus has been silent for a second, which
+      // covers a nexus restart (the new one does not know this watcher).
+      watchId = nextRequestId();
+      wire::Encoder e(watchId, 32);
+      e.body().initWatch().setBatch(batch);
+      socket_.send(e.finish(), zmq::send_flags::dontwait);
+      lastAsked = now;
+    }
+    if (now - lastHeard > patienceMs) {
+      return util::err("lost the nexus at " + options_.endpoint + " for " + std::to_string(patienceMs / 1000) +
+                           " s while waiting for batch " + std::to_string(batch) + " (it keeps running: `mesh wait " +
+                           std::to_string(batch) + "` again)",
+                       kExitUnreachable);
+    }
+    auto reply = receive(250);
+    if (!reply) {
+      if (reply.error().code == kExitUnreachable) continue;
+      return reply.error();
+    }
+    lastHeard = clock.monotonicMs();
+    auto body = reply->envelope().getBody();
+    if (reply->which() == proto::Envelope::Body::ERROR) {
+      if (reply->envelope().getRequestId() != watchId) continue;
+      return util::err(std::string(wire::view(body.getError().getMessage())), kExitFailed);
+    }
+    if (reply->which() != proto::Envelope::Body::PROGRESS) continue;
+    ProgressView v = progressView(body.getProgress());
+    if (v.batch != batch) continue;
+    if (onProgress) onProgress(v);
+    if (v.finished) return v;
+  }
+}
+
+}  // namespace mesh::node

@@ -1,0 +1,88 @@
+// The client API: what the `mesh` CLI (and any C++ program) uses to talk to a nexus.
+//
+// Errors carry an exit code in Error::code: 3 when the nexus cannot be reached or refuses this
+// client's key, 1 when the nexus answered with an error, 2 for bad input detected here.
+//
+// Thread rule: a Client (and its socket) belongs to the thread that made it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "mesh/crypto/keys.h"
+#include "mesh/util/result.h"
+#include "mesh/wire/codec.h"
+
+namespace mesh::node {
+
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitUnreachable = 3;
+
+struct ClientOptions {
+  std::string endpoint;        // the nexus client port, tcp://HOST:7701
+  crypto::PublicKey nexusKey;
+  std::string keyFile;         // this client's key pair
+  std::int64_t timeoutMs = 10000;
+};
+
+struct BatchOptions {
+  std::string handler;
+  std::uint8_t priority = 0;
+  std::vector<std::string> requiredTags;
+  std::uint32_t timeoutMs = 0;
+  std::uint8_t maxAttempts = 0;
+  std::string label;
+};
+
+struct ProgressView {
+  std::uint64_t batch = 0, total = 0, queued = 0, running = 0, succeeded = 0, failed = 0, cancelled = 0;
+  bool sealed = false, finished = false;
+};
+
+// Supplies payloads in order; returns false when there are no more.
+using PayloadSource = std::function<util::Result<bool>(std::string* payload)>;
+
+class Client {
+ public:
+  // Connects and completes the Curve handshake, or fails with code 3 and a message that says
+  // what to do (unreachable, key refused, wrong nexus key).
+  static util::Result<std::unique_ptr<Client>> connect(zmq::context_t& ctx, const ClientOptions& options);
+
+  // Sends one request and returns the reply with its request id (an Error reply becomes an
+  // Error with code 1). Waits at most the client's timeout.
+  util::Result<wire::Decoded> call(wire::Encoder& request);
+
+  // Submits a batch in chunks (pipelined), sealing it at the end. Calls onChunk after each
+  // acknowledged chunk with the number of tasks accepted so far. Returns the batch id.
+  util::Result<std::uint64_t> submit(const BatchOptions& options, const PayloadSource& payloads,
+                                     const std::function<void(std::uint64_t)>& onChunk = {});
+
+  // Waits until the batch finishes, calling onProgress for each update. Survives a nexus
+  // restart (re-asks every second while nothing arrives); gives up after `patienceMs` of
+  // silence with code 3.
+  util::Result<ProgressView> wait(std::uint64_t batch, const std::function<void(const ProgressView&)>& onProgress,
+                                  std::int64_t patienceMs);
+
+  std::uint64_t nextRequestId() { return ++requestId_; }
+  const crypto::PublicKey& publicKey() const { return keys_.publicKey; }
+
+ private:
+  Client(zmq::context_t& ctx, ClientOptions options) : ctx_(ctx), options_(std::move(options)) {}
+  util::Result<wire::Decoded> receive(std::int64_t timeoutMs);
+
+  zmq::context_t& ctx_;
+  ClientOptions options_;
+  crypto::KeyPair keys_;
+  zmq::socket_t socket_;
+  std::uint64_t requestId_ = 0;
+};
+
+ProgressView progressView(proto::Progress::Reader p);
+const char* taskStatusName(proto::TaskStatus s);
+
+}  // namespace mesh::node

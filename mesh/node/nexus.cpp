@@ -1,0 +1,1361 @@
+#include "mesh/node/nexus.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <set>
+#include <unordered_map>
+
+#include "mesh/crypto/keys.h"
+#include "mesh/discovery/beacon_udp.h"
+#include "mesh/node/common.h"
+#include "mesh/routing/scheduler.h"
+#include "mesh/store/key_store.h"
+#include "mesh/store/task_store.h"
+#include "mesh/store/writer.h"
+#include "mesh/transport/sockets.h"
+#include "mesh/transport/zap.h"
+#include "mesh/util/bytes.h"
+#include "mesh/util/clock.h"
+#include "mesh/util/counters.h"
+#include "mesh/util/log.h"
+#include "mesh/wire/codec.h"
+
+namespace mesh::node {
+
+namespace {
+
+constexpr int kMaxMessagesPerTurn = 4096;
+constexpr std::uint32_t kResultPageMax = 1000;
+constexpr std::size_t kResultPageBytes = 8u << 20;
+constexpr std::size_t kAssignFrameBytes = 8u << 20;
+constexpr std::uint32_t kMaxTasksPerSubmit = 1'000'000;
+constexpr std::int64_t kProgressEveryMs = 250;
+constexpr std::int64_t kKeyCheckEveryMs = 1000;
+
+using Which = proto::Envelope::Body::Which;
+
+struct NodeConn {
+  routing::NodeId id = routing::kNoNode;
+  std::string routingId;
+  std::string key;
+  std::string fingerprint;
+  std::string name, address, foundBy, softwareVersion;
+  std::vector<std::string> handlers, tags;
+  std::uint16_t slots = 0;
+  std::int64_t lastSeenMono = 0;
+  std::int64_t connectedWallMs = 0;
+};
+
+struct Watcher {
+  std::string routingId;
+  std::uint64_t requestId = 0;
+};
+
+// A submit chunk waiting for its commit.
+struct PendingSubmit {
+  std::string routingId;
+  std::uint64_t requestId = 0;
+  std::uint64_t batch = 0;
+  std::uint64_t firstId = 0, firstIndex = 0;
+  std::uint32_t count = 0;
+  bool seal = false;
+  bool watch = false;
+  bool newBatch = false;
+  std::shared_ptr<wire::Decoded> frame;  // the payloads live here
+};
+
+// What a write ticket carries besides its WriteSet: what to do once it is durable.
+struct TicketInfo {
+  std::vector<PendingSubmit> submits;
+  std::map<std::uint64_t, std::array<std::uint64_t, 3>> finals;  // batch -> ok, failed, cancelled
+  std::vector<std::uint64_t> finishing;
+  std::uint64_t submitTasks = 0;
+};
+
+bool validName(std::string_view s, std::size_t max) {
+  if (s.empty() || s.size() > max) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+  });
+}
+
+std::string peerAddress(zmq::message_t& frame) {
+  const char* a = zmq_msg_gets(frame.handle(), "Peer-Address");
+  return a ? a : "";
+}
+
+std::string portName(const std::string& domain) {
+  if (domain == kNodeDomain) return "node";
+  if (domain == kClientDomain) return "client";
+  return "events";
+}
+
+}  // namespace
+
+class NexusImpl {
+ public:
+  NexusImpl(zmq::context_t& ctx, config::NexusConfig config)
+      : ctx_(ctx), config_(std::move(config)), clock_(util::systemClock()), scheduler_(config_.scheduler) {
+    limits_.maxFrameBytes = config_.maxFrameBytes;
+  }
+
+  util::Status start();
+  void run(const std::atomic<bool>& stop);
+
+ private:
+  // ---- set-up
+  util::Status openKeys();
+  util::Status reloadKeys();
+  util::Status bindAndCheck();
+  util::Status recover();
+
+  // ---- messages
+  void drainNodes();
+  void drainClients();
+  void onNodeMessage(const std::string& routingId, zmq::message_t& body);
+  void onHello(const std::string& routingId, const std::string& key, zmq::message_t& frame,
+               proto::Hello::Reader hello);
+  void onClientMessage(const std::string& routingId, zmq::message_t& body);
+  void onSubmit(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                std::shared_ptr<wire::Decoded> frame);
+  void onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch);
+  void onFetchResults(const std::string& routingId, std::uint64_t requestId, proto::FetchResults::Reader req);
+  void onStatus(const std::string& routingId, std::uint64_t requestId);
+  void onNodes(const std::string& routingId, std::uint64_t requestId);
+  void onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId);
+  void onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId, std::uint64_t batch);
+
+  // ---- work
+  void dispatch();
+  void collectEffects();
+  void flushWrites();
+  void onCommits();
+  void timers();
+  void dropNode(routing::NodeId id, const std::string& why);
+  void sendProgress(std::uint64_t batch, bool final);
+  void publish(proto::Event::Kind kind, std::uint64_t batch, const std::string& node, const std::string& text);
+
+  // ---- helpers
+  bool sendTo(zmq::socket_t& socket, const std::string& routingId, zmq::message_t&& body);
+  void replyError(const std::string& routingId, std::uint64_t requestId, proto::Error::Code code,
+                  const std::string& message);
+  void fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p);
+  std::optional<routing::Progress> progressOf(std::uint64_t batchId);
+  std::optional<store::Role> roleOf(const std::string& key) const;
+
+  zmq::context_t& ctx_;
+  config::NexusConfig config_;
+  const util::Clock& clock_;
+  wire::Limits limits_;
+  routing::Scheduler scheduler_;
+  util::Counters counters_;
+
+  crypto::KeyPair serverKeys_;
+  std::string dbPath_;
+  store::Db readDb_;
+  std::unique_ptr<store::TaskStore> readStore_;
+  std::unique_ptr<store::KeyStore> keys_;
+  std::int64_t keysVersion_ = -1;
+  std::unordered_map<std::string, store::Role> accepted_;
+
+  std::unique_ptr<transport::ZapHandler> zap_;
+  std::unique_ptr<store::StoreWriter> writer_;
+  zmq::socket_t nodeSocket_, clientSocket_, eventsSocket_;
+  std::string nodeEndpoint_, clientEndpoint_, eventsEndpoint_;
+  std::unique_ptr<discovery::BeaconSender> beacon_;
+
+  std::unordered_map<std::string, NodeConn> conns_;           // by routing id
+  std::unordered_map<routing::NodeId, std::string> nodeRoute_;  // node id -> routing id
+  std::unordered_map<std::string, std::uint64_t> batchOwner_;   // not used for lookup by key
+  std::map<std::uint64_t, std::string> owners_;                 // batch -> client key
+  std::map<std::uint64_t, std::vector<Watcher>> watchers_;
+
+  std::uint64_t nextBatchId_ = 1;
+  std::uint64_t nextTaskId_ = 1;
+  std::uint64_t pendingSubmitTasks_ = 0;
+
+  std::unique_ptr<store::WriteSet> current_ = std::make_unique<store::WriteSet>();
+  TicketInfo currentInfo_;
+  std::map<std::uint64_t, TicketInfo> tickets_;
+  std::vector<std::pair<std::unique_ptr<store::WriteSet>, TicketInfo>> retryWrites_;
+  std::int64_t retryAtMono_ = 0;
+
+  std::int64_t startedMono_ = 0;
+  std::int64_t nextHeartbeat_ = 0, nextProgress_ = 0, nextKeyCheck_ = 0;
+};
+
+// ---- set-up ----------------------------------------------------------------------------------
+
+util::Status NexusImpl::start() {
+  startedMono_ = clock_.monotonicMs();
+  if (mkdir(config_.dataDir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return util::err("cannot create data dir " + config_.dataDir + ": " + std::strerror(errno));
+  }
+  std::string keyPath = config_.dataDir + "/nexus.key";
+  if (access(keyPath.c_str(), F_OK) != 0) {
+    if (auto s = crypto::saveKeyPair(keyPath, crypto::KeyPair::generate()); !s) return s;
+    MESH_INFO("generated the nexus key pair in %s (public key in %s.pub)", keyPath.c_str(), keyPath.c_str());
+  }
+  auto keys = crypto::loadKeyPair(keyPath);
+  if (!keys) return keys.error();
+  serverKeys_ = std::move(*keys);
+  dbPath_ = config_.dataDir + "/nexus.db";
+  auto db = store::Db::open(dbPath_);
+  if (!db) return db.error();
+  readDb_ = std::move(*db);
+  readStore_ = std::make_unique<store::TaskStore>(readDb_);
+  if (auto s = openKeys(); !s) return s;
+  auto writer = store::StoreWriter::start(ctx_, dbPath_);
+  if (!writer) return writer.error();
+  writer_ = std::move(*writer);
+  if (auto s = bindAndCheck(); !s) return s;
+  if (auto s = recover(); !s) return s;
+  std::string endpoints = "node " + nodeEndpoint_ + "\nclient " + clientEndpoint_ + "\nevents " + eventsEndpoint_ + "\n";
+  if (auto s = util::writeFileAtomic(config_.dataDir + "/endpoints", endpoints, 0644); !s) return s;
+  if (config_.beacon) {
+    discovery::Beacon b;
+    b.cluster = config_.cluster;
+    auto colon = nodeEndpoint_.rfind(':');
+    b.nodePort = static_cast<std::uint16_t>(std::stoi(nodeEndpoint_.substr(colon + 1)));
+    auto raw = serverKeys_.publicKey.bytes();
+    std::memcpy(b.nexusKey.data(), raw.data(), 32);
+    b.advertisedHost = config_.advertise;
+    discovery::BeaconSenderOptions opts;
+    opts.interfaces = config_.beaconInterfaces;
+    opts.targets = config_.beaconTargets;
+    opts.port = config_.beaconPort;
+    auto sender = discovery::BeaconSender::open(b, opts, counters_);
+    if (!sender) return sender.error();
+    beacon_ = std::make_unique<discovery::BeaconSender>(std::move(*sender));
+    MESH_INFO("beacon for cluster '%s' on UDP port %u", config_.cluster.c_str(), config_.beaconPort);
+  }
+  MESH_INFO("nexus %s serving: nodes %s, clients %s, events %s; key %s", config_.name.c_str(), nodeEndpoint_.c_str(),
+            clientEndpoint_.c_str(), eventsEndpoint_.c_str(), serverKeys_.publicKey.fingerprint().c_str());
+  return {};
+}
+
+util::Status NexusImpl::openKeys() {
+  keys_ = std::make_unique<store::KeyStore>(readDb_);
+  if (auto s = reloadKeys(); !s) return s;
+  // The ZAP thread brings its own connection (a Db belongs to one thread).
+  struct ZapState {
+    std::string path;
+    std::optional<store::Db> db;
+  };
+  auto state = std::make_shared<ZapState>();
+  state->path = dbPath_;
+  zap_ = std::make_unique<transport::ZapHandler>(ctx_, [state](const transport::ZapRequest& r) {
+    if (!state->db) {
+      auto db = store::Db::open(state->path);
+      if (!db) return transport::ZapVerdict{false, "key database unavailable: " + db.error().message};
+      state->db = std::move(*db);
+    }
+    store::KeyStore keys(*state->db);
+    std::string port = portName(r.domain);
+    auto found = keys.find(r.key);
+    if (!found) return transport::ZapVerdict{false, "key lookup failed: " + found.error().message};
+    if (*found && (*found)->state == store::KeyState::kAccepted) {
+      store::Role role = (*found)->role;
+      bool ok = (r.domain == kNodeDomain && role == store::Role::kNode) ||
+                (r.domain == kClientDomain && (role == store::Role::kClient || role == store::Role::kAdmin)) ||
+                r.domain == kEventsDomain;
+      if (ok) return transport::ZapVerdict{true, ""};
+      MESH_WARN("refused key %s (role %s) from %s on the %s port: that role may not use it",
+                r.key.fingerprint().c_str(), store::roleName(role), r.address.c_str(), port.c_str());
+      return transport::ZapVerdict{false, "role not allowed on this port"};
+    }
+    if (r.probe) return transport::ZapVerdict{false, "unknown key"};
+    bool revoked = *found && (*found)->state == store::KeyState::kRevoked;
+    store::Role wanted = r.domain == kClientDomain ? store::Role::kClient : store::Role::kNode;
+    if (auto s = keys.recordRefusal(r.key, wanted, r.address, util::systemClock().wallMs()); !s) {
+      MESH_WARN("could not record refused key %s: %s", r.key.fingerprint().c_str(), s.error().message.c_str());
+    }
+    if (revoked) {
+      MESH_WARN("refused revoked key %s from %s on the %s port", r.key.fingerprint().c_str(), r.address.c_str(),
+                port.c_str());
+    } else {
+      MESH_WARN("refused unknown key %s from %s on the %s port; to let it in: mesh keys accept %s",
+                r.key.fingerprint().c_str(), r.address.c_str(), port.c_str(), r.key.fingerprint().c_str());
+    }
+    return transport::ZapVerdict{false, revoked ? "revoked key" : "unknown key"};
+  });
+  return {};
+}
+
+util::Status NexusImpl::reloadKeys() {
+  auto version = readDb_.dataVersion();
+  if (!version) return version.error();
+  if (*version == keysVersion_) return {};
+  keysVersion_ = *version;
+  auto list = keys_->list(store::KeyState::kAccepted);
+  if (!list) return list.error();
+  std::unordered_map<std::string, store::Role> fresh;
+  for (const auto& k : *list) fresh[k.publicKey] = k.role;
+  accepted_ = std::move(fresh);
+  // A node whose key was revoked (or changed role) is shut out now, not at its next handshake.
+  std::vector<routing::NodeId> gone;
+  for (const auto& [rid, c] : conns_) {
+    auto role = roleOf(c.key);
+    if (!role || *role != store::Role::kNode) gone.push_back(c.id);
+  }
+  for (auto id : gone) dropNode(id, "its key is no longer accepted");
+  return {};
+}
+
+std::optional<store::Role> NexusImpl::roleOf(const std::string& key) const {
+  auto it = accepted_.find(key);
+  if (it == accepted_.end()) return std::nullopt;
+  return it->second;
+}
+
+util::Status NexusImpl::bindAndCheck() {
+  transport::SocketLimits limits;
+  limits.maxMessageBytes = static_cast<std::int64_t>(config_.maxFrameBytes);
+  limits.lingerMs = 100;
+  limits.sendHwm = 100000;
+  limits.recvHwm = 100000;
+  nodeSocket_ = transport::makeServerSocket(ctx_, zmq::socket_type::router, serverKeys_, kNodeDomain, limits);
+  clientSocket_ = transport::makeServerSocket(ctx_, zmq::socket_type::router, serverKeys_, kClientDomain, limits);
+  eventsSocket_ = transport::makeServerSocket(ctx_, zmq::socket_type::pub, serverKeys_, kEventsDomain, limits);
+  auto n = transport::bindSocket(nodeSocket_, config_.nodeEndpoint);
+  if (!n) return n.error();
+  auto c = transport::bindSocket(clientSocket_, config_.clientEndpoint);
+  if (!c) return c.error();
+  auto e = transport::bindSocket(eventsSocket_, config_.eventsEndpoint);
+  if (!e) return e.error();
+  nodeEndpoint_ = *n;
+  clientEndpoint_ = *c;
+  eventsEndpoint_ = *e;
+  // The self-check: a key nobody accepted must not get in on any port.
+  struct Port {
+    const std::string& endpoint;
+    zmq::socket_type type;
+  };
+  for (const Port& p : {Port{nodeEndpoint_, zmq::socket_type::dealer}, Port{clientEndpoint_, zmq::socket_type::dealer},
+                        Port{eventsEndpoint_, zmq::socket_type::sub}}) {
+    auto r = transport::probeWithKey(ctx_, p.endpoint, serverKeys_.publicKey, zap_->probeKeys(), p.type, 3000);
+    if (r == transport::HandshakeResult::kSucceeded) {
+      return util::err("security self-check failed: an unknown key was admitted on " + p.endpoint +
+                       "; refusing to serve (is another process bound to inproc ZAP?)");
+    }
+    if (r != transport::HandshakeResult::kRefused) {
+      return util::err("security self-check could not complete on " + p.endpoint +
+                       ": the probe was neither admitted nor refused; refusing to serve");
+    }
+  }
+  MESH_INFO("security self-check passed: an unknown key is refused on all three ports");
+  return {};
+}
+
+util::Status NexusImpl::recover() {
+  auto maxTask = readStore_->maxTaskId();
+  if (!maxTask) return maxTask.error();
+  auto maxBatch = readStore_->maxBatchId();
+  if (!maxBatch) return maxBatch.error();
+  nextTaskId_ = *maxTask + 1;
+  nextBatchId_ = *maxBatch + 1;
+  auto batches = readStore_->unfinishedBatches();
+  if (!batches) return batches.error();
+  for (auto& rec : *batches) {
+    routing::BatchSpec spec;
+    spec.handler = rec.handler;
+    spec.priority = rec.priority;
+    spec.requiredTags = rec.requiredTags;
+    spec.timeoutMs = rec.timeoutMs;
+    spec.maxAttempts = rec.maxAttempts;
+    spec.label = rec.label;
+    spec.clientKey = rec.clientKey;
+    spec.submittedMs = rec.submittedMs;
+    routing::Batch& b = scheduler_.addBatch(rec.id, spec);
+    b.total = rec.total;
+    owners_[rec.id] = rec.clientKey;
+  }
+  std::uint64_t pending = 0;
+  auto s = readStore_->forEachPendingTask([&](store::PendingTask&& t) {
+    routing::Batch* b = scheduler_.batch(t.batch);
+    if (!b) return;
+    scheduler_.addTask(*b, t.id, t.index, std::move(t.payload), t.attemptsMade, t.nodesLost);
+    ++pending;
+  });
+  if (!s) return s;
+  for (auto& rec : *batches) {
+    routing::Batch* b = scheduler_.batch(rec.id);
+    auto counts = readStore_->countResults(rec.id);
+    if (!counts) return counts.error();
+    scheduler_.restoreCounts(*b, counts->succeeded, counts->failed, counts->cancelled);
+    if (rec.sealed) scheduler_.seal(*b, rec.total);
+    if (rec.cancelledMs) scheduler_.cancel(*b, clock_.wallMs());
+  }
+  if (!batches->empty()) {
+    MESH_INFO("recovered %zu unfinished batches with %llu tasks to run", batches->size(),
+              static_cast<unsigned long long>(pending));
+  }
+  collectEffects();
+  return {};
+}
+
+// ---- the loop --------------------------------------------------------------------------------
+
+void NexusImpl::run(const std::atomic<bool>& stop) {
+  while (!stop.load()) {
+    std::int64_t now = clock_.monotonicMs();
+    std::int64_t wake = std::min({nextHeartbeat_, nextProgress_, nextKeyCheck_, now + 250});
+    if (auto d = scheduler_.nextDeadline()) wake = std::min(wake, *d);
+    if (!retryWrites_.empty()) wake = std::min(wake, retryAtMono_);
+    if (beacon_) wake = std::min(wake, beacon_->sendIfDue());
+    std::int64_t timeout = std::max<std::int64_t>(0, wake - now);
+    zmq::pollitem_t items[] = {{nodeSocket_.handle(), 0, ZMQ_POLLIN, 0},
+                               {clientSocket_.handle(), 0, ZMQ_POLLIN, 0},
+                               {writer_->socket().handle(), 0, ZMQ_POLLIN, 0}};
+    try {
+      zmq::poll(items, 3, std::chrono::milliseconds(timeout));
+    } catch (const zmq::error_t& e) {
+      if (e.num() == ETERM) return;
+      if (e.num() != EINTR) MESH_WARN("poll failed: %s", e.what());
+      continue;
+    }
+    try {
+      if (items[2].revents & ZMQ_POLLIN) onCommits();
+      if (items[0].revents & ZMQ_POLLIN) drainNodes();
+      if (items[1].revents & ZMQ_POLLIN) drainClients();
+      timers();
+      scheduler_.tick(clock_.monotonicMs(), clock_.wallMs());
+      dispatch();
+      collectEffects();
+      flushWrites();
+    } catch (const std::exception& e) {
+      // A bug, not bad input: log it and keep serving.
+      counters_.add("internal_errors");
+      MESH_ERROR("internal error in the nexus loop (continuing): %s", e.what());
+    } catch (const kj::Exception& e) {
+      counters_.add("internal_errors");
+      MESH_ERROR("internal error in the nexus loop (continuing): %s", e.getDescription().cStr());
+    }
+  }
+  // Write what is pending before stopping; the writer's destructor drains its queue.
+  collectEffects();
+  flushWrites();
+}
+
+bool NexusImpl::sendTo(zmq::socket_t& socket, const std::string& routingId, zmq::message_t&& body) {
+  try {
+    if (!socket.send(zmq::buffer(routingId), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
+    return socket.send(std::move(body), zmq::send_flags::dontwait).has_value();
+  } catch (const zmq::error_t& e) {
+    return false;  // EHOSTUNREACH: the peer is gone
+  }
+}
+
+void NexusImpl::replyError(const std::string& routingId, std::uint64_t requestId, proto::Error::Code code,
+                           const std::string& message) {
+  sendTo(clientSocket_, routingId, wire::encodeError(requestId, code, message));
+}
+
+void NexusImpl::drainNodes() {
+  for (int i = 0; i < kMaxMessagesPerTurn; ++i) {
+    zmq::message_t routing, body;
+    if (!nodeSocket_.recv(routing, zmq::recv_flags::dontwait)) return;
+    if (!routing.more()) {
+      counters_.add("bad_frames");
+      continue;
+    }
+    (void)nodeSocket_.recv(body);
+    if (body.more()) {
+      // One envelope per message: drop extra frames.
+      zmq::message_t extra;
+      while (body.more() && nodeSocket_.recv(extra) && extra.more()) {
+      }
+      counters_.add("bad_frames");
+      continue;
+    }
+    onNodeMessage(routing.to_string(), body);
+  }
+}
+
+void NexusImpl::drainClients() {
+  for (int i = 0; i < kMaxMessagesPerTurn; ++i) {
+    zmq::message_t routing, body;
+    if (!clientSocket_.recv(routing, zmq::recv_flags::dontwait)) return;
+    if (!routing.more()) {
+      counters_.add("bad_frames");
+      continue;
+    }
+    (void)clientSocket_.recv(body);
+    if (body.more()) {
+      zmq::message_t extra;
+      while (body.more() && clientSocket_.recv(extra) && extra.more()) {
+      }
+      counters_.add("bad_frames");
+      replyError(routing.to_string(), 0, proto::Error::Code::BAD_REQUEST, "one message per request, please");
+      continue;
+    }
+    onClientMessage(routing.to_string(), body);
+  }
+}
+
+// ---- node port -------------------------------------------------------------------------------
+
+void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body) {
+  std::string key = transport::userId(body);
+  std::string address = peerAddress(body);
+  auto decoded = wire::decode(std::move(body), limits_);
+  if (!decoded) {
+    counters_.add("bad_frames");
+    MESH_WARN("dropped a bad frame from node %s (%s): %s", fingerprintOf(key).c_str(), address.c_str(),
+              decoded.error().message.c_str());
+    return;
+  }
+  auto role = roleOf(key);
+  if (!role || *role != store::Role::kNode) {
+    counters_.add("refused_messages");
+    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::FORBIDDEN, "key not accepted as a node"));
+    return;
+  }
+  auto env = decoded->envelope();
+  auto bodyReader = env.getBody();
+  auto it = conns_.find(routingId);
+  if (decoded->which() == Which::HELLO) {
+    onHello(routingId, key, body, bodyReader.getHello());
+    if (auto c = conns_.find(routingId); c != conns_.end()) c->second.address = address;
+    return;
+  }
+  if (it == conns_.end()) {
+    // Not (or no longer) known: the spore must say hello again (e.g. after a nexus restart).
+    counters_.add("messages_before_hello");
+    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "hello first"));
+    return;
+  }
+  NodeConn& conn = it->second;
+  conn.lastSeenMono = clock_.monotonicMs();
+  switch (decoded->which()) {
+    case Which::HEARTBEAT: {
+      auto hb = bodyReader.getHeartbeat();
+      scheduler_.updateLoad(conn.id, hb.getCpuPct(), hb.getMemPct());
+      break;
+    }
+    case Which::RESULTS: {
+      std::int64_t nowMono = clock_.monotonicMs(), nowWall = clock_.wallMs();
+      auto results = bodyReader.getResults().getResults();
+      counters_.add("results_received", results.size());
+      for (auto r : results) {
+        routing::Report rep;
+        rep.task = r.getId();
+        rep.attempt = r.getAttempt();
+        auto st = static_cast<unsigned>(r.getStatus());
+        rep.status = st <= static_cast<unsigned>(routing::Status::kQuarantined) ? static_cast<routing::Status>(st)
+                                                                                : routing::Status::kFailed;
+        rep.output = std::string(wire::view(r.getOutput()));
+        rep.error = std::string(wire::view(r.getError()));
+        rep.startedMs = r.getStartedMs();
+        rep.durationUs = r.getDurationUs();
+        scheduler_.onReport(conn.id, std::move(rep), nowMono, nowWall);
+      }
+      break;
+    }
+    default:
+      counters_.add("unknown_messages");
+      MESH_WARN("dropped a message of unknown kind %u from node %s", static_cast<unsigned>(decoded->which()),
+                conn.name.c_str());
+  }
+}
+
+void NexusImpl::onHello(const std::string& routingId, const std::string& key, zmq::message_t&,
+                        proto::Hello::Reader hello) {
+  std::string name(wire::view(hello.getName()));
+  if (name.empty() || name.size() > 128 || hello.getSlots() == 0 || hello.getSlots() > 4096 ||
+      hello.getHandlers().size() > 10000 || hello.getTags().size() > 256) {
+    counters_.add("bad_hellos");
+    MESH_WARN("refused a malformed hello from node %s", fingerprintOf(key).c_str());
+    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "malformed hello"));
+    return;
+  }
+  // One connection per key: a new hello replaces whatever that key had.
+  std::vector<routing::NodeId> replaced;
+  for (const auto& [rid, c] : conns_) {
+    if (c.key == key || rid == routingId) replaced.push_back(c.id);
+  }
+  for (auto id : replaced) dropNode(id, "reconnected");
+  NodeConn conn;
+  conn.routingId = routingId;
+  conn.key = key;
+  conn.fingerprint = fingerprintOf(key);
+  conn.name = name;
+  conn.foundBy = std::string(wire::view(hello.getFoundBy()));
+  conn.softwareVersion = std::string(wire::view(hello.getSoftwareVersion()));
+  conn.slots = hello.getSlots();
+  for (auto h : hello.getHandlers()) conn.handlers.emplace_back(wire::view(h));
+  for (auto t : hello.getTags()) conn.tags.emplace_back(wire::view(t));
+  conn.lastSeenMono = clock_.monotonicMs();
+  conn.connectedWallMs = clock_.wallMs();
+  routing::NodeInfo info;
+  info.key = key;
+  info.name = name;
+  info.slots = conn.slots;
+  info.tags.insert(conn.tags.begin(), conn.tags.end());
+  info.handlers.insert(conn.handlers.begin(), conn.handlers.end());
+  conn.id = scheduler_.addNode(std::move(info));
+  std::vector<std::uint64_t> running;
+  for (auto id : hello.getRunning()) running.push_back(id);
+  auto unknown = scheduler_.adoptRunning(conn.id, running);
+  nodeRoute_[conn.id] = routingId;
+  MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there", name.c_str(),
+            conn.fingerprint.c_str(), conn.slots, conn.handlers.size(), running.size() - unknown.size());
+  conns_[routingId] = std::move(conn);
+  wire::Encoder welcome(0, 64);
+  auto w = welcome.body().initWelcome();
+  w.setHeartbeatMs(static_cast<std::uint32_t>(config_.heartbeatMs));
+  w.setMissedBeats(static_cast<std::uint8_t>(config_.missedBeats));
+  w.setNexusName(config_.name);
+  auto colon = eventsEndpoint_.rfind(':');
+  w.setEventsPort(static_cast<std::uint16_t>(std::stoi(eventsEndpoint_.substr(colon + 1))));
+  sendTo(nodeSocket_, routingId, welcome.finish());
+  if (!unknown.empty()) {
+    wire::Encoder cancel(0, 64 + unknown.size());
+    auto ids = cancel.body().initCancelTasks().initIds(static_cast<unsigned>(unknown.size()));
+    for (unsigned i = 0; i < unknown.size(); ++i) ids.set(i, unknown[i]);
+    sendTo(nodeSocket_, routingId, cancel.finish());
+  }
+  publish(proto::Event::Kind::NODE_JOINED, 0, name, "");
+}
+
+void NexusImpl::dropNode(routing::NodeId id, const std::string& why) {
+  auto r = nodeRoute_.find(id);
+  if (r == nodeRoute_.end()) return;
+  auto c = conns_.find(r->second);
+  std::string name = c != conns_.end() ? c->second.name : "?";
+  MESH_WARN("node %s lost: %s; its tasks go back to the queue", name.c_str(), why.c_str());
+  scheduler_.removeNode(id, clock_.wallMs(), why);
+  if (c != conns_.end()) conns_.erase(c);
+  nodeRoute_.erase(r);
+  publish(proto::Event::Kind::NODE_LOST, 0, name, why);
+}
+
+// ---- client port -----------------------------------------------------------------------------
+
+void NexusImpl::onClientMessage(const std::string& routingId, zmq::message_t& body) {
+  std::string key = transport::userId(body);
+  auto decoded = wire::decode(std::move(body), limits_);
+  if (!decoded) {
+    counters_.add("bad_frames");
+    MESH_WARN("dropped a bad frame from client %s: %s", fingerprintOf(key).c_str(), decoded.error().message.c_str());
+    replyError(routingId, 0, proto::Error::Code::BAD_REQUEST, "malformed message: " + decoded.error().message);
+    return;
+  }
+  auto role = roleOf(key);
+  std::uint64_t requestId = decoded->envelope().getRequestId();
+  if (!role || *role == store::Role::kNode) {
+    counters_.add("refused_messages");
+    replyError(routingId, requestId, proto::Error::Code::FORBIDDEN, "this key is not accepted as a client");
+    return;
+  }
+  auto b = decoded->envelope().getBody();
+  switch (decoded->which()) {
+    case Which::SUBMIT:
+      onSubmit(routingId, key, requestId, std::make_shared<wire::Decoded>(std::move(*decoded)));
+      break;
+    case Which::WATCH:
+      onWatch(routingId, requestId, b.getWatch().getBatch());
+      break;
+    case Which::FETCH_RESULTS:
+      onFetchResults(routingId, requestId, b.getFetchResults());
+      break;
+    case Which::STATUS_REQUEST:
+      onStatus(routingId, requestId);
+      break;
+    case Which::NODES_REQUEST:
+      onNodes(routingId, requestId);
+      break;
+    case Which::TASK_REQUEST:
+      onTask(routingId, requestId, b.getTaskRequest());
+      break;
+    case Which::CANCEL_BATCH:
+      onCancel(routingId, key, requestId, b.getCancelBatch());
+      break;
+    default:
+      counters_.add("unknown_messages");
+      replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+                 "unknown request kind " + std::to_string(static_cast<unsigned>(decoded->which())) +
+                     ": is this client newer than the nexus?");
+  }
+}
+
+void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                         std::shared_ptr<wire::Decoded> frame) {
+  auto submit = frame->envelope().getBody().getSubmit();
+  auto payloads = submit.getPayloads();
+  auto bad = [&](proto::Error::Code code, const std::string& message) {
+    counters_.add("submits_refused");
+    replyError(routingId, requestId, code, message);
+  };
+  if (payloads.size() > kMaxTasksPerSubmit) {
+    return bad(proto::Error::Code::TOO_LARGE, "at most " + std::to_string(kMaxTasksPerSubmit) + " tasks per message");
+  }
+  for (unsigned i = 0; i < payloads.size(); ++i) {
+    if (payloads[i].size() > config_.maxPayloadBytes) {
+      return bad(proto::Error::Code::TOO_LARGE,
+                 "task " + std::to_string(i) + " has a payload of " + std::to_string(payloads[i].size()) +
+                     " bytes, over the nexus limit of " + std::to_string(config_.maxPayloadBytes) + " (--max-payload)");
+    }
+  }
+  std::uint64_t unfinished = scheduler_.queuedTotal() + scheduler_.runningTotal() + pendingSubmitTasks_;
+  if (unfinished + payloads.size() > config_.maxQueuedTasks) {
+    return bad(proto::Error::Code::UNAVAILABLE, "the nexus holds " + std::to_string(unfinished) +
+                                                    " unfinished tasks (limit " + std::to_string(config_.maxQueuedTasks) +
+                                                    "): wait for some to finish and retry");
+  }
+  PendingSubmit ps;
+  ps.routingId = routingId;
+  ps.requestId = requestId;
+  ps.count = payloads.size();
+  ps.seal = submit.getSeal();
+  ps.watch = submit.getWatch();
+  routing::Batch* b = nullptr;
+  if (submit.getBatch() == 0) {
+    auto spec = submit.getSpec();
+    std::string handler(wire::view(spec.getHandler()));
+    if (!validName(handler, 128)) {
+      return bad(proto::Error::Code::BAD_REQUEST, "handler name '" + handler +
+                                                      "' is not valid: use letters, digits, '.', '_' and '-'");
+    }
+    routing::BatchSpec s;
+    s.handler = handler;
+    for (auto t : spec.getRequires()) {
+      std::string tag(wire::view(t));
+      if (!validName(tag, 64)) return bad(proto::Error::Code::BAD_REQUEST, "tag '" + tag + "' is not valid");
+      s.requiredTags.push_back(tag);
+    }
+    if (!scheduler_.handlerOffered(handler)) {
+      std::set<std::string> offered;
+      for (const auto& [id, n] : scheduler_.nodes()) offered.insert(n.info.handlers.begin(), n.info.handlers.end());
+      std::string list;
+      for (const auto& h : offered) list += (list.empty() ? "" : ", ") + h;
+      return bad(proto::Error::Code::UNKNOWN_HANDLER,
+                 scheduler_.nodes().empty()
+                     ? "no spore is connected, so no handler '" + handler + "' is offered: start a spore first"
+                     : "no live spore offers handler '" + handler + "' (offered: " + list + ")");
+    }
+    s.priority = spec.getPriority();
+    s.timeoutMs = spec.getTimeoutMs();
+    s.maxAttempts = spec.getMaxAttempts();
+    s.label = std::string(wire::view(spec.getLabel())).substr(0, 256);
+    s.clientKey = key;
+    s.submittedMs = clock_.wallMs();
+    ps.batch = nextBatchId_++;
+    ps.newBatch = true;
+    b = &scheduler_.addBatch(ps.batch, s);
+    owners_[ps.batch] = key;
+    store::BatchRecord rec;
+    rec.id = ps.batch;
+    rec.label = b->spec.label;
+    rec.handler = b->spec.handler;
+    rec.priority = b->spec.priority;
+    rec.requiredTags = b->spec.requiredTags;
+    rec.timeoutMs = b->spec.timeoutMs;
+    rec.maxAttempts = b->spec.maxAttempts;
+    rec.clientKey = key;
+    rec.submittedMs = s.submittedMs;
+    rec.sealed = ps.seal;
+    rec.total = ps.count;
+    current_->newBatches.push_back(std::move(rec));
+    ps.firstIndex = 0;
+    counters_.add("batches_submitted");
+  } else {
+    ps.batch = submit.getBatch();
+    b = scheduler_.batch(ps.batch);
+    auto owner = owners_.find(ps.batch);
+    if (!b || owner == owners_.end()) return bad(proto::Error::Code::NOT_FOUND, "no open batch " + std::to_string(ps.batch));
+    if (owner->second != key) return bad(proto::Error::Code::FORBIDDEN, "batch " + std::to_string(ps.batch) + " belongs to another client");
+    if (b->sealed || b->cancelled) {
+      return bad(proto::Error::Code::BAD_REQUEST, "batch " + std::to_string(ps.batch) + " is sealed or cancelled: no tasks can be added");
+    }
+    ps.firstIndex = b->total + b->pendingAdds;
+    store::BatchUpdate u;
+    u.batch = ps.batch;
+    u.total = ps.firstIndex + ps.count;
+    u.sealed = ps.seal;
+    current_->updates.push_back(u);
+  }
+  if (ps.seal) b->sealPending = true;
+  b->pendingAdds += ps.count;
+  ps.firstId = nextTaskId_;
+  nextTaskId_ += ps.count;
+  if (ps.count > 0) {
+    store::TaskChunk chunk;
+    chunk.batch = ps.batch;
+    chunk.firstId = ps.firstId;
+    chunk.firstIndex = ps.firstIndex;
+    chunk.payloads.reserve(ps.count);
+    for (auto p : payloads) chunk.payloads.push_back(wire::view(p));
+    chunk.keepAlive = frame;
+    current_->chunks.push_back(std::move(chunk));
+  }
+  ps.frame = std::move(frame);
+  pendingSubmitTasks_ += ps.count;
+  currentInfo_.submitTasks += ps.count;
+  currentInfo_.submits.push_back(std::move(ps));
+}
+
+void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p) {
+  out.setBatch(batchId);
+  out.setTotal(p.total);
+  out.setSealed(p.sealed);
+  out.setQueued(p.queued);
+  out.setRunning(p.running);
+  out.setSucceeded(p.succeeded);
+  out.setFailed(p.failed);
+  out.setCancelled(p.cancelled);
+  out.setFinished(p.finished);
+}
+
+std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
+  if (routing::Batch* b = scheduler_.batch(batchId)) return scheduler_.progress(*b);
+  auto rec = readStore_->batch(batchId);
+  if (!rec || !*rec) return std::nullopt;
+  auto counts = readStore_->countResults(batchId);
+  if (!counts) return std::nullopt;
+  routing::Progress p;
+  p.total = (*rec)->total;
+  p.sealed = (*rec)->sealed;
+  p.succeeded = counts->succeeded;
+  p.failed = counts->failed;
+  p.cancelled = counts->cancelled;
+  p.finished = (*rec)->finishedMs.has_value();
+  return p;
+}
+
+void NexusImpl::onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch) {
+  auto p = progressOf(batch);
+  if (!p) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(batch));
+    return;
+  }
+  wire::Encoder e(requestId, 64);
+  fillProgress(e.body().initProgress(), batch, *p);
+  sendTo(clientSocket_, routingId, e.finish());
+  if (!p->finished) {
+    auto& list = watchers_[batch];
+    for (auto& w : list) {
+      if (w.routingId == routingId) {
+        w.requestId = requestId;
+        return;
+      }
+    }
+    list.push_back({routingId, requestId});
+  }
+}
+
+void NexusImpl::sendProgress(std::uint64_t batch, bool final) {
+  auto it = watchers_.find(batch);
+  if (it == watchers_.end()) return;
+  auto p = progressOf(batch);
+  if (!p) return;
+  for (auto w = it->second.begin(); w != it->second.end();) {
+    wire::Encoder e(w->requestId, 64);
+    fillProgress(e.body().initProgress(), batch, *p);
+    if (!sendTo(clientSocket_, w->routingId, e.finish())) {
+      w = it->second.erase(w);  // the client went away
+    } else {
+      ++w;
+    }
+  }
+  if (final || p->finished || it->second.empty()) watchers_.erase(it);
+}
+
+void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t requestId, proto::FetchResults::Reader req) {
+  std::uint32_t limit = std::clamp<std::uint32_t>(req.getLimit(), 1, kResultPageMax);
+  auto rows = readStore_->resultsPage(req.getBatch(), req.getFromIndex(), static_cast<int>(limit));
+  if (!rows) {
+    MESH_ERROR("reading results failed: %s", rows.error().message.c_str());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading results failed; see the nexus log");
+    return;
+  }
+  if (rows->empty() && !progressOf(req.getBatch())) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(req.getBatch()));
+    return;
+  }
+  // Keep a page under the frame budget.
+  std::size_t bytes = 0, n = 0;
+  for (; n < rows->size(); ++n) {
+    bytes += (*rows)[n].result.output.size() + (*rows)[n].result.error.size() + 64;
+    if (n > 0 && bytes > kResultPageBytes) break;
+  }
+  wire::Encoder e(requestId, static_cast<unsigned>(bytes / 8 + 256));
+  auto page = e.body().initResultPage();
+  page.setBatch(req.getBatch());
+  auto list = page.initRows(static_cast<unsigned>(n));
+  std::uint64_t next = req.getFromIndex();
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& r = (*rows)[i];
+    auto out = list[static_cast<unsigned>(i)];
+    out.setTask(r.task);
+    out.setIndex(r.index);
+    out.setStatus(static_cast<proto::TaskStatus>(r.result.status));
+    out.setOutput(wire::asData(r.result.output));
+    out.setError(r.result.error);
+    out.setAttempts(r.result.attempts);
+    out.setNode(r.result.node);
+    next = r.index + 1;
+  }
+  page.setNextIndex(next);
+  page.setEnd(n == rows->size() && rows->size() < limit);
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) {
+  wire::Encoder e(requestId, 1024);
+  auto s = e.body().initStatusReply();
+  s.setNexusName(config_.name);
+  s.setSoftwareVersion(kSoftwareVersion);
+  s.setUptimeMs(static_cast<std::uint64_t>(clock_.monotonicMs() - startedMono_));
+  std::uint32_t slots = 0;
+  for (const auto& [id, n] : scheduler_.nodes()) slots += n.info.slots;
+  s.setNodesAlive(static_cast<std::uint32_t>(scheduler_.nodes().size()));
+  s.setSlotsTotal(slots);
+  s.setQueued(scheduler_.queuedTotal());
+  s.setRunning(scheduler_.runningTotal());
+  std::vector<std::uint64_t> shown;
+  for (const auto& [id, b] : scheduler_.batches()) shown.push_back(id);
+  auto recent = readStore_->recentBatches(5);
+  if (recent) {
+    for (const auto& r : *recent) {
+      if (!scheduler_.batch(r.id)) shown.push_back(r.id);
+    }
+  }
+  std::sort(shown.begin(), shown.end());
+  auto list = s.initBatches(static_cast<unsigned>(shown.size()));
+  for (unsigned i = 0; i < shown.size(); ++i) {
+    auto out = list[i];
+    out.setId(shown[i]);
+    if (routing::Batch* b = scheduler_.batch(shown[i])) {
+      out.setLabel(b->spec.label);
+      out.setHandler(b->spec.handler);
+      out.setPriority(b->spec.priority);
+      out.setSubmittedMs(b->spec.submittedMs);
+    } else if (recent) {
+      for (const auto& r : *recent) {
+        if (r.id != shown[i]) continue;
+        out.setLabel(r.label);
+        out.setHandler(r.handler);
+        out.setPriority(r.priority);
+        out.setSubmittedMs(r.submittedMs);
+      }
+    }
+    if (auto p = progressOf(shown[i])) fillProgress(out.initProgress(), shown[i], *p);
+  }
+  std::map<std::string, std::uint64_t> counters = counters_.all();
+  for (const auto& [k, v] : scheduler_.counters().all()) counters[k] += v;
+  counters["zap_admitted"] = zap_->admitted();
+  counters["zap_refused"] = zap_->refused();
+  counters["write_queue"] = writer_->queued();
+  counters["tasks_in_memory"] = scheduler_.tasksInMemory();
+  auto cl = s.initCounters(static_cast<unsigned>(counters.size()));
+  unsigned i = 0;
+  for (const auto& [k, v] : counters) {
+    cl[i].setName(k);
+    cl[i].setValue(v);
+    ++i;
+  }
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
+  wire::Encoder e(requestId, 1024);
+  auto list = e.body().initNodesReply().initNodes(static_cast<unsigned>(conns_.size()));
+  std::vector<const NodeConn*> sorted;
+  for (const auto& [rid, c] : conns_) sorted.push_back(&c);
+  std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name || (a->name == b->name && a->id < b->id); });
+  std::int64_t now = clock_.monotonicMs();
+  for (unsigned i = 0; i < sorted.size(); ++i) {
+    const NodeConn& c = *sorted[i];
+    auto out = list[i];
+    out.setKey(c.key);
+    out.setFingerprint(c.fingerprint);
+    out.setName(c.name);
+    out.setAddress(c.address);
+    out.setFoundBy(c.foundBy);
+    out.setSoftwareVersion(c.softwareVersion);
+    auto tags = out.initTags(static_cast<unsigned>(c.tags.size()));
+    for (unsigned t = 0; t < c.tags.size(); ++t) tags.set(t, c.tags[t]);
+    auto handlers = out.initHandlers(static_cast<unsigned>(c.handlers.size()));
+    for (unsigned h = 0; h < c.handlers.size(); ++h) handlers.set(h, c.handlers[h]);
+    out.setSlots(c.slots);
+    out.setConnectedMs(c.connectedWallMs);
+    out.setLastBeatMsAgo(static_cast<std::uint64_t>(std::max<std::int64_t>(0, now - c.lastSeenMono)));
+    out.setAlive(true);
+    if (routing::Node* n = scheduler_.node(c.id)) {
+      out.setInFlight(n->inFlight);
+      out.setCpuPct(static_cast<float>(n->cpuPct));
+      out.setMemPct(static_cast<float>(n->memPct));
+      out.setScore(static_cast<float>(scheduler_.score(*n)));
+      out.setTasksDone(n->done);
+    }
+  }
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId) {
+  auto row = readStore_->task(taskId);
+  if (!row) {
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading the task failed; see the nexus log");
+    return;
+  }
+  if (!*row) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+               "no task " + std::to_string(taskId) + (taskId >= nextTaskId_ ? "" : " (not yet committed?)"));
+    return;
+  }
+  const store::TaskRow& t = **row;
+  const routing::Task* live = scheduler_.task(taskId);
+  wire::Encoder e(requestId, 512);
+  auto info = e.body().initTaskReply();
+  info.setId(t.id);
+  info.setBatch(t.batch);
+  info.setIndex(t.index);
+  info.setHandler(t.batchRecord.handler);
+  info.setPriority(t.batchRecord.priority);
+  auto req = info.initRequires(static_cast<unsigned>(t.batchRecord.requiredTags.size()));
+  for (unsigned i = 0; i < t.batchRecord.requiredTags.size(); ++i) req.set(i, t.batchRecord.requiredTags[i]);
+  info.setSubmittedMs(t.batchRecord.submittedMs);
+  std::size_t extra = (live && live->state == routing::Task::State::kRunning) ? 1 : 0;
+  std::size_t final = t.result ? 1 : 0;
+  auto attempts = info.initAttempts(static_cast<unsigned>(t.attempts.size() + extra + final));
+  unsigned i = 0;
+  for (const auto& a : t.attempts) {
+    auto out = attempts[i++];
+    out.setNumber(a.attempt);
+    out.setNode(a.node);
+    out.setAssignedMs(a.assignedMs);
+    out.setEndedMs(a.endedMs);
+    out.setOutcome(a.outcome);
+    out.setError(a.error);
+  }
+  if (t.result) {
+    auto out = attempts[i++];
+    out.setNumber(t.result->attempts);
+    out.setNode(t.result->node);
+    out.setAssignedMs(t.result->assignedMs);
+    out.setStartedMs(t.result->startedMs);
+    out.setEndedMs(t.result->finishedMs);
+    out.setOutcome(routing::statusName(static_cast<routing::Status>(t.result->status)));
+    out.setError(t.result->error);
+    info.setState(routing::statusName(static_cast<routing::Status>(t.result->status)));
+    info.setOutput(wire::asData(t.result->output));
+    info.setError(t.result->error);
+    info.setFinishedMs(t.result->finishedMs);
+  } else if (live) {
+    if (live->state == routing::Task::State::kRunning) {
+      auto out = attempts[i++];
+      out.setNumber(live->attempts);
+      auto r = nodeRoute_.find(live->node);
+      std::string node = "?";
+      if (r != nodeRoute_.end()) node = conns_[r->second].name;
+      out.setNode(node);
+      out.setAssignedMs(live->assignedWallMs);
+      out.setOutcome("running");
+      info.setState("running");
+    } else {
+      info.setState(live->state == routing::Task::State::kWaiting ? "waiting" : "queued");
+      info.setWhy(scheduler_.whyWaiting(*live, clock_.monotonicMs()));
+    }
+  } else {
+    info.setState("finishing");
+    info.setWhy("its result is being written");
+  }
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                         std::uint64_t batchId) {
+  routing::Batch* b = scheduler_.batch(batchId);
+  auto owner = owners_.find(batchId);
+  if (!b) {
+    auto p = progressOf(batchId);
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+               p ? "batch " + std::to_string(batchId) + " has finished already" : "no batch " + std::to_string(batchId));
+    return;
+  }
+  auto role = roleOf(key);
+  if (owner != owners_.end() && owner->second != key && (!role || *role != store::Role::kAdmin)) {
+    replyError(routingId, requestId, proto::Error::Code::FORBIDDEN,
+               "batch " + std::to_string(batchId) + " belongs to another client (an admin key can cancel it)");
+    return;
+  }
+  std::int64_t now = clock_.wallMs();
+  if (!b->sealed && !b->sealPending) {
+    std::uint64_t total = b->total + b->pendingAdds;
+    store::BatchUpdate u;
+    u.batch = batchId;
+    u.total = total;
+    u.sealed = true;
+    current_->updates.push_back(u);
+    if (b->pendingAdds == 0) scheduler_.seal(*b, total);
+    else b->sealPending = true;
+  }
+  std::uint64_t n = scheduler_.cancel(*b, now);
+  store::BatchUpdate u;
+  u.batch = batchId;
+  u.cancelledMs = now;
+  current_->updates.push_back(u);
+  MESH_INFO("batch %llu cancelled: %llu tasks will not run", static_cast<unsigned long long>(batchId),
+            static_cast<unsigned long long>(n));
+  wire::Encoder e(requestId, 32);
+  auto ack = e.body().initCancelAck();
+  ack.setBatch(batchId);
+  ack.setCancelled(n);
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+// ---- work ------------------------------------------------------------------------------------
+
+void NexusImpl::dispatch() {
+  auto assignments = scheduler_.dispatch(clock_.monotonicMs(), clock_.wallMs());
+  for (auto& a : assignments) {
+    auto route = nodeRoute_.find(a.node);
+    if (route == nodeRoute_.end()) continue;
+    std::size_t start = 0;
+    bool failed = false;
+    while (start < a.tasks.size() && !failed) {
+      std::size_t end = start, bytes = 0;
+      while (end < a.tasks.size() && (end == start || bytes + a.tasks[end]->payload.size() < kAssignFrameBytes)) {
+        bytes += a.tasks[end]->payload.size() + 64;
+        ++end;
+      }
+      wire::Encoder e(0, static_cast<unsigned>(bytes / 8 + 64));
+      auto list = e.body().initAssign().initTasks(static_cast<unsigned>(end - start));
+      for (std::size_t i = start; i < end; ++i) {
+        const routing::Task* t = a.tasks[i];
+        auto out = list[static_cast<unsigned>(i - start)];
+        out.setId(t->id);
+        out.setAttempt(t->attempts);
+        out.setHandler(t->batch->spec.handler);
+        out.setPayload(wire::asData(t->payload));
+        out.setTimeoutMs(t->batch->spec.timeoutMs);
+      }
+      failed = !sendTo(nodeSocket_, route->second, e.finish());
+      start = end;
+    }
+    counters_.add("tasks_dispatched", a.tasks.size());
+    if (failed) dropNode(a.node, "cannot send to it");
+  }
+}
+
+void NexusImpl::collectEffects() {
+  routing::Effects fx = scheduler_.takeEffects();
+  for (auto& f : fx.finals) {
+    auto& c = currentInfo_.finals[f.batch];
+    if (f.status == routing::Status::kOk) ++c[0];
+    else if (f.status == routing::Status::kCancelled) ++c[2];
+    else ++c[1];
+    store::ResultRecord r;
+    r.task = f.task;
+    r.status = static_cast<std::uint8_t>(f.status);
+    r.output = std::move(f.output);
+    r.error = std::move(f.error);
+    r.attempts = f.attempts;
+    r.node = std::move(f.node);
+    r.assignedMs = f.assignedMs;
+    r.startedMs = f.startedMs;
+    r.finishedMs = f.finishedMs;
+    r.durationUs = f.durationUs;
+    current_->results.push_back(std::move(r));
+  }
+  for (auto& a : fx.attempts) {
+    store::AttemptRecord r;
+    r.task = a.task;
+    r.attempt = a.attempt;
+    r.node = std::move(a.node);
+    r.assignedMs = a.assignedMs;
+    r.endedMs = a.endedMs;
+    r.outcome = std::move(a.outcome);
+    r.error = std::move(a.error);
+    r.nodeLost = a.nodeLost;
+    current_->attempts.push_back(std::move(r));
+  }
+  std::map<routing::NodeId, std::vector<std::uint64_t>> cancels;
+  for (auto& [node, task] : fx.cancels) cancels[node].push_back(task);
+  for (auto& [node, ids] : cancels) {
+    auto route = nodeRoute_.find(node);
+    if (route == nodeRoute_.end()) continue;
+    wire::Encoder e(0, static_cast<unsigned>(64 + ids.size()));
+    auto list = e.body().initCancelTasks().initIds(static_cast<unsigned>(ids.size()));
+    for (unsigned i = 0; i < ids.size(); ++i) list.set(i, ids[i]);
+    sendTo(nodeSocket_, route->second, e.finish());
+  }
+  std::int64_t now = clock_.wallMs();
+  for (auto batch : fx.finishedBatches) {
+    store::BatchUpdate u;
+    u.batch = batch;
+    u.finishedMs = now;
+    current_->updates.push_back(u);
+    currentInfo_.finishing.push_back(batch);
+  }
+}
+
+void NexusImpl::flushWrites() {
+  if (!retryWrites_.empty() && clock_.monotonicMs() >= retryAtMono_) {
+    for (auto& [set, info] : retryWrites_) {
+      std::uint64_t ticket = writer_->submit(std::move(set));
+      tickets_[ticket] = std::move(info);
+    }
+    retryWrites_.clear();
+  }
+  if (current_->empty() && currentInfo_.submits.empty() && currentInfo_.finishing.empty()) return;
+  std::uint64_t ticket = writer_->submit(std::exchange(current_, std::make_unique<store::WriteSet>()));
+  tickets_[ticket] = std::exchange(currentInfo_, TicketInfo{});
+}
+
+void NexusImpl::onCommits() {
+  while (auto notice = writer_->receive()) {
+    counters_.add("group_commits");
+    for (std::uint64_t ticket : notice->committed) {
+      auto it = tickets_.find(ticket);
+      if (it == tickets_.end()) continue;
+      TicketInfo info = std::move(it->second);
+      tickets_.erase(it);
+      for (auto& ps : info.submits) {
+        pendingSubmitTasks_ -= ps.count;
+        routing::Batch* b = scheduler_.batch(ps.batch);
+        if (b) {
+          b->pendingAdds -= ps.count;
+          auto payloads = ps.frame->envelope().getBody().getSubmit().getPayloads();
+          for (std::uint32_t i = 0; i < ps.count; ++i) {
+            scheduler_.addTask(*b, ps.firstId + i, ps.firstIndex + i, std::string(wire::view(payloads[i])));
+          }
+          b->total = std::max<std::uint64_t>(b->total, ps.firstIndex + ps.count);
+          if (ps.seal || (b->sealPending && b->pendingAdds == 0)) {
+            b->sealPending = false;
+            if (!b->sealed) scheduler_.seal(*b, b->total);
+          }
+          if (b->cancelled) scheduler_.cancel(*b, clock_.wallMs());
+        }
+        counters_.add("tasks_submitted", ps.count);
+        wire::Encoder e(ps.requestId, 32);
+        auto ack = e.body().initSubmitAck();
+        ack.setBatch(ps.batch);
+        ack.setFirstTask(ps.firstId);
+        ack.setFirstIndex(ps.firstIndex);
+        ack.setCount(ps.count);
+        sendTo(clientSocket_, ps.routingId, e.finish());
+        if (ps.watch) {
+          auto& list = watchers_[ps.batch];
+          bool known = false;
+          for (auto& w : list) known = known || w.routingId == ps.routingId;
+          if (!known) list.push_back({ps.routingId, ps.requestId});
+        }
+      }
+      for (const auto& [batch, c] : info.finals) {
+        scheduler_.markDurable(batch, routing::Status::kOk, c[0]);
+        scheduler_.markDurable(batch, routing::Status::kFailed, c[1]);
+        scheduler_.markDurable(batch, routing::Status::kCancelled, c[2]);
+      }
+      for (std::uint64_t batch : info.finishing) {
+        routing::Batch* b = scheduler_.batch(batch);
+        if (!b) continue;
+        auto p = scheduler_.progress(*b);
+        MESH_INFO("batch %llu finished: %llu succeeded, %llu failed, %llu cancelled",
+                  static_cast<unsigned long long>(batch), static_cast<unsigned long long>(p.succeeded),
+                  static_cast<unsigned long long>(p.failed), static_cast<unsigned long long>(p.cancelled));
+        publish(proto::Event::Kind::BATCH_FINISHED, batch, "", "");
+        sendProgress(batch, true);
+        scheduler_.forget(batch);
+        owners_.erase(batch);
+      }
+    }
+    for (std::size_t i = 0; i < notice->failed.size(); ++i) {
+      auto [ticket, error] = notice->failed[i];
+      auto it = tickets_.find(ticket);
+      if (it == tickets_.end()) continue;
+      TicketInfo info = std::move(it->second);
+      tickets_.erase(it);
+      counters_.add("store_errors");
+      MESH_ERROR("a write to %s failed: %s", dbPath_.c_str(), error.c_str());
+      auto& set = notice->failedSets[i];
+      // Refuse the submits it carried; keep results and attempts to write again later.
+      for (auto& ps : info.submits) {
+        pendingSubmitTasks_ -= ps.count;
+        if (routing::Batch* b = scheduler_.batch(ps.batch)) {
+          b->pendingAdds -= ps.count;
+          if (ps.newBatch && b->total == 0 && b->pendingAdds == 0) {
+            scheduler_.forget(ps.batch);
+            owners_.erase(ps.batch);
+          }
+        }
+        replyError(ps.routingId, ps.requestId, proto::Error::Code::INTERNAL,
+                   "the nexus could not store the batch (" + error + "); nothing was accepted: retry");
+      }
+      info.submits.clear();
+      set->newBatches.clear();
+      set->chunks.clear();
+      if (!set->results.empty() || !set->attempts.empty() || !set->updates.empty()) {
+        retryWrites_.emplace_back(std::move(set), std::move(info));
+        retryAtMono_ = clock_.monotonicMs() + 1000;
+      }
+    }
+  }
+}
+
+void NexusImpl::timers() {
+  std::int64_t now = clock_.monotonicMs();
+  if (now >= nextHeartbeat_) {
+    nextHeartbeat_ = now + config_.heartbeatMs;
+    std::vector<routing::NodeId> dead;
+    std::int64_t silentLimit = config_.heartbeatMs * config_.missedBeats;
+    for (auto& [rid, c] : conns_) {
+      if (now - c.lastSeenMono > silentLimit) {
+        dead.push_back(c.id);
+        continue;
+      }
+      wire::Encoder e(0, 32);
+      e.body().initHeartbeat();
+      if (!sendTo(nodeSocket_, rid, e.finish())) dead.push_back(c.id);
+    }
+    for (auto id : dead) {
+      counters_.add("heartbeats_missed");
+      dropNode(id, "no heartbeat for " + std::to_string(silentLimit) + " ms");
+    }
+  }
+  if (now >= nextProgress_) {
+    nextProgress_ = now + kProgressEveryMs;
+    std::vector<std::uint64_t> watched;
+    for (const auto& [batch, list] : watchers_) watched.push_back(batch);
+    for (auto batch : watched) sendProgress(batch, false);
+  }
+  if (now >= nextKeyCheck_) {
+    nextKeyCheck_ = now + kKeyCheckEveryMs;
+    if (auto s = reloadKeys(); !s) MESH_WARN("reloading keys failed: %s", s.error().message.c_str());
+  }
+}
+
+void NexusImpl::publish(proto::Event::Kind kind, std::uint64_t batch, const std::string& node, const std::string& text) {
+  wire::Encoder e(0, 64);
+  auto ev = e.body().initEvent();
+  ev.setKind(kind);
+  ev.setBatch(batch);
+  ev.setNode(node);
+  ev.setText(text);
+  try {
+    eventsSocket_.send(e.finish(), zmq::send_flags::dontwait);
+  } catch (const zmq::error_t&) {
+    counters_.add("events_dropped");
+  }
+}
+
+// ---- Nexus -----------------------------------------------------------------------------------
+
+util::Result<std::unique_ptr<Nexus>> Nexus::start(zmq::context_t& ctx, const config::NexusConfig& config) {
+  auto impl = std::make_unique<NexusImpl>(ctx, config);
+  if (auto s = impl->start(); !s) return s.error();
+  return std::unique_ptr<Nexus>(new Nexus(std::move(impl)));
+}
+
+Nexus::Nexus(std::unique_ptr<NexusImpl> impl) : impl_(std::move(impl)) {}
+Nexus::~Nexus() = default;
+void Nexus::run(const std::atomic<bool>& stop) { impl_->run(stop); }
+
+}  // namespace mesh::node

@@ -1,0 +1,677 @@
+#include "mesh/node/spore.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <unordered_map>
+
+#include "mesh/crypto/keys.h"
+#include "mesh/discovery/beacon_udp.h"
+#include "mesh/node/common.h"
+#include "mesh/transport/sockets.h"
+#include "mesh/util/clock.h"
+#include "mesh/util/counters.h"
+#include "mesh/util/log.h"
+#include "mesh/wire/codec.h"
+
+namespace mesh::node {
+
+namespace {
+
+using Which = proto::Envelope::Body::Which;
+constexpr std::size_t kResultFrameBytes = 8u << 20;
+constexpr std::size_t kMaxResultsPerFrame = 4096;
+constexpr int kMaxMessagesPerTurn = 1024;
+
+struct Job {
+  std::uint64_t id = 0;
+  std::uint8_t attempt = 0;
+  std::string handler;
+  std::string payload;
+  std::uint32_t timeoutMs = 0;
+  std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
+};
+
+struct Done {
+  std::uint64_t id = 0;
+  std::uint8_t attempt = 0;
+  proto::TaskStatus status = proto::TaskStatus::OK;
+  std::string output;
+  std::string error;
+  std::int64_t startedMs = 0;
+  std::uint64_t durationUs = 0;
+};
+
+// Messages between the loop and a worker: ownership of a heap object, sent as its pointer.
+struct WorkBatch {
+  std::vector<Job> jobs;  // empty: stop
+};
+struct DoneBatch {
+  std::vector<Done> done;
+  bool idle = false;  // the worker finished its WorkBatch
+};
+
+template <typename T>
+zmq::message_t pointerMessage(std::unique_ptr<T> p) {
+  T* raw = p.release();
+  return zmq::message_t(&raw, sizeof raw);
+}
+template <typename T>
+std::unique_ptr<T> takePointer(const zmq::message_t& m) {
+  MESH_ASSERT(m.size() == sizeof(T*), "inproc pointer message of the wrong size");
+  T* raw;
+  std::memcpy(&raw, m.data(), sizeof raw);
+  return std::unique_ptr<T>(raw);
+}
+
+proto::TaskStatus statusOf(exec::Outcome o) {
+  switch (o) {
+    case exec::Outcome::kOk: return proto::TaskStatus::OK;
+    case exec::Outcome::kFailed: return proto::TaskStatus::FAILED;
+    case exec::Outcome::kTimedOut: return proto::TaskStatus::TIMED_OUT;
+    case exec::Outcome::kCrashed: return proto::TaskStatus::CRASHED;
+    case exec::Outcome::kUnknownHandler: return proto::TaskStatus::UNKNOWN_HANDLER;
+    case exec::Outcome::kCancelled: return proto::TaskStatus::CANCELLED;
+  }
+  return proto::TaskStatus::FAILED;
+}
+
+// Whole-host CPU busy % from /proc/stat deltas, and memory used % from /proc/meminfo.
+class LoadMeter {
+ public:
+  double cpuPct() {
+    std::ifstream f("/proc/stat");
+    std::string cpu;
+    unsigned long long v[8] = {0};
+    f >> cpu >> v[0] >> v[1] >> v[2] >> v[3] >> v[4] >> v[5] >> v[6] >> v[7];
+    if (!f) return last_;
+    unsigned long long idle = v[3] + v[4], total = 0;
+    for (auto x : v) total += x;
+    if (prevTotal_ && total > prevTotal_) {
+      double busy = 1.0 - static_cast<double>(idle - prevIdle_) / static_cast<double>(total - prevTotal_);
+      last_ = std::clamp(busy * 100.0, 0.0, 100.0);
+    }
+    prevIdle_ = idle;
+    prevTotal_ = total;
+    return last_;
+  }
+  static double memPct() {
+    std::ifstream f("/proc/meminfo");
+    std::string key, unit;
+    unsigned long long value = 0, total = 0, available = 0;
+    while (f >> key >> value >> unit) {
+      if (key == "MemTotal:") total = value;
+      if (key == "MemAvailable:") available = value;
+    }
+    if (total == 0) return 0;
+    return 100.0 * (1.0 - static_cast<double>(available) / static_cast<double>(total));
+  }
+
+ private:
+  unsigned long long prevIdle_ = 0, prevTotal_ = 0;
+  double last_ = 0;
+};
+
+}  // namespace
+
+class SporeImpl {
+ public:
+  SporeImpl(zmq::context_t& ctx, config::SporeConfig config, exec::HandlerRegistry& registry)
+      : ctx_(ctx), config_(std::move(config)), registry_(registry), clock_(util::systemClock()) {
+    limits_.maxFrameBytes = config_.maxFrameBytes;
+  }
+  ~SporeImpl();
+
+  util::Status start();
+  void run(const std::atomic<bool>& stop);
+
+ private:
+  void workerLoop(unsigned index, std::string endpoint);
+  void connect(std::int64_t now);
+  void disconnect();
+  void sendHello();
+  void onNexusMessage(zmq::message_t& frame);
+  void onAssign(proto::Assign::Reader assign);
+  void onCancel(proto::CancelTasks::Reader cancel);
+  void onWorker(unsigned index, zmq::message_t& frame);
+  void feedWorkers();
+  void flushResults();
+  void heartbeat(std::int64_t now);
+  bool send(zmq::message_t&& frame);
+  void onBeacons();
+
+  zmq::context_t& ctx_;
+  config::SporeConfig config_;
+  exec::HandlerRegistry& registry_;
+  const util::Clock& clock_;
+  wire::Limits limits_;
+  util::Counters counters_;
+  exec::ProgramSettings programSettings_;
+
+  crypto::KeyPair keys_;
+  crypto::PublicKey nexusKey_;
+  std::vector<std::string> endpoints_;   // candidates, tried in order
+  std::size_t nextEndpoint_ = 0;
+  std::string endpoint_;                 // current
+  std::string foundBy_ = "seed";
+  std::unique_ptr<discovery::BeaconListener> beacons_;
+
+  zmq::socket_t dealer_;
+  zmq::socket_t events_;
+  std::unique_ptr<transport::HandshakeWatch> watch_;
+  bool connected_ = false;    // a socket exists
+  bool welcomed_ = false;
+  std::int64_t lastHeardMono_ = 0;
+  std::int64_t reconnectAtMono_ = 0;
+  std::int64_t backoffMs_ = 1000;
+  std::int64_t heartbeatMs_;
+  int missedBeats_;
+  std::int64_t nextHeartbeat_ = 0;
+  LoadMeter load_;
+
+  std::vector<std::thread> threads_;
+  std::vector<zmq::socket_t> pipes_;
+  std::vector<bool> busy_;
+  std::deque<Job> queue_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<std::atomic<bool>>> jobs_;  // queued or running
+  std::vector<Done> outbox_;
+  unsigned running_ = 0;
+};
+
+// ---- set-up ----------------------------------------------------------------------------------
+
+util::Status SporeImpl::start() {
+  heartbeatMs_ = config_.heartbeatMs;
+  missedBeats_ = config_.missedBeats;
+  if (mkdir(config_.dataDir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return util::err("cannot create data dir " + config_.dataDir + ": " + std::strerror(errno));
+  }
+  if (access(config_.keyFile.c_str(), F_OK) != 0) {
+    if (auto s = crypto::saveKeyPair(config_.keyFile, crypto::KeyPair::generate()); !s) return s;
+    MESH_INFO("generated this spore's key pair in %s", config_.keyFile.c_str());
+  }
+  auto keys = crypto::loadKeyPair(config_.keyFile);
+  if (!keys) return keys.error();
+  keys_ = std::move(*keys);
+  auto nexusKey = crypto::loadPublicKey(config_.nexusKey);
+  if (!nexusKey) return util::err("--nexus-key: " + nexusKey.error().message);
+  nexusKey_ = *nexusKey;
+  MESH_INFO("spore %s key %s (on the nexus host, let it in with: mesh keys accept %s)", config_.name.c_str(),
+            keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str());
+  std::string work = config_.dataDir + "/work";
+  if (mkdir(work.c_str(), 0700) != 0 && errno != EEXIST) {
+    return util::err("cannot create " + work + ": " + std::strerror(errno));
+  }
+  programSettings_.workParent = work;
+  programSettings_.limits.maxStdoutBytes = config_.maxOutputBytes;
+  programSettings_.limits.maxStderrBytes = config_.maxStderrBytes;
+  programSettings_.limits.cpuSeconds = config_.cpuSeconds;
+  programSettings_.limits.addressSpaceBytes = config_.memoryBytes;
+  programSettings_.limits.openFiles = config_.openFiles;
+  programSettings_.limits.killGraceMs = config_.killGraceMs;
+  endpoints_ = config_.nexus;
+  if (endpoints_.empty()) {
+    discovery::BeaconListenerOptions opts;
+    opts.cluster = config_.cluster;
+    discovery::CurvePublicKey raw;
+    std::memcpy(raw.data(), nexusKey_.bytes().data(), 32);
+    opts.pinnedKeys.push_back(raw);
+    opts.port = config_.beaconPort;
+    opts.interfaces = config_.interfaces;
+    auto listener = discovery::BeaconListener::open(opts, counters_);
+    if (!listener) return util::err("no --nexus given and cannot listen for beacons: " + listener.error().message);
+    beacons_ = std::make_unique<discovery::BeaconListener>(std::move(*listener));
+    foundBy_ = "beacon";
+    MESH_INFO("no --nexus given: listening for beacons of cluster '%s' on UDP port %u", config_.cluster.c_str(),
+              beacons_->port());
+  }
+  for (unsigned i = 0; i < config_.slots; ++i) {
+    std::string endpoint = "inproc://spore-worker-" + std::to_string(reinterpret_cast<std::uintptr_t>(this)) + "-" +
+                           std::to_string(i);
+    zmq::socket_t pipe(ctx_, zmq::socket_type::pair);
+    pipe.set(zmq::sockopt::sndhwm, 0);
+    pipe.set(zmq::sockopt::rcvhwm, 0);
+    pipe.bind(endpoint);
+    pipes_.push_back(std::move(pipe));
+    busy_.push_back(false);
+    threads_.emplace_back([this, i, endpoint] { workerLoop(i, endpoint); });
+  }
+  return {};
+}
+
+SporeImpl::~SporeImpl() {
+  for (auto& jobEntry : jobs_) jobEntry.second->store(true);
+  for (auto& pipe : pipes_) {
+    try {
+      pipe.send(pointerMessage(std::make_unique<WorkBatch>()), zmq::send_flags::none);
+    } catch (...) {
+    }
+  }
+  for (auto& t : threads_) t.join();
+  for (auto& pipe : pipes_) {
+    zmq::message_t m;
+    while (pipe.recv(m, zmq::recv_flags::dontwait)) takePointer<DoneBatch>(m);
+  }
+}
+
+void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
+  (void)index;
+  zmq::socket_t pipe(ctx_, zmq::socket_type::pair);
+  pipe.set(zmq::sockopt::sndhwm, 0);
+  pipe.set(zmq::sockopt::rcvhwm, 0);
+  pipe.connect(endpoint);
+  const auto& clock = util::systemClock();
+  for (;;) {
+    zmq::message_t m;
+    try {
+      if (!pipe.recv(m)) continue;
+    } catch (const zmq::error_t&) {
+      return;
+    }
+    auto work = takePointer<WorkBatch>(m);
+    if (work->jobs.empty()) return;
+    auto out = std::make_unique<DoneBatch>();
+    std::int64_t lastFlushUs = clock.monotonicUs();
+    for (std::size_t i = 0; i < work->jobs.size(); ++i) {
+      Job& job = work->jobs[i];
+      Done done;
+      done.id = job.id;
+      done.attempt = job.attempt;
+      done.startedMs = clock.wallMs();
+      std::int64_t t0 = clock.monotonicUs();
+      if (job.cancel->load()) {
+        done.status = proto::TaskStatus::CANCELLED;
+      } else {
+        exec::TaskInput input;
+        input.taskId = job.id;
+        input.attempt = job.attempt;
+        input.payload = job.payload;
+        input.timeoutMs = job.timeoutMs;
+        input.cancel = job.cancel.get();
+        exec::TaskOutput result;
+        try {
+          result = registry_.snapshot()->run(job.handler, input, programSettings_);
+        } catch (const std::exception& e) {
+          result.outcome = exec::Outcome::kFailed;
+          result.error = std::string("handler threw: ") + e.what();
+        }
+        done.status = statusOf(result.outcome);
+        done.output = std::move(result.output);
+        done.error = std::move(result.error);
+      }
+      std::int64_t t1 = clock.monotonicUs();
+      done.durationUs = static_cast<std::uint64_t>(t1 - t0);
+      out->done.push_back(std::move(done));
+      // Long tasks report at once; microsecond tasks travel together.
+      bool last = i + 1 == work->jobs.size();
+      if (!last && (t1 - lastFlushUs > 1000 || out->done.size() >= 256)) {
+        try {
+          pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
+        } catch (const zmq::error_t&) {
+          return;
+        }
+        out = std::make_unique<DoneBatch>();
+        lastFlushUs = t1;
+      }
+    }
+    out->idle = true;
+    try {
+      pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
+    } catch (const zmq::error_t&) {
+      return;
+    }
+  }
+}
+
+// ---- connection ------------------------------------------------------------------------------
+
+void SporeImpl::connect(std::int64_t now) {
+  if (endpoints_.empty()) return;  // waiting for a beacon
+  endpoint_ = endpoints_[nextEndpoint_ % endpoints_.size()];
+  ++nextEndpoint_;
+  transport::SocketLimits limits;
+  limits.maxMessageBytes = static_cast<std::int64_t>(config_.maxFrameBytes);
+  limits.lingerMs = 0;
+  limits.sendHwm = 100000;
+  limits.recvHwm = 100000;
+  dealer_ = transport::makeClientSocket(ctx_, zmq::socket_type::dealer, keys_, nexusKey_, limits);
+  watch_ = std::make_unique<transport::HandshakeWatch>(ctx_, dealer_);
+  try {
+    dealer_.connect(endpoint_);
+  } catch (const zmq::error_t& e) {
+    MESH_WARN("cannot connect to %s: %s", endpoint_.c_str(), e.what());
+    watch_.reset();
+    dealer_.close();
+    reconnectAtMono_ = now + backoffMs_;
+    backoffMs_ = std::min<std::int64_t>(backoffMs_ * 2, 32000);
+    return;
+  }
+  connected_ = true;
+  welcomed_ = false;
+  lastHeardMono_ = now;
+  MESH_INFO("connecting to nexus %s", endpoint_.c_str());
+  sendHello();
+}
+
+void SporeImpl::disconnect() {
+  watch_.reset();
+  if (events_) events_.close();
+  if (connected_) dealer_.close();
+  connected_ = false;
+  welcomed_ = false;
+}
+
+void SporeImpl::sendHello() {
+  wire::Encoder e(0, 256);
+  auto h = e.body().initHello();
+  h.setName(config_.name);
+  h.setSoftwareVersion(kSoftwareVersion);
+  h.setSlots(static_cast<std::uint16_t>(config_.slots));
+  auto tags = h.initTags(static_cast<unsigned>(config_.tags.size()));
+  for (unsigned i = 0; i < config_.tags.size(); ++i) tags.set(i, config_.tags[i]);
+  auto names = registry_.snapshot()->names();
+  auto handlers = h.initHandlers(static_cast<unsigned>(names.size()));
+  for (unsigned i = 0; i < names.size(); ++i) handlers.set(i, names[i]);
+  auto running = h.initRunning(static_cast<unsigned>(jobs_.size()));
+  unsigned i = 0;
+  for (const auto& [id, flag] : jobs_) running.set(i++, id);
+  h.setAdvertise(config_.advertise);
+  h.setFoundBy(foundBy_);
+  h.setPid(static_cast<std::uint32_t>(getpid()));
+  send(e.finish());
+}
+
+bool SporeImpl::send(zmq::message_t&& frame) {
+  if (!connected_) return false;
+  try {
+    return dealer_.send(std::move(frame), zmq::send_flags::dontwait).has_value();
+  } catch (const zmq::error_t&) {
+    return false;
+  }
+}
+
+void SporeImpl::onBeacons() {
+  for (auto& s : beacons_->drain()) {
+    if (std::find(endpoints_.begin(), endpoints_.end(), s.endpoint) == endpoints_.end()) {
+      MESH_INFO("beacon: nexus of cluster '%s' at %s", s.beacon.cluster.c_str(), s.endpoint.c_str());
+      endpoints_.insert(endpoints_.begin(), s.endpoint);
+      if (endpoints_.size() > 4) endpoints_.pop_back();
+      nextEndpoint_ = 0;
+      if (!connected_) reconnectAtMono_ = 0;
+    }
+  }
+}
+
+// ---- messages --------------------------------------------------------------------------------
+
+void SporeImpl::onNexusMessage(zmq::message_t& frame) {
+  auto decoded = wire::decode(std::move(frame), limits_);
+  if (!decoded) {
+    counters_.add("bad_frames");
+    MESH_WARN("dropped a bad frame from the nexus: %s", decoded.error().message.c_str());
+    return;
+  }
+  lastHeardMono_ = clock_.monotonicMs();
+  auto body = decoded->envelope().getBody();
+  switch (decoded->which()) {
+    case Which::WELCOME: {
+      auto w = body.getWelcome();
+      welcomed_ = true;
+      backoffMs_ = 1000;
+      if (w.getHeartbeatMs() >= 50) heartbeatMs_ = w.getHeartbeatMs();
+      if (w.getMissedBeats() >= 1) missedBeats_ = w.getMissedBeats();
+      MESH_INFO("welcomed by nexus %s at %s", std::string(wire::view(w.getNexusName())).c_str(), endpoint_.c_str());
+      if (w.getEventsPort() != 0 && !events_) {
+        auto colon = endpoint_.rfind(':');
+        std::string eventsEndpoint = endpoint_.substr(0, colon + 1) + std::to_string(w.getEventsPort());
+        transport::SocketLimits limits;
+        limits.lingerMs = 0;
+        events_ = transport::makeClientSocket(ctx_, zmq::socket_type::sub, keys_, nexusKey_, limits);
+        events_.set(zmq::sockopt::subscribe, "");
+        events_.connect(eventsEndpoint);
+      }
+      flushResults();
+      break;
+    }
+    case Which::HEARTBEAT:
+      break;
+    case Which::ASSIGN:
+      onAssign(body.getAssign());
+      break;
+    case Which::CANCEL_TASKS:
+      onCancel(body.getCancelTasks());
+      break;
+    case Which::ERROR: {
+      auto e = body.getError();
+      std::string message(wire::view(e.getMessage()));
+      if (message == "hello first") {
+        counters_.add("rehello");
+        sendHello();
+      } else {
+        MESH_WARN("nexus says: %s", message.c_str());
+      }
+      break;
+    }
+    default:
+      counters_.add("unknown_messages");
+      MESH_WARN("dropped a message of unknown kind %u from the nexus", static_cast<unsigned>(decoded->which()));
+  }
+}
+
+void SporeImpl::onAssign(proto::Assign::Reader assign) {
+  for (auto t : assign.getTasks()) {
+    if (jobs_.count(t.getId())) {
+      counters_.add("assign_duplicates");
+      continue;
+    }
+    Job job;
+    job.id = t.getId();
+    job.attempt = t.getAttempt();
+    job.handler = std::string(wire::view(t.getHandler()));
+    job.payload = std::string(wire::view(t.getPayload()));
+    job.timeoutMs = t.getTimeoutMs();
+    jobs_[job.id] = job.cancel;
+    queue_.push_back(std::move(job));
+  }
+  feedWorkers();
+}
+
+void SporeImpl::onCancel(proto::CancelTasks::Reader cancel) {
+  for (auto id : cancel.getIds()) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) continue;
+    it->second->store(true);
+    counters_.add("tasks_cancelled");
+  }
+  // Queued ones never start: drop them now (the nexus no longer wants their result).
+  queue_.erase(std::remove_if(queue_.begin(), queue_.end(),
+                              [&](const Job& j) {
+                                if (!j.cancel->load()) return false;
+                                jobs_.erase(j.id);
+                                return true;
+                              }),
+               queue_.end());
+}
+
+void SporeImpl::feedWorkers() {
+  unsigned idle = 0;
+  for (bool b : busy_) idle += b ? 0 : 1;
+  for (unsigned w = 0; w < busy_.size() && !queue_.empty(); ++w) {
+    if (busy_[w]) continue;
+    // Share what is queued among the idle workers; short tasks go in runs, long ones one by one.
+    std::size_t take = std::max<std::size_t>(1, std::min<std::size_t>(64, queue_.size() / std::max(1u, idle)));
+    auto batch = std::make_unique<WorkBatch>();
+    for (std::size_t i = 0; i < take && !queue_.empty(); ++i) {
+      batch->jobs.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    running_ += static_cast<unsigned>(batch->jobs.size());
+    busy_[w] = true;
+    --idle;
+    pipes_[w].send(pointerMessage(std::move(batch)), zmq::send_flags::none);
+  }
+}
+
+void SporeImpl::onWorker(unsigned index, zmq::message_t& frame) {
+  auto done = takePointer<DoneBatch>(frame);
+  for (auto& d : done->done) {
+    --running_;
+    auto it = jobs_.find(d.id);
+    bool cancelled = it != jobs_.end() && it->second->load();
+    if (it != jobs_.end()) jobs_.erase(it);
+    if (cancelled) continue;  // the nexus asked us to stop it; it does not want the result
+    outbox_.push_back(std::move(d));
+  }
+  if (done->idle) busy_[index] = false;
+}
+
+void SporeImpl::flushResults() {
+  if (outbox_.empty() || !welcomed_) return;
+  std::size_t start = 0;
+  while (start < outbox_.size()) {
+    std::size_t end = start, bytes = 0;
+    while (end < outbox_.size() && end - start < kMaxResultsPerFrame &&
+           (end == start || bytes + outbox_[end].output.size() < kResultFrameBytes)) {
+      bytes += outbox_[end].output.size() + outbox_[end].error.size() + 64;
+      ++end;
+    }
+    wire::Encoder e(0, static_cast<unsigned>(bytes / 8 + 64));
+    auto list = e.body().initResults().initResults(static_cast<unsigned>(end - start));
+    for (std::size_t i = start; i < end; ++i) {
+      const Done& d = outbox_[i];
+      auto out = list[static_cast<unsigned>(i - start)];
+      out.setId(d.id);
+      out.setAttempt(d.attempt);
+      out.setStatus(d.status);
+      out.setOutput(wire::asData(d.output));
+      out.setError(d.error);
+      out.setStartedMs(d.startedMs);
+      out.setDurationUs(d.durationUs);
+    }
+    if (!send(e.finish())) {
+      counters_.add("results_unsent");
+      break;  // keep the rest; they go after the reconnect
+    }
+    start = end;
+  }
+  outbox_.erase(outbox_.begin(), outbox_.begin() + static_cast<std::ptrdiff_t>(start));
+}
+
+void SporeImpl::heartbeat(std::int64_t now) {
+  nextHeartbeat_ = now + heartbeatMs_;
+  if (!connected_) return;
+  wire::Encoder e(0, 32);
+  auto hb = e.body().initHeartbeat();
+  hb.setCpuPct(static_cast<float>(load_.cpuPct()));
+  hb.setMemPct(static_cast<float>(LoadMeter::memPct()));
+  hb.setRunning(running_);
+  hb.setFreeSlots(running_ >= config_.slots ? 0 : config_.slots - running_);
+  send(e.finish());
+}
+
+// ---- the loop --------------------------------------------------------------------------------
+
+void SporeImpl::run(const std::atomic<bool>& stop) {
+  while (!stop.load()) {
+    std::int64_t now = clock_.monotonicMs();
+    if (!connected_ && now >= reconnectAtMono_) connect(now);
+    std::vector<zmq::pollitem_t> items;
+    for (auto& p : pipes_) items.push_back({p.handle(), 0, ZMQ_POLLIN, 0});
+    std::size_t dealerAt = items.size();
+    if (connected_) items.push_back({dealer_.handle(), 0, ZMQ_POLLIN, 0});
+    std::size_t eventsAt = items.size();
+    if (events_) items.push_back({events_.handle(), 0, ZMQ_POLLIN, 0});
+    std::size_t beaconAt = items.size();
+    if (beacons_) items.push_back({nullptr, beacons_->fd(), ZMQ_POLLIN, 0});
+    std::int64_t wake = std::min(nextHeartbeat_, now + 250);
+    if (!connected_) wake = std::min(wake, reconnectAtMono_);
+    try {
+      zmq::poll(items.data(), items.size(), std::chrono::milliseconds(std::max<std::int64_t>(0, wake - now)));
+    } catch (const zmq::error_t& e) {
+      if (e.num() == ETERM) return;
+      continue;
+    }
+    try {
+      for (unsigned w = 0; w < pipes_.size(); ++w) {
+        if (!(items[w].revents & ZMQ_POLLIN)) continue;
+        zmq::message_t m;
+        while (pipes_[w].recv(m, zmq::recv_flags::dontwait)) onWorker(w, m);
+      }
+      if (connected_ && (items[dealerAt].revents & ZMQ_POLLIN)) {
+        for (int i = 0; i < kMaxMessagesPerTurn; ++i) {
+          zmq::message_t m;
+          if (!dealer_.recv(m, zmq::recv_flags::dontwait)) break;
+          if (m.more()) {
+            counters_.add("bad_frames");
+            zmq::message_t rest;
+            while (m.more() && dealer_.recv(rest) && rest.more()) {
+            }
+            continue;
+          }
+          onNexusMessage(m);
+        }
+      }
+      if (events_ && (items[eventsAt].revents & ZMQ_POLLIN)) {
+        zmq::message_t m;
+        while (events_.recv(m, zmq::recv_flags::dontwait)) {
+          auto d = wire::decode(std::move(m), limits_);
+          if (!d || d->which() != Which::EVENT) {
+            counters_.add("bad_events");
+            continue;
+          }
+          auto ev = d->envelope().getBody().getEvent();
+          MESH_DEBUG("event %u batch %llu node %s", static_cast<unsigned>(ev.getKind()),
+                     static_cast<unsigned long long>(ev.getBatch()), std::string(wire::view(ev.getNode())).c_str());
+        }
+      }
+      if (beacons_ && (items[beaconAt].revents & ZMQ_POLLIN)) onBeacons();
+      if (connected_ && watch_ && watch_->check() == transport::HandshakeResult::kRefused) {
+        MESH_ERROR("nexus %s refused this spore's key %s: on the nexus host run `mesh keys accept %s`",
+                   endpoint_.c_str(), keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str());
+        disconnect();
+        reconnectAtMono_ = clock_.monotonicMs() + backoffMs_;
+        backoffMs_ = std::min<std::int64_t>(backoffMs_ * 2, 32000);
+      }
+      now = clock_.monotonicMs();
+      if (connected_ && now - lastHeardMono_ > heartbeatMs_ * missedBeats_) {
+        MESH_WARN("nexus %s silent for %lld ms: reconnecting in %lld ms", endpoint_.c_str(),
+                  static_cast<long long>(now - lastHeardMono_), static_cast<long long>(backoffMs_));
+        counters_.add("nexus_lost");
+        disconnect();
+        reconnectAtMono_ = now + backoffMs_;
+        backoffMs_ = std::min<std::int64_t>(backoffMs_ * 2, 32000);
+      }
+      if (now >= nextHeartbeat_) heartbeat(now);
+      feedWorkers();
+      flushResults();
+    } catch (const std::exception& e) {
+      counters_.add("internal_errors");
+      MESH_ERROR("internal error in the spore loop (continuing): %s", e.what());
+    } catch (const kj::Exception& e) {
+      counters_.add("internal_errors");
+      MESH_ERROR("internal error in the spore loop (continuing): %s", e.getDescription().cStr());
+    }
+  }
+  disconnect();
+}
+
+// ---- Spore -----------------------------------------------------------------------------------
+
+util::Result<std::unique_ptr<Spore>> Spore::start(zmq::context_t& ctx, const config::SporeConfig& config,
+                                                  exec::HandlerRegistry& registry) {
+  auto impl = std::make_unique<SporeImpl>(ctx, config, registry);
+  if (auto s = impl->start(); !s) return s.error();
+  return std::unique_ptr<Spore>(new Spore(std::move(impl)));
+}
+
+Spore::Spore(std::unique_ptr<SporeImpl> impl) : impl_(std::move(impl)) {}
+Spore::~Spore() = default;
+void Spore::run(const std::atomic<bool>& stop) { impl_->run(stop); }
+
+}  // namespace mesh::node

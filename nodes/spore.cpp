@@ -1,0 +1,62 @@
+// spore: parse options, register the handlers, start the Spore, work until SIGINT/SIGTERM.
+#include <cstdio>
+#include <kj/exception.h>
+
+#include "mesh/config/config.h"
+#include "mesh/exec/builtins.h"
+#include "mesh/exec/registry.h"
+#include "mesh/exec/subprocess.h"
+#include "mesh/node/spore.h"
+#include "mesh/transport/sockets.h"
+#include "mesh/util/log.h"
+#include "nodes/main_support.h"
+
+int main(int argc, char** argv) {
+  using namespace mesh;
+  try {
+    auto parsed = config::parseSpore(argc, argv);
+    if (!parsed) {
+      std::fprintf(stderr, "spore: %s\n", parsed.error().message.c_str());
+      return 2;
+    }
+    if (!parsed->config) {
+      std::fputs(parsed->help.c_str(), stdout);
+      return 0;
+    }
+    const auto& config = *parsed->config;
+    util::setLogName("spore " + config.name);
+    util::LogLevel level;
+    if (!util::parseLogLevel(config.logLevel, &level)) {
+      std::fprintf(stderr, "spore: --log-level must be debug, info, warn or error\n");
+      return 2;
+    }
+    util::setLogLevel(level);
+    nodes::stopOnSignals();
+    exec::ignoreSigpipe();
+    exec::HandlerRegistry registry;
+    exec::registerBuiltins(registry);
+    if (!config.handlersDir.empty()) {
+      auto programs = exec::scanHandlerDirectory(config.handlersDir);
+      if (!programs) {
+        std::fprintf(stderr, "spore: --handlers: %s\n", programs.error().message.c_str());
+        return 2;
+      }
+      MESH_INFO("%zu handler programs from %s", programs->size(), config.handlersDir.c_str());
+      registry.setPrograms(exec::Source::kDirectory, std::move(*programs));
+    }
+    auto ctx = transport::makeContext();
+    auto spore = node::Spore::start(ctx, config, registry);
+    if (!spore) {
+      std::fprintf(stderr, "spore: %s\n", spore.error().message.c_str());
+      return 1;
+    }
+    (*spore)->run(nodes::gStop);
+    MESH_INFO("stopped");
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "spore: fatal: %s (this is a bug: please report it with the log)\n", e.what());
+  } catch (const kj::Exception& e) {
+    std::fprintf(stderr, "spore: fatal: %s (this is a bug: please report it with the log)\n", e.getDescription().cStr());
+  }
+  return 1;
+}

@@ -1,0 +1,87 @@
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "mesh/config/config.h"
+
+using namespace mesh::config;
+
+namespace {
+template <typename F>
+auto parse(F fn, std::vector<const char*> args) {
+  return fn(static_cast<int>(args.size()), args.data());
+}
+}  // namespace
+
+TEST_CASE("the nexus needs a data dir and says how to get help") {
+  auto r = parse(parseNexus, {"nexus"});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == 2);
+  CHECK(r.error().message.find("--help") != std::string::npos);
+}
+
+TEST_CASE("nexus --help returns help text, not an error") {
+  auto r = parse(parseNexus, {"nexus", "--help"});
+  REQUIRE(r.ok());
+  CHECK_FALSE(r->config.has_value());
+  CHECK(r->help.find("--data-dir") != std::string::npos);
+}
+
+TEST_CASE("nexus options parse durations, sizes and weights") {
+  auto r = parse(parseNexus, {"nexus", "--data-dir", "/tmp/x", "--heartbeat", "250ms", "--max-payload", "1M",
+                              "--weights", "0.5,0.25,0.25", "--default-attempts", "5"});
+  REQUIRE(r.ok());
+  REQUIRE(r->config.has_value());
+  CHECK(r->config->heartbeatMs == 250);
+  CHECK(r->config->maxPayloadBytes == 1u << 20);
+  CHECK(r->config->scheduler.weights.cpu == doctest::Approx(0.5));
+  CHECK(r->config->scheduler.defaultMaxAttempts == 5);
+  CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "d", "--weights", "1,2"}).ok());
+  CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "d", "--heartbeat", "soon"}).ok());
+  CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "d", "--bogus"}).ok());
+}
+
+TEST_CASE("a config file sets options and the command line wins") {
+  const char* path = "/tmp/mesh-config-test.conf";
+  {
+    std::ofstream f(path);
+    f << "data-dir = /srv/mesh\nname = from-file\nmissed-beats = 7\n";
+  }
+  auto r = parse(parseNexus, {"nexus", "--config", path, "--name", "from-args"});
+  std::remove(path);
+  REQUIRE(r.ok());
+  REQUIRE(r->config.has_value());
+  CHECK(r->config->dataDir == "/srv/mesh");
+  CHECK(r->config->name == "from-args");
+  CHECK(r->config->missedBeats == 7);
+}
+
+TEST_CASE("spore tags accept commas and repeats, and slots default to the CPU count") {
+  auto r = parse(parseSpore, {"spore", "--data-dir", "/tmp/s", "--nexus-key", "k", "--tags", "gpu,ssd", "--tags", "big"});
+  REQUIRE(r.ok());
+  REQUIRE(r->config.has_value());
+  CHECK(r->config->tags == std::vector<std::string>{"gpu", "ssd", "big"});
+  CHECK(r->config->slots >= 1);
+  CHECK(r->config->keyFile == "/tmp/s/spore.key");
+}
+
+TEST_CASE("the CLI splits command words from arguments") {
+  auto r = parse(parseCli, {"mesh", "keys", "accept", "ab12:cd34", "--role", "node"});
+  REQUIRE(r.ok());
+  REQUIRE(r->config.has_value());
+  CHECK(r->config->words == std::vector<std::string>{"keys", "accept"});
+  CHECK(r->config->args == std::vector<std::string>{"ab12:cd34"});
+  CHECK(r->config->role == "node");
+  auto s = parse(parseCli, {"mesh", "submit", "--handler", "sha256", "--lines", "-", "--requires", "gpu", "--priority", "9"});
+  REQUIRE(s.ok());
+  CHECK(s->config->submit.handler == "sha256");
+  CHECK(s->config->submit.requiredTags == std::vector<std::string>{"gpu"});
+  CHECK(s->config->submit.priority == 9);
+  auto bad = parse(parseCli, {"mesh", "submit", "--priority", "300"});
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().code == 2);
+  auto help = parse(parseCli, {"mesh"});
+  REQUIRE(help.ok());
+  CHECK(help->help.find("Exit codes") != std::string::npos);
+}
