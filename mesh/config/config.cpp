@@ -285,7 +285,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   Parsed<CliCommand> out;
   std::vector<std::string> words;
   if (vm.count("words")) words = vm["words"].as<std::vector<std::string>>();
-  if (vm.count("help") || words.empty()) {
+  if (!vm.count("help") && words.empty()) return usage("no command given", "mesh");
+  if (vm.count("help")) {
     out.help = helpText(
         "mesh: the Hive Mesh command line.\n\n"
         "Usage: mesh COMMAND [options]\n\n"

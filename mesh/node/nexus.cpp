@@ -147,7 +147,7 @@ class NexusImpl {
                   const std::string& message);
   void fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p);
   std::optional<routing::Progress> progressOf(std::uint64_t batchId);
-  std::optional<store::Role> roleOf(const std::string& key) const;
+  std::optional<store::Role> roleOf(const std::string& key);
 
   zmq::context_t& ctx_;
   config::NexusConfig config_;
@@ -308,9 +308,14 @@ util::Status NexusImpl::reloadKeys() {
   return {};
 }
 
-std::optional<store::Role> NexusImpl::roleOf(const std::string& key) const {
+std::optional<store::Role> NexusImpl::roleOf(const std::string& key) {
   auto it = accepted_.find(key);
-  if (it == accepted_.end()) return std::nullopt;
+  if (it == accepted_.end()) {
+    // The ZAP thread admitted this key, so it may have been accepted since the last reload.
+    if (auto s = reloadKeys(); !s) MESH_WARN("reloading keys failed: %s", s.error().message.c_str());
+    it = accepted_.find(key);
+    if (it == accepted_.end()) return std::nullopt;
+  }
   return it->second;
 }
 

@@ -81,7 +81,10 @@ TEST_CASE("the CLI splits command words from arguments") {
   auto bad = parse(parseCli, {"mesh", "submit", "--priority", "300"});
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.error().code == 2);
-  auto help = parse(parseCli, {"mesh"});
+  auto none = parse(parseCli, {"mesh"});
+  REQUIRE_FALSE(none.ok());
+  CHECK(none.error().code == 2);
+  auto help = parse(parseCli, {"mesh", "--help"});
   REQUIRE(help.ok());
   CHECK(help->help.find("Exit codes") != std::string::npos);
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Keys: an unaccepted client is refused (exit 3) and recorded as pending while the nexus keeps
+# serving others; a key accepted for one role cannot use another role's port; revoking a key
+# shuts it out; accepting a pending key lets it in.
+. "$(dirname "$0")/lib.sh"
+up --spores 1
+mesh keys gen "$T/stranger.key" > /dev/null
+expect_rc 3 env MESH_KEY="$T/stranger.key" mesh status
+grep -q "refused this client's key" "$T/err" || fail "no clear refusal message: $(cat "$T/err")"
+fp=$(mesh keys fingerprint "$T/stranger.key.pub")
+mesh keys pending | grep -q "$fp" || fail "the refused key is not pending"
+expect_rc 0 mesh status  # the operator is still served
+batch=$(seq 1 50 | mesh submit --handler echo --lines -)
+expect_rc 0 timeout 30 mesh wait "$batch"
+# Accepting the pending key lets it in (as the role it asked for: client).
+expect_rc 0 mesh keys accept "${fp:0:9}"
+expect_rc 0 env MESH_KEY="$T/stranger.key" mesh status
+# A client key cannot act as a node: a spore with it is refused on the node port.
+mkdir -p "$T/c/impostor"
+cp "$T/stranger.key" "$T/c/impostor/spore.key"
+cp "$T/stranger.key.pub" "$T/c/impostor/spore.key.pub"
+node=$(awk '$1 == "node" { print $2 }' "$T/c/nexus/endpoints")
+"$bin/spore" --data-dir "$T/c/impostor" --nexus "$node" --nexus-key "$MESH_NEXUS_KEY" --name impostor \
+  > "$T/impostor.log" 2>&1 &
+extra_pids+=($!)
+wait_until 15 "the impostor spore to be refused" grep -q "refused this spore's key" "$T/impostor.log"
+mesh nodes | grep -q impostor && fail "a client key joined as a node"
+# A node key cannot act as a client.
+expect_rc 3 env MESH_KEY="$T/c/spore-1/spore.key" mesh status
+# Revoking a key shuts it out at its next connection.
+expect_rc 0 mesh keys revoke "$fp"
+expect_rc 3 env MESH_KEY="$T/stranger.key" mesh status
+# A wrong nexus key (a man in the middle) fails the handshake.
+mesh keys gen "$T/fake-nexus.key" > /dev/null
+expect_rc 3 env MESH_NEXUS_KEY="$T/fake-nexus.key.pub" mesh status --timeout 2s
+# A secret key file others can read is refused.
+chmod 644 "$T/stranger.key"
+expect_rc 2 env MESH_KEY="$T/stranger.key" mesh status
+grep -q "chmod 600" "$T/err" || fail "no chmod hint: $(cat "$T/err")"
+expect_rc 0 mesh status
+note "keys, roles and revocation hold"

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Bad input to the CLI gets one clear line and the documented exit code; the nexus keeps serving.
+. "$(dirname "$0")/lib.sh"
+up --spores 1 --nexus-args "--max-payload 1K"
+expect_rc 2 mesh
+expect_rc 0 mesh --help
+grep -q "Exit codes" "$T/out" || fail "help does not explain exit codes"
+expect_rc 2 mesh frobnicate
+expect_rc 2 mesh submit --lines /dev/null
+grep -q -- "--handler" "$T/err" || fail "no hint about --handler"
+expect_rc 2 mesh submit --handler echo
+expect_rc 2 mesh submit --handler echo --lines /no/such/file
+expect_rc 2 mesh wait not-a-number
+expect_rc 2 mesh submit --handler echo --priority 999 --lines -
+expect_rc 1 sh -c 'echo x | mesh submit --handler no-such-handler --lines -'
+grep -q "no live spore offers handler 'no-such-handler'" "$T/err" || fail "unknown handler not explained: $(cat "$T/err")"
+expect_rc 1 sh -c 'echo "bad name!" > '"$T"'/h; echo x | mesh submit --handler "bad name!" --lines -'
+head -c 5000 /dev/zero | tr '\0' 'a' > "$T/big"
+expect_rc 1 mesh submit --handler echo --files "$T/big"
+grep -q "over the nexus limit" "$T/err" || fail "payload limit not explained: $(cat "$T/err")"
+expect_rc 1 mesh wait 999999
+grep -q "no batch 999999" "$T/err" || fail "unknown batch not explained"
+expect_rc 1 mesh task 999999
+expect_rc 3 env MESH_NEXUS=tcp://127.0.0.1:1 mesh status --timeout 1s
+grep -q "cannot reach the nexus" "$T/err" || fail "unreachable nexus not explained: $(cat "$T/err")"
+expect_rc 2 env MESH_KEY= mesh status
+expect_rc 2 env MESH_NEXUS= mesh status
+# Failed tasks: exit 1 from wait and results, with the error recorded.
+batch=$(printf 'broken\n' | mesh submit --handler fail --attempts 1 --lines -)
+expect_rc 1 timeout 30 mesh wait "$batch"
+expect_rc 1 mesh results "$batch" --json
+grep -q '"status":"failed"' "$T/out" || fail "failure not recorded: $(cat "$T/out")"
+grep -q 'broken' "$T/out" || fail "the error text is missing: $(cat "$T/out")"
+# Non-UTF-8 output is base64 in JSON.
+batch=$(printf '\xff\xfe\n' | mesh submit --handler echo --lines -)
+expect_rc 0 timeout 30 mesh wait "$batch"
+mesh results "$batch" --json | grep -q '"output_base64":"//4="' || fail "binary output not base64"
+# An empty input is an empty batch that finishes at once.
+batch=$(mesh submit --handler echo --lines /dev/null)
+expect_rc 0 timeout 30 mesh wait "$batch"
+expect_rc 0 mesh status
+note "CLI errors are clear and the nexus keeps serving"

@@ -1,0 +1,169 @@
+// A hostile peer with an accepted key: sends malformed, truncated, oversized, multi-frame,
+// wrong-direction and unknown-kind messages to one nexus port, then (on the client port) checks
+// that the nexus still answers a status request. Exit 0 when it does.
+//
+// Usage: hostile_client ENDPOINT NEXUS_KEY_FILE KEY_FILE node|client ROUNDS SEED
+#include <capnp/any.h>
+#include <capnp/schema.h>
+
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "mesh/crypto/keys.h"
+#include "mesh/transport/sockets.h"
+#include "mesh/wire/codec.h"
+
+using namespace mesh;
+
+namespace {
+
+std::string bytesOf(zmq::message_t&& m) { return std::string(static_cast<const char*>(m.data()), m.size()); }
+
+std::string validHello() {
+  wire::Encoder e(1);
+  auto h = e.body().initHello();
+  h.setName("hostile");
+  h.setSlots(2);
+  h.initHandlers(1).set(0, "echo");
+  return bytesOf(e.finish());
+}
+
+std::string validSubmit() {
+  wire::Encoder e(2);
+  auto s = e.body().initSubmit();
+  s.initSpec().setHandler("echo");
+  s.initPayloads(2).set(0, wire::asData("a"));
+  s.setSeal(true);
+  return bytesOf(e.finish());
+}
+
+std::string unknownArm() {
+  wire::Encoder e(3);
+  e.body().initEvent();
+  auto offset = capnp::Schema::from<proto::Envelope::Body>().getProto().getStruct().getDiscriminantOffset();
+  capnp::AnyStruct::Builder any = e.envelope();
+  std::uint16_t bogus = 900;
+  std::memcpy(any.getDataSection().begin() + offset * 2, &bogus, 2);
+  return bytesOf(e.finish());
+}
+
+std::string wrongDirection() {
+  wire::Encoder e(4);
+  auto t = e.body().initAssign().initTasks(1);
+  t[0].setId(1);
+  t[0].setHandler("echo");
+  return bytesOf(e.finish());
+}
+
+std::string absurdHello() {
+  wire::Encoder e(5);
+  auto h = e.body().initHello();
+  h.setName("");
+  h.setSlots(0);
+  return bytesOf(e.finish());
+}
+
+std::string resultsForUnknownTasks() {
+  wire::Encoder e(6);
+  auto r = e.body().initResults().initResults(3);
+  for (unsigned i = 0; i < 3; ++i) {
+    r[i].setId(900000000 + i);
+    r[i].setStatus(proto::TaskStatus::OK);
+  }
+  return bytesOf(e.finish());
+}
+
+std::string badSubmits(int which) {
+  wire::Encoder e(7);
+  auto s = e.body().initSubmit();
+  switch (which) {
+    case 0: s.initSpec().setHandler("../../bin/sh"); break;
+    case 1: s.setBatch(123456789); break;  // not our batch
+    case 2: s.initSpec().setHandler(""); break;
+    default: s.initSpec().setHandler("echo"); s.initSpec().initRequires(1).set(0, "bad tag!"); break;
+  }
+  return bytesOf(e.finish());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 7) {
+    std::fprintf(stderr, "usage: hostile_client ENDPOINT NEXUS_KEY_FILE KEY_FILE node|client ROUNDS SEED\n");
+    return 2;
+  }
+  std::string endpoint = argv[1], port = argv[4];
+  int rounds = std::atoi(argv[5]);
+  std::mt19937_64 rng(std::strtoull(argv[6], nullptr, 10));
+  auto server = crypto::loadPublicKey(argv[2]);
+  auto keys = crypto::loadKeyPair(argv[3]);
+  if (!server || !keys) {
+    std::fprintf(stderr, "hostile_client: cannot load keys\n");
+    return 2;
+  }
+  auto ctx = transport::makeContext();
+  auto fresh = [&] {
+    transport::SocketLimits limits;
+    limits.lingerMs = 0;
+    limits.maxMessageBytes = 64 << 20;
+    auto s = transport::makeClientSocket(ctx, zmq::socket_type::dealer, *keys, *server, limits);
+    s.set(zmq::sockopt::reconnect_ivl, 50);
+    s.connect(endpoint);
+    return s;
+  };
+  zmq::socket_t s = fresh();
+  std::string samples[] = {validHello(), validSubmit(), unknownArm(), wrongDirection(), absurdHello(),
+                           resultsForUnknownTasks(), badSubmits(0), badSubmits(1), badSubmits(2), badSubmits(3)};
+  int sent = 0;
+  for (int round = 0; round < rounds; ++round) {
+    std::string frame;
+    int kind = static_cast<int>(rng() % 8);
+    if (kind == 0) {  // random bytes
+      frame.resize(rng() % 2048);
+      for (auto& c : frame) c = static_cast<char>(rng());
+    } else if (kind == 1) {  // a truncated valid message
+      const std::string& v = samples[rng() % std::size(samples)];
+      frame = v.substr(0, rng() % v.size());
+    } else if (kind == 2) {  // a valid message with flipped bytes
+      frame = samples[rng() % std::size(samples)];
+      for (int f = 0; f < 4; ++f) frame[rng() % frame.size()] = static_cast<char>(rng());
+    } else if (kind == 3) {  // several frames in one message
+      s.send(zmq::buffer(samples[0]), zmq::send_flags::sndmore);
+      frame = samples[1];
+    } else {  // a well-formed but wrong or hostile message
+      frame = samples[rng() % std::size(samples)];
+    }
+    s.send(zmq::buffer(frame), zmq::send_flags::dontwait);
+    ++sent;
+    zmq::message_t reply;
+    while (s.recv(reply, zmq::recv_flags::dontwait)) {
+    }
+  }
+  // An oversized frame: the nexus drops the connection (ZMQ_MAXMSGSIZE); libzmq reconnects.
+  std::string huge(80u << 20, 'x');
+  s.send(zmq::buffer(huge), zmq::send_flags::dontwait);
+  s.close();
+  std::fprintf(stderr, "hostile_client: sent %d hostile messages and one of 80 MiB to %s\n", sent, endpoint.c_str());
+  if (port != "client") return 0;
+  // The nexus must still answer.
+  zmq::socket_t probe = fresh();
+  wire::Encoder e(4242, 16);
+  e.body().setStatusRequest();
+  probe.send(e.finish(), zmq::send_flags::none);
+  zmq::pollitem_t item{probe.handle(), 0, ZMQ_POLLIN, 0};
+  for (int i = 0; i < 100; ++i) {
+    zmq::poll(&item, 1, std::chrono::milliseconds(100));
+    if (!(item.revents & ZMQ_POLLIN)) continue;
+    zmq::message_t m;
+    if (!probe.recv(m)) continue;
+    auto d = wire::decode(std::move(m), wire::Limits{});
+    if (d && d->envelope().getRequestId() == 4242 && d->which() == proto::Envelope::Body::STATUS_REPLY) {
+      std::fprintf(stderr, "hostile_client: the nexus still answers\n");
+      return 0;
+    }
+  }
+  std::fprintf(stderr, "hostile_client: no status reply after the attack\n");
+  return 1;
+}

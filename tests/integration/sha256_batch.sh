@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# A nexus and two spores run 10,000 sha256 tasks; every digest matches one computed here.
+. "$(dirname "$0")/lib.sh"
+up --spores 2
+seq 1 10000 > "$T/input"
+batch=$(mesh submit --handler sha256 --lines "$T/input")
+expect_rc 0 timeout 120 mesh wait "$batch"
+mesh results "$batch" --json > "$T/results"
+[ "$(wc -l < "$T/results")" -eq 10000 ] || fail "expected 10000 results, got $(wc -l < "$T/results")"
+# Independent digests: one file per payload (the line without its newline), hashed by sha256sum.
+mkdir "$T/p"
+awk -v dir="$T/p" '{ f = dir "/" NR; printf "%s", $0 > f; close(f) }' "$T/input"
+(cd "$T/p" && sha256sum $(seq 1 10000)) | awk '{ print $1 }' > "$T/expected"
+grep -o '"output":"[0-9a-f]*"' "$T/results" | cut -d'"' -f4 > "$T/got"
+cmp -s "$T/expected" "$T/got" || fail "digests differ: $(diff "$T/expected" "$T/got" | head -5)"
+# In submission order, each exactly once, every status ok, spread over both spores.
+grep -o '"index":[0-9]*' "$T/results" | cut -d: -f2 > "$T/indexes"
+cmp -s "$T/indexes" <(seq 0 9999) || fail "results are not in submission order"
+[ "$(grep -c '"status":"ok"' "$T/results")" -eq 10000 ] || fail "not every task succeeded"
+for s in spore-1 spore-2; do grep -q "\"node\":\"$s\"" "$T/results" || fail "$s ran no task"; done
+note "10000 digests match"
