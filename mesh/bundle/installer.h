@@ -1,0 +1,104 @@
+// The spore's bundle directory: atomic install, rollback, the rollback-protection state and the
+// audit log. Layout under ROOT (docs/bundles.md):
+//
+//   ROOT/.lock                     flock: one Installer per ROOT
+//   ROOT/.state/NAME               highest version seen, its manifest digest, bad versions
+//   ROOT/.incoming/ID/             scratch directories for BundleReceivers (resumable spools)
+//   ROOT/audit.log                 one JSON line per install, refusal and rollback
+//   ROOT/NAME/VERSION/bundle.head  the signed head as received (header, manifest, signature)
+//   ROOT/NAME/VERSION/files/...    the unpacked payload
+//   ROOT/NAME/current -> VERSION   symlink, switched atomically (symlink + rename)
+//   ROOT/NAME/previous -> VERSION  the version `current` pointed at before the last install
+//
+// install() records the new version as the highest seen (fsynced) BEFORE it unpacks into
+// ROOT/NAME/VERSION.tmp (O_EXCL|O_NOFOLLOW, modes set explicitly), fsyncs files and directories,
+// renames to ROOT/NAME/VERSION, and switches `current`. The previous version is kept (tasks
+// running on it finish on it); older versions are deleted.
+//
+// Thread rule: an Installer is used by one thread (the spore's bundle worker); a second process
+// on the same ROOT is refused by the lock.
+// Errors: install() returns Checked (a named refusal, audited); the rest return Result/Status.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mesh/bundle/audit.h"
+#include "mesh/bundle/ledger.h"
+#include "mesh/bundle/receiver.h"
+#include "mesh/util/clock.h"
+#include "mesh/util/result.h"
+
+namespace mesh::bundle {
+
+struct InstalledBundle {
+  std::string name;
+  std::uint64_t current = 0;
+  std::optional<std::uint64_t> previous;
+  std::vector<std::string> handlers;  // of the current version
+  std::string keyFingerprint;         // the release key that signed the current version
+  std::string path;                   // ROOT/NAME/CURRENT/files (absolute)
+  std::optional<SeenVersion> seen;    // highest seen and bad versions
+};
+
+struct InstallOutcome {
+  std::string name;
+  std::uint64_t version = 0;
+  std::optional<std::uint64_t> previous;  // the version that was current before, if any
+  std::string path;                       // ROOT/NAME/VERSION/files (absolute)
+};
+
+class Installer final : public VersionLedger {
+ public:
+  // Opens (creating) ROOT, takes its lock, and cleans up what an interrupted install left behind
+  // (VERSION.tmp directories, half-made links). `clock` must outlive the Installer.
+  static util::Result<Installer> open(const std::string& root, const util::Clock& clock);
+
+  Installer(Installer&&) noexcept = default;
+  Installer& operator=(Installer&&) noexcept = default;
+
+  // VersionLedger: the state check (4) reads; pass the Installer itself to finish().
+  util::Result<std::optional<SeenVersion>> seen(const std::string& name) const override;
+
+  // Finishes `receiver` (runs every check with this Installer as the ledger; do not call
+  // receiver.finish() yourself) and installs the bundle if they all pass. A receiver that was
+  // refused while streaming is audited here too. The refusal or install is written to the audit
+  // log, and the receiver's scratch directory is deleted either way. A failure to install is a
+  // kLocalError refusal; `current` is then unchanged, and the same bundle may be received again.
+  Checked<InstallOutcome> install(BundleReceiver& receiver);
+
+  // Switches `current` back to `previous`, marks the version it leaves as bad (never installed
+  // again), and audits `reason`. Errors: nothing installed, or no previous version.
+  util::Status rollback(const std::string& name, const std::string& reason);
+
+  // Handler name -> absolute path of its executable in its bundle's current version (the resolved
+  // version directory, so a task keeps running the version it started with).
+  util::Result<std::map<std::string, std::string>> installedHandlers() const;
+  // Every bundle with a current version, sorted by name (feeds hello and `mesh bundles`).
+  util::Result<std::vector<InstalledBundle>> list() const;
+
+  // A scratch directory for a receive: ROOT/.incoming/ID. `id` follows the bundle name rule
+  // (e.g. "wordcount-7"); reusing the same id after a restart resumes that receive.
+  std::string incomingDir(const std::string& id) const;
+  const std::string& root() const { return root_; }
+  const std::string& auditPath() const { return audit_.path(); }
+
+ private:
+  Installer(std::string root, FileVersionLedger ledger, AuditLog audit, UniqueFd lock,
+            const util::Clock& clock);
+  Checked<InstallOutcome> installVerified(const VerifiedBundle& bundle,
+                                          const ReceiveLimits& limits);
+  void audit(const AuditEvent& event);
+  std::optional<InstalledBundle> describe(const std::string& name) const;
+
+  std::string root_;
+  FileVersionLedger ledger_;
+  AuditLog audit_;
+  UniqueFd lock_;
+  const util::Clock* clock_;
+};
+
+}  // namespace mesh::bundle
