@@ -52,6 +52,7 @@ struct Error {
     unavailable @4;     # nexus is busy (queue full) or shutting down: retry later
     unknownHandler @5;  # no live spore has announced this handler
     internal @6;        # a bug or a storage failure on the nexus; see its log
+    helloFirst @7;      # node port: this connection has not said hello (to this nexus run)
   }
 }
 
@@ -67,6 +68,7 @@ struct Hello {
   advertise @6 :Text;          # address the operator pinned with --advertise, or empty
   foundBy @7 :Text;            # "seed" or "beacon"
   pid @8 :UInt32;
+  runningAttempts @9 :List(UInt8);  # the attempt number of each task in `running`
 }
 
 struct Welcome {

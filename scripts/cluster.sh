@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local Hive Mesh cluster on 127.0.0.1, for development, tests and the demo.
 #
-#   scripts/cluster.sh up [--spores N] [--slots S] [--nexus-args "..."] DIR
+#   scripts/cluster.sh up [--spores N] [--slots S] [--nexus-args "..."] [--spore-args "..."] DIR
 #       starts a nexus and N spores (default 2) on ports chosen at run time, each in its own
 #       sub-directory of DIR, with generated and accepted keys; writes DIR/env (source it to
 #       use `mesh`) and DIR/pids; returns when every spore has joined.
@@ -62,6 +62,11 @@ spores_alive() {
   [ "$n" -ge "$want" ]
 }
 
+spore_joined() {
+  local dir=$1 name=$2
+  (. "$dir/env" && "$bin/mesh" nodes --json --timeout 2s | grep -q "\"name\":\"$name\"")
+}
+
 start_nexus() {
   local dir=$1
   shift
@@ -94,8 +99,9 @@ start_spore() {
   fi
   local node
   node=$(awk '$1 == "node" { print $2 }' "$dir/nexus/endpoints")
-  "$bin/spore" --data-dir "$sdir" --nexus "$node" --nexus-key "$dir/nexus/nexus.key.pub" --name "$name" "$@" \
-    >> "$dir/$name.log" 2>&1 &
+  # shellcheck disable=SC2046
+  "$bin/spore" --data-dir "$sdir" --nexus "$node" --nexus-key "$dir/nexus/nexus.key.pub" --name "$name" \
+    $(cat "$dir/spore-args" 2>/dev/null) "$@" >> "$dir/$name.log" 2>&1 &
   record_pid "$dir" "$name" $!
 }
 
@@ -106,6 +112,7 @@ cmd_up() {
       --spores) spores=$2; shift 2 ;;
       --slots) slots=$2; shift 2 ;;
       --nexus-args) nexus_args=$2; shift 2 ;;
+      --spore-args) spore_args=$2; shift 2 ;;
       -*) die "unknown option $1" ;;
       *) [ -z "$dir" ] || die "one DIR only"; dir=$1; shift ;;
     esac
@@ -119,6 +126,7 @@ cmd_up() {
   : > "$dir/pids"
   echo "${nexus_args:-}" > "$dir/nexus-args"
   echo "$slots" > "$dir/slots"
+  echo "${spore_args:-}" > "$dir/spore-args"
   start_nexus "$dir"
   "$bin/mesh" keys gen "$dir/operator.key" >/dev/null
   "$bin/mesh" keys accept "$dir/operator.key.pub" --role admin --comment operator --data-dir "$dir/nexus" >/dev/null
@@ -144,12 +152,10 @@ cmd_add_spore() {
   dir=$(cd "$1" && pwd)
   local name=$2
   shift 2
-  local before
-  before=$(. "$dir/env" && "$bin/mesh" nodes --json | grep -c '"name"' || true)
   local args=("$@")
   if ! printf '%s\n' "${args[@]}" | grep -q -- '--slots'; then args+=(--slots "$(cat "$dir/slots")"); fi
   start_spore "$dir" "$name" "${args[@]}"
-  wait_for 30 "spore $name to join" spores_alive "$dir" $((before + 1))
+  wait_for 30 "spore $name to join" spore_joined "$dir" "$name"
 }
 
 cmd_stop() {

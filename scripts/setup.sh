@@ -9,7 +9,7 @@ packages=(
   libcapnp-dev capnproto
   libsodium-dev libsqlite3-dev
   libboost-program-options-dev doctest-dev
-  iproute2 coreutils procps
+  iproute2 coreutils procps sqlite3
 )
 
 missing=()

@@ -145,7 +145,7 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
   } catch (const std::exception&) {
     return usage("--weights takes three numbers: cpu,mem,in-flight", "nexus");
   }
-  if (c.missedBeats < 1) return usage("--missed-beats must be at least 1", "nexus");
+  if (c.missedBeats < 1 || c.missedBeats > 255) return usage("--missed-beats must be 1-255", "nexus");
   if (c.heartbeatMs < 50) return usage("--heartbeat must be at least 50ms", "nexus");
   c.beaconInterfaces = listOption(vm, "interface");
   c.beaconTargets = listOption(vm, "beacon-target");
@@ -178,7 +178,7 @@ util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) 
       ("advertise", po::value<std::string>(&c.advertise), "address of this spore shown to operators");
   po::options_description limits("Limits for handler programs");
   limits.add_options()
-      ("max-output", po::value<std::string>()->default_value("64M"), "largest stdout a task may write")
+      ("max-output", po::value<std::string>()->default_value("16M"), "largest stdout a task may write (at most half of --max-frame)")
       ("max-stderr", po::value<std::string>()->default_value("4K"), "stderr kept as the error text")
       ("cpu-seconds", po::value<std::uint64_t>(&c.cpuSeconds)->default_value(0), "CPU seconds per task (0: no limit)")
       ("memory", po::value<std::string>()->default_value("0"), "address space per task (0: no limit)")
@@ -227,7 +227,8 @@ util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) 
   auto f = sizeOption(vm, "max-frame", c.maxFrameBytes);
   if (!f) return f.error();
   c.maxFrameBytes = *f;
-  if (c.missedBeats < 1) return usage("--missed-beats must be at least 1", "spore");
+  if (c.missedBeats < 1 || c.missedBeats > 255) return usage("--missed-beats must be 1-255", "spore");
+  if (c.maxOutputBytes > c.maxFrameBytes / 2) return usage("--max-output must be at most half of --max-frame", "spore");
   if (c.heartbeatMs < 50) return usage("--heartbeat must be at least 50ms", "spore");
   out.config = std::move(c);
   return out;

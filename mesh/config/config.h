@@ -54,7 +54,7 @@ struct SporeConfig {
   std::vector<std::string> interfaces;
   std::string advertise;
   // Limits for handler programs.
-  std::uint64_t maxOutputBytes = 64ull << 20;
+  std::uint64_t maxOutputBytes = 16ull << 20;  // well under the frame limit: results must fit a frame
   std::uint64_t maxStderrBytes = 4096;
   std::uint64_t cpuSeconds = 0;
   std::uint64_t memoryBytes = 0;

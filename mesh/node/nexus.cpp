@@ -121,6 +121,7 @@ class NexusImpl {
   void onNodeMessage(const std::string& routingId, zmq::message_t& body);
   void onHello(const std::string& routingId, const std::string& key, zmq::message_t& frame,
                proto::Hello::Reader hello);
+  void onResults(routing::NodeId from, proto::Results::Reader results);
   void onClientMessage(const std::string& routingId, zmq::message_t& body);
   void onSubmit(const std::string& routingId, const std::string& key, std::uint64_t requestId,
                 std::shared_ptr<wire::Decoded> frame);
@@ -137,7 +138,10 @@ class NexusImpl {
   void flushWrites();
   void onCommits();
   void timers();
-  void dropNode(routing::NodeId id, const std::string& why);
+  // nodeFault: the node died or went silent (charged to its tasks toward quarantine), as
+  // opposed to a reconnection or a revoked key.
+  void dropNode(routing::NodeId id, const std::string& why, bool nodeFault = true);
+  void sendWelcome(const std::string& routingId);
   void sendProgress(std::uint64_t batch, bool final);
   void publish(proto::Event::Kind kind, std::uint64_t batch, const std::string& node, const std::string& text);
 
@@ -304,7 +308,7 @@ util::Status NexusImpl::reloadKeys() {
     auto role = roleOf(c.key);
     if (!role || *role != store::Role::kNode) gone.push_back(c.id);
   }
-  for (auto id : gone) dropNode(id, "its key is no longer accepted");
+  for (auto id : gone) dropNode(id, "its key is no longer accepted", /*nodeFault=*/false);
   return {};
 }
 
@@ -531,12 +535,22 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
     return;
   }
   if (it == conns_.end()) {
-    // Not (or no longer) known: the spore must say hello again (e.g. after a nexus restart).
+    // Not (or no longer) known: a spore we declared lost (it was stopped or cut off), or one
+    // that has not said hello to this nexus since it restarted. Its results still count (the
+    // first result for a task wins; later ones are counted duplicates), then it must say hello.
     counters_.add("messages_before_hello");
-    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "hello first"));
+    if (decoded->which() == Which::RESULTS) onResults(routing::kNoNode, bodyReader.getResults());
+    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::HELLO_FIRST, "hello first"));
     return;
   }
   NodeConn& conn = it->second;
+  if (conn.key != key) {
+    // A routing id is not an identity: the key of every message must be the connection's.
+    counters_.add("refused_messages");
+    MESH_WARN("dropped a message whose key %s does not match its connection's (%s)", fingerprintOf(key).c_str(),
+              conn.fingerprint.c_str());
+    return;
+  }
   conn.lastSeenMono = clock_.monotonicMs();
   switch (decoded->which()) {
     case Which::HEARTBEAT: {
@@ -544,29 +558,32 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
       scheduler_.updateLoad(conn.id, hb.getCpuPct(), hb.getMemPct());
       break;
     }
-    case Which::RESULTS: {
-      std::int64_t nowMono = clock_.monotonicMs(), nowWall = clock_.wallMs();
-      auto results = bodyReader.getResults().getResults();
-      counters_.add("results_received", results.size());
-      for (auto r : results) {
-        routing::Report rep;
-        rep.task = r.getId();
-        rep.attempt = r.getAttempt();
-        auto st = static_cast<unsigned>(r.getStatus());
-        rep.status = st <= static_cast<unsigned>(routing::Status::kQuarantined) ? static_cast<routing::Status>(st)
-                                                                                : routing::Status::kFailed;
-        rep.output = std::string(wire::view(r.getOutput()));
-        rep.error = std::string(wire::view(r.getError()));
-        rep.startedMs = r.getStartedMs();
-        rep.durationUs = r.getDurationUs();
-        scheduler_.onReport(conn.id, std::move(rep), nowMono, nowWall);
-      }
+    case Which::RESULTS:
+      onResults(conn.id, bodyReader.getResults());
       break;
-    }
     default:
       counters_.add("unknown_messages");
       MESH_WARN("dropped a message of unknown kind %u from node %s", static_cast<unsigned>(decoded->which()),
                 conn.name.c_str());
+  }
+}
+
+void NexusImpl::onResults(routing::NodeId from, proto::Results::Reader message) {
+  std::int64_t nowMono = clock_.monotonicMs(), nowWall = clock_.wallMs();
+  auto results = message.getResults();
+  counters_.add("results_received", results.size());
+  for (auto r : results) {
+    routing::Report rep;
+    rep.task = r.getId();
+    rep.attempt = r.getAttempt();
+    auto st = static_cast<unsigned>(r.getStatus());
+    rep.status = st <= static_cast<unsigned>(routing::Status::kQuarantined) ? static_cast<routing::Status>(st)
+                                                                            : routing::Status::kFailed;
+    rep.output = std::string(wire::view(r.getOutput()));
+    rep.error = std::string(wire::view(r.getError()));
+    rep.startedMs = r.getStartedMs();
+    rep.durationUs = r.getDurationUs();
+    scheduler_.onReport(from, std::move(rep), nowMono, nowWall);
   }
 }
 
@@ -580,12 +597,21 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
     sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "malformed hello"));
     return;
   }
-  // One connection per key: a new hello replaces whatever that key had.
+  if (auto same = conns_.find(routingId); same != conns_.end() && same->second.key == key) {
+    // A repeated hello on a live connection (several messages were refused at once): the node is
+    // already registered, so only welcome it again.
+    counters_.add("repeated_hellos");
+    same->second.lastSeenMono = clock_.monotonicMs();
+    sendWelcome(routingId);
+    return;
+  }
+  // One connection per key: a new hello replaces whatever that key had. That is a reconnection,
+  // not a failure: its tasks go back to the queue (or are adopted below) without being charged.
   std::vector<routing::NodeId> replaced;
   for (const auto& [rid, c] : conns_) {
     if (c.key == key || rid == routingId) replaced.push_back(c.id);
   }
-  for (auto id : replaced) dropNode(id, "reconnected");
+  for (auto id : replaced) dropNode(id, "reconnected", /*nodeFault=*/false);
   NodeConn conn;
   conn.routingId = routingId;
   conn.key = key;
@@ -605,21 +631,17 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
   info.tags.insert(conn.tags.begin(), conn.tags.end());
   info.handlers.insert(conn.handlers.begin(), conn.handlers.end());
   conn.id = scheduler_.addNode(std::move(info));
-  std::vector<std::uint64_t> running;
-  for (auto id : hello.getRunning()) running.push_back(id);
-  auto unknown = scheduler_.adoptRunning(conn.id, running);
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> running;
+  auto attempts = hello.getRunningAttempts();
+  for (unsigned i = 0; i < hello.getRunning().size(); ++i) {
+    running.emplace_back(hello.getRunning()[i], i < attempts.size() ? attempts[i] : 0);
+  }
+  auto unknown = scheduler_.adoptRunning(conn.id, running, clock_.monotonicMs());
   nodeRoute_[conn.id] = routingId;
   MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there", name.c_str(),
             conn.fingerprint.c_str(), conn.slots, conn.handlers.size(), running.size() - unknown.size());
   conns_[routingId] = std::move(conn);
-  wire::Encoder welcome(0, 64);
-  auto w = welcome.body().initWelcome();
-  w.setHeartbeatMs(static_cast<std::uint32_t>(config_.heartbeatMs));
-  w.setMissedBeats(static_cast<std::uint8_t>(config_.missedBeats));
-  w.setNexusName(config_.name);
-  auto colon = eventsEndpoint_.rfind(':');
-  w.setEventsPort(static_cast<std::uint16_t>(std::stoi(eventsEndpoint_.substr(colon + 1))));
-  sendTo(nodeSocket_, routingId, welcome.finish());
+  sendWelcome(routingId);
   if (!unknown.empty()) {
     wire::Encoder cancel(0, 64 + unknown.size());
     auto ids = cancel.body().initCancelTasks().initIds(static_cast<unsigned>(unknown.size()));
@@ -629,13 +651,24 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
   publish(proto::Event::Kind::NODE_JOINED, 0, name, "");
 }
 
-void NexusImpl::dropNode(routing::NodeId id, const std::string& why) {
+void NexusImpl::sendWelcome(const std::string& routingId) {
+  wire::Encoder welcome(0, 64);
+  auto w = welcome.body().initWelcome();
+  w.setHeartbeatMs(static_cast<std::uint32_t>(config_.heartbeatMs));
+  w.setMissedBeats(static_cast<std::uint8_t>(config_.missedBeats));
+  w.setNexusName(config_.name);
+  auto colon = eventsEndpoint_.rfind(':');
+  w.setEventsPort(static_cast<std::uint16_t>(std::stoi(eventsEndpoint_.substr(colon + 1))));
+  sendTo(nodeSocket_, routingId, welcome.finish());
+}
+
+void NexusImpl::dropNode(routing::NodeId id, const std::string& why, bool nodeFault) {
   auto r = nodeRoute_.find(id);
   if (r == nodeRoute_.end()) return;
   auto c = conns_.find(r->second);
   std::string name = c != conns_.end() ? c->second.name : "?";
   MESH_WARN("node %s lost: %s; its tasks go back to the queue", name.c_str(), why.c_str());
-  scheduler_.removeNode(id, clock_.wallMs(), why);
+  scheduler_.removeNode(id, clock_.wallMs(), why, nodeFault);
   if (c != conns_.end()) conns_.erase(c);
   nodeRoute_.erase(r);
   publish(proto::Event::Kind::NODE_LOST, 0, name, why);
@@ -776,7 +809,7 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     auto owner = owners_.find(ps.batch);
     if (!b || owner == owners_.end()) return bad(proto::Error::Code::NOT_FOUND, "no open batch " + std::to_string(ps.batch));
     if (owner->second != key) return bad(proto::Error::Code::FORBIDDEN, "batch " + std::to_string(ps.batch) + " belongs to another client");
-    if (b->sealed || b->cancelled) {
+    if (b->sealed || b->sealPending || b->cancelled) {
       return bad(proto::Error::Code::BAD_REQUEST, "batch " + std::to_string(ps.batch) + " is sealed or cancelled: no tasks can be added");
     }
     ps.firstIndex = b->total + b->pendingAdds;
@@ -1294,9 +1327,15 @@ void NexusImpl::onCommits() {
         replyError(ps.routingId, ps.requestId, proto::Error::Code::INTERNAL,
                    "the nexus could not store the batch (" + error + "); nothing was accepted: retry");
       }
+      // The refused chunks' batch updates (total, sealed) must not be written either.
+      std::set<std::uint64_t> refused;
+      for (auto& ps : info.submits) refused.insert(ps.batch);
       info.submits.clear();
       set->newBatches.clear();
       set->chunks.clear();
+      set->updates.erase(std::remove_if(set->updates.begin(), set->updates.end(),
+                                        [&](const store::BatchUpdate& u) { return u.total && refused.count(u.batch); }),
+                         set->updates.end());
       if (!set->results.empty() || !set->attempts.empty() || !set->updates.empty()) {
         retryWrites_.emplace_back(std::move(set), std::move(info));
         retryAtMono_ = clock_.monotonicMs() + 1000;

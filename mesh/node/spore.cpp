@@ -179,7 +179,12 @@ class SporeImpl {
   std::vector<zmq::socket_t> pipes_;
   std::vector<bool> busy_;
   std::deque<Job> queue_;
-  std::unordered_map<std::uint64_t, std::shared_ptr<std::atomic<bool>>> jobs_;  // queued or running
+  struct JobRef {
+    std::uint8_t attempt = 0;
+    std::shared_ptr<std::atomic<bool>> cancel;
+  };
+  std::unordered_map<std::uint64_t, JobRef> jobs_;  // queued or running
+  std::int64_t lastHelloMono_ = -1000000;
   std::vector<Done> outbox_;
   unsigned running_ = 0;
 };
@@ -246,7 +251,7 @@ util::Status SporeImpl::start() {
 }
 
 SporeImpl::~SporeImpl() {
-  for (auto& jobEntry : jobs_) jobEntry.second->store(true);
+  for (auto& jobEntry : jobs_) jobEntry.second.cancel->store(true);
   for (auto& pipe : pipes_) {
     try {
       pipe.send(pointerMessage(std::make_unique<WorkBatch>()), zmq::send_flags::none);
@@ -379,8 +384,14 @@ void SporeImpl::sendHello() {
   auto handlers = h.initHandlers(static_cast<unsigned>(names.size()));
   for (unsigned i = 0; i < names.size(); ++i) handlers.set(i, names[i]);
   auto running = h.initRunning(static_cast<unsigned>(jobs_.size()));
+  auto attempts = h.initRunningAttempts(static_cast<unsigned>(jobs_.size()));
   unsigned i = 0;
-  for (const auto& [id, flag] : jobs_) running.set(i++, id);
+  for (const auto& [id, job] : jobs_) {
+    running.set(i, id);
+    attempts.set(i, job.attempt);
+    ++i;
+  }
+  lastHelloMono_ = clock_.monotonicMs();
   h.setAdvertise(config_.advertise);
   h.setFoundBy(foundBy_);
   h.setPid(static_cast<std::uint32_t>(getpid()));
@@ -426,6 +437,7 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
       backoffMs_ = 1000;
       if (w.getHeartbeatMs() >= 50) heartbeatMs_ = w.getHeartbeatMs();
       if (w.getMissedBeats() >= 1) missedBeats_ = w.getMissedBeats();
+      nextHeartbeat_ = 0;  // beat now, then at the nexus's interval
       MESH_INFO("welcomed by nexus %s at %s", std::string(wire::view(w.getNexusName())).c_str(), endpoint_.c_str());
       if (w.getEventsPort() != 0 && !events_) {
         auto colon = endpoint_.rfind(':');
@@ -450,9 +462,20 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
     case Which::ERROR: {
       auto e = body.getError();
       std::string message(wire::view(e.getMessage()));
-      if (message == "hello first") {
-        counters_.add("rehello");
-        sendHello();
+      std::int64_t now = clock_.monotonicMs();
+      if (e.getCode() == proto::Error::Code::HELLO_FIRST) {
+        // Several messages may be refused at once: one hello answers them all.
+        if (now - lastHelloMono_ >= 1000) {
+          counters_.add("rehello");
+          sendHello();
+        }
+      } else if (e.getCode() == proto::Error::Code::FORBIDDEN) {
+        MESH_ERROR("nexus %s no longer accepts this spore's key %s (%s): reconnecting in %lld ms",
+                   endpoint_.c_str(), keys_.publicKey.fingerprint().c_str(), message.c_str(),
+                   static_cast<long long>(backoffMs_));
+        disconnect();
+        reconnectAtMono_ = now + backoffMs_;
+        backoffMs_ = std::min<std::int64_t>(backoffMs_ * 2, 32000);
       } else {
         MESH_WARN("nexus says: %s", message.c_str());
       }
@@ -476,7 +499,7 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
     job.handler = std::string(wire::view(t.getHandler()));
     job.payload = std::string(wire::view(t.getPayload()));
     job.timeoutMs = t.getTimeoutMs();
-    jobs_[job.id] = job.cancel;
+    jobs_[job.id] = JobRef{job.attempt, job.cancel};
     queue_.push_back(std::move(job));
   }
   feedWorkers();
@@ -486,7 +509,7 @@ void SporeImpl::onCancel(proto::CancelTasks::Reader cancel) {
   for (auto id : cancel.getIds()) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) continue;
-    it->second->store(true);
+    it->second.cancel->store(true);
     counters_.add("tasks_cancelled");
   }
   // Queued ones never start: drop them now (the nexus no longer wants their result).
@@ -523,7 +546,7 @@ void SporeImpl::onWorker(unsigned index, zmq::message_t& frame) {
   for (auto& d : done->done) {
     --running_;
     auto it = jobs_.find(d.id);
-    bool cancelled = it != jobs_.end() && it->second->load();
+    bool cancelled = it != jobs_.end() && it->second.cancel->load();
     if (it != jobs_.end()) jobs_.erase(it);
     if (cancelled) continue;  // the nexus asked us to stop it; it does not want the result
     outbox_.push_back(std::move(d));
@@ -590,7 +613,9 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
     std::size_t beaconAt = items.size();
     if (beacons_) items.push_back({nullptr, beacons_->fd(), ZMQ_POLLIN, 0});
     std::int64_t wake = std::min(nextHeartbeat_, now + 250);
-    if (!connected_) wake = std::min(wake, reconnectAtMono_);
+    // With no candidate yet (waiting for a beacon) there is nothing to reconnect to: the beacon
+    // fd wakes the poll, and reconnectAtMono_ (0 at start) must not turn it into a busy loop.
+    if (!connected_ && !endpoints_.empty()) wake = std::min(wake, reconnectAtMono_);
     try {
       zmq::poll(items.data(), items.size(), std::chrono::milliseconds(std::max<std::int64_t>(0, wake - now)));
     } catch (const zmq::error_t& e) {

@@ -201,7 +201,7 @@ Node* Scheduler::node(NodeId id) {
   return it == nodes_.end() ? nullptr : &it->second;
 }
 
-void Scheduler::removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why) {
+void Scheduler::removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why, bool nodeFault) {
   Node* n = node(id);
   if (!n) return;
   std::vector<std::uint64_t> running(n->running.begin(), n->running.end());
@@ -209,9 +209,10 @@ void Scheduler::removeNode(NodeId id, std::int64_t nowWallMs, const std::string&
   for (std::uint64_t tid : running) {
     auto it = tasks_.find(tid);
     if (it == tasks_.end()) continue;
-    endAttempt(*it->second, Status::kCrashed, "spore " + n->info.name + " lost: " + why, 0, nowWallMs, true, nullptr);
+    endAttempt(*it->second, Status::kCrashed, "spore " + n->info.name + " lost: " + why, 0, nowWallMs, true, nullptr,
+               nodeFault);
   }
-  counters_.add("nodes_lost");
+  if (nodeFault) counters_.add("nodes_lost");
   nodes_.erase(id);
 }
 
@@ -231,22 +232,31 @@ std::uint32_t Scheduler::credit(const Node& n) const {
   return limit > n.inFlight ? static_cast<std::uint32_t>(limit - n.inFlight) : 0;
 }
 
-std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id, const std::vector<std::uint64_t>& taskIds) {
+std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
+                                                   const std::vector<std::pair<std::uint64_t, std::uint8_t>>& reported,
+                                                   std::int64_t nowMono) {
   std::vector<std::uint64_t> unknown;
   Node* n = node(id);
-  if (!n) return taskIds;
-  for (std::uint64_t tid : taskIds) {
+  for (auto [tid, attempt] : reported) {
+    if (!n) {
+      unknown.push_back(tid);
+      continue;
+    }
     auto it = tasks_.find(tid);
     if (it == tasks_.end() || it->second->state != Task::State::kQueued) {
       unknown.push_back(tid);
       continue;
     }
     Task& t = *it->second;
-    // Still queued since its node was lost: the node never stopped, so let it finish.
+    // Still queued since its node was lost: the node never stopped, so let it finish, under
+    // the attempt number it runs (after a nexus restart that attempt was never recorded).
     --t.batch->queued;
     --queuedTotal_;
     t.state = Task::State::kRunning;
     t.node = id;
+    if (attempt > t.attempts) t.attempts = attempt;
+    t.deadlineMono = nowMono + t.batch->spec.timeoutMs + config_.deadlineGraceMs;
+    deadlines_.push({t.deadlineMono, t.id, t.attempts});
     n->running.insert(tid);
     ++n->inFlight;
     ++t.batch->running;
@@ -432,14 +442,16 @@ void Scheduler::finish(Task& t, Status status, std::string output, std::string e
 }
 
 void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std::int64_t nowMono,
-                           std::int64_t nowWallMs, bool nodeLost, const Report* report) {
+                           std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge) {
   NodeId node = t.node;
   std::string nodeLabel = nodeName(node);
   detachFromNode(t);
   Batch& b = *t.batch;
   if (nodeLost) ++t.nodesLost;
-  std::uint8_t failures = static_cast<std::uint8_t>(t.attempts - std::min(t.attempts, t.nodesLost));
-  bool quarantine = nodeLost && t.nodesLost >= config_.quarantineAfter;
+  if (nodeLost && !charge) ++t.reconnects;
+  std::uint8_t notFailures = static_cast<std::uint8_t>(std::min<int>(255, t.nodesLost));
+  std::uint8_t failures = static_cast<std::uint8_t>(t.attempts - std::min(t.attempts, notFailures));
+  bool quarantine = nodeLost && charge && t.nodesLost - t.reconnects >= config_.quarantineAfter;
   bool exhausted = !nodeLost && failures >= b.spec.maxAttempts;
   if (quarantine) {
     counters_.add("tasks_quarantined");
@@ -463,9 +475,9 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
   a.node = nodeLabel;
   a.assignedMs = t.assignedWallMs;
   a.endedMs = nowWallMs;
-  a.outcome = nodeLost ? "node lost" : statusName(status);
+  a.outcome = nodeLost ? (charge ? "node lost" : "node reconnected") : statusName(status);
   a.error = error;
-  a.nodeLost = nodeLost;
+  a.nodeLost = nodeLost && charge;
   effects_.attempts.push_back(std::move(a));
   if (nodeLost) {
     counters_.add("tasks_requeued");

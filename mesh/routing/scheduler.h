@@ -89,7 +89,8 @@ struct Task {
   Batch* batch = nullptr;
   std::string payload;
   std::uint8_t attempts = 0;   // attempts started (the running one included)
-  std::uint8_t nodesLost = 0;
+  std::uint8_t nodesLost = 0;   // attempts ended by the node going away (not failures)
+  std::uint8_t reconnects = 0;  // of which were reconnections, not charged toward quarantine
   enum class State : std::uint8_t { kQueued, kWaiting, kRunning } state = State::kQueued;
   NodeId node = kNoNode;       // while running
   NodeId lastNode = kNoNode;   // the node of the last ended attempt
@@ -216,15 +217,19 @@ class Scheduler {
   // ---- nodes
   NodeId addNode(NodeInfo info);
   void updateLoad(NodeId id, double cpuPct, double memPct);
-  // Ends every attempt running on the node (node lost): re-queue, or quarantine.
-  void removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why);
+  // Ends every attempt running on the node: its tasks are re-queued at once. When nodeFault is
+  // true (the node died or went silent) the loss is charged to each task, which is quarantined
+  // after `quarantineAfter` charges; a reconnection or a revoked key is not charged.
+  void removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why, bool nodeFault = true);
   Node* node(NodeId id);
   const std::map<NodeId, Node>& nodes() const { return nodes_; }
   double score(const Node& n) const;
   std::uint32_t credit(const Node& n) const;
-  // Tasks the node reports as still running after a reconnect: keep those assigned to it.
-  // Returns the ids it does not know (the nexus tells the node to drop them).
-  std::vector<std::uint64_t> adoptRunning(NodeId id, const std::vector<std::uint64_t>& taskIds);
+  // Tasks (id, attempt) the node reports as still running after a reconnect or a nexus
+  // restart: those still queued are assigned back to it under the attempt it runs, with a
+  // fresh deadline. Returns the ids it must drop (done, or running elsewhere meanwhile).
+  std::vector<std::uint64_t> adoptRunning(NodeId id, const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks,
+                                          std::int64_t nowMono);
   // Does any live node offer this handler?
   bool handlerOffered(const std::string& handler) const;
 
@@ -249,8 +254,10 @@ class Scheduler {
   Task* frontTask(Batch& b);
   Node* pickNode(const Batch& b, NodeId avoid);
   bool eligible(const Node& n, const Batch& b) const;
+  // nodeLost: the attempt ended because its node went away (re-queue at once, no backoff);
+  // charge: count that loss toward quarantine.
   void endAttempt(Task& t, Status status, const std::string& error, std::int64_t nowMono,
-                  std::int64_t nowWallMs, bool nodeLost, const Report* report);
+                  std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge = true);
   void finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
               std::int64_t startedMs, std::uint64_t durationUs, NodeId node);
   void detachFromNode(Task& t);

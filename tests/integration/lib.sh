@@ -55,5 +55,38 @@ up() {
 
 # counter NAME: a counter of `mesh status --json`.
 counter() {
-  mesh status --json | grep -o "\"$1\":[0-9]*" | cut -d: -f2 | head -1 | sed 's/^$/0/'
+  mesh status --json | grep -o "\"$1\":[0-9]*" | cut -d: -f2 | awk '{ v = $1 } END { print v + 0 }'
 }
+
+# sql QUERY: runs a query on the nexus's SQLite file (read while the nexus runs: WAL allows it).
+sql() { sqlite3 -cmd ".timeout 5000" "$T/c/nexus/nexus.db" "$1"; }
+
+# store_check BATCH TOTAL: from the store, not from logs: the batch has TOTAL tasks and every one
+# has exactly one recorded result (the results table's key is the task id, so two results for
+# one task cannot be stored; a missing one or one for an unknown task fails the test).
+store_check() {
+  local batch=$1 total=$2
+  local tasks results missing orphans
+  tasks=$(sql "SELECT COUNT(*) FROM tasks WHERE batch = $batch")
+  results=$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch")
+  missing=$(sql "SELECT COUNT(*) FROM tasks t WHERE t.batch = $batch AND NOT EXISTS (SELECT 1 FROM results r WHERE r.task = t.id)")
+  orphans=$(sql "SELECT COUNT(*) FROM results r WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = r.task)")
+  [ "$tasks" -eq "$total" ] || fail "batch $batch has $tasks tasks in the store, expected $total"
+  [ "$missing" -eq 0 ] || fail "$missing tasks of batch $batch have no result"
+  [ "$results" -eq "$total" ] || fail "batch $batch has $results results for $total tasks"
+  [ "$orphans" -eq 0 ] || fail "$orphans results belong to no task"
+  # The client sees the same: every index once.
+  { mesh results "$batch" --json || true; } | grep -o '"index":[0-9]*' | cut -d: -f2 | sort -n | uniq -c |
+    awk -v n="$total" '$1 != 1 { bad = 1 } END { exit (bad || NR != n) }' ||
+    fail "mesh results does not list each of the $total tasks exactly once"
+}
+
+# done_count BATCH: tasks of the batch with a durable final result, from `mesh status`.
+done_count() {
+  mesh status --json --timeout 2s | grep -o "{\"batch\":$1,[^}]*}" |
+    awk -F'[:,]' '{ for (i = 1; i < NF; i++) { if ($i ~ /succeeded|failed|cancelled/) s += $(i + 1) } } END { print s + 0 }'
+}
+
+at_least_done() { [ "$(done_count "$1")" -ge "$2" ]; }
+
+pid_of() { awk -v n="$1" '$1 == n { p = $2 } END { print p }' "$T/c/pids"; }

@@ -208,6 +208,39 @@ TEST_CASE("a lost node's tasks are re-queued at once, and a task that keeps losi
   CHECK(s.counters().get("tasks_quarantined") == 1);
 }
 
+TEST_CASE("a reconnection re-queues tasks without charging them toward quarantine") {
+  SchedulerConfig c;
+  c.quarantineAfter = 2;
+  Scheduler s(c);
+  batchOf(s, 1, spec(), 1, 100);
+  for (int round = 0; round < 5; ++round) {
+    NodeId n = s.addNode(nodeInfo("n", 1));
+    REQUIRE(assignedTo(s.dispatch(0, 0), n) == 1);
+    s.removeNode(n, 0, "reconnected", /*nodeFault=*/false);
+  }
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.empty());
+  REQUIRE(fx.attempts.size() == 5);
+  CHECK(fx.attempts[0].outcome == "node reconnected");
+  CHECK_FALSE(fx.attempts[0].nodeLost);
+  CHECK(s.counters().get("nodes_lost") == 0);
+  CHECK(s.task(100) != nullptr);
+}
+
+TEST_CASE("an adopted task keeps the attempt number its node runs") {
+  Scheduler s(SchedulerConfig{});
+  Batch& b = s.addBatch(1, spec());
+  s.addTask(b, 100, 0, "p", /*attemptsMade=*/1);  // after a restart: one recorded attempt
+  s.seal(b, 1);
+  NodeId n = s.addNode(nodeInfo("n", 1));
+  CHECK(s.adoptRunning(n, {{100, 2}}, 0).empty());  // the node runs attempt 2
+  s.onReport(n, failed(100, 2), 0, 0);              // its failure counts as the current attempt
+  auto fx = s.takeEffects();
+  REQUIRE(fx.attempts.size() == 1);
+  CHECK(fx.attempts[0].attempt == 2);
+  CHECK(s.node(n)->inFlight == 0);
+}
+
 TEST_CASE("the first result wins and a late duplicate is dropped") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 1));
@@ -271,7 +304,7 @@ TEST_CASE("a reconnecting node keeps the tasks it still runs") {
   s.dispatch(0, 0);
   s.removeNode(a, 0, "reconnected");
   NodeId a2 = s.addNode(nodeInfo("a", 2));
-  auto unknown = s.adoptRunning(a2, {100, 555});
+  auto unknown = s.adoptRunning(a2, {{100, 1}, {555, 1}}, 0);
   CHECK(unknown == std::vector<std::uint64_t>{555});
   s.onReport(a2, ok(100, 1), 0, 0);
   auto fx = s.takeEffects();

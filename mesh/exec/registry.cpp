@@ -1,0 +1,226 @@
+#include "mesh/exec/registry.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+#include "mesh/util/log.h"
+
+namespace mesh::exec {
+namespace {
+
+constexpr std::size_t kMaxHandlerName = 128;
+
+TaskOutput fromRun(std::string_view name, const util::Result<RunOutcome>& run) {
+  if (!run) return {Outcome::kFailed, {}, run.error().message};
+  const RunOutcome& r = run.value();
+  switch (r.kind) {
+    case RunOutcome::Kind::kExited:
+      if (r.exitCode == 0) return {Outcome::kOk, r.out, {}};
+      return {Outcome::kFailed, {}, r.describe()};
+    case RunOutcome::Kind::kSignaled: return {Outcome::kCrashed, {}, r.describe()};
+    case RunOutcome::Kind::kTimedOut: return {Outcome::kTimedOut, {}, r.describe()};
+    case RunOutcome::Kind::kOutputTooLarge: return {Outcome::kFailed, {}, r.describe()};
+    case RunOutcome::Kind::kCancelled: return {Outcome::kCancelled, {}, r.describe()};
+  }
+  return {Outcome::kFailed, {}, "handler " + std::string(name) + ": unknown run outcome"};
+}
+
+}  // namespace
+
+const char* outcomeName(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kOk: return "ok";
+    case Outcome::kFailed: return "failed";
+    case Outcome::kTimedOut: return "timed out";
+    case Outcome::kCrashed: return "crashed";
+    case Outcome::kUnknownHandler: return "unknown handler";
+    case Outcome::kCancelled: return "cancelled";
+  }
+  return "?";
+}
+
+bool isValidHandlerName(std::string_view name) {
+  if (name.empty() || name.size() > kMaxHandlerName || name.front() == '.') return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool HandlerTable::has(std::string_view name) const {
+  return handlers_.find(name) != handlers_.end();
+}
+
+std::vector<std::string> HandlerTable::names() const {
+  std::vector<std::string> out;
+  out.reserve(handlers_.size());
+  for (const auto& [name, handler] : handlers_) out.push_back(name);  // std::map: sorted
+  return out;
+}
+
+std::string HandlerTable::where(std::string_view name) const {
+  auto it = handlers_.find(name);
+  if (it == handlers_.end()) return {};
+  return it->second.builtin ? "builtin" : it->second.program;
+}
+
+TaskOutput HandlerTable::run(std::string_view name, const TaskInput& input,
+                             const ProgramSettings& settings) const {
+  auto it = handlers_.find(name);
+  if (it == handlers_.end())
+    return {Outcome::kUnknownHandler, {},
+            "unknown handler '" + std::string(name) + "' on this spore"};
+  const Handler& handler = it->second;
+  TaskInput effective = input;
+  if (effective.timeoutMs <= 0) effective.timeoutMs = settings.limits.timeoutMs;
+
+  // A handler that throws is a bug; it fails this task, not the worker thread.
+  try {
+    if (handler.builtin) return handler.builtin(effective);
+
+    RunSpec spec;
+    spec.argv = {handler.program};
+    spec.stdinData = effective.payload;
+    spec.env = settings.env;
+    spec.env.push_back("MESH_TASK_ID=" + std::to_string(effective.taskId));
+    spec.env.push_back("MESH_ATTEMPT=" + std::to_string(effective.attempt));
+    spec.env.push_back("MESH_HANDLER=" + std::string(name));
+    spec.workParent = settings.workParent;
+    spec.limits = settings.limits;
+    spec.limits.timeoutMs = effective.timeoutMs;
+    spec.cancel = effective.cancel;
+    return fromRun(name, runProgram(spec));
+  } catch (const std::exception& e) {
+    MESH_ERROR("handler %.*s, task %llu: internal error: %s", static_cast<int>(name.size()),
+               name.data(), static_cast<unsigned long long>(input.taskId), e.what());
+    return {Outcome::kFailed, {},
+            "internal error in handler " + std::string(name) + ": " + e.what()};
+  }
+}
+
+HandlerRegistry::HandlerRegistry() : current_(std::make_shared<const HandlerTable>()) {}
+
+void HandlerRegistry::addBuiltin(const std::string& name, BuiltinFn fn) {
+  MESH_ASSERT(isValidHandlerName(name), "built-in handler name '" + name + "'");
+  MESH_ASSERT(fn != nullptr, "built-in handler '" + name + "' has no function");
+  std::lock_guard<std::mutex> lock(mu_);
+  MESH_ASSERT(builtins_.count(name) == 0, "built-in handler '" + name + "' registered twice");
+  builtins_.emplace(name, std::move(fn));
+  publishLocked();
+}
+
+void HandlerRegistry::setPrograms(Source source, std::map<std::string, std::string> programs) {
+  const char* sourceName = source == Source::kBundle ? "bundle" : "directory";
+  for (auto it = programs.begin(); it != programs.end();) {
+    if (!isValidHandlerName(it->first) || it->second.empty() || it->second.front() != '/') {
+      MESH_WARN("%s handler '%s' -> '%s' ignored: bad name or not an absolute path", sourceName,
+                it->first.c_str(), it->second.c_str());
+      it = programs.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  (source == Source::kBundle ? bundle_ : directory_) = std::move(programs);
+  publishLocked();
+}
+
+std::shared_ptr<const HandlerTable> HandlerRegistry::snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_;
+}
+
+void HandlerRegistry::publishLocked() {
+  auto table = std::make_shared<HandlerTable>();
+  for (const auto& [name, fn] : builtins_) table->handlers_[name] = {fn, {}};
+  for (const auto& [name, path] : directory_) {
+    if (builtins_.count(name) != 0) {
+      MESH_WARN("directory handler %s (%s) ignored: a built-in cannot be shadowed", name.c_str(),
+                path.c_str());
+    } else if (bundle_.count(name) != 0) {
+      MESH_WARN("directory handler %s (%s) ignored: the bundle handler of that name wins",
+                name.c_str(), path.c_str());
+    } else {
+      table->handlers_[name] = {{}, path};
+    }
+  }
+  for (const auto& [name, path] : bundle_) {
+    if (builtins_.count(name) != 0) {
+      MESH_WARN("bundle handler %s (%s) ignored: a built-in cannot be shadowed", name.c_str(),
+                path.c_str());
+    } else {
+      table->handlers_[name] = {{}, path};
+    }
+  }
+  current_ = std::move(table);
+}
+
+util::Result<std::map<std::string, std::string>> scanHandlerDirectory(const std::string& dir) {
+  std::unique_ptr<char, decltype(&std::free)> resolved(::realpath(dir.c_str(), nullptr),
+                                                       &std::free);
+  if (!resolved)
+    return util::err("cannot read the handler directory " + dir + ": " + std::strerror(errno));
+  const std::string root = resolved.get();
+  struct CloseDir {
+    void operator()(DIR* d) const { ::closedir(d); }
+  };
+  std::unique_ptr<DIR, CloseDir> listing(::opendir(root.c_str()));
+  if (!listing)
+    return util::err("cannot read the handler directory " + dir + ": " + std::strerror(errno));
+
+  std::map<std::string, std::string> programs;
+  auto skip = [&dir](const std::string& name, const char* why) {
+    MESH_WARN("handler directory %s: skipping '%s': %s", dir.c_str(), name.c_str(), why);
+  };
+  errno = 0;
+  while (dirent* entry = ::readdir(listing.get())) {
+    std::string name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    if (name.front() == '.') {
+      MESH_INFO("handler directory %s: skipping dotfile '%s'", dir.c_str(), name.c_str());
+      continue;
+    }
+    if (!isValidHandlerName(name)) {
+      skip(name, "a handler name uses only [A-Za-z0-9._-] (at most 128)");
+      continue;
+    }
+    std::string path = root + "/" + name;
+    struct stat st{};
+    if (::lstat(path.c_str(), &st) != 0) continue;  // vanished meanwhile
+    if (S_ISLNK(st.st_mode)) {
+      std::unique_ptr<char, decltype(&std::free)> target(::realpath(path.c_str(), nullptr),
+                                                         &std::free);
+      if (!target) {
+        skip(name, "the symlink dangles");
+        continue;
+      }
+      std::string targetPath = target.get();
+      if (targetPath.rfind(root + "/", 0) != 0) {
+        skip(name, "the symlink points outside the directory");
+        continue;
+      }
+      path = targetPath;
+      if (::stat(path.c_str(), &st) != 0) continue;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      skip(name, "not a regular file");
+      continue;
+    }
+    if (::access(path.c_str(), X_OK) != 0) {
+      skip(name, "not executable");
+      continue;
+    }
+    programs.emplace(name, path);
+  }
+  return programs;
+}
+
+}  // namespace mesh::exec

@@ -1,0 +1,97 @@
+// Subprocess runner: one task = one run of a program. The payload goes to the program's stdin,
+// its stdout is the result, exit 0 is success, its stderr (truncated) explains a failure. Each
+// run gets a fresh working directory, its own process group, a clean environment, resource
+// limits, a timeout (SIGTERM to the group, SIGKILL after a grace period) and an output cap.
+// Nothing the run started is left running when runProgram returns (see the caveat on setsid
+// below).
+//
+// Thread rule: runProgram is safe to call from many threads at once; it keeps no shared state,
+// reaps only its own child (never waitpid(-1)) and blocks no signal for longer than the spawn.
+// Process rule: the process must not die of SIGPIPE when a program exits without reading its
+// stdin: main() calls ignoreSigpipe() once before the first run (runProgram asserts it), and
+// must not set SIGCHLD to SIG_IGN (the kernel would then reap children behind our back).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mesh/util/result.h"
+
+namespace mesh::exec {
+
+// Every limit is per run. 0 means "no limit", except for the two output caps, which are the
+// number of bytes allowed (0 allows none).
+struct RunLimits {
+  std::int64_t timeoutMs = 0;            // wall-clock time from spawn to SIGTERM of the group
+  std::int64_t killGraceMs = 2000;       // SIGTERM -> SIGKILL delay on timeout and on cancel
+  std::uint64_t maxStdoutBytes = 64ull << 20;  // more stdout: the group is killed (kOutputTooLarge)
+  std::uint64_t maxStderrBytes = 4096;   // kept; the rest is read and dropped (0 keeps none)
+  std::uint64_t cpuSeconds = 0;          // RLIMIT_CPU (SIGXCPU at the limit, SIGKILL 1 s later)
+  std::uint64_t addressSpaceBytes = 0;   // RLIMIT_AS
+  std::uint64_t openFiles = 256;         // RLIMIT_NOFILE (clamped to the runner's hard limit)
+  std::uint64_t fileSizeBytes = 0;       // RLIMIT_FSIZE (SIGXFSZ at the limit)
+};
+
+struct RunSpec {
+  // argv[0] is the absolute path of the program, executed directly: never a shell command line.
+  std::vector<std::string> argv;
+  // Written to the program's stdin, then stdin is closed. Borrowed: must outlive the call.
+  std::string_view stdinData;
+  // The program's whole environment, "NAME=value" each, plus HOME and TMPDIR set to the work
+  // directory (replacing any given here). Nothing is inherited from the runner.
+  std::vector<std::string> env;
+  // An existing directory, by absolute path. The run's working directory is created in it
+  // (mode 0700) and removed, with everything the program left in it, before runProgram returns.
+  // Put it on a tmpfs: on this machine's ext4 a mkdir + rmdir alone costs 1-2 ms.
+  std::string workParent;
+  RunLimits limits;
+  // Optional, borrowed. When it becomes true the group gets SIGTERM (SIGKILL after the grace
+  // period) within 50 ms and the outcome is kCancelled. Already true: nothing is started.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+struct RunOutcome {
+  enum class Kind {
+    kExited,          // exited by itself; exitCode is valid (0 = success)
+    kSignaled,        // killed by a signal nobody here sent (a crash); signal is valid
+    kTimedOut,        // the runner killed it at limits.timeoutMs
+    kOutputTooLarge,  // the runner killed it: stdout passed limits.maxStdoutBytes (out is empty)
+    kCancelled,       // the runner killed it because *cancel became true
+  };
+  Kind kind = Kind::kExited;
+  int exitCode = 0;          // kExited only
+  int signal = 0;            // kSignaled only
+  std::string out;           // stdout; empty when the runner killed the program
+  std::string err;           // stderr, at most maxStderrBytes + "... (truncated)"
+  std::string reason;        // why the runner killed it (kTimedOut, kOutputTooLarge, kCancelled)
+  std::int64_t durationUs = 0;  // spawn to exit of the main process
+
+  bool ok() const { return kind == Kind::kExited && exitCode == 0; }
+  // One line that says what happened, fit to be a task's error text: for a non-zero exit the
+  // stderr text (or "exit code N" when there is none), "killed by signal SIGSEGV", "timed out
+  // after 500 ms", ... and "exit code 0" on success.
+  std::string describe() const;
+};
+
+// Runs one program to completion. Returns an Error only when the run could not start (argv
+// empty or not absolute, work directory not creatable, program missing or not executable, out
+// of descriptors): one line naming the program and the reason. Everything the program itself
+// does is a RunOutcome.
+//
+// Caveat: a descendant that calls setsid() or setpgid() leaves the process group and escapes
+// the kill. Catching those needs a cgroup per run (cgroup.kill); PR_SET_CHILD_SUBREAPER would
+// only re-parent escapees to the whole spore, where they cannot be told apart per run without
+// waitpid(-1), which would steal other threads' children.
+[[nodiscard]] util::Result<RunOutcome> runProgram(const RunSpec& spec);
+
+// Sets SIGPIPE to SIG_IGN for the whole process (so a write to a closed pipe is EPIPE, not
+// death). Call once from main() before starting threads. Children get SIGPIPE back at default.
+void ignoreSigpipe();
+
+// "SIGSEGV", or "signal 77" for a number without a name.
+std::string signalName(int signal);
+
+}  // namespace mesh::exec

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# SIGKILL the nexus mid-batch and restart it on the same data dir: the batch completes with
+# exactly one result per task, and the client that was waiting finishes its `mesh wait` with 0.
+. "$(dirname "$0")/lib.sh"
+up --spores 2 --nexus-args "--heartbeat 300ms"
+batch=$(printf '3\n%.0s' $(seq 4000) | mesh submit --handler sleep --lines -)
+timeout 180 mesh wait "$batch" --quiet > "$T/wait.out" 2> "$T/wait.err" &
+waiter=$!
+extra_pids+=("$waiter")
+wait_until 60 "800 tasks done" at_least_done "$batch" 800
+"$cluster" kill "$T/c" nexus
+before=$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch")
+[ "$before" -lt 4000 ] || fail "the batch finished before the nexus was killed"
+"$cluster" restart-nexus "$T/c"
+set +e
+wait "$waiter"
+rc=$?
+set -e
+[ "$rc" -eq 0 ] || fail "mesh wait exited $rc across the restart: $(cat "$T/wait.err")"
+store_check "$batch" 4000
+grep -q "recovered 1 unfinished batches" "$T/c/nexus.log" || fail "the nexus did not recover the batch"
+note "$before results were durable at the kill; the rest ran after the restart"
