@@ -91,6 +91,23 @@ struct TaskRun {
   handler @2 :Text;
   payload @3 :Data;
   timeoutMs @4 :UInt32;        # 0: no deadline
+  mapreduce @5 :MapReduce;     # stage none: run the handler on the payload as is
+}
+
+# Map-reduce (the Hadoop Streaming contract, docs/protocol.md): a map task runs the mapper (and
+# the combiner) on an input chunk and returns its output split into `partitions` sorted parts
+# (framed); a reduce task receives the parts of one partition from every map task, merges them
+# and runs the reducer on the merged, sorted lines.
+struct MapReduce {
+  stage @0 :Stage;
+  partitions @1 :UInt32;       # R: the number of reduce tasks
+  combiner @2 :Text;           # map stage: run on the sorted mapper output; empty: none
+  reducer @3 :Text;            # map batches: the handler of the reduce stage the nexus starts
+  enum Stage {
+    none @0;
+    map @1;
+    reduce @2;
+  }
 }
 
 struct Assign {
@@ -134,6 +151,7 @@ struct BatchSpec {
   timeoutMs @3 :UInt32;        # per attempt; 0 = the nexus default
   maxAttempts @4 :UInt8;       # 0 = the nexus default
   label @5 :Text;
+  mapreduce @6 :MapReduce;     # stage map: a map-reduce job (the client may not submit reduce)
 }
 
 struct Submit {
@@ -165,6 +183,8 @@ struct Progress {
   failed @6 :UInt64;           # failed for good (attempts exhausted, quarantined)
   cancelled @7 :UInt64;
   finished @8 :Bool;           # sealed and every task has a final recorded result
+  nextBatch @9 :UInt64;        # a map stage: its reduce batch, once the nexus has started it
+  note @10 :Text;              # why a job stopped early (e.g. map tasks failed: no reduce stage)
 }
 
 struct FetchResults {

@@ -265,6 +265,16 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("lines", po::value<std::string>(&c.submit.linesFrom), "one task per line of FILE (- for stdin)")
       ("files", po::value<std::vector<std::string>>()->multitoken(), "one task per file, the file's bytes as payload")
       ("wait", po::bool_switch(&c.submit.wait), "wait for the batch to finish (like `mesh wait`)");
+  po::options_description mr("mapreduce");
+  mr.add_options()
+      ("mapper", po::value<std::string>(&c.mapreduce.mapper), "handler run on each input chunk; writes key<TAB>value lines")
+      ("reducer", po::value<std::string>(&c.mapreduce.reducer), "handler run on each partition's merged, sorted lines")
+      ("combiner", po::value<std::string>(&c.mapreduce.combiner), "optional handler run on each map task's sorted output")
+      ("reducers", po::value<unsigned>(&c.mapreduce.reducers)->default_value(1), "number of partitions (reduce tasks)")
+      ("chunk-size", po::value<std::string>()->default_value("1M"), "input chunk per map task, split on line boundaries")
+      ("output,o", po::value<std::string>(&c.mapreduce.output), "output directory (created; must be empty): part-00000...")
+      ("merge", po::bool_switch(&c.mapreduce.merge), "also write DIR/merged: all parts in one sorted file")
+      ("job", po::value<std::uint64_t>(&c.mapreduce.job)->default_value(0), "resume: fetch the job with this id instead of submitting");
   po::options_description keys("keys");
   keys.add_options()
       ("role", po::value<std::string>(&c.role), "role of an accepted key: node, client or admin")
@@ -273,12 +283,13 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   po::options_description other("Other");
   other.add_options()
       ("quiet,q", po::bool_switch(&c.quiet), "wait: no progress output")
-      ("limit", po::value<std::uint64_t>(&c.limit)->default_value(0), "results: at most this many rows");
+      ("limit", po::value<std::uint64_t>(&c.limit)->default_value(0), "results: at most this many rows")
+      ("raw", po::bool_switch(&c.raw), "results: print each successful task's output as is, in order");
   po::options_description hidden;
   hidden.add_options()("words", po::value<std::vector<std::string>>(), "command words");
   po::options_description all, visible;
-  all.add(global).add(submit).add(keys).add(other).add(hidden);
-  visible.add(global).add(submit).add(keys).add(other);
+  all.add(global).add(submit).add(mr).add(keys).add(other).add(hidden);
+  visible.add(global).add(submit).add(mr).add(keys).add(other);
   po::positional_options_description positional;
   positional.add("words", -1);
   po::variables_map vm;
@@ -299,6 +310,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
         "  task TASK                  one task's timeline, and why it waits if it does\n"
         "  cancel BATCH               stop a batch: queued tasks never run, running ones are killed\n"
+        "  mapreduce --mapper M --reducer R [--combiner C] --reducers N --output DIR INPUT...\n"
+        "                             map-reduce files across the mesh (Hadoop Streaming contract)\n"
         "  keys gen FILE              make a Curve key pair (FILE, FILE.pub); --release: a bundle key\n"
         "  keys list | pending        keys the nexus knows (needs --data-dir on the nexus host)\n"
         "  keys accept FP [--role R]  let a pending key in (fingerprint, key or .pub file)\n"
@@ -324,6 +337,9 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
     c.submit.timeoutMs = *t;
   }
   if (c.submit.priority > 255) return usage("--priority must be 0-255", "mesh");
+  auto chunk = sizeOption(vm, "chunk-size", c.mapreduce.chunkBytes);
+  if (!chunk) return chunk.error();
+  c.mapreduce.chunkBytes = *chunk;
   if (c.submit.attempts > 255) return usage("--attempts must be 0-255", "mesh");
   out.config = std::move(c);
   return out;

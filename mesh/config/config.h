@@ -86,11 +86,22 @@ struct SubmitOptions {
   bool wait = false;
 };
 
+struct MapReduceOptions {
+  std::string mapper, reducer, combiner;
+  unsigned reducers = 1;
+  std::uint64_t chunkBytes = 1u << 20;
+  std::string output;
+  bool merge = false;
+  std::uint64_t job = 0;  // resume: wait for and fetch an existing job instead of submitting
+};
+
 struct CliCommand {
   std::vector<std::string> words;    // e.g. {"keys", "accept"} or {"submit"}
   std::vector<std::string> args;     // positional arguments after the command words
   ClientConfig client;
   SubmitOptions submit;
+  MapReduceOptions mapreduce;
+  bool raw = false;                  // results: outputs only, as bytes
   std::string role;                  // keys accept/gen
   std::string comment;
   bool release = false;              // keys gen --release

@@ -8,7 +8,12 @@
 #include <fstream>
 #include <iostream>
 
+#include <sys/stat.h>
+
+#include <dirent.h>
+
 #include "mesh/crypto/keys.h"
+#include "mesh/exec/mapreduce.h"
 #include "mesh/node/client.h"
 #include "mesh/node/common.h"
 #include "mesh/store/db.h"
@@ -287,10 +292,20 @@ int waitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (!id) return fail(id.error());
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
-  ProgressPrinter printer(cmd.quiet || cmd.client.json);
-  auto p = (*client)->wait(*id, std::ref(printer), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
-  if (!p) return fail(p.error());
-  return finishWait(cmd, *p);
+  std::uint64_t batch = *id;
+  for (int stage = 0; stage < 2; ++stage) {
+    ProgressPrinter printer(cmd.quiet || cmd.client.json);
+    auto p = (*client)->wait(batch, std::ref(printer), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
+    if (!p) return fail(p.error());
+    if (!p->note.empty()) std::fprintf(stderr, "mesh: job %" PRIu64 ": %s\n", batch, p->note.c_str());
+    // A map-reduce job: the map stage is done; follow it into its reduce stage.
+    if (p->nextBatch == 0 || p->failed || p->cancelled) return finishWait(cmd, *p);
+    if (!cmd.quiet && !cmd.client.json) {
+      std::fprintf(stderr, "map stage %" PRIu64 " done; reduce stage is batch %" PRIu64 "\n", batch, p->nextBatch);
+    }
+    batch = p->nextBatch;
+  }
+  return kExitFailed;
 }
 
 int resultsCommand(zmq::context_t& ctx, const CliCommand& cmd) {
@@ -314,7 +329,9 @@ int resultsCommand(zmq::context_t& ctx, const CliCommand& cmd) {
       if (cmd.limit && printed >= cmd.limit) break;
       ++printed;
       anyFailed = anyFailed || r.getStatus() != proto::TaskStatus::OK;
-      if (cmd.client.json) {
+      if (cmd.raw) {
+        if (r.getStatus() == proto::TaskStatus::OK) out += wire::view(r.getOutput());
+      } else if (cmd.client.json) {
         out += "{\"task\":" + std::to_string(r.getTask()) + ",\"index\":" + std::to_string(r.getIndex()) +
                ",\"status\":\"" + taskStatusName(r.getStatus()) + "\",";
         appendBytes(out, "output", wire::view(r.getOutput()));
@@ -510,6 +527,148 @@ int cancelCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   return 0;
 }
 
+// ---- mapreduce -------------------------------------------------------------------------------
+
+bool emptyOrMissingDir(const std::string& path, std::string* why) {
+  DIR* d = opendir(path.c_str());
+  if (!d) {
+    if (errno == ENOENT) return true;
+    *why = "cannot open " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  bool empty = true;
+  while (dirent* e = readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) empty = false;
+  }
+  closedir(d);
+  if (!empty) *why = "output directory " + path + " is not empty: choose a new one";
+  return empty;
+}
+
+int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  const auto& m = cmd.mapreduce;
+  const auto& clock = util::systemClock();
+  std::int64_t start = clock.monotonicMs();
+  if (m.output.empty()) return usageError("mapreduce needs --output DIR");
+  std::string why;
+  if (!emptyOrMissingDir(m.output, &why)) return usageError(why);
+  std::uint64_t job = m.job;
+  std::vector<std::string> chunks;
+  if (job == 0) {
+    if (m.mapper.empty() || m.reducer.empty()) return usageError("mapreduce needs --mapper and --reducer");
+    if (m.reducers < 1 || m.reducers > 10000) return usageError("--reducers must be 1-10000");
+    if (m.chunkBytes < 1) return usageError("--chunk-size must be at least 1 byte");
+    if (cmd.args.empty()) return usageError("mapreduce needs at least one INPUT file (- for stdin)");
+    for (const auto& input : cmd.args) {
+      util::Result<std::string> data = std::string();
+      if (input == "-") {
+        std::string all((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+        data = std::move(all);
+      } else {
+        data = util::readFile(input, 1ull << 34);
+      }
+      if (!data) return usageError(data.error().message);
+      // A chunk never spans two inputs.
+      for (auto [b, e] : exec::chunkLines(*data, m.chunkBytes)) chunks.emplace_back(data->substr(b, e - b));
+    }
+  }
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  if (job == 0) {
+    BatchOptions o;
+    o.handler = m.mapper;
+    o.label = "mapreduce";
+    o.priority = static_cast<std::uint8_t>(cmd.submit.priority);
+    o.requiredTags = cmd.submit.requiredTags;
+    o.timeoutMs = static_cast<std::uint32_t>(cmd.submit.timeoutMs);
+    o.maxAttempts = static_cast<std::uint8_t>(cmd.submit.attempts);
+    o.mapStage = true;
+    o.partitions = m.reducers;
+    o.combiner = m.combiner;
+    o.reducer = m.reducer;
+    std::size_t next = 0;
+    auto id = (*client)->submit(o, [&](std::string* out) -> util::Result<bool> {
+      if (next >= chunks.size()) return false;
+      *out = std::move(chunks[next++]);
+      return true;
+    });
+    if (!id) return fail(id.error());
+    job = *id;
+    std::fprintf(stderr, "job %" PRIu64 ": %zu map tasks, %u reducers (resume with: mesh mapreduce --job %" PRIu64
+                         " --output DIR)\n", job, next, m.reducers, job);
+  }
+  ProgressPrinter mapPrinter(cmd.quiet);
+  if (!cmd.quiet) std::fprintf(stderr, "map stage (batch %" PRIu64 "):\n", job);
+  auto mp = (*client)->wait(job, std::ref(mapPrinter), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
+  if (!mp) return fail(mp.error());
+  if (mp->nextBatch == 0) {
+    return fail(util::err("job " + std::to_string(job) + " has no reduce stage: " +
+                              (mp->note.empty() ? "is it a map-reduce job?" : mp->note),
+                          kExitFailed));
+  }
+  std::uint64_t reduce = mp->nextBatch;
+  ProgressPrinter reducePrinter(cmd.quiet);
+  if (!cmd.quiet) std::fprintf(stderr, "reduce stage (batch %" PRIu64 "):\n", reduce);
+  auto rp = (*client)->wait(reduce, std::ref(reducePrinter), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
+  if (!rp) return fail(rp.error());
+  if (mkdir(m.output.c_str(), 0755) != 0 && errno != EEXIST) {
+    return fail(util::err("cannot create " + m.output + ": " + std::strerror(errno), kExitUsage));
+  }
+  std::vector<std::string> parts;
+  std::uint64_t from = 0;
+  bool failed = false;
+  for (;;) {
+    wire::Encoder e((*client)->nextRequestId(), 32);
+    auto req = e.body().initFetchResults();
+    req.setBatch(reduce);
+    req.setFromIndex(from);
+    req.setLimit(100);
+    auto reply = (*client)->call(e);
+    if (!reply) return fail(reply.error());
+    auto page = reply->envelope().getBody().getResultPage();
+    for (auto r : page.getRows()) {
+      char name[32];
+      std::snprintf(name, sizeof name, "/part-%05" PRIu64, r.getIndex());
+      std::string path = m.output + name;
+      if (r.getStatus() != proto::TaskStatus::OK) {
+        failed = true;
+        std::fprintf(stderr, "mesh: reduce task %" PRIu64 " %s: %s\n", r.getIndex(), taskStatusName(r.getStatus()),
+                     std::string(wire::view(r.getError())).c_str());
+        continue;
+      }
+      if (auto s = util::writeFileAtomic(path, wire::view(r.getOutput()), 0644); !s) return fail(s.error());
+      parts.push_back(path);
+    }
+    if (page.getEnd() || page.getRows().size() == 0) break;
+    from = page.getNextIndex();
+  }
+  if (failed || parts.size() != rp->total) {
+    return fail(util::err("job " + std::to_string(job) + ": " + std::to_string(rp->total - parts.size()) +
+                              " reduce tasks failed; the parts that succeeded are in " + m.output,
+                          kExitFailed));
+  }
+  if (m.merge) {
+    std::vector<std::string> texts;
+    for (const auto& p : parts) {
+      auto t = util::readFile(p, 1ull << 34);
+      if (!t) return fail(t.error());
+      texts.push_back(std::move(*t));
+    }
+    std::vector<std::string_view> runs(texts.begin(), texts.end());
+    if (auto s = util::writeFileAtomic(m.output + "/merged", exec::mergeSorted(runs), 0644); !s) return fail(s.error());
+  }
+  double secs = static_cast<double>(clock.monotonicMs() - start) / 1000.0;
+  if (cmd.client.json) {
+    std::printf("{\"job\":%" PRIu64 ",\"map_batch\":%" PRIu64 ",\"reduce_batch\":%" PRIu64
+                ",\"map_tasks\":%" PRIu64 ",\"reducers\":%zu,\"output\":%s,\"seconds\":%.3f}\n",
+                job, job, reduce, mp->total, parts.size(), util::jsonString(m.output).c_str(), secs);
+  } else {
+    std::printf("job %" PRIu64 ": %" PRIu64 " map tasks, %zu reduce tasks, %.2f s; output in %s/part-*%s\n", job,
+                mp->total, parts.size(), secs, m.output.c_str(), m.merge ? " and merged" : "");
+  }
+  return 0;
+}
+
 }  // namespace
 
 int runCli(const config::CliCommand& cmd) {
@@ -524,6 +683,7 @@ int runCli(const config::CliCommand& cmd) {
   else if (verb == "nodes") rc = nodesCommand(ctx, cmd);
   else if (verb == "task") rc = taskCommand(ctx, cmd);
   else if (verb == "cancel") rc = cancelCommand(ctx, cmd);
+  else if (verb == "mapreduce") rc = mapreduceCommand(ctx, cmd);
   else rc = usageError("unknown command '" + verb + "'");
   return rc;
 }

@@ -37,6 +37,8 @@ ProgressView progressView(proto::Progress::Reader p) {
   v.cancelled = p.getCancelled();
   v.sealed = p.getSealed();
   v.finished = p.getFinished();
+  v.nextBatch = p.getNextBatch();
+  v.note = std::string(wire::view(p.getNote()));
   return v;
 }
 
@@ -159,6 +161,13 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
       spec.setTimeoutMs(options.timeoutMs);
       spec.setMaxAttempts(options.maxAttempts);
       spec.setLabel(options.label);
+      if (options.mapStage) {
+        auto mr = spec.initMapreduce();
+        mr.setStage(proto::MapReduce::Stage::MAP);
+        mr.setPartitions(options.partitions);
+        mr.setCombiner(options.combiner);
+        mr.setReducer(options.reducer);
+      }
     }
     auto list = s.initPayloads(static_cast<unsigned>(tasks.size()));
     for (unsigned i = 0; i < tasks.size(); ++i) list.set(i, wire::asData(tasks[i]));

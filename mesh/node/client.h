@@ -37,11 +37,18 @@ struct BatchOptions {
   std::uint32_t timeoutMs = 0;
   std::uint8_t maxAttempts = 0;
   std::string label;
+  // A map-reduce job: the handler is the mapper; the nexus starts `reducer` on R partitions.
+  bool mapStage = false;
+  std::uint32_t partitions = 0;
+  std::string combiner;
+  std::string reducer;
 };
 
 struct ProgressView {
   std::uint64_t batch = 0, total = 0, queued = 0, running = 0, succeeded = 0, failed = 0, cancelled = 0;
   bool sealed = false, finished = false;
+  std::uint64_t nextBatch = 0;  // a map stage: its reduce batch
+  std::string note;             // why a job stopped early
 };
 
 // Supplies payloads in order; returns false when there are no more.

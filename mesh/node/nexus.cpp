@@ -12,6 +12,7 @@
 
 #include "mesh/crypto/keys.h"
 #include "mesh/discovery/beacon_udp.h"
+#include "mesh/exec/mapreduce.h"
 #include "mesh/node/common.h"
 #include "mesh/routing/scheduler.h"
 #include "mesh/store/key_store.h"
@@ -66,7 +67,18 @@ struct PendingSubmit {
   bool seal = false;
   bool watch = false;
   bool newBatch = false;
-  std::shared_ptr<wire::Decoded> frame;  // the payloads live here
+  // The payloads, read from the message once (every read of a Cap'n Proto message counts
+  // against its traversal limit): views into `frame` (a client's submit) or `owned` (a reduce
+  // stage the nexus made), which they keep alive.
+  std::vector<std::string_view> payloads;
+  std::shared_ptr<wire::Decoded> frame;
+  std::shared_ptr<std::vector<std::string>> owned;
+};
+
+// A map-reduce job's link from its map batch to its reduce batch, or why there is none.
+struct JobLink {
+  std::uint64_t next = 0;
+  std::string note;
 };
 
 // What a write ticket carries besides its WriteSet: what to do once it is durable.
@@ -123,6 +135,8 @@ class NexusImpl {
                proto::Hello::Reader hello);
   void onResults(routing::NodeId from, proto::Results::Reader results);
   void onClientMessage(const std::string& routingId, zmq::message_t& body);
+  void serveClient(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                   wire::Decoded decoded);
   void onSubmit(const std::string& routingId, const std::string& key, std::uint64_t requestId,
                 std::shared_ptr<wire::Decoded> frame);
   void onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch);
@@ -143,6 +157,8 @@ class NexusImpl {
   void dropNode(routing::NodeId id, const std::string& why, bool nodeFault = true);
   void sendWelcome(const std::string& routingId);
   void sendProgress(std::uint64_t batch, bool final);
+  // A map stage finished: start its reduce batch from the map outputs (or record why not).
+  void startReduce(const store::BatchRecord& map);
   void publish(proto::Event::Kind kind, std::uint64_t batch, const std::string& node, const std::string& text);
 
   // ---- helpers
@@ -179,6 +195,7 @@ class NexusImpl {
   std::unordered_map<std::string, std::uint64_t> batchOwner_;   // not used for lookup by key
   std::map<std::uint64_t, std::string> owners_;                 // batch -> client key
   std::map<std::uint64_t, std::vector<Watcher>> watchers_;
+  std::map<std::uint64_t, JobLink> jobLinks_;  // map batch -> its reduce stage
 
   std::uint64_t nextBatchId_ = 1;
   std::uint64_t nextTaskId_ = 1;
@@ -381,6 +398,11 @@ util::Status NexusImpl::recover() {
     spec.label = rec.label;
     spec.clientKey = rec.clientKey;
     spec.submittedMs = rec.submittedMs;
+    spec.mrStage = rec.mrStage;
+    spec.mrPartitions = rec.mrPartitions;
+    spec.mrCombiner = rec.mrCombiner;
+    spec.mrReducer = rec.mrReducer;
+    if (!rec.mrCombiner.empty()) spec.alsoNeeds.push_back(rec.mrCombiner);
     routing::Batch& b = scheduler_.addBatch(rec.id, spec);
     b.total = rec.total;
     owners_[rec.id] = rec.clientKey;
@@ -404,6 +426,14 @@ util::Status NexusImpl::recover() {
   if (!batches->empty()) {
     MESH_INFO("recovered %zu unfinished batches with %llu tasks to run", batches->size(),
               static_cast<unsigned long long>(pending));
+  }
+  // Map stages that finished just before a crash, whose reduce stage was never started.
+  auto orphans = readStore_->mapStagesWithoutReduce();
+  if (!orphans) return orphans.error();
+  for (const auto& rec : *orphans) {
+    MESH_INFO("starting the reduce stage of job %llu (the nexus stopped before it could)",
+              static_cast<unsigned long long>(rec.id));
+    startReduce(rec);
   }
   collectEffects();
   return {};
@@ -692,10 +722,25 @@ void NexusImpl::onClientMessage(const std::string& routingId, zmq::message_t& bo
     replyError(routingId, requestId, proto::Error::Code::FORBIDDEN, "this key is not accepted as a client");
     return;
   }
-  auto b = decoded->envelope().getBody();
-  switch (decoded->which()) {
+  try {
+    serveClient(routingId, key, requestId, std::move(*decoded));
+  } catch (const std::exception& e) {
+    counters_.add("internal_errors");
+    MESH_ERROR("request from %s failed: %s", fingerprintOf(key).c_str(), e.what());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "the nexus failed on this request; see its log");
+  } catch (const kj::Exception& e) {
+    counters_.add("internal_errors");
+    MESH_ERROR("request from %s failed: %s", fingerprintOf(key).c_str(), e.getDescription().cStr());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "the nexus failed on this request; see its log");
+  }
+}
+
+void NexusImpl::serveClient(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                            wire::Decoded decoded) {
+  auto b = decoded.envelope().getBody();
+  switch (decoded.which()) {
     case Which::SUBMIT:
-      onSubmit(routingId, key, requestId, std::make_shared<wire::Decoded>(std::move(*decoded)));
+      onSubmit(routingId, key, requestId, std::make_shared<wire::Decoded>(std::move(decoded)));
       break;
     case Which::WATCH:
       onWatch(routingId, requestId, b.getWatch().getBatch());
@@ -718,7 +763,7 @@ void NexusImpl::onClientMessage(const std::string& routingId, zmq::message_t& bo
     default:
       counters_.add("unknown_messages");
       replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
-                 "unknown request kind " + std::to_string(static_cast<unsigned>(decoded->which())) +
+                 "unknown request kind " + std::to_string(static_cast<unsigned>(decoded.which())) +
                      ": is this client newer than the nexus?");
   }
 }
@@ -734,11 +779,15 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
   if (payloads.size() > kMaxTasksPerSubmit) {
     return bad(proto::Error::Code::TOO_LARGE, "at most " + std::to_string(kMaxTasksPerSubmit) + " tasks per message");
   }
-  for (unsigned i = 0; i < payloads.size(); ++i) {
-    if (payloads[i].size() > config_.maxPayloadBytes) {
+  std::vector<std::string_view> views;
+  views.reserve(payloads.size());
+  for (auto p : payloads) {
+    views.push_back(wire::view(p));
+    if (views.back().size() > config_.maxPayloadBytes) {
       return bad(proto::Error::Code::TOO_LARGE,
-                 "task " + std::to_string(i) + " has a payload of " + std::to_string(payloads[i].size()) +
-                     " bytes, over the nexus limit of " + std::to_string(config_.maxPayloadBytes) + " (--max-payload)");
+                 "task " + std::to_string(views.size() - 1) + " has a payload of " +
+                     std::to_string(views.back().size()) + " bytes, over the nexus limit of " +
+                     std::to_string(config_.maxPayloadBytes) + " (--max-payload)");
     }
   }
   std::uint64_t unfinished = scheduler_.queuedTotal() + scheduler_.runningTotal() + pendingSubmitTasks_;
@@ -778,6 +827,29 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
                      ? "no spore is connected, so no handler '" + handler + "' is offered: start a spore first"
                      : "no live spore offers handler '" + handler + "' (offered: " + list + ")");
     }
+    auto mr = spec.getMapreduce();
+    if (mr.getStage() == proto::MapReduce::Stage::REDUCE) {
+      return bad(proto::Error::Code::BAD_REQUEST, "a reduce stage is started by the nexus, not submitted");
+    }
+    if (mr.getStage() == proto::MapReduce::Stage::MAP) {
+      std::string combiner(wire::view(mr.getCombiner())), reducer(wire::view(mr.getReducer()));
+      if (mr.getPartitions() < 1 || mr.getPartitions() > 10000) {
+        return bad(proto::Error::Code::BAD_REQUEST, "the number of reducers must be 1-10000");
+      }
+      if (!validName(reducer, 128) || (!combiner.empty() && !validName(combiner, 128))) {
+        return bad(proto::Error::Code::BAD_REQUEST, "reducer and combiner names must be valid handler names");
+      }
+      for (const auto& h : {reducer, combiner}) {
+        if (!h.empty() && !scheduler_.handlerOffered(h)) {
+          return bad(proto::Error::Code::UNKNOWN_HANDLER, "no live spore offers handler '" + h + "'");
+        }
+      }
+      s.mrStage = 1;
+      s.mrPartitions = mr.getPartitions();
+      s.mrCombiner = combiner;
+      s.mrReducer = reducer;
+      if (!combiner.empty()) s.alsoNeeds.push_back(combiner);
+    }
     s.priority = spec.getPriority();
     s.timeoutMs = spec.getTimeoutMs();
     s.maxAttempts = spec.getMaxAttempts();
@@ -800,6 +872,10 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     rec.submittedMs = s.submittedMs;
     rec.sealed = ps.seal;
     rec.total = ps.count;
+    rec.mrStage = s.mrStage;
+    rec.mrPartitions = s.mrPartitions;
+    rec.mrCombiner = s.mrCombiner;
+    rec.mrReducer = s.mrReducer;
     current_->newBatches.push_back(std::move(rec));
     ps.firstIndex = 0;
     counters_.add("batches_submitted");
@@ -828,11 +904,11 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     chunk.batch = ps.batch;
     chunk.firstId = ps.firstId;
     chunk.firstIndex = ps.firstIndex;
-    chunk.payloads.reserve(ps.count);
-    for (auto p : payloads) chunk.payloads.push_back(wire::view(p));
+    chunk.payloads = views;
     chunk.keepAlive = frame;
     current_->chunks.push_back(std::move(chunk));
   }
+  ps.payloads = std::move(views);
   ps.frame = std::move(frame);
   pendingSubmitTasks_ += ps.count;
   currentInfo_.submitTasks += ps.count;
@@ -849,10 +925,27 @@ void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId
   out.setFailed(p.failed);
   out.setCancelled(p.cancelled);
   out.setFinished(p.finished);
+  auto link = jobLinks_.find(batchId);
+  if (link != jobLinks_.end()) {
+    out.setNextBatch(link->second.next);
+    out.setNote(link->second.note);
+  } else if (p.finished) {
+    auto rec = readStore_->batch(batchId);
+    if (rec && *rec) {
+      out.setNextBatch((*rec)->nextBatch.value_or(0));
+      out.setNote((*rec)->note);
+    }
+  }
 }
 
 std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
-  if (routing::Batch* b = scheduler_.batch(batchId)) return scheduler_.progress(*b);
+  if (routing::Batch* b = scheduler_.batch(batchId)) {
+    routing::Progress p = scheduler_.progress(*b);
+    // A map stage is finished for its client only once the reduce stage is linked (or the
+    // reason it is not), so that `finished` always comes with nextBatch or a note.
+    if (b->spec.mrStage == 1 && !jobLinks_.count(batchId)) p.finished = false;
+    return p;
+  }
   auto rec = readStore_->batch(batchId);
   if (!rec || !*rec) return std::nullopt;
   auto counts = readStore_->countResults(batchId);
@@ -1174,6 +1267,13 @@ void NexusImpl::dispatch() {
         out.setHandler(t->batch->spec.handler);
         out.setPayload(wire::asData(t->payload));
         out.setTimeoutMs(t->batch->spec.timeoutMs);
+        const auto& spec = t->batch->spec;
+        if (spec.mrStage != 0) {
+          auto mr = out.initMapreduce();
+          mr.setStage(static_cast<proto::MapReduce::Stage>(spec.mrStage));
+          mr.setPartitions(spec.mrPartitions);
+          mr.setCombiner(spec.mrCombiner);
+        }
       }
       failed = !sendTo(nodeSocket_, route->second, e.finish());
       start = end;
@@ -1261,9 +1361,8 @@ void NexusImpl::onCommits() {
         routing::Batch* b = scheduler_.batch(ps.batch);
         if (b) {
           b->pendingAdds -= ps.count;
-          auto payloads = ps.frame->envelope().getBody().getSubmit().getPayloads();
           for (std::uint32_t i = 0; i < ps.count; ++i) {
-            scheduler_.addTask(*b, ps.firstId + i, ps.firstIndex + i, std::string(wire::view(payloads[i])));
+            scheduler_.addTask(*b, ps.firstId + i, ps.firstIndex + i, std::string(ps.payloads[i]));
           }
           b->total = std::max<std::uint64_t>(b->total, ps.firstIndex + ps.count);
           if (ps.seal || (b->sealPending && b->pendingAdds == 0)) {
@@ -1273,6 +1372,7 @@ void NexusImpl::onCommits() {
           if (b->cancelled) scheduler_.cancel(*b, clock_.wallMs());
         }
         counters_.add("tasks_submitted", ps.count);
+        if (ps.routingId.empty()) continue;  // made by the nexus itself (a reduce stage)
         wire::Encoder e(ps.requestId, 32);
         auto ack = e.body().initSubmitAck();
         ack.setBatch(ps.batch);
@@ -1300,6 +1400,10 @@ void NexusImpl::onCommits() {
                   static_cast<unsigned long long>(batch), static_cast<unsigned long long>(p.succeeded),
                   static_cast<unsigned long long>(p.failed), static_cast<unsigned long long>(p.cancelled));
         publish(proto::Event::Kind::BATCH_FINISHED, batch, "", "");
+        if (b->spec.mrStage == 1) {
+          auto rec = readStore_->batch(batch);
+          if (rec && *rec) startReduce(**rec);
+        }
         sendProgress(batch, true);
         scheduler_.forget(batch);
         owners_.erase(batch);
@@ -1342,6 +1446,101 @@ void NexusImpl::onCommits() {
       }
     }
   }
+}
+
+void NexusImpl::startReduce(const store::BatchRecord& map) {
+  JobLink& link = jobLinks_[map.id];
+  auto stop = [&](const std::string& why) {
+    MESH_WARN("job %llu: %s", static_cast<unsigned long long>(map.id), why.c_str());
+    link.note = why;
+    store::BatchUpdate u;
+    u.batch = map.id;
+    u.note = why;
+    current_->updates.push_back(u);
+  };
+  if (map.cancelledMs) return stop("cancelled: the reduce stage did not start");
+  auto outputs = readStore_->outputs(map.id);
+  if (!outputs) return stop("cannot read the map outputs: " + outputs.error().message);
+  if (outputs->size() != map.total) {
+    return stop(std::to_string(map.total - outputs->size()) + " of " + std::to_string(map.total) +
+                " map tasks failed: the reduce stage did not start (see mesh results " + std::to_string(map.id) + ")");
+  }
+  const std::uint32_t r = map.mrPartitions;
+  std::vector<std::vector<std::string_view>> runs(r);
+  for (std::size_t i = 0; i < outputs->size(); ++i) {
+    auto parts = exec::decodeParts((*outputs)[i]);
+    if (!parts || parts->size() != r) {
+      return stop("map task " + std::to_string(i) + " returned malformed output: the reduce stage did not start");
+    }
+    for (std::uint32_t k = 0; k < r; ++k) runs[k].push_back((*parts)[k]);
+  }
+  auto payloads = std::make_shared<std::vector<std::string>>();
+  for (std::uint32_t k = 0; k < r; ++k) {
+    payloads->push_back(exec::encodeParts(runs[k]));
+    if (payloads->back().size() > config_.maxFrameBytes / 2) {
+      return stop("reduce partition " + std::to_string(k) + " would be " + std::to_string(payloads->back().size()) +
+                  " bytes, over the limit of " + std::to_string(config_.maxFrameBytes / 2) + ": use more reducers");
+    }
+  }
+  routing::BatchSpec s;
+  s.handler = map.mrReducer;
+  s.priority = map.priority;
+  s.requiredTags = map.requiredTags;
+  s.timeoutMs = map.timeoutMs;
+  s.maxAttempts = map.maxAttempts;
+  s.label = map.label.empty() ? "reduce" : map.label + " (reduce)";
+  s.clientKey = map.clientKey;
+  s.submittedMs = clock_.wallMs();
+  s.mrStage = 2;
+  s.mrPartitions = r;
+  std::uint64_t id = nextBatchId_++;
+  routing::Batch& b = scheduler_.addBatch(id, s);
+  owners_[id] = map.clientKey;
+  store::BatchRecord rec;
+  rec.id = id;
+  rec.label = b.spec.label;
+  rec.handler = b.spec.handler;
+  rec.priority = b.spec.priority;
+  rec.requiredTags = b.spec.requiredTags;
+  rec.timeoutMs = b.spec.timeoutMs;
+  rec.maxAttempts = b.spec.maxAttempts;
+  rec.clientKey = map.clientKey;
+  rec.submittedMs = s.submittedMs;
+  rec.sealed = true;
+  rec.total = r;
+  rec.mrStage = 2;
+  rec.mrPartitions = r;
+  current_->newBatches.push_back(std::move(rec));
+  PendingSubmit ps;
+  ps.batch = id;
+  ps.firstId = nextTaskId_;
+  ps.firstIndex = 0;
+  ps.count = r;
+  ps.seal = true;
+  ps.newBatch = true;
+  ps.owned = payloads;
+  ps.payloads.assign(payloads->begin(), payloads->end());
+  nextTaskId_ += r;
+  b.pendingAdds += r;
+  b.sealPending = true;
+  store::TaskChunk chunk;
+  chunk.batch = id;
+  chunk.firstId = ps.firstId;
+  chunk.firstIndex = 0;
+  for (const auto& p : *payloads) chunk.payloads.push_back(p);
+  chunk.keepAlive = payloads;
+  current_->chunks.push_back(std::move(chunk));
+  store::BatchUpdate u;
+  u.batch = map.id;
+  u.nextBatch = id;
+  current_->updates.push_back(u);
+  link.next = id;
+  pendingSubmitTasks_ += r;
+  currentInfo_.submitTasks += r;
+  currentInfo_.submits.push_back(std::move(ps));
+  counters_.add("reduce_stages_started");
+  MESH_INFO("job %llu: map stage done; reduce stage is batch %llu with %u tasks",
+            static_cast<unsigned long long>(map.id), static_cast<unsigned long long>(id), r);
 }
 
 void NexusImpl::timers() {

@@ -13,6 +13,7 @@
 
 #include "mesh/crypto/keys.h"
 #include "mesh/discovery/beacon_udp.h"
+#include "mesh/exec/mapreduce.h"
 #include "mesh/node/common.h"
 #include "mesh/transport/sockets.h"
 #include "mesh/util/clock.h"
@@ -36,6 +37,9 @@ struct Job {
   std::string payload;
   std::uint32_t timeoutMs = 0;
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
+  proto::MapReduce::Stage stage = proto::MapReduce::Stage::NONE;
+  std::uint32_t partitions = 0;
+  std::string combiner;
 };
 
 struct Done {
@@ -301,7 +305,15 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
         input.cancel = job.cancel.get();
         exec::TaskOutput result;
         try {
-          result = registry_.snapshot()->run(job.handler, input, programSettings_);
+          auto table = registry_.snapshot();
+          if (job.stage == proto::MapReduce::Stage::MAP) {
+            exec::MapSpec spec{job.handler, job.combiner, job.partitions};
+            result = exec::runMapTask(*table, spec, input, programSettings_);
+          } else if (job.stage == proto::MapReduce::Stage::REDUCE) {
+            result = exec::runReduceTask(*table, job.handler, input, programSettings_);
+          } else {
+            result = table->run(job.handler, input, programSettings_);
+          }
         } catch (const std::exception& e) {
           result.outcome = exec::Outcome::kFailed;
           result.error = std::string("handler threw: ") + e.what();
@@ -499,6 +511,22 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
     job.handler = std::string(wire::view(t.getHandler()));
     job.payload = std::string(wire::view(t.getPayload()));
     job.timeoutMs = t.getTimeoutMs();
+    if (t.hasMapreduce()) {
+      auto mr = t.getMapreduce();
+      job.stage = mr.getStage();
+      job.partitions = mr.getPartitions();
+      job.combiner = std::string(wire::view(mr.getCombiner()));
+      if (job.stage == proto::MapReduce::Stage::MAP && (job.partitions < 1 || job.partitions > 10000)) {
+        counters_.add("bad_tasks");
+        Done bad;
+        bad.id = job.id;
+        bad.attempt = job.attempt;
+        bad.status = proto::TaskStatus::FAILED;
+        bad.error = "map task with " + std::to_string(job.partitions) + " partitions (1-10000)";
+        outbox_.push_back(std::move(bad));
+        continue;
+      }
+    }
     jobs_[job.id] = JobRef{job.attempt, job.cancel};
     queue_.push_back(std::move(job));
   }
@@ -656,17 +684,28 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
         }
       }
       if (beacons_ && (items[beaconAt].revents & ZMQ_POLLIN)) onBeacons();
-      if (connected_ && watch_ && watch_->check() == transport::HandshakeResult::kRefused) {
+      std::string handshakeDetail;
+      auto handshake = connected_ && watch_ ? watch_->wait(0, &handshakeDetail) : transport::HandshakeResult::kTimedOut;
+      if (handshake == transport::HandshakeResult::kRefused) {
         MESH_ERROR("nexus %s refused this spore's key %s: on the nexus host run `mesh keys accept %s`",
                    endpoint_.c_str(), keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str());
+      } else if (handshake == transport::HandshakeResult::kFailed) {
+        // A wrong pinned key fails the Curve handshake: say so instead of waiting in silence.
+        counters_.add("handshake_failures");
+        MESH_ERROR("the handshake with nexus %s failed (%s): is --nexus-key the public key of this nexus?",
+                   endpoint_.c_str(), handshakeDetail.c_str());
+      }
+      if (handshake == transport::HandshakeResult::kRefused || handshake == transport::HandshakeResult::kFailed) {
         disconnect();
         reconnectAtMono_ = clock_.monotonicMs() + backoffMs_;
         backoffMs_ = std::min<std::int64_t>(backoffMs_ * 2, 32000);
       }
       now = clock_.monotonicMs();
       if (connected_ && now - lastHeardMono_ > heartbeatMs_ * missedBeats_) {
-        MESH_WARN("nexus %s silent for %lld ms: reconnecting in %lld ms", endpoint_.c_str(),
-                  static_cast<long long>(now - lastHeardMono_), static_cast<long long>(backoffMs_));
+        MESH_WARN("nexus %s silent for %lld ms%s: reconnecting in %lld ms", endpoint_.c_str(),
+                  static_cast<long long>(now - lastHeardMono_),
+                  welcomed_ ? "" : " (never answered: not running, not reachable, or another port?)",
+                  static_cast<long long>(backoffMs_));
         counters_.add("nexus_lost");
         disconnect();
         reconnectAtMono_ = now + backoffMs_;

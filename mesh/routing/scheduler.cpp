@@ -275,6 +275,9 @@ bool Scheduler::handlerOffered(const std::string& handler) const {
 
 bool Scheduler::eligible(const Node& n, const Batch& b) const {
   if (!n.info.handlers.count(b.spec.handler)) return false;
+  for (const auto& h : b.spec.alsoNeeds) {
+    if (!n.info.handlers.count(h)) return false;
+  }
   for (const auto& tag : b.spec.requiredTags) {
     if (!n.info.tags.count(tag)) return false;
   }
@@ -310,6 +313,7 @@ std::string Scheduler::explainBlocked(const Batch& b) const {
   std::uint64_t slots = 0, busy = 0;
   for (const auto& [id, n] : nodes_) {
     bool h = n.info.handlers.count(b.spec.handler) > 0;
+    for (const auto& extra : b.spec.alsoNeeds) h = h && n.info.handlers.count(extra) > 0;
     bool t = true;
     for (const auto& tag : b.spec.requiredTags) t = t && n.info.tags.count(tag);
     handler = handler || h;
@@ -322,9 +326,11 @@ std::string Scheduler::explainBlocked(const Batch& b) const {
   }
   std::string tagList;
   for (const auto& t : b.spec.requiredTags) tagList += (tagList.empty() ? "" : ",") + t;
-  if (!handler) return "no live spore offers handler '" + b.spec.handler + "'";
+  std::string handlers = b.spec.handler;
+  for (const auto& extra : b.spec.alsoNeeds) handlers += "' and '" + extra;
+  if (!handler) return "no live spore offers handler '" + handlers + "'";
   if (!tags) return "no live spore has tag(s) " + tagList;
-  if (!both) return "no live spore has both handler '" + b.spec.handler + "' and tag(s) " + tagList;
+  if (!both) return "no live spore has both handler '" + handlers + "' and tag(s) " + tagList;
   return "waiting for a free slot: eligible spores have " + std::to_string(slots) + " slots and " +
          std::to_string(busy) + " tasks in flight";
 }

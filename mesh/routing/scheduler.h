@@ -74,6 +74,13 @@ struct BatchSpec {
   std::string label;
   std::string clientKey;
   std::int64_t submittedMs = 0;
+  // Other handlers an eligible node must also offer (a map stage's combiner).
+  std::vector<std::string> alsoNeeds;
+  // Map-reduce, carried to the spores with each task (0 none, 1 map, 2 reduce).
+  std::uint8_t mrStage = 0;
+  std::uint32_t mrPartitions = 0;
+  std::string mrCombiner;
+  std::string mrReducer;
 };
 
 struct Progress {

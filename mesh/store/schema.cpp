@@ -65,6 +65,17 @@ CREATE TABLE attempts(
   node_lost INTEGER NOT NULL,       -- 1 when the spore died or went silent under the task
   PRIMARY KEY(task, attempt)) WITHOUT ROWID;
 )sql";
+// Version 2: map-reduce jobs. A map batch names its reduce handler and partition count; when
+// it finishes the nexus starts the reduce batch and links it with next_batch; note says why a
+// job stopped early.
+const char* kV2 = R"sql(
+ALTER TABLE batches ADD COLUMN mr_stage INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN mr_partitions INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN mr_combiner TEXT NOT NULL DEFAULT '';
+ALTER TABLE batches ADD COLUMN mr_reducer TEXT NOT NULL DEFAULT '';
+ALTER TABLE batches ADD COLUMN next_batch INTEGER;
+ALTER TABLE batches ADD COLUMN note TEXT NOT NULL DEFAULT '';
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -83,6 +94,13 @@ util::Status migrate(Db& db) {
     if (!tx.begun()) return tx.begun();
     if (auto s = db.exec(kV1); !s) return s;
     if (auto s = db.exec("PRAGMA user_version = 1"); !s) return s;
+    if (auto s = tx.commit(); !s) return s;
+  }
+  if (version < 2) {
+    Transaction tx(db);
+    if (!tx.begun()) return tx.begun();
+    if (auto s = db.exec(kV2); !s) return s;
+    if (auto s = db.exec("PRAGMA user_version = 2"); !s) return s;
     if (auto s = tx.commit(); !s) return s;
   }
   return {};

@@ -16,7 +16,7 @@ std::string joinTags(const std::vector<std::string>& tags) {
 
 const char* kBatchColumns =
     "id, label, handler, priority, requires, timeout_ms, max_attempts, client_key, submitted_ms, "
-    "sealed, total, cancelled_ms, finished_ms";
+    "sealed, total, cancelled_ms, finished_ms, mr_stage, mr_partitions, mr_combiner, mr_reducer, next_batch, note";
 
 BatchRecord readBatch(const Statement& st, int c = 0) {
   BatchRecord b;
@@ -33,6 +33,12 @@ BatchRecord readBatch(const Statement& st, int c = 0) {
   b.total = static_cast<std::uint64_t>(st.getInt(c + 10));
   if (!st.isNull(c + 11)) b.cancelledMs = st.getInt(c + 11);
   if (!st.isNull(c + 12)) b.finishedMs = st.getInt(c + 12);
+  b.mrStage = static_cast<std::uint8_t>(st.getInt(c + 13));
+  b.mrPartitions = static_cast<std::uint32_t>(st.getInt(c + 14));
+  b.mrCombiner = st.getText(c + 15);
+  b.mrReducer = st.getText(c + 16);
+  if (!st.isNull(c + 17)) b.nextBatch = static_cast<std::uint64_t>(st.getInt(c + 17));
+  b.note = st.getText(c + 18);
   return b;
 }
 
@@ -84,13 +90,15 @@ util::Status TaskStore::write(const WriteSet& set) {
   if (!set.newBatches.empty()) {
     auto st = db_.prepare(
         "INSERT INTO batches(id, label, handler, priority, requires, timeout_ms, max_attempts, "
-        "client_key, submitted_ms, sealed, total) VALUES(?,?,?,?,?,?,?,?,?,?,?)");
+        "client_key, submitted_ms, sealed, total, mr_stage, mr_partitions, mr_combiner, mr_reducer) "
+        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     if (!st) return st.error();
     for (const auto& b : set.newBatches) {
       st->bind(1, static_cast<std::int64_t>(b.id)).bindText(2, b.label).bindText(3, b.handler)
           .bind(4, b.priority).bindText(5, joinTags(b.requiredTags)).bind(6, b.timeoutMs)
           .bind(7, b.maxAttempts).bindText(8, b.clientKey).bind(9, b.submittedMs)
-          .bind(10, b.sealed ? 1 : 0).bind(11, static_cast<std::int64_t>(b.total));
+          .bind(10, b.sealed ? 1 : 0).bind(11, static_cast<std::int64_t>(b.total)).bind(12, b.mrStage)
+          .bind(13, b.mrPartitions).bindText(14, b.mrCombiner).bindText(15, b.mrReducer);
       if (auto s = st->run(); !s) return s;
       st->reset();
     }
@@ -150,6 +158,18 @@ util::Status TaskStore::write(const WriteSet& set) {
       auto st = db_.prepare("UPDATE batches SET finished_ms = ?2 WHERE id = ?1");
       if (!st) return st.error();
       st->bind(1, static_cast<std::int64_t>(u.batch)).bind(2, *u.finishedMs);
+      if (auto s = st->run(); !s) return s;
+    }
+    if (u.nextBatch) {
+      auto st = db_.prepare("UPDATE batches SET next_batch = ?2 WHERE id = ?1");
+      if (!st) return st.error();
+      st->bind(1, static_cast<std::int64_t>(u.batch)).bind(2, static_cast<std::int64_t>(*u.nextBatch));
+      if (auto s = st->run(); !s) return s;
+    }
+    if (u.note) {
+      auto st = db_.prepare("UPDATE batches SET note = ?2 WHERE id = ?1");
+      if (!st) return st.error();
+      st->bind(1, static_cast<std::int64_t>(u.batch)).bindText(2, *u.note);
       if (auto s = st->run(); !s) return s;
     }
   }
@@ -260,10 +280,32 @@ util::Result<std::vector<ResultRow>> TaskStore::resultsPage(std::uint64_t batch,
   return out;
 }
 
+util::Result<std::vector<std::string>> TaskStore::outputs(std::uint64_t batch) {
+  auto st = db_.prepare(
+      "SELECT r.output FROM tasks t JOIN results r ON r.task = t.id WHERE t.batch = ? AND r.status = 0 "
+      "ORDER BY t.idx");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(batch));
+  std::vector<std::string> out;
+  if (auto s = forRows(*st, [&](Statement& s) { out.emplace_back(s.getBlob(0)); }); !s) return s.error();
+  return out;
+}
+
+util::Result<std::vector<BatchRecord>> TaskStore::mapStagesWithoutReduce() {
+  auto st = db_.prepare(std::string("SELECT ") + kBatchColumns +
+                        " FROM batches WHERE mr_stage = 1 AND finished_ms IS NOT NULL AND next_batch IS NULL "
+                        "AND note = '' AND cancelled_ms IS NULL ORDER BY id");
+  if (!st) return st.error();
+  std::vector<BatchRecord> out;
+  if (auto s = forRows(*st, [&](Statement& s) { out.push_back(readBatch(s)); }); !s) return s.error();
+  return out;
+}
+
 util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
   auto st = db_.prepare(std::string("SELECT t.id, t.batch, t.idx, ") + kResultColumns + ", r.task IS NULL, " +
                         "b.id, b.label, b.handler, b.priority, b.requires, b.timeout_ms, b.max_attempts, "
-                        "b.client_key, b.submitted_ms, b.sealed, b.total, b.cancelled_ms, b.finished_ms"
+                        "b.client_key, b.submitted_ms, b.sealed, b.total, b.cancelled_ms, b.finished_ms, "
+                        "b.mr_stage, b.mr_partitions, b.mr_combiner, b.mr_reducer, b.next_batch, b.note"
                         " FROM tasks t JOIN batches b ON b.id = t.batch LEFT JOIN results r ON r.task = t.id "
                         "WHERE t.id = ?");
   if (!st) return st.error();

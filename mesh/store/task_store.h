@@ -35,6 +35,13 @@ struct BatchRecord {
   std::uint64_t total = 0;
   std::optional<std::int64_t> cancelledMs;
   std::optional<std::int64_t> finishedMs;
+  // Map-reduce (0 none, 1 map, 2 reduce; proto::MapReduce::Stage).
+  std::uint8_t mrStage = 0;
+  std::uint32_t mrPartitions = 0;
+  std::string mrCombiner;
+  std::string mrReducer;
+  std::optional<std::uint64_t> nextBatch;
+  std::string note;
 };
 
 // A run of tasks of one batch with consecutive ids and indexes. The payload views point into
@@ -77,6 +84,8 @@ struct BatchUpdate {
   bool sealed = false;
   std::optional<std::int64_t> cancelledMs;
   std::optional<std::int64_t> finishedMs;
+  std::optional<std::uint64_t> nextBatch;
+  std::optional<std::string> note;
 };
 
 // Everything one group commit writes.
@@ -140,6 +149,10 @@ class TaskStore {
   util::Result<std::optional<BatchRecord>> batch(std::uint64_t id);
   util::Result<std::vector<BatchRecord>> recentBatches(int limit);
   util::Result<std::vector<ResultRow>> resultsPage(std::uint64_t batch, std::uint64_t fromIndex, int limit);
+  // The outputs of a batch's successful tasks in index order (the map stage's outputs).
+  util::Result<std::vector<std::string>> outputs(std::uint64_t batch);
+  // Finished map batches whose reduce stage was never started (a crash in between).
+  util::Result<std::vector<BatchRecord>> mapStagesWithoutReduce();
   util::Result<std::optional<TaskRow>> task(std::uint64_t id);
 
  private:

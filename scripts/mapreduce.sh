@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Map-reduce from the shell (the Hadoop Streaming contract) on a running Hive Mesh:
+#
+#   scripts/mapreduce.sh -m MAPPER -r REDUCER [-c COMBINER] [-R REDUCERS] [-s CHUNK] -o OUTDIR INPUT...
+#
+# MAPPER, COMBINER and REDUCER are handler names the spores offer (programs in their
+# --handlers DIR, e.g. examples/wordcount). Writes OUTDIR/part-00000... and OUTDIR/merged.
+# Uses MESH_NEXUS, MESH_NEXUS_KEY and MESH_KEY (for a local cluster: . DIR/env).
+set -euo pipefail
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+mapper= reducer= combiner= reducers=4 chunk=1M out=
+while getopts "m:r:c:R:s:o:h" opt; do
+  case $opt in
+    m) mapper=$OPTARG ;;
+    r) reducer=$OPTARG ;;
+    c) combiner=$OPTARG ;;
+    R) reducers=$OPTARG ;;
+    s) chunk=$OPTARG ;;
+    o) out=$OPTARG ;;
+    *) usage ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ -n "$mapper" ] && [ -n "$reducer" ] && [ -n "$out" ] && [ $# -ge 1 ] || usage
+command -v mesh >/dev/null || { echo "mapreduce.sh: 'mesh' is not on PATH (for a local cluster: . DIR/env)" >&2; exit 2; }
+args=(--mapper "$mapper" --reducer "$reducer" --reducers "$reducers" --chunk-size "$chunk" --output "$out" --merge)
+[ -z "$combiner" ] || args+=(--combiner "$combiner")
+exec mesh mapreduce "${args[@]}" "$@"

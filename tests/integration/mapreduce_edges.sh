@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Map-reduce edge cases, each with its documented behaviour (examples/wordcount/README.md):
+# empty input, one huge line, binary bytes, keys with spaces.
+. "$(dirname "$0")/lib.sh"
+up --spores 2 --spore-args "--handlers $repo/examples/wordcount"
+# Empty input: no map tasks, R empty parts.
+: > "$T/empty"
+expect_rc 0 timeout 60 mesh mapreduce --mapper mapper --reducer reducer --reducers 3 --output "$T/o1" "$T/empty"
+for p in 0 1 2; do [ ! -s "$T/o1/part-0000$p" ] || fail "empty input gave output in part $p"; done
+# One line larger than the chunk size: one chunk of its own; echo as mapper and reducer is the
+# identity, so the output is the input line.
+head -c 3000000 /dev/zero | tr '\0' 'x' > "$T/huge"
+echo >> "$T/huge"
+expect_rc 0 timeout 60 mesh mapreduce --mapper echo --reducer echo --reducers 1 --chunk-size 64K --output "$T/o2" "$T/huge"
+cmp -s "$T/huge" "$T/o2/part-00000" || fail "the huge line did not come through intact"
+# Binary bytes (everything but newline): records are lines, sorted bytewise.
+for i in $(seq 1 200); do head -c 64 /dev/urandom | tr -d '\n'; echo; done > "$T/binary"
+expect_rc 0 timeout 60 mesh mapreduce --mapper echo --reducer echo --reducers 3 --chunk-size 4K --merge --output "$T/o3" "$T/binary"
+LC_ALL=C grep -av '^$' "$T/binary" | LC_ALL=C sort > "$T/binary.sorted"
+LC_ALL=C sort "$T/o3/merged" | cmp -s - "$T/binary.sorted" || fail "binary records changed"
+# Keys with spaces: the key is everything before the first TAB.
+printf 'hello world\t1\nhello\t1\nhello world\t1\nhello world\t1\n' > "$T/spaces"
+expect_rc 0 timeout 60 mesh mapreduce --mapper echo --reducer reducer --reducers 2 --merge --output "$T/o4" "$T/spaces"
+printf 'hello\t1\nhello world\t3\n' > "$T/spaces.expected"
+LC_ALL=C sort "$T/o4/merged" | cmp -s - "$T/spaces.expected" || fail "keys with spaces: $(cat "$T/o4/merged")"
+# A non-empty output directory is refused before anything runs.
+expect_rc 2 mesh mapreduce --mapper echo --reducer echo --output "$T/o4" "$T/spaces"
+# A failing map stage stops the job with the reason, and no reduce stage starts.
+printf '#!/bin/sh\nexit 3\n' > "$T/bad"
+expect_rc 1 timeout 60 mesh mapreduce --mapper fail --reducer echo --attempts 1 --output "$T/o5" "$T/spaces"
+grep -q "map tasks failed" "$T/err" || fail "map failure not explained: $(cat "$T/err")"
+note "empty, huge, binary, spaced keys and failures behave as documented"
