@@ -1,15 +1,23 @@
 #include "mesh/node/nexus.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <sstream>
 #include <optional>
 #include <set>
 #include <unordered_map>
 
+#include "mesh/bundle/audit.h"
+#include "mesh/bundle/fs.h"
+#include "mesh/bundle/ledger.h"
+#include "mesh/bundle/receiver.h"
+#include "mesh/bundle/release_key.h"
 #include "mesh/crypto/keys.h"
 #include "mesh/discovery/beacon_udp.h"
 #include "mesh/exec/mapreduce.h"
@@ -37,6 +45,10 @@ constexpr std::size_t kAssignFrameBytes = 8u << 20;
 constexpr std::uint32_t kMaxTasksPerSubmit = 1'000'000;
 constexpr std::int64_t kProgressEveryMs = 250;
 constexpr std::int64_t kKeyCheckEveryMs = 1000;
+constexpr std::size_t kBundleChunkMax = 1u << 20;      // largest upload chunk and fetch reply
+constexpr std::size_t kMaxUploads = 4;                 // publishes in progress at once
+constexpr std::int64_t kUploadIdleMs = 60'000;         // an upload silent this long is dropped
+constexpr std::size_t kPublishRefusalsKept = 20;
 
 using Which = proto::Envelope::Body::Which;
 
@@ -50,6 +62,32 @@ struct NodeConn {
   std::uint16_t slots = 0;
   std::int64_t lastSeenMono = 0;
   std::int64_t connectedWallMs = 0;
+};
+
+// A bundle the nexus accepted and serves (the highest version of its name), as listed in
+// DATA_DIR/bundles/index.
+struct StoredBundle {
+  std::string name;
+  std::uint64_t version = 0;
+  std::uint64_t size = 0;
+  std::string manifestSha256;
+  std::int64_t publishedMs = 0;
+  std::string path;
+};
+
+// A publish in progress: chunks stream into a receiver (memory bounded by its head buffer).
+struct Upload {
+  std::string key;
+  std::unique_ptr<bundle::BundleReceiver> rx;
+  std::int64_t lastMono = 0;
+};
+
+// What one spore last reported about one bundle name.
+struct SporeBundle {
+  std::string spore, fingerprint;
+  std::uint64_t running = 0, version = 0;
+  std::string event, reason, message;
+  std::uint32_t rollbacks = 0;
 };
 
 struct Watcher {
@@ -128,6 +166,8 @@ class NexusImpl {
   util::Status recover();
 
   // ---- messages
+  template <typename Serve, typename OnBad>
+  void drainRouter(zmq::socket_t& socket, Serve&& serve, OnBad&& onBad);
   void drainNodes();
   void drainClients();
   void onNodeMessage(const std::string& routingId, zmq::message_t& body);
@@ -145,6 +185,17 @@ class NexusImpl {
   void onNodes(const std::string& routingId, std::uint64_t requestId);
   void onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId);
   void onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId, std::uint64_t batch);
+
+  // ---- bundles
+  util::Status openBundles();
+  util::Status saveBundleIndex();
+  void onBundleUpload(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                      proto::BundleUpload::Reader upload);
+  void refusePublish(const std::string& routingId, std::uint64_t requestId, const bundle::Refused& r);
+  void onBundleFetch(const std::string& routingId, std::uint64_t requestId, proto::BundleFetch::Reader fetch);
+  void onBundleReport(const NodeConn& conn, proto::BundleReport::Reader report);
+  void onBundles(const std::string& routingId, std::uint64_t requestId);
+  void fillBundleRef(proto::BundleRef::Builder out, const StoredBundle& b);
 
   // ---- work
   void dispatch();
@@ -209,6 +260,18 @@ class NexusImpl {
 
   std::int64_t startedMono_ = 0;
   std::int64_t nextHeartbeat_ = 0, nextProgress_ = 0, nextKeyCheck_ = 0;
+
+  // Signed bundles (docs/bundles.md): trusted release keys, the version ledger (the same check 4
+  // a spore runs), the stored bundles, publishes in progress and what the spores reported.
+  bundle::TrustedKeys trusted_;
+  std::optional<bundle::FileVersionLedger> ledger_;
+  std::optional<bundle::AuditLog> audit_;
+  std::string bundlesDir_;
+  std::map<std::string, StoredBundle> bundles_;  // by name
+  std::map<std::uint64_t, Upload> uploads_;
+  std::uint64_t nextUpload_ = 1;
+  std::map<std::string, std::map<std::string, SporeBundle>> sporeBundles_;  // name -> spore key -> state
+  std::deque<bundle::Refused> publishRefusals_;
 };
 
 // ---- set-up ----------------------------------------------------------------------------------
@@ -235,6 +298,7 @@ util::Status NexusImpl::start() {
   auto writer = store::StoreWriter::start(ctx_, dbPath_);
   if (!writer) return writer.error();
   writer_ = std::move(*writer);
+  if (auto s = openBundles(); !s) return s;
   if (auto s = bindAndCheck(); !s) return s;
   if (auto s = recover(); !s) return s;
   std::string endpoints = "node " + nodeEndpoint_ + "\nclient " + clientEndpoint_ + "\nevents " + eventsEndpoint_ + "\n";
@@ -496,46 +560,41 @@ void NexusImpl::replyError(const std::string& routingId, std::uint64_t requestId
   sendTo(clientSocket_, routingId, wire::encodeError(requestId, code, message));
 }
 
-void NexusImpl::drainNodes() {
+// Reads up to a turn's worth of [routing id][body] messages from a ROUTER and hands each to
+// `serve`. A message with a missing body or extra frames is dropped and counted (one Envelope
+// per message); `onBad` may answer the sender.
+template <typename Serve, typename OnBad>
+void NexusImpl::drainRouter(zmq::socket_t& socket, Serve&& serve, OnBad&& onBad) {
   for (int i = 0; i < kMaxMessagesPerTurn; ++i) {
     zmq::message_t routing, body;
-    if (!nodeSocket_.recv(routing, zmq::recv_flags::dontwait)) return;
+    if (!socket.recv(routing, zmq::recv_flags::dontwait)) return;
     if (!routing.more()) {
       counters_.add("bad_frames");
       continue;
     }
-    (void)nodeSocket_.recv(body);
+    (void)socket.recv(body);
     if (body.more()) {
-      // One envelope per message: drop extra frames.
       zmq::message_t extra;
-      while (body.more() && nodeSocket_.recv(extra) && extra.more()) {
+      while (body.more() && socket.recv(extra) && extra.more()) {
       }
       counters_.add("bad_frames");
+      onBad(routing.to_string());
       continue;
     }
-    onNodeMessage(routing.to_string(), body);
+    serve(routing.to_string(), body);
   }
 }
 
+void NexusImpl::drainNodes() {
+  drainRouter(nodeSocket_, [this](const std::string& rid, zmq::message_t& body) { onNodeMessage(rid, body); },
+              [](const std::string&) {});
+}
+
 void NexusImpl::drainClients() {
-  for (int i = 0; i < kMaxMessagesPerTurn; ++i) {
-    zmq::message_t routing, body;
-    if (!clientSocket_.recv(routing, zmq::recv_flags::dontwait)) return;
-    if (!routing.more()) {
-      counters_.add("bad_frames");
-      continue;
-    }
-    (void)clientSocket_.recv(body);
-    if (body.more()) {
-      zmq::message_t extra;
-      while (body.more() && clientSocket_.recv(extra) && extra.more()) {
-      }
-      counters_.add("bad_frames");
-      replyError(routing.to_string(), 0, proto::Error::Code::BAD_REQUEST, "one message per request, please");
-      continue;
-    }
-    onClientMessage(routing.to_string(), body);
-  }
+  drainRouter(clientSocket_, [this](const std::string& rid, zmq::message_t& body) { onClientMessage(rid, body); },
+              [this](const std::string& rid) {
+                replyError(rid, 0, proto::Error::Code::BAD_REQUEST, "one message per request, please");
+              });
 }
 
 // ---- node port -------------------------------------------------------------------------------
@@ -591,6 +650,20 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
     case Which::RESULTS:
       onResults(conn.id, bodyReader.getResults());
       break;
+    case Which::BUNDLE_FETCH:
+      onBundleFetch(routingId, env.getRequestId(), bodyReader.getBundleFetch());
+      break;
+    case Which::BUNDLE_REPORT:
+      onBundleReport(conn, bodyReader.getBundleReport());
+      break;
+    case Which::BUNDLE_LIST_REQUEST: {
+      wire::Encoder e(env.getRequestId(), 256);
+      auto list = e.body().initBundleList(static_cast<unsigned>(bundles_.size()));
+      unsigned i = 0;
+      for (const auto& [name, b] : bundles_) fillBundleRef(list[i++], b);
+      sendTo(nodeSocket_, routingId, e.finish());
+      break;
+    }
     default:
       counters_.add("unknown_messages");
       MESH_WARN("dropped a message of unknown kind %u from node %s", static_cast<unsigned>(decoded->which()),
@@ -627,9 +700,13 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
     sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "malformed hello"));
     return;
   }
-  if (auto same = conns_.find(routingId); same != conns_.end() && same->second.key == key) {
+  std::vector<std::string> helloHandlers;
+  for (auto h : hello.getHandlers()) helloHandlers.emplace_back(wire::view(h));
+  if (auto same = conns_.find(routingId);
+      same != conns_.end() && same->second.key == key && same->second.handlers == helloHandlers) {
     // A repeated hello on a live connection (several messages were refused at once): the node is
-    // already registered, so only welcome it again.
+    // already registered, so only welcome it again. (A hello with other handlers, after a bundle
+    // install or rollback, registers the node again below; its running tasks are adopted.)
     counters_.add("repeated_hellos");
     same->second.lastSeenMono = clock_.monotonicMs();
     sendWelcome(routingId);
@@ -689,6 +766,9 @@ void NexusImpl::sendWelcome(const std::string& routingId) {
   w.setNexusName(config_.name);
   auto colon = eventsEndpoint_.rfind(':');
   w.setEventsPort(static_cast<std::uint16_t>(std::stoi(eventsEndpoint_.substr(colon + 1))));
+  auto list = w.initBundles(static_cast<unsigned>(bundles_.size()));
+  unsigned i = 0;
+  for (const auto& [name, b] : bundles_) fillBundleRef(list[i++], b);
   sendTo(nodeSocket_, routingId, welcome.finish());
 }
 
@@ -759,6 +839,12 @@ void NexusImpl::serveClient(const std::string& routingId, const std::string& key
       break;
     case Which::CANCEL_BATCH:
       onCancel(routingId, key, requestId, b.getCancelBatch());
+      break;
+    case Which::BUNDLE_UPLOAD:
+      onBundleUpload(routingId, key, requestId, b.getBundleUpload());
+      break;
+    case Which::BUNDLES_REQUEST:
+      onBundles(routingId, requestId);
       break;
     default:
       counters_.add("unknown_messages");
@@ -1569,6 +1655,16 @@ void NexusImpl::timers() {
     for (const auto& [batch, list] : watchers_) watched.push_back(batch);
     for (auto batch : watched) sendProgress(batch, false);
   }
+  for (auto it = uploads_.begin(); it != uploads_.end();) {
+    if (now - it->second.lastMono > kUploadIdleMs) {
+      MESH_WARN("dropped bundle upload %llu: silent for %lld ms", static_cast<unsigned long long>(it->first),
+                static_cast<long long>(kUploadIdleMs));
+      it->second.rx->discard();
+      it = uploads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   if (now >= nextKeyCheck_) {
     nextKeyCheck_ = now + kKeyCheckEveryMs;
     if (auto s = reloadKeys(); !s) MESH_WARN("reloading keys failed: %s", s.error().message.c_str());
@@ -1587,6 +1683,309 @@ void NexusImpl::publish(proto::Event::Kind kind, std::uint64_t batch, const std:
   } catch (const zmq::error_t&) {
     counters_.add("events_dropped");
   }
+}
+
+// ---- bundles ---------------------------------------------------------------------------------
+//
+// DATA_DIR/bundles/NAME-VERSION.bundle   the verified bundle files served to spores
+// DATA_DIR/bundles/index                 one line per name: name version size sha256 publishedMs
+// DATA_DIR/bundles/.incoming/upload-N/   receive scratch of a publish in progress
+// DATA_DIR/bundles/audit.log             every publish accepted or refused
+// DATA_DIR/bundle-state/NAME             the highest version accepted per name (check 4)
+
+util::Status NexusImpl::openBundles() {
+  for (const auto& f : config_.trust) {
+    if (auto s = trusted_.addFile(f); !s) return util::err("--trust " + f + ": " + s.error().message);
+  }
+  bundlesDir_ = config_.dataDir + "/bundles";
+  if (auto s = bundle::makeDirs(bundlesDir_, 0700); !s) return s;
+  (void)bundle::removeTree(bundlesDir_ + "/.incoming");  // uploads do not survive a restart
+  auto ledger = bundle::FileVersionLedger::open(config_.dataDir + "/bundle-state");
+  if (!ledger) return ledger.error();
+  ledger_.emplace(std::move(*ledger));
+  auto audit = bundle::AuditLog::open(bundlesDir_ + "/audit.log");
+  if (!audit) return audit.error();
+  audit_.emplace(std::move(*audit));
+  auto index = util::readFile(bundlesDir_ + "/index", 1u << 20);
+  if (index) {
+    for (const auto& line : util::splitList(*index, '\n')) {
+      std::istringstream in(line);
+      StoredBundle b;
+      if (!(in >> b.name >> b.version >> b.size >> b.manifestSha256 >> b.publishedMs)) {
+        MESH_WARN("ignored a malformed line of %s/index: %s", bundlesDir_.c_str(), line.c_str());
+        continue;
+      }
+      b.path = bundlesDir_ + "/" + b.name + "-" + std::to_string(b.version) + ".bundle";
+      struct stat st {};
+      if (::stat(b.path.c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != b.size) {
+        MESH_WARN("bundle file %s is missing or has the wrong size: not served", b.path.c_str());
+        continue;
+      }
+      bundles_[b.name] = b;
+    }
+  }
+  if (!trusted_.empty() || !bundles_.empty()) {
+    MESH_INFO("bundles: %zu trusted release keys, %zu bundles served", trusted_.size(), bundles_.size());
+  }
+  return {};
+}
+
+util::Status NexusImpl::saveBundleIndex() {
+  std::string text;
+  for (const auto& [name, b] : bundles_) {
+    text += b.name + " " + std::to_string(b.version) + " " + std::to_string(b.size) + " " + b.manifestSha256 + " " +
+            std::to_string(b.publishedMs) + "\n";
+  }
+  return util::writeFileAtomic(bundlesDir_ + "/index", text, 0600);
+}
+
+void NexusImpl::fillBundleRef(proto::BundleRef::Builder out, const StoredBundle& b) {
+  out.setName(b.name);
+  out.setVersion(b.version);
+  out.setSize(b.size);
+  out.setManifestSha256(b.manifestSha256);
+  out.setPublishedMs(b.publishedMs);
+}
+
+void NexusImpl::refusePublish(const std::string& routingId, std::uint64_t requestId, const bundle::Refused& r) {
+  counters_.add("bundles_refused");
+  MESH_WARN("refused a published bundle: %s", r.describe().c_str());
+  bundle::AuditEvent ev{"refused", r.name, r.version, bundle::refusalName(r.reason), r.message, r.keyFingerprint};
+  if (auto s = audit_->append(ev, clock_.wallMs()); !s) MESH_WARN("audit log: %s", s.error().message.c_str());
+  publishRefusals_.push_back(r);
+  while (publishRefusals_.size() > kPublishRefusalsKept) publishRefusals_.pop_front();
+  replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST, "bundle refused: " + r.describe());
+}
+
+void NexusImpl::onBundleUpload(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                               proto::BundleUpload::Reader upload) {
+  auto role = roleOf(key);
+  if (!role || *role != store::Role::kAdmin) {
+    counters_.add("bundles_forbidden");
+    replyError(routingId, requestId, proto::Error::Code::FORBIDDEN,
+               "publishing a bundle needs an admin key (mesh keys accept FP --role admin)");
+    return;
+  }
+  if (trusted_.empty()) {
+    replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+               "this nexus trusts no release key: start it with --trust release.key.pub");
+    return;
+  }
+  auto data = wire::view(upload.getData());
+  if (data.size() > kBundleChunkMax) {
+    replyError(routingId, requestId, proto::Error::Code::TOO_LARGE,
+               "upload chunks are at most " + std::to_string(kBundleChunkMax) + " bytes");
+    return;
+  }
+  std::uint64_t id = upload.getUpload();
+  if (id == 0) {
+    if (upload.getOffset() != 0) {
+      replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST, "a new upload starts at offset 0");
+      return;
+    }
+    if (uploads_.size() >= kMaxUploads) {
+      replyError(routingId, requestId, proto::Error::Code::UNAVAILABLE,
+                 std::to_string(kMaxUploads) + " publishes are in progress: retry later");
+      return;
+    }
+    id = nextUpload_++;
+    std::string scratch = bundlesDir_ + "/.incoming/upload-" + std::to_string(id);
+    (void)bundle::removeTree(scratch);
+    auto rx = bundle::BundleReceiver::open(scratch, bundle::ReceiveLimits{}, trusted_, clock_);
+    if (!rx) {
+      MESH_ERROR("cannot start a bundle upload: %s", rx.error().message.c_str());
+      replyError(routingId, requestId, proto::Error::Code::INTERNAL, "cannot start the upload; see the nexus log");
+      return;
+    }
+    Upload u;
+    u.key = key;
+    u.rx = std::make_unique<bundle::BundleReceiver>(std::move(*rx));
+    uploads_[id] = std::move(u);
+  }
+  auto it = uploads_.find(id);
+  if (it == uploads_.end() || it->second.key != key) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+               "no upload " + std::to_string(id) + " (it was idle too long or the nexus restarted): publish again");
+    return;
+  }
+  Upload& up = it->second;
+  up.lastMono = clock_.monotonicMs();
+  bundle::BundleReceiver& rx = *up.rx;
+  if (upload.getOffset() != rx.offset()) {
+    replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+               "upload " + std::to_string(id) + " expects offset " + std::to_string(rx.offset()));
+    return;
+  }
+  if (!data.empty() && !rx.feed(data)) {
+    bundle::Refused r = *rx.refused();
+    rx.discard();
+    uploads_.erase(it);
+    return refusePublish(routingId, requestId, r);
+  }
+  if (!upload.getLast()) {
+    wire::Encoder e(requestId, 32);
+    auto ack = e.body().initBundleUploadAck();
+    ack.setUpload(id);
+    ack.setReceived(rx.offset());
+    sendTo(clientSocket_, routingId, e.finish());
+    return;
+  }
+  // The last chunk: every check a spore runs, with this nexus's ledger.
+  auto verified = rx.finish(*ledger_);
+  if (!verified) {
+    bundle::Refused r = verified.refused();
+    rx.discard();
+    uploads_.erase(it);
+    return refusePublish(routingId, requestId, r);
+  }
+  const bundle::ManifestInfo& m = verified->manifest;
+  StoredBundle b;
+  b.name = m.name;
+  b.version = m.version;
+  b.manifestSha256 = verified->manifestSha256;
+  b.publishedMs = clock_.wallMs();
+  b.path = bundlesDir_ + "/" + m.name + "-" + std::to_string(m.version) + ".bundle";
+  struct stat st {};
+  if (::stat(verified->bundlePath.c_str(), &st) == 0) b.size = static_cast<std::uint64_t>(st.st_size);
+  bundle::SeenVersion seen;
+  seen.version = m.version;
+  seen.manifestSha256 = verified->manifestSha256;
+  seen.installed = true;
+  if (auto old = ledger_->seen(m.name); old && *old) seen.bad = (*old)->bad;
+  util::Status stored = rx.keepBundleFile(b.path);
+  if (stored) stored = ledger_->record(m.name, seen);
+  std::string oldPath;
+  if (auto prev = bundles_.find(m.name); prev != bundles_.end()) oldPath = prev->second.path;
+  if (stored) {
+    bundles_[m.name] = b;
+    stored = saveBundleIndex();
+  }
+  uploads_.erase(it);
+  if (!stored) {
+    MESH_ERROR("cannot store bundle %s version %llu: %s", m.name.c_str(), static_cast<unsigned long long>(m.version),
+               stored.error().message.c_str());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "the nexus could not store the bundle; see its log");
+    return;
+  }
+  if (!oldPath.empty() && oldPath != b.path) ::unlink(oldPath.c_str());
+  bundle::AuditEvent ev{"installed", m.name, m.version, "", "published", verified->keyFingerprint};
+  if (auto s = audit_->append(ev, clock_.wallMs()); !s) MESH_WARN("audit log: %s", s.error().message.c_str());
+  counters_.add("bundles_published");
+  MESH_INFO("bundle %s version %llu published (%llu bytes, signed by %s): announcing it", m.name.c_str(),
+            static_cast<unsigned long long>(m.version), static_cast<unsigned long long>(b.size),
+            verified->keyFingerprint.c_str());
+  wire::Encoder e(requestId, 64);
+  auto ack = e.body().initBundleUploadAck();
+  ack.setUpload(id);
+  ack.setReceived(b.size);
+  ack.setDone(true);
+  fillBundleRef(ack.initBundle(), b);
+  sendTo(clientSocket_, routingId, e.finish());
+  publish(proto::Event::Kind::BUNDLE_AVAILABLE, 0, "", m.name + " " + std::to_string(m.version));
+}
+
+void NexusImpl::onBundleFetch(const std::string& routingId, std::uint64_t requestId, proto::BundleFetch::Reader fetch) {
+  std::string name(wire::view(fetch.getName()));
+  wire::Encoder e(requestId, 64);
+  auto chunk = e.body().initBundleChunk();
+  chunk.setName(name);
+  chunk.setVersion(fetch.getVersion());
+  chunk.setOffset(fetch.getOffset());
+  auto it = bundles_.find(name);
+  if (it == bundles_.end() || it->second.version != fetch.getVersion() || fetch.getOffset() > it->second.size) {
+    chunk.setMissing(true);
+    sendTo(nodeSocket_, routingId, e.finish());
+    return;
+  }
+  const StoredBundle& b = it->second;
+  chunk.setSize(b.size);
+  std::size_t n = static_cast<std::size_t>(
+      std::min<std::uint64_t>({fetch.getMaxBytes(), kBundleChunkMax, b.size - fetch.getOffset()}));
+  bundle::UniqueFd fd(::open(b.path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    MESH_ERROR("cannot read bundle file %s: %s", b.path.c_str(), std::strerror(errno));
+    chunk.setMissing(true);
+    sendTo(nodeSocket_, routingId, e.finish());
+    return;
+  }
+  auto data = chunk.initData(static_cast<unsigned>(n));
+  auto got = bundle::preadAll(fd.get(), reinterpret_cast<char*>(data.begin()), n, fetch.getOffset(), b.path);
+  if (!got || *got != n) {
+    MESH_ERROR("short read of bundle file %s", b.path.c_str());
+    chunk.setMissing(true);
+  }
+  counters_.add("bundle_bytes_served", n);
+  sendTo(nodeSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onBundleReport(const NodeConn& conn, proto::BundleReport::Reader report) {
+  std::string name(wire::view(report.getName()));
+  if (!bundle::isValidBundleName(name)) {
+    counters_.add("bad_bundle_reports");
+    return;
+  }
+  SporeBundle& s = sporeBundles_[name][conn.key];
+  s.spore = conn.name;
+  s.fingerprint = conn.fingerprint;
+  s.running = report.getRunning();
+  s.rollbacks = report.getRollbacks();
+  std::string event(wire::view(report.getEvent()));
+  if (event == "running" && !s.event.empty() && s.event != "running") return;  // keep the last event
+  s.event = event.substr(0, 32);
+  s.version = report.getVersion();
+  s.reason = bundle::printable(wire::view(report.getReason()), 64);
+  s.message = bundle::printable(wire::view(report.getMessage()), 300);
+  if (event != "running") {
+    MESH_INFO("spore %s: bundle %s version %llu %s%s%s", conn.name.c_str(), name.c_str(),
+              static_cast<unsigned long long>(s.version), s.event.c_str(), s.reason.empty() ? "" : ": ",
+              s.reason.c_str());
+  }
+}
+
+void NexusImpl::onBundles(const std::string& routingId, std::uint64_t requestId) {
+  std::set<std::string> names;
+  for (const auto& [name, b] : bundles_) names.insert(name);
+  for (const auto& [name, m] : sporeBundles_) names.insert(name);
+  std::set<std::string> live;
+  for (const auto& [rid, c] : conns_) live.insert(c.key);
+  wire::Encoder e(requestId, 1024);
+  auto reply = e.body().initBundlesReply();
+  auto list = reply.initBundles(static_cast<unsigned>(names.size()));
+  unsigned i = 0;
+  for (const auto& name : names) {
+    auto out = list[i++];
+    auto b = bundles_.find(name);
+    if (b != bundles_.end()) fillBundleRef(out.initBundle(), b->second);
+    else out.initBundle().setName(name);
+    auto states = sporeBundles_.find(name);
+    std::size_t n = states == sporeBundles_.end() ? 0 : states->second.size();
+    auto spores = out.initSpores(static_cast<unsigned>(n));
+    unsigned j = 0;
+    if (n == 0) continue;
+    for (const auto& [key, s] : states->second) {
+      auto o = spores[j++];
+      o.setSpore(s.spore);
+      o.setFingerprint(s.fingerprint);
+      o.setRunning(s.running);
+      o.setEvent(s.event);
+      o.setReason(s.reason);
+      o.setMessage(s.message);
+      o.setVersion(s.version);
+      o.setRollbacks(s.rollbacks);
+      o.setConnected(live.count(key) > 0);
+    }
+  }
+  auto refusals = reply.initRefusals(static_cast<unsigned>(publishRefusals_.size()));
+  i = 0;
+  for (const auto& r : publishRefusals_) {
+    auto o = refusals[i++];
+    o.setName(bundle::printable(r.name, 64));
+    o.setVersion(r.version);
+    o.setEvent("refused");
+    o.setReason(bundle::refusalName(r.reason));
+    o.setMessage(r.message);
+  }
+  sendTo(clientSocket_, routingId, e.finish());
 }
 
 // ---- Nexus -----------------------------------------------------------------------------------

@@ -7,14 +7,20 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <unordered_map>
 
+#include "mesh/bundle/installer.h"
+#include "mesh/bundle/receiver.h"
+#include "mesh/bundle/release_key.h"
 #include "mesh/crypto/keys.h"
 #include "mesh/discovery/beacon_udp.h"
 #include "mesh/exec/mapreduce.h"
 #include "mesh/node/common.h"
+#include "mesh/transport/inproc.h"
 #include "mesh/transport/sockets.h"
 #include "mesh/util/clock.h"
 #include "mesh/util/counters.h"
@@ -29,6 +35,35 @@ using Which = proto::Envelope::Body::Which;
 constexpr std::size_t kResultFrameBytes = 8u << 20;
 constexpr std::size_t kMaxResultsPerFrame = 4096;
 constexpr int kMaxMessagesPerTurn = 1024;
+constexpr std::uint32_t kFetchChunkBytes = 256u << 10;  // one bundle fetch request
+constexpr unsigned kFetchWindow = 4;                    // fetch requests outstanding at once
+constexpr std::int64_t kBundleCheckEveryMs = 10'000;    // ask the nexus for its bundle list
+constexpr std::int64_t kFetchStallMs = 10'000;          // re-ask chunks unanswered this long
+
+// A bundle the nexus serves, as announced in Welcome or a BundleList.
+struct BundleOffer {
+  std::string name;
+  std::uint64_t version = 0;
+  std::uint64_t size = 0;
+  std::string manifestSha256;
+};
+
+// The bundle being fetched: at most one at a time, kFetchWindow chunks in flight, so memory is
+// bounded by the window whatever the bundle size; the receiver spools to disk and resumes.
+struct BundleFetchState {
+  BundleOffer offer;
+  std::unique_ptr<bundle::BundleReceiver> rx;
+  std::uint64_t requested = 0;  // bytes asked for so far
+  unsigned outstanding = 0;
+  std::int64_t lastMono = 0;
+};
+
+// A newly installed version on trial: rolled back if its handlers fail too often too soon.
+struct BundleTrial {
+  std::uint64_t version = 0;
+  std::int64_t untilMono = 0;
+  unsigned failures = 0;
+};
 
 struct Job {
   std::uint64_t id = 0;
@@ -61,18 +96,8 @@ struct DoneBatch {
   bool idle = false;  // the worker finished its WorkBatch
 };
 
-template <typename T>
-zmq::message_t pointerMessage(std::unique_ptr<T> p) {
-  T* raw = p.release();
-  return zmq::message_t(&raw, sizeof raw);
-}
-template <typename T>
-std::unique_ptr<T> takePointer(const zmq::message_t& m) {
-  MESH_ASSERT(m.size() == sizeof(T*), "inproc pointer message of the wrong size");
-  T* raw;
-  std::memcpy(&raw, m.data(), sizeof raw);
-  return std::unique_ptr<T>(raw);
-}
+using transport::pointerMessage;
+using transport::takePointer;
 
 proto::TaskStatus statusOf(exec::Outcome o) {
   switch (o) {
@@ -150,6 +175,20 @@ class SporeImpl {
   bool send(zmq::message_t&& frame);
   void onBeacons();
 
+  // ---- bundles
+  util::Status openBundles();
+  void refreshBundleHandlers();
+  void onBundleOffers(capnp::List<proto::BundleRef>::Reader list);
+  void maybeFetchBundle();
+  void pumpFetch();
+  void onBundleChunk(proto::BundleChunk::Reader chunk);
+  void finishFetch();
+  void sendBundleReport(const std::string& name, std::uint64_t version, const std::string& event,
+                        const std::string& reason, const std::string& message);
+  void reportBundleState();
+  void noteTaskFailure(const std::string& handler);
+  void bundleTimers(std::int64_t now);
+
   zmq::context_t& ctx_;
   config::SporeConfig config_;
   exec::HandlerRegistry& registry_;
@@ -186,11 +225,22 @@ class SporeImpl {
   struct JobRef {
     std::uint8_t attempt = 0;
     std::shared_ptr<std::atomic<bool>> cancel;
+    std::string handler;
   };
   std::unordered_map<std::uint64_t, JobRef> jobs_;  // queued or running
   std::int64_t lastHelloMono_ = -1000000;
   std::vector<Done> outbox_;
   unsigned running_ = 0;
+
+  // Signed bundles (enabled by --trust): the installer owns DATA_DIR/bundles.
+  bundle::TrustedKeys trusted_;
+  std::unique_ptr<bundle::Installer> installer_;
+  std::map<std::string, BundleOffer> offers_;           // by name, from the nexus
+  std::optional<BundleFetchState> fetch_;
+  std::set<std::pair<std::string, std::uint64_t>> givenUp_;  // refused in this run: not fetched again
+  std::map<std::string, BundleTrial> trials_;           // by bundle name
+  std::map<std::string, std::string> handlerBundle_;    // handler -> bundle name
+  std::int64_t nextBundleCheck_ = 0;
 };
 
 // ---- set-up ----------------------------------------------------------------------------------
@@ -224,6 +274,7 @@ util::Status SporeImpl::start() {
   programSettings_.limits.addressSpaceBytes = config_.memoryBytes;
   programSettings_.limits.openFiles = config_.openFiles;
   programSettings_.limits.killGraceMs = config_.killGraceMs;
+  if (auto s = openBundles(); !s) return s;
   endpoints_ = config_.nexus;
   if (endpoints_.empty()) {
     discovery::BeaconListenerOptions opts;
@@ -461,9 +512,19 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
         events_.connect(eventsEndpoint);
       }
       flushResults();
+      if (installer_) {
+        onBundleOffers(w.getBundles());
+        reportBundleState();
+      }
       break;
     }
     case Which::HEARTBEAT:
+      break;
+    case Which::BUNDLE_LIST:
+      if (installer_) onBundleOffers(body.getBundleList());
+      break;
+    case Which::BUNDLE_CHUNK:
+      if (installer_) onBundleChunk(body.getBundleChunk());
       break;
     case Which::ASSIGN:
       onAssign(body.getAssign());
@@ -527,7 +588,7 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
         continue;
       }
     }
-    jobs_[job.id] = JobRef{job.attempt, job.cancel};
+    jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
     queue_.push_back(std::move(job));
   }
   feedWorkers();
@@ -575,6 +636,11 @@ void SporeImpl::onWorker(unsigned index, zmq::message_t& frame) {
     --running_;
     auto it = jobs_.find(d.id);
     bool cancelled = it != jobs_.end() && it->second.cancel->load();
+    if (it != jobs_.end() && !cancelled &&
+        (d.status == proto::TaskStatus::FAILED || d.status == proto::TaskStatus::CRASHED ||
+         d.status == proto::TaskStatus::TIMED_OUT)) {
+      noteTaskFailure(it->second.handler);
+    }
     if (it != jobs_.end()) jobs_.erase(it);
     if (cancelled) continue;  // the nexus asked us to stop it; it does not want the result
     outbox_.push_back(std::move(d));
@@ -679,6 +745,7 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
             continue;
           }
           auto ev = d->envelope().getBody().getEvent();
+          if (ev.getKind() == proto::Event::Kind::BUNDLE_AVAILABLE) nextBundleCheck_ = 0;  // a hint: ask now
           MESH_DEBUG("event %u batch %llu node %s", static_cast<unsigned>(ev.getKind()),
                      static_cast<unsigned long long>(ev.getBatch()), std::string(wire::view(ev.getNode())).c_str());
         }
@@ -712,6 +779,7 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
         backoffMs_ = std::min<std::int64_t>(backoffMs_ * 2, 32000);
       }
       if (now >= nextHeartbeat_) heartbeat(now);
+      if (installer_) bundleTimers(now);
       feedWorkers();
       flushResults();
     } catch (const std::exception& e) {
@@ -723,6 +791,245 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
     }
   }
   disconnect();
+}
+
+// ---- bundles ---------------------------------------------------------------------------------
+//
+// The spore learns of bundles from Welcome, from the BundleList it asks for every 10 s and
+// whenever a bundleAvailable hint arrives on PUB. It fetches one bundle at a time over its
+// DEALER with kFetchWindow chunk requests outstanding, feeding a BundleReceiver whose spool
+// (DATA_DIR/bundles/.incoming/NAME-VERSION) survives reconnects and restarts, then installs it.
+
+util::Status SporeImpl::openBundles() {
+  if (config_.trust.empty()) return {};
+  for (const auto& f : config_.trust) {
+    if (auto s = trusted_.addFile(f); !s) return util::err("--trust " + f + ": " + s.error().message);
+  }
+  auto installer = bundle::Installer::open(config_.dataDir + "/bundles", clock_);
+  if (!installer) return util::err("bundles: " + installer.error().message);
+  installer_ = std::make_unique<bundle::Installer>(std::move(*installer));
+  refreshBundleHandlers();
+  MESH_INFO("bundles: %zu trusted release keys; %zu bundle handlers installed", trusted_.size(),
+            handlerBundle_.size());
+  return {};
+}
+
+void SporeImpl::refreshBundleHandlers() {
+  auto handlers = installer_->installedHandlers();
+  if (!handlers) {
+    MESH_ERROR("cannot list installed bundle handlers: %s", handlers.error().message.c_str());
+    return;
+  }
+  registry_.setPrograms(exec::Source::kBundle, std::move(*handlers));
+  handlerBundle_.clear();
+  if (auto list = installer_->list()) {
+    for (const auto& b : *list) {
+      for (const auto& h : b.handlers) handlerBundle_[h] = b.name;
+    }
+  }
+}
+
+void SporeImpl::onBundleOffers(capnp::List<proto::BundleRef>::Reader list) {
+  offers_.clear();
+  for (auto r : list) {
+    BundleOffer o;
+    o.name = std::string(wire::view(r.getName()));
+    o.version = r.getVersion();
+    o.size = r.getSize();
+    o.manifestSha256 = std::string(wire::view(r.getManifestSha256()));
+    if (!bundle::isValidBundleName(o.name) || o.version == 0) {
+      counters_.add("bad_bundle_offers");
+      continue;
+    }
+    offers_[o.name] = std::move(o);
+  }
+  maybeFetchBundle();
+}
+
+void SporeImpl::maybeFetchBundle() {
+  if (fetch_ || !welcomed_) return;
+  for (const auto& [name, offer] : offers_) {
+    if (givenUp_.count({name, offer.version})) continue;
+    auto seen = installer_->seen(name);
+    if (!seen) {
+      MESH_WARN("bundle %s: cannot read its version state: %s", name.c_str(), seen.error().message.c_str());
+      continue;
+    }
+    if (*seen && (*seen)->version >= offer.version && (*seen)->installed) continue;
+    std::string scratch = installer_->incomingDir(name + "-" + std::to_string(offer.version));
+    auto rx = bundle::BundleReceiver::open(scratch, bundle::ReceiveLimits{}, trusted_, clock_);
+    if (!rx) {
+      MESH_ERROR("bundle %s: cannot start receiving: %s", name.c_str(), rx.error().message.c_str());
+      givenUp_.insert({name, offer.version});
+      continue;
+    }
+    BundleFetchState f;
+    f.offer = offer;
+    f.rx = std::make_unique<bundle::BundleReceiver>(std::move(*rx));
+    f.requested = f.rx->offset();
+    f.lastMono = clock_.monotonicMs();
+    MESH_INFO("fetching bundle %s version %llu (%llu bytes%s)", name.c_str(),
+              static_cast<unsigned long long>(offer.version), static_cast<unsigned long long>(offer.size),
+              f.requested ? (", resuming at " + std::to_string(f.requested)).c_str() : "");
+    fetch_ = std::move(f);
+    pumpFetch();
+    return;
+  }
+}
+
+void SporeImpl::pumpFetch() {
+  BundleFetchState& f = *fetch_;
+  if (f.rx->refused() || f.rx->complete() || (f.outstanding == 0 && f.rx->offset() >= f.offer.size)) {
+    if (f.outstanding == 0) finishFetch();
+    return;
+  }
+  while (f.outstanding < kFetchWindow && f.requested < f.offer.size) {
+    wire::Encoder e(0, 32);
+    auto req = e.body().initBundleFetch();
+    req.setName(f.offer.name);
+    req.setVersion(f.offer.version);
+    req.setOffset(f.requested);
+    req.setMaxBytes(kFetchChunkBytes);
+    if (!send(e.finish())) return;
+    f.requested = std::min<std::uint64_t>(f.offer.size, f.requested + kFetchChunkBytes);
+    ++f.outstanding;
+  }
+}
+
+void SporeImpl::onBundleChunk(proto::BundleChunk::Reader chunk) {
+  if (!fetch_) return;
+  BundleFetchState& f = *fetch_;
+  if (wire::view(chunk.getName()) != f.offer.name || chunk.getVersion() != f.offer.version) return;
+  if (f.outstanding > 0) --f.outstanding;
+  f.lastMono = clock_.monotonicMs();
+  if (chunk.getMissing()) {
+    // The nexus no longer serves this version (a newer one replaced it): keep the spool, ask again.
+    MESH_INFO("bundle %s version %llu is no longer served", f.offer.name.c_str(),
+              static_cast<unsigned long long>(f.offer.version));
+    if (f.outstanding == 0) {
+      fetch_.reset();
+      nextBundleCheck_ = 0;
+    }
+    return;
+  }
+  if (chunk.getOffset() != f.rx->offset() || f.rx->refused() || f.rx->complete()) {
+    // Not the next bytes (an answer to a request made before a reset): re-ask from the spool's end.
+    if (f.outstanding == 0) {
+      f.requested = f.rx->offset();
+      pumpFetch();
+    }
+    return;
+  }
+  bool ok = f.rx->feed(wire::view(chunk.getData()));
+  if (ok && !f.rx->manifestSha256().empty() && !f.offer.manifestSha256.empty() &&
+      f.rx->manifestSha256() != f.offer.manifestSha256) {
+    // A spool of another release of the same name and version: start again from zero.
+    MESH_WARN("bundle %s: the spooled bundle is not the one announced; fetching it again", f.offer.name.c_str());
+    f.rx->discard();
+    fetch_.reset();
+    nextBundleCheck_ = 0;
+    return;
+  }
+  if (!ok || f.rx->complete()) {
+    if (f.outstanding == 0) finishFetch();
+    return;  // the answers still in flight are dropped by the checks above, then finish
+  }
+  pumpFetch();
+}
+
+void SporeImpl::finishFetch() {
+  BundleFetchState f = std::move(*fetch_);
+  fetch_.reset();
+  auto outcome = installer_->install(*f.rx);
+  if (!outcome) {
+    const bundle::Refused& r = outcome.refused();
+    MESH_WARN("refused bundle %s version %llu: %s", f.offer.name.c_str(),
+              static_cast<unsigned long long>(f.offer.version), r.describe().c_str());
+    givenUp_.insert({f.offer.name, f.offer.version});
+    sendBundleReport(f.offer.name, f.offer.version, "refused", bundle::refusalName(r.reason), r.message);
+  } else {
+    MESH_INFO("installed bundle %s version %llu", outcome->name.c_str(),
+              static_cast<unsigned long long>(outcome->version));
+    refreshBundleHandlers();
+    if (outcome->previous) {
+      trials_[outcome->name] = BundleTrial{outcome->version, clock_.monotonicMs() + config_.bundleTrialMs, 0};
+    }
+    sendBundleReport(outcome->name, outcome->version, "installed", "", "");
+    sendHello();  // the nexus learns the new handler names
+  }
+  maybeFetchBundle();
+}
+
+void SporeImpl::sendBundleReport(const std::string& name, std::uint64_t version, const std::string& event,
+                                 const std::string& reason, const std::string& message) {
+  wire::Encoder e(0, 64);
+  auto r = e.body().initBundleReport();
+  r.setName(name);
+  r.setVersion(version);
+  r.setEvent(event);
+  r.setReason(reason);
+  r.setMessage(message.substr(0, 1000));
+  if (auto list = installer_->list()) {
+    for (const auto& b : *list) {
+      if (b.name == name) r.setRunning(b.current);
+    }
+  }
+  if (auto seen = installer_->seen(name); seen && *seen) r.setRollbacks(static_cast<std::uint32_t>((*seen)->bad.size()));
+  send(e.finish());
+}
+
+// After each welcome: what runs here, so that `mesh bundles` is right after a nexus restart.
+void SporeImpl::reportBundleState() {
+  auto list = installer_->list();
+  if (!list) return;
+  for (const auto& b : *list) sendBundleReport(b.name, b.current, "running", "", "");
+}
+
+void SporeImpl::noteTaskFailure(const std::string& handler) {
+  if (!installer_) return;
+  auto h = handlerBundle_.find(handler);
+  if (h == handlerBundle_.end()) return;
+  auto t = trials_.find(h->second);
+  if (t == trials_.end()) return;
+  std::int64_t now = clock_.monotonicMs();
+  if (now > t->second.untilMono) {
+    trials_.erase(t);  // the version passed its trial
+    return;
+  }
+  if (++t->second.failures < config_.bundleTrialFailures) return;
+  std::string name = t->first;
+  std::uint64_t version = t->second.version;
+  std::string reason = "trial-failed: handler " + handler + " failed " + std::to_string(t->second.failures) +
+                       " times within " + std::to_string(config_.bundleTrialMs / 1000) + " s of the install";
+  trials_.erase(t);
+  if (auto s = installer_->rollback(name, reason); !s) {
+    MESH_ERROR("cannot roll bundle %s back: %s", name.c_str(), s.error().message.c_str());
+    return;
+  }
+  MESH_WARN("rolled bundle %s back from version %llu: %s", name.c_str(), static_cast<unsigned long long>(version),
+            reason.c_str());
+  refreshBundleHandlers();
+  sendBundleReport(name, version, "rolled-back", "trial-failed", reason);
+  sendHello();
+}
+
+void SporeImpl::bundleTimers(std::int64_t now) {
+  if (!welcomed_) return;
+  if (now >= nextBundleCheck_) {
+    nextBundleCheck_ = now + kBundleCheckEveryMs;
+    wire::Encoder e(0, 16);
+    e.body().setBundleListRequest();
+    send(e.finish());
+  }
+  if (fetch_ && now - fetch_->lastMono > kFetchStallMs) {
+    // Requests or answers were lost (a reconnect): ask again from where the spool ends.
+    MESH_INFO("bundle %s: fetch stalled; resuming at %llu", fetch_->offer.name.c_str(),
+              static_cast<unsigned long long>(fetch_->rx->offset()));
+    fetch_->outstanding = 0;
+    fetch_->requested = fetch_->rx->offset();
+    fetch_->lastMono = now;
+    pumpFetch();
+  }
 }
 
 // ---- Spore -----------------------------------------------------------------------------------

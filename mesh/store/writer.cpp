@@ -4,6 +4,7 @@
 #include <cstring>
 #include <future>
 
+#include "mesh/transport/inproc.h"
 #include "mesh/util/clock.h"
 #include "mesh/util/log.h"
 
@@ -17,19 +18,8 @@ struct Job {
   std::unique_ptr<WriteSet> set;  // null: stop
 };
 
-// Ownership of a heap object crosses the inproc socket as its pointer value.
-template <typename T>
-zmq::message_t pointerMessage(std::unique_ptr<T> p) {
-  T* raw = p.release();
-  return zmq::message_t(&raw, sizeof raw);
-}
-template <typename T>
-std::unique_ptr<T> takePointer(const zmq::message_t& m) {
-  MESH_ASSERT(m.size() == sizeof(T*), "inproc pointer message of the wrong size");
-  T* raw;
-  std::memcpy(&raw, m.data(), sizeof raw);
-  return std::unique_ptr<T>(raw);
-}
+using transport::pointerMessage;
+using transport::takePointer;
 }  // namespace
 
 util::Result<std::unique_ptr<StoreWriter>> StoreWriter::start(zmq::context_t& ctx, const std::string& dbPath) {
