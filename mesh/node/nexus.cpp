@@ -1581,6 +1581,7 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
   s.mrPartitions = r;
   std::uint64_t id = nextBatchId_++;
   routing::Batch& b = scheduler_.addBatch(id, s);
+  b.total = r;  // known now: progress shows 0/R, not 0/0, until the tasks are committed
   owners_[id] = map.clientKey;
   store::BatchRecord rec;
   rec.id = id;
