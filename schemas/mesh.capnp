@@ -38,6 +38,16 @@ struct Envelope {
     error @22 :Error;            # reply to any request that could not be served
     # ---- events port: PUB -> SUB, hints only -----------------------------------------------
     event @23 :Event;
+    # ---- signed bundles (docs/bundles.md, docs/protocol.md) ---------------------------------
+    bundleUpload @24 :BundleUpload;       # client -> nexus: the next chunk of a publish (admin)
+    bundleUploadAck @25 :BundleUploadAck; # nexus -> client: credit for the next chunk, or done
+    bundleFetch @26 :BundleFetch;         # spore -> nexus: bytes of a stored bundle
+    bundleChunk @27 :BundleChunk;         # nexus -> spore: answer to bundleFetch
+    bundleReport @28 :BundleReport;       # spore -> nexus: an install, refusal, rollback or state
+    bundleListRequest @29 :Void;          # spore -> nexus: which bundles are current?
+    bundleList @30 :List(BundleRef);      # nexus -> spore: answer to bundleListRequest
+    bundlesRequest @31 :Void;             # client -> nexus: `mesh bundles`
+    bundlesReply @32 :BundlesReply;
   }
 }
 
@@ -76,6 +86,7 @@ struct Welcome {
   missedBeats @1 :UInt8;       # peers are declared dead after this many silent intervals
   nexusName @2 :Text;
   eventsPort @3 :UInt16;       # the PUB port, on the same host as the node port
+  bundles @4 :List(BundleRef); # the current bundles, so that a late joiner fetches them
 }
 
 struct Heartbeat {
@@ -304,4 +315,79 @@ struct Event {
     nodeLost @2;
     bundleAvailable @3;
   }
+}
+
+# ---- signed bundles --------------------------------------------------------------------------
+
+# A bundle the nexus accepted and serves: the highest version published for its name.
+struct BundleRef {
+  name @0 :Text;
+  version @1 :UInt64;
+  size @2 :UInt64;             # bytes of the bundle file
+  manifestSha256 @3 :Text;     # hex SHA-256 of the manifest bytes: names this exact release
+  publishedMs @4 :Int64;
+}
+
+# Upload with a credit of one chunk: the client sends the chunk at `offset` and waits for its
+# ack before the next. upload 0 on the first chunk opens an upload; the ack carries its id.
+struct BundleUpload {
+  upload @0 :UInt64;
+  offset @1 :UInt64;
+  data @2 :Data;               # at most 1 MiB
+  last @3 :Bool;               # no byte follows: verify and store
+}
+
+struct BundleUploadAck {
+  upload @0 :UInt64;
+  received @1 :UInt64;         # bytes taken so far: the offset of the next chunk
+  done @2 :Bool;               # verified, stored and announced
+  bundle @3 :BundleRef;        # when done
+}
+
+struct BundleFetch {
+  name @0 :Text;
+  version @1 :UInt64;
+  offset @2 :UInt64;
+  maxBytes @3 :UInt32;         # the nexus sends at most min(maxBytes, 1 MiB)
+}
+
+struct BundleChunk {
+  name @0 :Text;
+  version @1 :UInt64;
+  offset @2 :UInt64;
+  data @3 :Data;
+  size @4 :UInt64;             # total bytes of the bundle
+  missing @5 :Bool;            # the nexus does not serve this name and version (any more)
+}
+
+struct BundleReport {
+  name @0 :Text;
+  version @1 :UInt64;
+  event @2 :Text;              # installed, refused, rolled-back, or running (state after hello)
+  reason @3 :Text;             # refusal name, or the rollback cause
+  message @4 :Text;
+  running @5 :UInt64;          # the version now current on the spore; 0: none
+  rollbacks @6 :UInt32;        # rollbacks of this name on the spore (bad versions)
+}
+
+struct SporeBundleState {
+  spore @0 :Text;              # name
+  fingerprint @1 :Text;
+  running @2 :UInt64;
+  event @3 :Text;
+  reason @4 :Text;
+  message @5 :Text;
+  version @6 :UInt64;          # the version the last event is about
+  rollbacks @7 :UInt32;
+  connected @8 :Bool;
+}
+
+struct BundleStatus {
+  bundle @0 :BundleRef;
+  spores @1 :List(SporeBundleState);
+}
+
+struct BundlesReply {
+  bundles @0 :List(BundleStatus);
+  refusals @1 :List(BundleReport);   # the latest publishes the nexus refused (name, reason)
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A local Hive Mesh cluster on 127.0.0.1, for development, tests and the demo.
 #
-#   scripts/cluster.sh up [--spores N] [--slots S] [--nexus-args "..."] [--spore-args "..."] DIR
+#   scripts/cluster.sh up [--spores N] [--slots S] [--nexus-args "..."] [--spore-args "..."]
+#                         [--trust FILE]... DIR
 #       starts a nexus and N spores (default 2) on ports chosen at run time, each in its own
 #       sub-directory of DIR, with generated and accepted keys; writes DIR/env (source it to
-#       use `mesh`) and DIR/pids; returns when every spore has joined.
+#       use `mesh`) and DIR/pids; returns when every spore has joined. --trust passes a release
+#       public key (signed bundles) to the nexus and every spore, including later ones.
 #   scripts/cluster.sh add-spore DIR NAME [spore options...]
 #       starts one more spore (its key generated and accepted) and waits until it joins.
 #   scripts/cluster.sh stop DIR NAME     stops one process of the cluster (SIGTERM, then SIGKILL)
@@ -79,7 +81,8 @@ start_nexus() {
   fi
   # shellcheck disable=SC2086
   "$bin/nexus" --data-dir "$dir/nexus" --bind-node "$bind_node" --bind-client "$bind_client" \
-    --bind-events "$bind_events" --name local-nexus $(cat "$dir/nexus-args" 2>/dev/null) "$@" \
+    --bind-events "$bind_events" --name local-nexus $(cat "$dir/nexus-args" 2>/dev/null) \
+    $(cat "$dir/trust-args" 2>/dev/null) "$@" \
     >> "$dir/nexus.log" 2>&1 &
   record_pid "$dir" nexus $!
   if ! wait_for 15 "the nexus to start (see $dir/nexus.log)" test -f "$dir/nexus/endpoints"; then
@@ -101,18 +104,20 @@ start_spore() {
   node=$(awk '$1 == "node" { print $2 }' "$dir/nexus/endpoints")
   # shellcheck disable=SC2046
   "$bin/spore" --data-dir "$sdir" --nexus "$node" --nexus-key "$dir/nexus/nexus.key.pub" --name "$name" \
-    $(cat "$dir/spore-args" 2>/dev/null) "$@" >> "$dir/$name.log" 2>&1 &
+    $(cat "$dir/spore-args" 2>/dev/null) $(cat "$dir/trust-args" 2>/dev/null) "$@" >> "$dir/$name.log" 2>&1 &
   record_pid "$dir" "$name" $!
 }
 
 cmd_up() {
-  local spores=2 slots=2 dir=""
+  local spores=2 slots=2 dir="" trust_args=""
   while [ $# -gt 0 ]; do
     case $1 in
       --spores) spores=$2; shift 2 ;;
       --slots) slots=$2; shift 2 ;;
       --nexus-args) nexus_args=$2; shift 2 ;;
       --spore-args) spore_args=$2; shift 2 ;;
+      --trust) [ -r "$2" ] || die "--trust: cannot read $2"
+               trust_args="$trust_args --trust $(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
       -*) die "unknown option $1" ;;
       *) [ -z "$dir" ] || die "one DIR only"; dir=$1; shift ;;
     esac
@@ -127,6 +132,7 @@ cmd_up() {
   echo "${nexus_args:-}" > "$dir/nexus-args"
   echo "$slots" > "$dir/slots"
   echo "${spore_args:-}" > "$dir/spore-args"
+  echo "$trust_args" > "$dir/trust-args"
   start_nexus "$dir"
   "$bin/mesh" keys gen "$dir/operator.key" >/dev/null
   "$bin/mesh" keys accept "$dir/operator.key.pub" --role admin --comment operator --data-dir "$dir/nexus" >/dev/null

@@ -100,7 +100,8 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
       ("max-payload", po::value<std::string>()->default_value("16M"), "largest task payload accepted")
       ("max-frame", po::value<std::string>()->default_value("64M"), "largest message accepted from the network")
       ("max-queued", po::value<std::uint64_t>(&c.maxQueuedTasks)->default_value(c.maxQueuedTasks), "refuse submissions beyond this many unfinished tasks")
-      ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error");
+      ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error")
+      ("trust", po::value<std::vector<std::string>>(), "a release public key file whose bundles may be published (repeatable)");
   po::options_description discovery("LAN discovery");
   discovery.add_options()
       ("beacon", po::bool_switch(&c.beacon), "broadcast a UDP beacon every second so spores find this nexus")
@@ -124,6 +125,7 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
     return out;
   }
   if (c.name.empty()) c.name = hostName();
+  if (vm.count("trust")) c.trust = vm["trust"].as<std::vector<std::string>>();
   auto hb = durationOption(vm, "heartbeat", 1000);
   if (!hb) return hb.error();
   c.heartbeatMs = *hb;
@@ -167,6 +169,9 @@ util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) 
       ("slots", po::value<unsigned>(&c.slots), "tasks run at once (default: number of CPUs)")
       ("tags", po::value<std::vector<std::string>>(), "capabilities, e.g. gpu,ssd (repeatable or comma-separated)")
       ("handlers", po::value<std::string>(&c.handlersDir), "directory of handler programs (file name = handler name)")
+      ("trust", po::value<std::vector<std::string>>(), "a release public key file whose signed bundles this spore installs (repeatable)")
+      ("bundle-trial-failures", po::value<unsigned>(&c.bundleTrialFailures)->default_value(3), "roll a new bundle version back after its handlers fail this often...")
+      ("bundle-trial", po::value<std::string>()->default_value("60s"), "...within this long after its install")
       ("heartbeat", po::value<std::string>()->default_value("1s"), "heartbeat interval")
       ("missed-beats", po::value<int>(&c.missedBeats)->default_value(3), "reconnect after this many silent intervals")
       ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error");
@@ -207,6 +212,10 @@ util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) 
   if (c.slots > 1024) return usage("--slots must be at most 1024", "spore");
   if (c.keyFile.empty()) c.keyFile = c.dataDir + "/spore.key";
   if (vm.count("nexus")) c.nexus = vm["nexus"].as<std::vector<std::string>>();
+  if (vm.count("trust")) c.trust = vm["trust"].as<std::vector<std::string>>();
+  auto trial = durationOption(vm, "bundle-trial", 60000);
+  if (!trial) return trial.error();
+  c.bundleTrialMs = *trial;
   c.tags = listOption(vm, "tags");
   c.interfaces = listOption(vm, "interface");
   auto hb = durationOption(vm, "heartbeat", 1000);
@@ -280,6 +289,12 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("role", po::value<std::string>(&c.role), "role of an accepted key: node, client or admin")
       ("comment", po::value<std::string>(&c.comment), "a note stored with the key")
       ("release", po::bool_switch(&c.release), "keys gen: an Ed25519 release key for signing bundles");
+  po::options_description bundle("bundle sign (the release key is --key FILE)");
+  bundle.add_options()
+      ("name", po::value<std::string>(&c.bundle.name), "bundle name: [a-z0-9][a-z0-9._-]{0,63}")
+      ("version", po::value<std::uint64_t>(&c.bundle.version)->default_value(0), "bundle version, strictly increasing per name")
+      ("expires", po::value<std::string>(&c.bundle.expires)->default_value("30d"), "the bundle is refused once this long has passed")
+      ("bundle-handlers", po::value<std::vector<std::string>>(), "handlers (default: every top-level executable file)");
   po::options_description other("Other");
   other.add_options()
       ("quiet,q", po::bool_switch(&c.quiet), "wait: no progress output")
@@ -288,8 +303,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   po::options_description hidden;
   hidden.add_options()("words", po::value<std::vector<std::string>>(), "command words");
   po::options_description all, visible;
-  all.add(global).add(submit).add(mr).add(keys).add(other).add(hidden);
-  visible.add(global).add(submit).add(mr).add(keys).add(other);
+  all.add(global).add(submit).add(mr).add(keys).add(bundle).add(other).add(hidden);
+  visible.add(global).add(submit).add(mr).add(keys).add(bundle).add(other);
   po::positional_options_description positional;
   positional.add("words", -1);
   po::variables_map vm;
@@ -316,7 +331,11 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  keys list | pending        keys the nexus knows (needs --data-dir on the nexus host)\n"
         "  keys accept FP [--role R]  let a pending key in (fingerprint, key or .pub file)\n"
         "  keys revoke FP             shut a key out\n"
-        "  keys fingerprint FILE      the fingerprint of a key file\n\n"
+        "  keys fingerprint FILE      the fingerprint of a key file\n"
+        "  bundle sign DIR --name N --version V --key release.key [--expires 30d] -o FILE\n"
+        "                             sign a directory of handler programs into a bundle\n"
+        "  bundle publish FILE        upload a signed bundle (admin key); spores install it\n"
+        "  bundles                    each bundle's version on each spore, refusals, rollbacks\n\n"
         "Exit codes: 0 success, 1 some tasks failed, 2 usage error, 3 cannot reach or\n"
         "authenticate to the nexus.\n",
         visible);
@@ -329,6 +348,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   auto timeout = durationOption(vm, "timeout", 10000);
   if (!timeout) return timeout.error();
   c.client.timeoutMs = *timeout;
+  c.keyGiven = vm.count("key") > 0;
+  c.bundle.handlers = listOption(vm, "bundle-handlers");
   if (vm.count("files")) c.submit.files = vm["files"].as<std::vector<std::string>>();
   c.submit.requiredTags = listOption(vm, "requires");
   if (vm.count("task-timeout")) {

@@ -36,6 +36,7 @@ struct NexusConfig {
   std::vector<std::string> beaconTargets;  // host:port unicast targets instead of broadcast
   std::string advertise;
   std::string logLevel = "info";
+  std::vector<std::string> trust;  // release public key files (--trust): bundles they sign
 };
 
 struct SporeConfig {
@@ -62,6 +63,10 @@ struct SporeConfig {
   std::int64_t killGraceMs = 2000;
   std::uint64_t maxFrameBytes = 64ull << 20;
   std::string logLevel = "info";
+  // Signed bundles: release public key files (--trust); none: bundles are not fetched.
+  std::vector<std::string> trust;
+  unsigned bundleTrialFailures = 3;      // a new version's handlers failing this often...
+  std::int64_t bundleTrialMs = 60'000;   // ...within this long after its install: roll back
 };
 
 // Where and who the mesh CLI connects as.
@@ -95,6 +100,14 @@ struct MapReduceOptions {
   std::uint64_t job = 0;  // resume: wait for and fetch an existing job instead of submitting
 };
 
+// mesh bundle sign
+struct BundleSignOptions {
+  std::string name;
+  std::uint64_t version = 0;
+  std::string expires = "30d";
+  std::vector<std::string> handlers;  // empty: every top-level executable
+};
+
 struct CliCommand {
   std::vector<std::string> words;    // e.g. {"keys", "accept"} or {"submit"}
   std::vector<std::string> args;     // positional arguments after the command words
@@ -105,6 +118,8 @@ struct CliCommand {
   std::string role;                  // keys accept/gen
   std::string comment;
   bool release = false;              // keys gen --release
+  bool keyGiven = false;             // --key given on the command line (bundle sign: the release key)
+  BundleSignOptions bundle;
   bool quiet = false;
   std::uint64_t limit = 0;
 };

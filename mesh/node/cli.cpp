@@ -12,6 +12,8 @@
 
 #include <dirent.h>
 
+#include "mesh/bundle/release_key.h"
+#include "mesh/bundle/sign.h"
 #include "mesh/crypto/keys.h"
 #include "mesh/exec/mapreduce.h"
 #include "mesh/node/client.h"
@@ -116,7 +118,20 @@ int keysCommand(const CliCommand& cmd) {
   const auto& clock = util::systemClock();
   if (sub == "gen") {
     if (cmd.args.size() != 1) return usageError("keys gen takes one FILE");
-    if (cmd.release) return usageError("release keys (--release) come with signed bundles; not in this build yet");
+    if (cmd.release) {
+      auto key = bundle::ReleaseKey::generate();
+      if (auto s = key.save(cmd.args[0]); !s) return fail(s.error());
+      std::string fp = key.publicKey().fingerprint();
+      if (cmd.client.json) {
+        std::printf("{\"file\":%s,\"public_file\":%s,\"fingerprint\":%s}\n", util::jsonString(cmd.args[0]).c_str(),
+                    util::jsonString(cmd.args[0] + ".pub").c_str(), util::jsonString(fp).c_str());
+      } else {
+        std::printf("wrote release key %s (secret, mode 600: keep it offline) and %s.pub (give it to the nexus and "
+                    "spores with --trust)\nfingerprint %s\n",
+                    cmd.args[0].c_str(), cmd.args[0].c_str(), fp.c_str());
+      }
+      return 0;
+    }
     auto pair = crypto::KeyPair::generate();
     if (auto s = crypto::saveKeyPair(cmd.args[0], pair); !s) return fail(s.error());
     if (cmd.client.json) {
@@ -669,11 +684,154 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   return 0;
 }
 
+// ---- bundles ---------------------------------------------------------------------------------
+
+int bundleSignCommand(const CliCommand& cmd) {
+  const auto& b = cmd.bundle;
+  if (cmd.args.size() != 1) return usageError("bundle sign takes one DIR");
+  if (b.name.empty()) return usageError("bundle sign needs --name NAME");
+  if (b.version == 0) return usageError("bundle sign needs --version N (1 or more, increasing per name)");
+  if (!cmd.keyGiven) return usageError("bundle sign needs --key RELEASE_KEY (made by `mesh keys gen --release`)");
+  if (cmd.mapreduce.output.empty()) return usageError("bundle sign needs -o FILE");
+  auto expires = util::parseDurationMs(b.expires);
+  if (!expires || *expires <= 0) return usageError("--expires takes a duration such as 30d or 12h");
+  auto key = bundle::ReleaseKey::load(cmd.client.key);
+  if (!key) return fail(util::err(key.error().message, kExitUsage));
+  bundle::SignOptions o;
+  o.name = b.name;
+  o.version = b.version;
+  o.createdMs = util::systemClock().wallMs();
+  o.expiresMs = o.createdMs + *expires;
+  o.handlers = b.handlers;
+  auto signedBundle = bundle::signBundle(cmd.args[0], o, *key, cmd.mapreduce.output);
+  if (!signedBundle) return fail(util::err(signedBundle.error().message, kExitUsage));
+  std::string handlers;
+  for (const auto& h : signedBundle->manifest.handlers) handlers += (handlers.empty() ? "" : ",") + h;
+  if (cmd.client.json) {
+    std::printf("{\"file\":%s,\"name\":%s,\"version\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"key\":%s,\"handlers\":%s}\n",
+                util::jsonString(cmd.mapreduce.output).c_str(), util::jsonString(b.name).c_str(), b.version,
+                signedBundle->bundleBytes, util::jsonString(signedBundle->keyFingerprint).c_str(),
+                util::jsonString(handlers).c_str());
+  } else {
+    std::printf("wrote %s: bundle %s version %" PRIu64 ", %" PRIu64 " bytes, handlers %s, signed by %s\n",
+                cmd.mapreduce.output.c_str(), b.name.c_str(), b.version, signedBundle->bundleBytes, handlers.c_str(),
+                signedBundle->keyFingerprint.c_str());
+  }
+  return 0;
+}
+
+int bundlePublishCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  if (cmd.args.size() != 1) return usageError("bundle publish takes one FILE");
+  std::ifstream in(cmd.args[0], std::ios::binary);
+  if (!in) return usageError("cannot read " + cmd.args[0]);
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  constexpr std::size_t kChunk = 1u << 20;  // the nexus's limit per upload message
+  std::string buf(kChunk, '\0'), next(kChunk, '\0');
+  in.read(buf.data(), static_cast<std::streamsize>(kChunk));
+  std::size_t n = static_cast<std::size_t>(in.gcount());
+  std::uint64_t upload = 0, offset = 0;
+  for (;;) {
+    // Read one chunk ahead so that the last chunk carries `last`.
+    std::size_t m = 0;
+    if (in) {
+      in.read(next.data(), static_cast<std::streamsize>(kChunk));
+      m = static_cast<std::size_t>(in.gcount());
+    }
+    bool last = m == 0;
+    wire::Encoder e((*client)->nextRequestId(), static_cast<unsigned>(n / 8 + 64));
+    auto up = e.body().initBundleUpload();
+    up.setUpload(upload);
+    up.setOffset(offset);
+    up.setData(wire::asData(std::string_view(buf.data(), n)));
+    up.setLast(last);
+    auto reply = (*client)->call(e);  // credit of one chunk: the ack lets the next one go
+    if (!reply) return fail(reply.error());
+    auto ack = reply->envelope().getBody().getBundleUploadAck();
+    upload = ack.getUpload();
+    offset += n;
+    if (ack.getDone()) {
+      auto ref = ack.getBundle();
+      if (cmd.client.json) {
+        std::printf("{\"name\":%s,\"version\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"manifest_sha256\":%s}\n",
+                    util::jsonString(wire::view(ref.getName())).c_str(), ref.getVersion(), ref.getSize(),
+                    util::jsonString(wire::view(ref.getManifestSha256())).c_str());
+      } else {
+        std::printf("published bundle %s version %" PRIu64 " (%" PRIu64 " bytes); spores fetch it now (see mesh bundles)\n",
+                    std::string(wire::view(ref.getName())).c_str(), ref.getVersion(), ref.getSize());
+      }
+      return 0;
+    }
+    if (last) return fail(util::err("the nexus did not confirm the publish", kExitFailed));
+    if (ack.getReceived() != offset) return fail(util::err("the nexus lost track of the upload: publish again", kExitFailed));
+    std::swap(buf, next);
+    n = m;
+  }
+}
+
+int bundlesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  wire::Encoder e;
+  e.body().setBundlesRequest();
+  auto reply = (*client)->call(e);
+  if (!reply) return fail(reply.error());
+  auto r = reply->envelope().getBody().getBundlesReply();
+  for (auto b : r.getBundles()) {
+    auto ref = b.getBundle();
+    if (cmd.client.json) {
+      std::string out = "{\"name\":" + util::jsonString(wire::view(ref.getName())) +
+                        ",\"version\":" + std::to_string(ref.getVersion()) + ",\"size\":" + std::to_string(ref.getSize()) +
+                        ",\"manifest_sha256\":" + util::jsonString(wire::view(ref.getManifestSha256())) +
+                        ",\"published_ms\":" + std::to_string(ref.getPublishedMs()) + ",\"spores\":[";
+      bool first = true;
+      for (auto s : b.getSpores()) {
+        out += std::string(first ? "" : ",") + "{\"spore\":" + util::jsonString(wire::view(s.getSpore())) +
+               ",\"fingerprint\":" + util::jsonString(wire::view(s.getFingerprint())) +
+               ",\"running\":" + std::to_string(s.getRunning()) + ",\"event\":" + util::jsonString(wire::view(s.getEvent())) +
+               ",\"version\":" + std::to_string(s.getVersion()) + ",\"reason\":" + util::jsonString(wire::view(s.getReason())) +
+               ",\"message\":" + util::jsonString(wire::view(s.getMessage())) +
+               ",\"rollbacks\":" + std::to_string(s.getRollbacks()) + ",\"connected\":" + (s.getConnected() ? "true" : "false") + "}";
+        first = false;
+      }
+      out += "]}\n";
+      std::fputs(out.c_str(), stdout);
+      continue;
+    }
+    std::printf("bundle %s: published version %" PRIu64 ", %" PRIu64 " bytes, %s\n",
+                std::string(wire::view(ref.getName())).c_str(), ref.getVersion(), ref.getSize(),
+                isoTime(ref.getPublishedMs()).c_str());
+    std::printf("  %-16s %-19s %7s  %-12s %7s  %9s  %s\n", "SPORE", "FINGERPRINT", "RUNNING", "LAST EVENT", "OF", "ROLLBACKS",
+                "REASON");
+    for (auto s : b.getSpores()) {
+      std::string reason(wire::view(s.getReason()));
+      std::string message(wire::view(s.getMessage()));
+      std::printf("  %-16s %-19s %7" PRIu64 "  %-12s %7" PRIu64 "  %9u  %s%s%s\n", std::string(wire::view(s.getSpore())).c_str(),
+                  std::string(wire::view(s.getFingerprint())).c_str(), s.getRunning(),
+                  std::string(wire::view(s.getEvent())).c_str(), s.getVersion(), s.getRollbacks(),
+                  escaped(reason).c_str(), message.empty() || reason == message ? "" : ": ",
+                  message.empty() || reason == message ? "" : escaped(message).c_str());
+    }
+  }
+  for (auto x : r.getRefusals()) {
+    if (cmd.client.json) {
+      std::printf("{\"refused_publish\":{\"name\":%s,\"version\":%" PRIu64 ",\"reason\":%s,\"message\":%s}}\n",
+                  util::jsonString(wire::view(x.getName())).c_str(), x.getVersion(),
+                  util::jsonString(wire::view(x.getReason())).c_str(), util::jsonString(wire::view(x.getMessage())).c_str());
+    } else {
+      std::printf("refused publish: %s version %" PRIu64 ": %s: %s\n", escaped(wire::view(x.getName())).c_str(),
+                  x.getVersion(), std::string(wire::view(x.getReason())).c_str(), escaped(wire::view(x.getMessage())).c_str());
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int runCli(const config::CliCommand& cmd) {
   const std::string& verb = cmd.words[0];
   if (verb == "keys") return keysCommand(cmd);
+  if (verb == "bundle" && cmd.words[1] == "sign") return bundleSignCommand(cmd);
   auto ctx = transport::makeContext();
   int rc;
   if (verb == "submit") rc = submitCommand(ctx, cmd);
@@ -684,6 +842,9 @@ int runCli(const config::CliCommand& cmd) {
   else if (verb == "task") rc = taskCommand(ctx, cmd);
   else if (verb == "cancel") rc = cancelCommand(ctx, cmd);
   else if (verb == "mapreduce") rc = mapreduceCommand(ctx, cmd);
+  else if (verb == "bundle" && cmd.words[1] == "publish") rc = bundlePublishCommand(ctx, cmd);
+  else if (verb == "bundle") rc = usageError("unknown bundle subcommand '" + cmd.words[1] + "' (sign or publish)");
+  else if (verb == "bundles") rc = bundlesCommand(ctx, cmd);
   else rc = usageError("unknown command '" + verb + "'");
   return rc;
 }

@@ -513,6 +513,13 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
       }
       flushResults();
       if (installer_) {
+        if (fetch_) {
+          // A new connection: what was in flight on the old one is lost; resume from the spool.
+          fetch_->outstanding = 0;
+          fetch_->requested = fetch_->rx->offset();
+          fetch_->lastMono = clock_.monotonicMs();
+          pumpFetch();
+        }
         onBundleOffers(w.getBundles());
         reportBundleState();
       }
