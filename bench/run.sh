@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
     --peer-reps) peer_reps=$2; shift 2 ;;
     --idle-s) idle_s=$2; shift 2 ;;
     --quiet-max) quiet_max=$2; shift 2 ;;
-    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
     A|B|C|E|F) workloads+=("$1"); shift ;;
     D) say "workload D (word count) is not in this harness yet: see docs/benchmarks.md for the mesh mapreduce command that measures it"; shift ;;
     *) die "unknown argument $1 (see bench/run.sh --help)" ;;

@@ -112,7 +112,8 @@ done
 [ -r "$unit" ] || die_usage "cannot read the unit file $unit"
 [[ $cluster =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die_usage "--cluster: 1 to 64 characters of A-Z a-z 0-9 . _ -"
 for s in ${seeds[@]+"${seeds[@]}"}; do
-  # IPv4 addresses and host names only: the mesh's TCP sockets do not speak IPv6.
+  # Host names and IPv4 addresses only here (an IPv6 seed works, but is not accepted by this
+  # installer's check; edit spore.conf by hand for one).
   [[ $s =~ ^tcp://[A-Za-z0-9][A-Za-z0-9._-]*:[0-9]{1,5}$ ]] ||
     die_usage "--nexus '$s' is not tcp://HOST:PORT (a host name or IPv4 address)"
 done

@@ -135,10 +135,6 @@ bool validName(std::string_view s, std::size_t max) {
   });
 }
 
-std::string peerAddress(zmq::message_t& frame) {
-  const char* a = zmq_msg_gets(frame.handle(), "Peer-Address");
-  return a ? a : "";
-}
 
 std::string portName(const std::string& domain) {
   if (domain == kNodeDomain) return "node";
@@ -601,7 +597,7 @@ void NexusImpl::drainClients() {
 
 void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body) {
   std::string key = transport::userId(body);
-  std::string address = peerAddress(body);
+  std::string address = transport::peerAddress(body);
   auto decoded = wire::decode(std::move(body), limits_);
   if (!decoded) {
     counters_.add("bad_frames");

@@ -256,7 +256,7 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
     t.node = id;
     if (attempt > t.attempts) t.attempts = attempt;
     t.deadlineMono = nowMono + t.batch->spec.timeoutMs + config_.deadlineGraceMs;
-    deadlines_.push({t.deadlineMono, t.id, t.attempts});
+    deadlines_.insert({t.deadlineMono, t.id});
     n->running.insert(tid);
     ++n->inFlight;
     ++t.batch->running;
@@ -380,7 +380,7 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
         ++t->attempts;
         t->assignedWallMs = nowWallMs;
         t->deadlineMono = nowMono + b->spec.timeoutMs + config_.deadlineGraceMs;
-        deadlines_.push({t->deadlineMono, t->id, t->attempts});
+        deadlines_.insert({t->deadlineMono, t->id});
         n->running.insert(t->id);
         ++n->inFlight;
         ++b->running;
@@ -409,6 +409,7 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
 
 void Scheduler::detachFromNode(Task& t) {
   if (t.state != Task::State::kRunning) return;
+  deadlines_.erase({t.deadlineMono, t.id});
   if (Node* n = node(t.node)) {
     n->running.erase(t.id);
     if (n->inFlight > 0) --n->inFlight;
@@ -558,13 +559,13 @@ void Scheduler::tick(std::int64_t nowMono, std::int64_t nowWallMs) {
     --queuedTotal_;
     enqueueFront(t);
   }
-  while (!deadlines_.empty() && deadlines_.top().at <= nowMono) {
-    DeadlineEntry e = deadlines_.top();
-    deadlines_.pop();
-    auto it = tasks_.find(e.task);
+  while (!deadlines_.empty() && deadlines_.begin()->first <= nowMono) {
+    auto [at, id] = *deadlines_.begin();
+    deadlines_.erase(deadlines_.begin());
+    auto it = tasks_.find(id);
     if (it == tasks_.end()) continue;
     Task& t = *it->second;
-    if (t.state != Task::State::kRunning || t.attempts != e.attempt) continue;
+    if (t.state != Task::State::kRunning || t.deadlineMono != at) continue;
     effects_.cancels.emplace_back(t.node, t.id);
     counters_.add("attempts_expired");
     endAttempt(t, Status::kTimedOut,
@@ -577,7 +578,7 @@ void Scheduler::tick(std::int64_t nowMono, std::int64_t nowWallMs) {
 std::optional<std::int64_t> Scheduler::nextDeadline() const {
   std::optional<std::int64_t> next;
   if (!retries_.empty()) next = retries_.top().first;
-  if (!deadlines_.empty() && (!next || deadlines_.top().at < *next)) next = deadlines_.top().at;
+  if (!deadlines_.empty() && (!next || deadlines_.begin()->first < *next)) next = deadlines_.begin()->first;
   return next;
 }
 

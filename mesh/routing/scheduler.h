@@ -254,6 +254,7 @@ class Scheduler {
   std::uint64_t queuedTotal() const { return queuedTotal_; }
   std::uint64_t runningTotal() const { return runningTotal_; }
   std::size_t tasksInMemory() const { return tasks_.size(); }
+  std::size_t deadlinesTracked() const { return deadlines_.size(); }
 
  private:
   void enqueueFront(Task& t);
@@ -282,14 +283,10 @@ class Scheduler {
   // Retries waiting for their backoff: (time, task id).
   std::priority_queue<std::pair<std::int64_t, std::uint64_t>, std::vector<std::pair<std::int64_t, std::uint64_t>>,
                       std::greater<>> retries_;
-  // Deadlines of running attempts: (time, task id, attempt); stale entries skipped lazily.
-  struct DeadlineEntry {
-    std::int64_t at;
-    std::uint64_t task;
-    std::uint8_t attempt;
-    bool operator>(const DeadlineEntry& o) const { return at > o.at; }
-  };
-  std::priority_queue<DeadlineEntry, std::vector<DeadlineEntry>, std::greater<>> deadlines_;
+  // Deadlines of running attempts, (time, task id): an entry lives exactly as long as its
+  // attempt runs (added at dispatch or adoption, removed when the attempt ends), so memory stays
+  // proportional to the tasks in flight, not to the tasks finished within one timeout.
+  std::set<std::pair<std::int64_t, std::uint64_t>> deadlines_;
   Effects effects_;
   util::Counters counters_;
   std::uint64_t queuedTotal_ = 0;

@@ -100,8 +100,10 @@ util::Status KeyStore::revoke(const crypto::PublicKey& key, std::int64_t nowMs) 
 
 util::Result<KeyRecord> KeyStore::resolve(const std::string& text) {
   // A full key or a key file first.
-  if (text.size() == 40 || access(text.c_str(), F_OK) == 0) {
+  bool isFile = access(text.c_str(), F_OK) == 0;
+  if (text.size() == 40 || isFile) {
     auto key = crypto::loadPublicKey(text);
+    if (!key && isFile) return util::err("cannot use key file " + text + ": " + key.error().message);
     if (key) {
       auto found = find(*key);
       if (!found) return found.error();

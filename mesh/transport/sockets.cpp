@@ -23,6 +23,8 @@ void applyCommon(zmq::socket_t& s, const SocketLimits& limits) {
   s.set(zmq::sockopt::maxmsgsize, limits.maxMessageBytes);
   s.set(zmq::sockopt::sndhwm, limits.sendHwm);
   s.set(zmq::sockopt::rcvhwm, limits.recvHwm);
+  // IPv6 endpoints ("tcp://[::1]:7700") as well as IPv4 ones; binding "*" listens on both.
+  s.set(zmq::sockopt::ipv6, 1);
 }
 }  // namespace
 
@@ -63,7 +65,27 @@ util::Result<std::string> bindSocket(zmq::socket_t& socket, const std::string& e
   } catch (const zmq::error_t& e) {
     return util::err("cannot bind " + endpoint + ": " + e.what());
   }
-  return socket.get(zmq::sockopt::last_endpoint);
+  std::string bound = socket.get(zmq::sockopt::last_endpoint);
+  // With ZMQ_IPV6 on, an IPv4 bind is reported as an IPv4-mapped address: show it as IPv4.
+  const std::string prefix = "tcp://[";
+  auto close = bound.find(']');
+  if (bound.rfind(prefix, 0) == 0 && close != std::string::npos) {
+    std::string host = bound.substr(prefix.size(), close - prefix.size());
+    std::string plain = plainAddress(host);
+    if (plain != host) bound = "tcp://" + plain + bound.substr(close + 1);
+  }
+  return bound;
+}
+
+std::string plainAddress(const std::string& address) {
+  const std::string mapped = "::ffff:";
+  if (address.rfind(mapped, 0) == 0 && address.find('.') != std::string::npos) return address.substr(mapped.size());
+  return address;
+}
+
+std::string peerAddress(zmq::message_t& frame) {
+  const char* a = zmq_msg_gets(frame.handle(), "Peer-Address");
+  return a ? plainAddress(a) : std::string();
 }
 
 std::string userId(zmq::message_t& frame) {

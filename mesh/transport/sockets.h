@@ -43,6 +43,12 @@ zmq::socket_t makeClientSocket(zmq::context_t& ctx, zmq::socket_type type,
 // Binds and returns the endpoint actually bound (resolves "tcp://127.0.0.1:*").
 util::Result<std::string> bindSocket(zmq::socket_t& socket, const std::string& endpoint);
 
+// "::ffff:10.0.0.5" -> "10.0.0.5": how a dual-stack socket reports an IPv4 peer, shown as IPv4.
+std::string plainAddress(const std::string& address);
+
+// The peer's IP address of a received frame (its "Peer-Address" property), or "".
+std::string peerAddress(zmq::message_t& frame);
+
 // The ZAP User-Id of a received body frame (our ZAP handler sets it to the z85 public key).
 // Empty when the frame has none (which never happens on a Curve server socket).
 std::string userId(zmq::message_t& frame);

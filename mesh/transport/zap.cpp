@@ -3,6 +3,7 @@
 #include <future>
 #include <vector>
 
+#include "mesh/transport/sockets.h"
 #include "mesh/util/log.h"
 
 namespace mesh::transport {
@@ -85,7 +86,7 @@ void ZapHandler::run(zmq::socket_t rep, zmq::socket_t control) {
         if (!key) {
           verdict.reason = "bad client key";
         } else {
-          verdict = authorizer_(ZapRequest{str(2), str(3), *key, *key == probe_.publicKey});
+          verdict = authorizer_(ZapRequest{str(2), plainAddress(str(3)), *key, *key == probe_.publicKey});
           if (verdict.allow) userId = key->z85();
         }
       }

@@ -263,6 +263,22 @@ TEST_CASE("the first result wins and a late duplicate is dropped") {
   CHECK(s.node(b)->inFlight == 0);
 }
 
+TEST_CASE("finished attempts leave no deadline behind") {
+  Scheduler s(SchedulerConfig{});
+  NodeId n = s.addNode(nodeInfo("n", 4));
+  batchOf(s, 1, spec(), 1000, 1);
+  for (int round = 0; round < 1000; ++round) {
+    auto as = s.dispatch(0, 0);
+    if (as.empty()) break;
+    CHECK(s.deadlinesTracked() == as[0].tasks.size());
+    for (auto* t : as[0].tasks) s.onReport(n, ok(t->id, 1), 0, 0);
+    CHECK(s.deadlinesTracked() == 0);
+  }
+  CHECK(s.tasksInMemory() == 0);
+  s.removeNode(n, 0, "gone");
+  CHECK(s.deadlinesTracked() == 0);
+}
+
 TEST_CASE("an attempt past its deadline is expired and retried") {
   SchedulerConfig c;
   c.deadlineGraceMs = 500;

@@ -86,6 +86,21 @@ TEST_CASE("a probe against an authorizer that admits everyone gets in, which the
                                 zmq::socket_type::dealer, 3000) == HandshakeResult::kSucceeded);
 }
 
+TEST_CASE("bound endpoints are reported as they can be connected to, IPv4 and IPv6") {
+  auto ctx = transport::makeContext();
+  zmq::socket_t a = transport::makeClientSocket(ctx, zmq::socket_type::dealer, crypto::KeyPair::generate(),
+                                                crypto::KeyPair::generate().publicKey, {});
+  auto v4 = transport::bindSocket(a, "tcp://127.0.0.1:*");
+  REQUIRE(v4.ok());
+  CHECK(v4->rfind("tcp://127.0.0.1:", 0) == 0);
+  zmq::socket_t b = transport::makeClientSocket(ctx, zmq::socket_type::dealer, crypto::KeyPair::generate(),
+                                                crypto::KeyPair::generate().publicKey, {});
+  auto v6 = transport::bindSocket(b, "tcp://[::1]:*");
+  REQUIRE(v6.ok());
+  CHECK(v6->rfind("tcp://[::1]:", 0) == 0);
+  CHECK_FALSE(transport::bindSocket(b, "tcp://999.1.1.1:1").ok());
+}
+
 TEST_CASE("an authorizer that throws refuses the peer") {
   auto ctx = transport::makeContext();
   transport::ZapHandler zap(ctx, [](const transport::ZapRequest&) -> transport::ZapVerdict {
