@@ -4,22 +4,49 @@
 
 namespace mesh::store {
 
-Statement::Statement(Statement&& o) noexcept : db_(o.db_), stmt_(o.stmt_), bindError_(o.bindError_) {
+namespace {
+constexpr std::size_t kIdlePerSql = 4;  // a few of each: nested uses of one statement are rare
+}
+
+StatementCache::~StatementCache() {
+  for (auto& [sql, stmts] : idle) {
+    for (sqlite3_stmt* s : stmts) sqlite3_finalize(s);
+  }
+}
+
+void Statement::release() {
+  if (!stmt_) return;
+  if (cache_ && !cache_->closed) {
+    auto& list = cache_->idle[sql_];
+    if (list.size() < kIdlePerSql) {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+      list.push_back(stmt_);
+      stmt_ = nullptr;
+      return;
+    }
+  }
+  sqlite3_finalize(stmt_);
+  stmt_ = nullptr;
+}
+
+Statement::Statement(Statement&& o) noexcept
+    : db_(o.db_), stmt_(o.stmt_), bindError_(o.bindError_), cache_(std::move(o.cache_)), sql_(std::move(o.sql_)) {
   o.stmt_ = nullptr;
 }
 Statement& Statement::operator=(Statement&& o) noexcept {
   if (this != &o) {
-    if (stmt_) sqlite3_finalize(stmt_);
+    release();
     db_ = o.db_;
     stmt_ = o.stmt_;
     bindError_ = o.bindError_;
+    cache_ = std::move(o.cache_);
+    sql_ = std::move(o.sql_);
     o.stmt_ = nullptr;
   }
   return *this;
 }
-Statement::~Statement() {
-  if (stmt_) sqlite3_finalize(stmt_);
-}
+Statement::~Statement() { release(); }
 
 Statement& Statement::bind(int index, std::int64_t value) {
   int rc = sqlite3_bind_int64(stmt_, index, value);
@@ -82,18 +109,34 @@ std::string_view Statement::getBlob(int column) const {
 }
 bool Statement::isNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
 
-Db::Db(Db&& o) noexcept : db_(o.db_), path_(std::move(o.path_)) { o.db_ = nullptr; }
+Db::Db(Db&& o) noexcept : db_(o.db_), path_(std::move(o.path_)), cache_(std::move(o.cache_)) {
+  o.db_ = nullptr;
+  o.cache_ = std::make_shared<StatementCache>();
+}
 Db& Db::operator=(Db&& o) noexcept {
   if (this != &o) {
-    if (db_) sqlite3_close_v2(db_);
+    closeNow();
     db_ = o.db_;
     path_ = std::move(o.path_);
+    cache_ = std::move(o.cache_);
     o.db_ = nullptr;
+    o.cache_ = std::make_shared<StatementCache>();
   }
   return *this;
 }
-Db::~Db() {
+Db::~Db() { closeNow(); }
+
+void Db::closeNow() {
+  if (!cache_) return;
+  // Finalize what is idle now, and make Statements still out there finalize themselves;
+  // sqlite3_close_v2 waits for those before it really closes.
+  for (auto& [sql, stmts] : cache_->idle) {
+    for (sqlite3_stmt* s : stmts) sqlite3_finalize(s);
+  }
+  cache_->idle.clear();
+  cache_->closed = true;
   if (db_) sqlite3_close_v2(db_);
+  db_ = nullptr;
 }
 
 util::Result<Db> Db::open(const std::string& path) {
@@ -126,10 +169,17 @@ util::Status Db::exec(const std::string& sql) {
 }
 
 util::Result<Statement> Db::prepare(std::string_view sql) {
+  std::string key(sql);
+  auto it = cache_->idle.find(key);
+  if (it != cache_->idle.end() && !it->second.empty()) {
+    sqlite3_stmt* stmt = it->second.back();
+    it->second.pop_back();
+    return Statement(db_, stmt, cache_, std::move(key));
+  }
   sqlite3_stmt* stmt = nullptr;
   int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
   if (rc != SQLITE_OK) return util::err(std::string("SQLite prepare: ") + sqlite3_errmsg(db_));
-  return Statement(db_, stmt);
+  return Statement(db_, stmt, cache_, std::move(key));
 }
 
 util::Result<std::int64_t> Db::dataVersion() {

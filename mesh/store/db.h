@@ -14,10 +14,20 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <vector>
 
 #include "mesh/util/result.h"
 
 namespace mesh::store {
+
+// Prepared statements a Db keeps for reuse, by SQL text. Shared with the Statements it lends
+// out, so that a Statement may outlive a move of its Db (and is finalized if it outlives the Db).
+struct StatementCache {
+  std::unordered_map<std::string, std::vector<sqlite3_stmt*>> idle;
+  bool closed = false;
+  ~StatementCache();
+};
 
 class Statement {
  public:
@@ -44,10 +54,14 @@ class Statement {
 
  private:
   friend class Db;
-  Statement(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
+  Statement(sqlite3* db, sqlite3_stmt* stmt, std::shared_ptr<StatementCache> cache, std::string sql)
+      : db_(db), stmt_(stmt), cache_(std::move(cache)), sql_(std::move(sql)) {}
+  void release();  // back to the cache (reset, bindings cleared), or finalized
   sqlite3* db_ = nullptr;
   sqlite3_stmt* stmt_ = nullptr;
   int bindError_ = SQLITE_OK;
+  std::shared_ptr<StatementCache> cache_;
+  std::string sql_;
 };
 
 class Db {
@@ -61,6 +75,8 @@ class Db {
   static util::Result<Db> open(const std::string& path);
 
   util::Status exec(const std::string& sql);
+  // A statement for `sql`: a cached one reset for reuse when there is one, so callers may
+  // prepare in their hot loops; it goes back to the cache when the Statement is destroyed.
   util::Result<Statement> prepare(std::string_view sql);
   std::int64_t lastInsertRowid() const { return sqlite3_last_insert_rowid(db_); }
   int changes() const { return sqlite3_changes(db_); }
@@ -70,8 +86,10 @@ class Db {
   sqlite3* handle() { return db_; }
 
  private:
+  void closeNow();  // finalizes idle statements and closes; the Db is then empty
   sqlite3* db_ = nullptr;
   std::string path_;
+  std::shared_ptr<StatementCache> cache_ = std::make_shared<StatementCache>();
 };
 
 // BEGIN IMMEDIATE on construction; ROLLBACK on destruction unless commit() succeeded.

@@ -164,6 +164,43 @@ TEST_CASE("tasks without results are pending after a restart, and the first resu
   CHECK_FALSE(tasks.task(999)->has_value());
 }
 
+TEST_CASE("prepared statements are reused, and one outliving its database is harmless") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  {
+    auto st = db->prepare("SELECT ?1 + 1");
+    REQUIRE(st.ok());
+    st->bind(1, 41);
+    REQUIRE(*st->step());
+    CHECK(st->getInt(0) == 42);
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto st = db->prepare("SELECT ?1 + 1");
+    REQUIRE(st.ok());
+    // A reused statement comes back reset, with its bindings cleared.
+    REQUIRE(*st->step());
+    CHECK(st->isNull(0));
+    st->reset();
+    st->bind(1, i);
+    REQUIRE(*st->step());
+    CHECK(st->getInt(0) == i + 1);
+  }
+  // Two at once of the same SQL are distinct statements.
+  auto a = db->prepare("SELECT 1");
+  auto b = db->prepare("SELECT 1");
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  REQUIRE(*a->step());
+  REQUIRE(*b->step());
+  // A statement that outlives its Db (and a moved Db) is finalized, not leaked or reused.
+  auto survivor = db->prepare("SELECT 2");
+  REQUIRE(survivor.ok());
+  Db moved = std::move(*db);
+  { Db gone = std::move(moved); }
+  CHECK(*survivor->step());
+}
+
 TEST_CASE("a failed write set leaves nothing behind") {
   TempDb t;
   auto db = Db::open(t.path);
