@@ -127,6 +127,27 @@ struct TicketInfo {
   std::uint64_t submitTasks = 0;
 };
 
+// The row of a new batch, from the spec the scheduler holds (defaults already applied).
+store::BatchRecord batchRecord(std::uint64_t id, const routing::BatchSpec& s, bool sealed, std::uint64_t total) {
+  store::BatchRecord rec;
+  rec.id = id;
+  rec.label = s.label;
+  rec.handler = s.handler;
+  rec.priority = s.priority;
+  rec.requiredTags = s.requiredTags;
+  rec.timeoutMs = s.timeoutMs;
+  rec.maxAttempts = s.maxAttempts;
+  rec.clientKey = s.clientKey;
+  rec.submittedMs = s.submittedMs;
+  rec.sealed = sealed;
+  rec.total = total;
+  rec.mrStage = s.mrStage;
+  rec.mrPartitions = s.mrPartitions;
+  rec.mrCombiner = s.mrCombiner;
+  rec.mrReducer = s.mrReducer;
+  return rec;
+}
+
 bool validName(std::string_view s, std::size_t max) {
   if (s.empty() || s.size() > max) return false;
   return std::all_of(s.begin(), s.end(), [](char c) {
@@ -942,23 +963,7 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     ps.newBatch = true;
     b = &scheduler_.addBatch(ps.batch, s);
     owners_[ps.batch] = key;
-    store::BatchRecord rec;
-    rec.id = ps.batch;
-    rec.label = b->spec.label;
-    rec.handler = b->spec.handler;
-    rec.priority = b->spec.priority;
-    rec.requiredTags = b->spec.requiredTags;
-    rec.timeoutMs = b->spec.timeoutMs;
-    rec.maxAttempts = b->spec.maxAttempts;
-    rec.clientKey = key;
-    rec.submittedMs = s.submittedMs;
-    rec.sealed = ps.seal;
-    rec.total = ps.count;
-    rec.mrStage = s.mrStage;
-    rec.mrPartitions = s.mrPartitions;
-    rec.mrCombiner = s.mrCombiner;
-    rec.mrReducer = s.mrReducer;
-    current_->newBatches.push_back(std::move(rec));
+    current_->newBatches.push_back(batchRecord(ps.batch, b->spec, ps.seal, ps.count));
     ps.firstIndex = 0;
     counters_.add("batches_submitted");
   } else {
@@ -1579,21 +1584,7 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
   routing::Batch& b = scheduler_.addBatch(id, s);
   b.total = r;  // known now: progress shows 0/R, not 0/0, until the tasks are committed
   owners_[id] = map.clientKey;
-  store::BatchRecord rec;
-  rec.id = id;
-  rec.label = b.spec.label;
-  rec.handler = b.spec.handler;
-  rec.priority = b.spec.priority;
-  rec.requiredTags = b.spec.requiredTags;
-  rec.timeoutMs = b.spec.timeoutMs;
-  rec.maxAttempts = b.spec.maxAttempts;
-  rec.clientKey = map.clientKey;
-  rec.submittedMs = s.submittedMs;
-  rec.sealed = true;
-  rec.total = r;
-  rec.mrStage = 2;
-  rec.mrPartitions = r;
-  current_->newBatches.push_back(std::move(rec));
+  current_->newBatches.push_back(batchRecord(id, b.spec, /*sealed=*/true, r));
   PendingSubmit ps;
   ps.batch = id;
   ps.firstId = nextTaskId_;
