@@ -28,17 +28,9 @@ constexpr const char* kPrevious = "previous";
 constexpr const char* kHeadFile = "bundle.head";
 constexpr const char* kFilesDir = "files";
 
+// A version directory's name: a decimal number without leading zeros (one spelling per version).
 bool parseVersion(std::string_view text, std::uint64_t* out) {
-  if (text.empty() || text.size() > 20 || text[0] == '0') return false;
-  std::uint64_t v = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return false;
-    auto d = static_cast<std::uint64_t>(c - '0');
-    if (v > (UINT64_MAX - d) / 10) return false;
-    v = v * 10 + d;
-  }
-  *out = v;
-  return true;
+  return !text.empty() && text[0] != '0' && util::parseU64(text, out);
 }
 
 // The version a link in a bundle directory points at; std::nullopt if there is no such link (or

@@ -18,18 +18,7 @@ namespace {
 
 constexpr std::string_view kHeader = "hive-mesh seen v1";
 
-bool parseU64(std::string_view text, std::uint64_t* out) {
-  if (text.empty() || text.size() > 20) return false;
-  std::uint64_t v = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return false;
-    auto d = static_cast<std::uint64_t>(c - '0');
-    if (v > (UINT64_MAX - d) / 10) return false;
-    v = v * 10 + d;
-  }
-  *out = v;
-  return true;
-}
+using util::parseU64;
 
 std::string encode(const SeenVersion& s) {
   std::string out(kHeader);

@@ -136,6 +136,14 @@ Result<std::uint64_t> parseNumberPrefix(std::string_view text, size_t* used) {
 }
 }  // namespace
 
+bool parseU64(std::string_view text, std::uint64_t* out) {
+  size_t used = 0;
+  auto n = parseNumberPrefix(text, &used);
+  if (!n || used != text.size()) return false;
+  *out = *n;
+  return true;
+}
+
 Result<std::uint64_t> parseSize(std::string_view text) {
   size_t used = 0;
   auto n = parseNumberPrefix(text, &used);

@@ -22,6 +22,9 @@ bool isUtf8(std::string_view text);
 void appendJsonString(std::string& out, std::string_view text);
 std::string jsonString(std::string_view text);
 
+// The whole text as a decimal number: digits only, no sign, no overflow. False otherwise.
+bool parseU64(std::string_view text, std::uint64_t* out);
+
 // "4096", "64K", "16M", "1G" (powers of 1024) -> bytes.
 Result<std::uint64_t> parseSize(std::string_view text);
 // "500ms", "30s", "5m", "2h", "30d", or a bare number of seconds -> milliseconds.

@@ -61,6 +61,16 @@ TEST_CASE("sizes and durations parse with units and refuse garbage") {
   CHECK_FALSE(parseDurationMs("5 weeks").ok());
 }
 
+TEST_CASE("parseU64 takes whole decimal numbers only") {
+  std::uint64_t v = 0;
+  CHECK(parseU64("18446744073709551615", &v));
+  CHECK(v == UINT64_MAX);
+  CHECK_FALSE(parseU64("18446744073709551616", &v));
+  CHECK_FALSE(parseU64("", &v));
+  CHECK_FALSE(parseU64("12a", &v));
+  CHECK_FALSE(parseU64("-1", &v));
+}
+
 TEST_CASE("splitList drops empty items") {
   auto v = splitList(",gpu,,ssd,", ',');
   REQUIRE(v.size() == 2);
