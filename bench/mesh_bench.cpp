@@ -333,6 +333,7 @@ std::uint64_t submitAndWait(node::Client& client, const std::string& handler, st
   node::BatchOptions bo;
   bo.handler = handler;
   bo.timeoutMs = gArgs.taskTimeoutMs;
+  bo.watch = true;  // what `mesh submit --wait` does
   std::uint64_t next = 0;
   auto batch = client.submit(bo, [&](std::string* out) -> util::Result<bool> {
     if (next >= n) return false;

@@ -290,6 +290,7 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   o.timeoutMs = static_cast<std::uint32_t>(s.timeoutMs);
   o.maxAttempts = static_cast<std::uint8_t>(s.attempts);
   o.label = s.label;
+  o.watch = s.wait;  // `submit --wait` listens to the progress its submit asked for
   auto batch = (*client)->submit(o, source);
   if (!batch) return fail(batch.error());
   if (cmd.client.json) std::printf("{\"batch\":%" PRIu64 "}\n", *batch);
@@ -601,6 +602,7 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     o.partitions = m.reducers;
     o.combiner = m.combiner;
     o.reducer = m.reducer;
+    o.watch = true;
     std::size_t next = 0;
     auto id = (*client)->submit(o, [&](std::string* out) -> util::Result<bool> {
       if (next >= chunks.size()) return false;

@@ -144,7 +144,7 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
     if (!m2) return m2.error();
     hasMore = *m2 || !next.empty();
   }
-  std::uint64_t batch = 0, accepted = 0;
+  std::uint64_t batch = 0, accepted = 0, sealRequest = 0;
   std::deque<std::uint64_t> inFlight;  // request ids of chunks not yet acknowledged
   auto send = [&](const std::vector<std::string>& tasks, bool seal) {
     std::size_t bytes = 0;
@@ -172,6 +172,10 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
     auto list = s.initPayloads(static_cast<unsigned>(tasks.size()));
     for (unsigned i = 0; i < tasks.size(); ++i) list.set(i, wire::asData(tasks[i]));
     s.setSeal(seal);
+    if (seal && options.watch) {
+      s.setWatch(true);
+      sealRequest = e.envelope().getRequestId();
+    }
     inFlight.push_back(e.envelope().getRequestId());
     socket_.send(e.finish(), zmq::send_flags::none);
   };
@@ -217,6 +221,10 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
   while (!inFlight.empty()) {
     if (auto s = awaitAck(); !s) return s.error();
   }
+  if (sealRequest != 0) {
+    watchedBatch_ = batch;
+    watchedRequest_ = sealRequest;
+  }
   return batch;
 }
 
@@ -226,6 +234,12 @@ util::Result<ProgressView> Client::wait(std::uint64_t batch, const std::function
   std::int64_t lastHeard = clock.monotonicMs();
   std::int64_t lastAsked = 0;
   std::uint64_t watchId = 0;
+  if (batch == watchedBatch_) {
+    // The submit asked for this batch's progress already (BatchOptions::watch).
+    watchId = watchedRequest_;
+    lastAsked = lastHeard;
+  }
+  watchedBatch_ = 0;
   for (;;) {
     std::int64_t now = clock.monotonicMs();
     if (watchId == 0 || (now - lastAsked >= 1000 && now - lastHeard >= 1000)) {

@@ -42,6 +42,10 @@ struct BatchOptions {
   std::uint32_t partitions = 0;
   std::string combiner;
   std::string reducer;
+  // Ask the nexus, with the sealing chunk, to stream this batch's progress from the moment it is
+  // stored: a wait() on the batch that follows then needs no Watch round trip of its own.
+  // Leave it off when nothing will wait (the progress messages would queue up unread).
+  bool watch = false;
 };
 
 struct ProgressView {
@@ -71,7 +75,8 @@ class Client {
 
   // Waits until the batch finishes, calling onProgress for each update. Survives a nexus
   // restart (re-asks every second while nothing arrives); gives up after `patienceMs` of
-  // silence with code 3.
+  // silence with code 3. After a submit with BatchOptions::watch it listens to the progress
+  // that submit asked for instead of asking again.
   util::Result<ProgressView> wait(std::uint64_t batch, const std::function<void(const ProgressView&)>& onProgress,
                                   std::int64_t patienceMs);
 
@@ -87,6 +92,9 @@ class Client {
   crypto::KeyPair keys_;
   zmq::socket_t socket_;
   std::uint64_t requestId_ = 0;
+  // The last batch submitted with BatchOptions::watch, and the request id its progress carries.
+  std::uint64_t watchedBatch_ = 0;
+  std::uint64_t watchedRequest_ = 0;
 };
 
 ProgressView progressView(proto::Progress::Reader p);

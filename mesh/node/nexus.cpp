@@ -1048,6 +1048,7 @@ std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
 }
 
 void NexusImpl::onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch) {
+  counters_.add("watch_requests");
   auto p = progressOf(batch);
   if (!p) {
     replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(batch));
@@ -1468,6 +1469,7 @@ void NexusImpl::onCommits() {
         ack.setCount(ps.count);
         sendTo(clientSocket_, ps.routingId, e.finish());
         if (ps.watch) {
+          counters_.add("watches_with_submit");
           auto& list = watchers_[ps.batch];
           bool known = false;
           for (auto& w : list) known = known || w.routingId == ps.routingId;

@@ -10,10 +10,12 @@
 
 namespace mesh::transport {
 
-zmq::context_t makeContext() {
+zmq::context_t makeContext(int ioThreads) {
   zmq::context_t ctx;
   // ZMQ_ZERO_COPY_RECV (10) is a draft name in Debian's header; the option is in the library.
   zmq_ctx_set(ctx.handle(), 10, 0);
+  // Takes effect because no socket exists yet (libzmq starts its threads with the first one).
+  zmq_ctx_set(ctx.handle(), ZMQ_IO_THREADS, std::max(ioThreads, 1));
   return ctx;
 }
 

@@ -29,8 +29,9 @@ struct SocketLimits {
 };
 
 // The process's one ZeroMQ context, with ZMQ_ZERO_COPY_RECV off so received frames are
-// 8-byte aligned for Cap'n Proto (DESIGN.md section 12).
-zmq::context_t makeContext();
+// 8-byte aligned for Cap'n Proto (DESIGN.md section 12), and `ioThreads` I/O threads (where
+// libzmq does the Curve encryption; each connection stays on one of them).
+zmq::context_t makeContext(int ioThreads = 1);
 
 zmq::socket_t makeServerSocket(zmq::context_t& ctx, zmq::socket_type type,
                                const crypto::KeyPair& serverKeys, const std::string& zapDomain,

@@ -18,4 +18,9 @@ grep -o '"index":[0-9]*' "$T/results" | cut -d: -f2 > "$T/indexes"
 cmp -s "$T/indexes" <(seq 0 9999) || fail "results are not in submission order"
 [ "$(grep -c '"status":"ok"' "$T/results")" -eq 10000 ] || fail "not every task succeeded"
 for s in spore-1 spore-2; do grep -q "\"node\":\"$s\"" "$T/results" || fail "$s ran no task"; done
-note "10000 digests match"
+# `submit --wait` asks for the batch's progress with its sealing chunk: no Watch round trip.
+watches=$(counter watch_requests)
+expect_rc 0 timeout 60 mesh submit --handler sha256 --wait --lines "$T/input"
+[ "$(counter watches_with_submit)" -ge 1 ] || fail "submit --wait did not ask for progress with its submit"
+[ "$(counter watch_requests)" -eq "$watches" ] || fail "submit --wait sent a Watch of its own"
+note "10000 digests match; submit --wait needed no Watch"

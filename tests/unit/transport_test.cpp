@@ -125,3 +125,10 @@ TEST_CASE("the User-Id of a received body frame is the sender's public key") {
   CHECK(body.to_string() == "hello");
   CHECK(transport::userId(body) == client.publicKey.z85());
 }
+
+TEST_CASE("a context is made with the I/O threads asked for, at least one") {
+  auto two = transport::makeContext(2);
+  CHECK(zmq_ctx_get(two.handle(), ZMQ_IO_THREADS) == 2);
+  auto fallback = transport::makeContext(0);
+  CHECK(zmq_ctx_get(fallback.handle(), ZMQ_IO_THREADS) == 1);
+}
