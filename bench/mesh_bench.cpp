@@ -3,6 +3,7 @@
 // cluster; docs/benchmarks.md explains every workload and records the figures.
 //
 //   mesh_bench A|B|C|E [--reps N] [--n N] [--pids DIR/pids]
+//   mesh_bench D --corpus FILE --out DIR [--mesh PATH] [--pids DIR/pids] [--reps N]
 //   mesh_bench F --data-dir DIR/nexus [--pids DIR/pids] [--sims 1000] [--idle-s 20] [--n 200000]
 //   common: --quiet-max S (wait for a quiet machine), --no-check, --task-timeout-ms MS (per batch)
 //
@@ -18,6 +19,10 @@
 //      little-endian (4 KiB); digests checked against libsodium here.
 //   C  N=2,000 sequential single-task batches: submit, wait; latency p50/p99 in µs (and the
 //      same including the fetch of the result, which is what the peers' C measures).
+//   D  word count of --corpus (the peers' 50 MB text) by `mesh mapreduce --mapper wc-map
+//      --reducer wc-reduce --reducers 2 --chunk-size 250000 --merge`, run as a child process the
+//      way a user runs it (the cluster's spores must offer wc-map and wc-reduce): wall time of
+//      that command from start to exit, the merged answer checked against a count made here.
 //   E  N=1,000,000 `echo` tasks in one batch: tasks/s, then the nexus's VmHWM (peak RSS).
 //   F  1,000 simulated spores in this process (one DEALER and one accepted Curve key each) say
 //      hello and heartbeat once a second; the nexus's CPU while idle over --idle-s seconds, then
@@ -30,6 +35,7 @@
 
 #include <sodium.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -87,13 +93,16 @@ struct Args {
   double quietMax = 30;  // seconds to wait for a quiet machine before each measurement
   bool check = true;
   std::uint32_t taskTimeoutMs = 0;  // 0: the nexus default
+  std::string corpus;               // D: the text to count
+  std::string outDir;               // D: where each repetition's output goes
+  std::string meshCli;              // D: the mesh command (default: ../nodes/mesh beside this binary)
 };
 
 Args gArgs;
 
 Args parseArgs(int argc, char** argv) {
   Args a;
-  if (argc < 2) die("usage: mesh_bench A|B|C|E|F [--reps N] [--n N] [--pids FILE] [--data-dir DIR] ...");
+  if (argc < 2) die("usage: mesh_bench A|B|C|D|E|F [--reps N] [--n N] [--pids FILE] [--data-dir DIR] ...");
   a.workload = argv[1];
   for (int i = 2; i < argc; ++i) {
     std::string k = argv[i];
@@ -111,6 +120,9 @@ Args parseArgs(int argc, char** argv) {
     else if (k == "--quiet-max") a.quietMax = std::stod(next());
     else if (k == "--no-check") a.check = false;
     else if (k == "--task-timeout-ms") a.taskTimeoutMs = static_cast<std::uint32_t>(std::stoul(next()));
+    else if (k == "--corpus") a.corpus = next();
+    else if (k == "--out") a.outDir = next();
+    else if (k == "--mesh") a.meshCli = next();
     else die("unknown option " + k);
   }
   if (a.reps < 1 || a.reps > 100) die("--reps must be 1..100");
@@ -136,6 +148,29 @@ double processCpuSeconds(long pid) {
   if (v.size() < 13) return 0;
   double ticks = std::stod(v[11]) + std::stod(v[12]);
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// cutime + cstime of one process in seconds: what its reaped children (a spore's handler
+// programs) used.
+double childrenCpuSeconds(long pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(f, line)) return 0;
+  auto close = line.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  std::vector<std::string> v;
+  while (rest >> field) v.push_back(field);
+  if (v.size() < 15) return 0;  // cutime is field 16, cstime 17
+  return (std::stod(v[13]) + std::stod(v[14])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double reapedChildrenCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_CHILDREN, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
 // CPU seconds of each thread of a process, keyed "comm/tid" (the main thread's tid is the PID).
@@ -492,6 +527,131 @@ void runLatency(const Args& a, const Groups& g, zmq::context_t& ctx) {
   }
 }
 
+// ---- D: word count with mesh mapreduce ---------------------------------------------------------
+
+// The answer, counted here independently of the mesh: "word<TAB>count" for every distinct
+// whitespace-separated word, sorted bytewise.
+std::vector<std::string> countWords(const std::string& text) {
+  std::map<std::string, std::uint64_t, std::less<>> counts;
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+  std::size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && space(text[i])) ++i;
+    std::size_t start = i;
+    while (i < text.size() && !space(text[i])) ++i;
+    if (i > start) {
+      std::string_view w(text.data() + start, i - start);
+      auto it = counts.find(w);
+      if (it == counts.end()) counts.emplace(std::string(w), 1);
+      else ++it->second;
+    }
+  }
+  std::vector<std::string> lines;
+  lines.reserve(counts.size());
+  for (const auto& [w, c] : counts) lines.push_back(w + "\t" + std::to_string(c));
+  return lines;
+}
+
+std::vector<std::string> sortedLines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) if (!line.empty()) lines.push_back(line);
+  std::sort(lines.begin(), lines.end());
+  return lines;
+}
+
+std::string readWhole(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) die("cannot read " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Runs argv to completion with stdout to `stdoutPath`; returns the exit status (-1: not run).
+int runCommand(const std::vector<std::string>& argv, const std::string& stdoutPath) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    FILE* out = std::freopen(stdoutPath.c_str(), "w", stdout);
+    if (out == nullptr) _exit(126);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return -1;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void runWordCount(const Args& a, const Groups& g, const char* argv0) {
+  if (a.corpus.empty() || a.outDir.empty()) die("D needs --corpus FILE and --out DIR");
+  std::string cli = a.meshCli;
+  if (cli.empty()) {
+    std::error_code ec;
+    auto self = std::filesystem::canonical(argv0, ec);
+    if (ec) die("cannot find the mesh command: give --mesh PATH");
+    cli = (self.parent_path().parent_path() / "nodes" / "mesh").string();
+  }
+  if (access(cli.c_str(), X_OK) != 0) die("no mesh command at " + cli + ": give --mesh PATH");
+  note("counting the words of " + a.corpus + " here (untimed) to check the mesh's answer");
+  std::vector<std::string> expected;
+  std::uint64_t bytes = 0;
+  {
+    std::string text = readWhole(a.corpus);
+    bytes = text.size();
+    expected = countWords(text);
+  }
+  for (int rep = 1; rep <= a.reps; ++rep) {
+    double waited = waitQuiet(a.quietMax);
+    std::string out = a.outDir + "/d-rep" + std::to_string(rep);
+    std::filesystem::remove_all(out);
+    std::vector<std::string> argv = {cli, "mapreduce", "--mapper", "wc-map", "--reducer", "wc-reduce",
+                                     "--reducers", "2", "--chunk-size", "250000", "--merge", "--quiet",
+                                     "--json", "--output", out, a.corpus};
+    CpuSnap before = snap(g);
+    double handlersBefore = 0;
+    for (long p : g.spores) handlersBefore += childrenCpuSeconds(p);
+    double cliBefore = reapedChildrenCpuSeconds();
+    auto t0 = Steady::now();
+    int rc = runCommand(argv, out + ".json");
+    double wall = secondsSince(t0);
+    CpuSnap after = snap(g);
+    double handlers = -handlersBefore;
+    for (long p : g.spores) handlers += childrenCpuSeconds(p);
+    double cliCpu = reapedChildrenCpuSeconds() - cliBefore;
+    if (rc != 0) die("mesh mapreduce exited with " + std::to_string(rc) + " (its JSON: " + out + ".json)");
+    std::string report = readWhole(out + ".json");
+    auto field = [&report](const std::string& key) -> std::string {
+      auto at = report.find("\"" + key + "\":");
+      if (at == std::string::npos) return "null";
+      at += key.size() + 3;
+      auto end = report.find_first_of(",}", at);
+      return report.substr(at, end - at);
+    };
+    std::uint64_t mapTasks = std::strtoull(field("map_tasks").c_str(), nullptr, 10);
+    if (a.check && sortedLines(readWhole(out + "/merged")) != expected) {
+      die("D: the merged word counts in " + out + "/merged differ from the count made here");
+    }
+    double ours = (after.nexus - before.nexus) + (after.spores - before.spores) + handlers + cliCpu;
+    double foreign = std::max(0.0, (after.machine - before.machine) - ours);
+    std::string j = head("D", rep, mapTasks) + ",\"value\":" + fmt(wall, 3) + ",\"unit\":\"s wall\"" +
+                    ",\"bytes\":" + std::to_string(bytes) + ",\"cli_seconds\":" + field("seconds") +
+                    ",\"cpu_s\":{\"nexus\":" + fmt(after.nexus - before.nexus, 3) +
+                    ",\"spores\":" + fmt(after.spores - before.spores, 3) + ",\"handlers\":" + fmt(handlers, 3) +
+                    ",\"mesh_cli\":" + fmt(cliCpu, 3) + "}" + ",\"cpu_util\":" + fmt(ours / wall, 2) +
+                    ",\"foreign_cpu_util\":" + fmt(foreign / wall, 2) + ",\"checked\":" +
+                    (a.check ? "true" : "false") + ",\"waited_s\":" + fmt(waited, 1) + "}";
+    emit(j);
+    std::filesystem::remove_all(out);
+  }
+}
+
 // ---- F: simulated spores ----------------------------------------------------------------------
 
 struct SimStats {
@@ -751,8 +911,8 @@ int main(int argc, char** argv) {
     if (a.workload == "A" || a.workload == "B" || a.workload == "E") runBatchWorkload(a, g, ctx);
     else if (a.workload == "C") runLatency(a, g, ctx);
     else if (a.workload == "F") runSimulated(a, g, ctx);
-    else if (a.workload == "D") die("workload D (word count) needs map-reduce, which the mesh does not have yet");
-    else die("unknown workload " + a.workload + " (A, B, C, E or F)");
+    else if (a.workload == "D") runWordCount(a, g, argv[0]);
+    else die("unknown workload " + a.workload + " (A, B, C, D, E or F)");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mesh_bench: fatal: %s\n", e.what());

@@ -130,13 +130,14 @@ def main():
     peer_systems = [s for s in systems if s != "hive-mesh" and not s.startswith("raw-")]
     if peers:
         print()
-        print("Ratios mesh / peer, same run (A, B: throughput, higher is better; C: latency, lower is better)")
+        print("Ratios mesh / peer, same run (A, B: throughput, higher is better; C: latency, D: wall time,"
+              " lower is better)")
         print()
-        print("| peer | A | B | C p50 | C p99 |")
-        print("|---|---|---|---|---|")
+        print("| peer | A | B | C p50 | C p99 | D |")
+        print("|---|---|---|---|---|---|")
         for s in peer_systems:
             cells = []
-            for w, key in (("A", "value"), ("B", "value"), ("C", "value"), ("C", "p99")):
+            for w, key in (("A", "value"), ("B", "value"), ("C", "value"), ("C", "p99"), ("D", "value")):
                 x, y = m("hive-mesh", w, key), m(s, w, key)
                 cells.append("%s×" % num(x / y) if x and y else "–")
             print("| %s | %s |" % (s, " | ".join(cells)))
@@ -173,9 +174,10 @@ def main():
         None if not (E and A) else E / A >= 0.5)
     F = m("hive-mesh", "F-idle")
     row("F nexus idle CPU", num(F, "% of a core"), "<= 10%", None if F is None else F <= 10)
-    row("D word count", "–", "faster than the local pool", None)
-    print()
-    print("D (word count) is measured with mesh mapreduce, not by this harness yet: see docs/benchmarks.md.")
+    D, poolD = m("hive-mesh", "D"), m("mp-pool", "D")
+    row("D word count vs multiprocessing.Pool(2)", "%s / %s s" % (num(D), num(poolD)) if D and poolD else
+        ("%s s (pool not run)" % num(D) if D else "–"), "faster than the local pool",
+        None if not (D and poolD) else D < poolD)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Hive Mesh benchmarks, and (with --peers) the peers' figures from the same run, in one table.
 #
-#   bench/run.sh [options] [WORKLOAD...]       workloads: A B C E F (default: all of them)
+#   bench/run.sh [options] [WORKLOAD...]       workloads: A B C D E F (default: all of them)
 #
 #   --json                one JSON object per line on stdout (workload, system, value, unit, p99
 #                         where it applies) instead of the table; progress goes to stderr
@@ -17,11 +17,15 @@
 #   --idle-s N            F: seconds over which the nexus's idle CPU is measured (default 20)
 #   --quiet-max S         before each measurement wait up to S seconds for a quiet machine
 #                         (default 30; the peers' harness uses 90)
+#   --d-handlers DIR      D: the handler directory the spores get (default: the compiled
+#                         word-count handlers the build makes, build/examples/wordcount/native)
 #
 # Every run writes its raw data under bench/results/run-STAMP/ (git-ignored): mesh.jsonl,
 # peers.jsonl, the clusters' logs. Nothing is written to shared/: the peer scripts run from a
 # folder of symbolic links to them (their own logs and the raw-ZeroMQ binary go there).
-# Workload D (word count) is not in this harness yet: docs/benchmarks.md gives the command.
+# D counts the words of the peers' 50 MB corpus (build/examples/make-corpus; kept in
+# bench/results/corpus-50MB.txt between runs) with `mesh mapreduce`, checked against a count
+# made by mesh_bench itself.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +34,7 @@ build=$repo/build
 py=/usr/bin/python3
 
 json=0 peers=0 reps=3 peer_reps=1 peer_list=dask,celery,ipp,rawzmq peer_workloads="" idle_s=20 quiet_max=30
+d_handlers=$build/examples/wordcount/native
 workloads=()
 die() { echo "bench: $*" >&2; exit 2; }
 say() { echo "bench: $*" >&2; }
@@ -44,18 +49,18 @@ while [ $# -gt 0 ]; do
     --peer-reps) peer_reps=$2; shift 2 ;;
     --idle-s) idle_s=$2; shift 2 ;;
     --quiet-max) quiet_max=$2; shift 2 ;;
+    --d-handlers) d_handlers=$2; shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
-    A|B|C|E|F) workloads+=("$1"); shift ;;
-    D) say "workload D (word count) is not in this harness yet: see docs/benchmarks.md for the mesh mapreduce command that measures it"; shift ;;
+    A|B|C|D|E|F) workloads+=("$1"); shift ;;
     *) die "unknown argument $1 (see bench/run.sh --help)" ;;
   esac
 done
-[ ${#workloads[@]} -gt 0 ] || workloads=(A B C E F)
+[ ${#workloads[@]} -gt 0 ] || workloads=(A B C D E F)
 for n in "$reps" "$peer_reps" "$idle_s"; do [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 100 ] || die "--reps, --peer-reps and --idle-s take 1..100"; done
 [[ $quiet_max =~ ^[0-9]+$ ]] || die "--quiet-max takes whole seconds"
 [ "$peer_list" != all ] || peer_list=dask,celery,ipp,ipp-pure,rq,local,rawzmq
 if [ -z "$peer_workloads" ]; then
-  for w in "${workloads[@]}"; do case $w in A|B|C) peer_workloads+="${peer_workloads:+,}$w" ;; esac; done
+  for w in "${workloads[@]}"; do case $w in A|B|C|D) peer_workloads+="${peer_workloads:+,}$w" ;; esac; done
   [ -n "$peer_workloads" ] || peer_workloads=A,C
 fi
 
@@ -114,9 +119,21 @@ for w in "${workloads[@]}"; do
   spores=2
   [ "$w" != F ] || spores=0   # F brings its own 1,000 simulated spores
   say "workload $w: starting a local cluster ($spores spores, 2 slots each) in $cluster"
-  "$repo/scripts/cluster.sh" up --spores "$spores" --slots 2 "$cluster" >&2
+  up=(--spores "$spores" --slots 2)
   args=("$w" --pids "$cluster/pids" --reps "$reps" --quiet-max "$quiet_max")
   [ "$w" != F ] || args+=(--data-dir "$cluster/nexus" --idle-s "$idle_s")
+  if [ "$w" = D ]; then
+    corpus=$repo/bench/results/corpus-50MB.txt
+    if [ "$(stat -c %s "$corpus" 2>/dev/null || echo 0)" != 50000003 ]; then
+      say "workload D: writing the 50 MB corpus to $corpus"
+      "$build/examples/make-corpus" > "$corpus.tmp" && mv "$corpus.tmp" "$corpus"
+    fi
+    [ -d "$d_handlers" ] || die "no handler directory $d_handlers (--d-handlers)"
+    up+=(--spore-args "--handlers $d_handlers")
+    mkdir -p "$cluster-out"
+    args+=(--corpus "$corpus" --out "$cluster-out" --mesh "$build/nodes/mesh")
+  fi
+  "$repo/scripts/cluster.sh" up "${up[@]}" "$cluster" >&2
   say "workload $w: mesh_bench ${args[*]}"
   # shellcheck disable=SC1091
   . "$cluster/env"   # MESH_NEXUS, MESH_NEXUS_KEY, MESH_KEY of this cluster
