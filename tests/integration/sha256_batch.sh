@@ -18,6 +18,17 @@ grep -o '"index":[0-9]*' "$T/results" | cut -d: -f2 > "$T/indexes"
 cmp -s "$T/indexes" <(seq 0 9999) || fail "results are not in submission order"
 [ "$(grep -c '"status":"ok"' "$T/results")" -eq 10000 ] || fail "not every task succeeded"
 for s in spore-1 spore-2; do grep -q "\"node\":\"$s\"" "$T/results" || fail "$s ran no task"; done
+# The nexus encrypts for spores and decrypts from clients on two different I/O threads: after
+# 32 MB went through it, each has used CPU.
+mkdir "$T/big"
+for i in $(seq 1 16); do head -c 2000000 /dev/zero > "$T/big/$i"; done
+expect_rc 0 timeout 60 mesh submit --handler sha256 --wait --files "$T"/big/*
+nexus_pid=$(pid_of nexus)
+for t in /proc/"$nexus_pid"/task/*; do
+  case $(cat "$t/comm") in ZMQbg/IO/*) echo "$(cat "$t/comm") $(awk '{ print $14 + $15 }' "$t/stat")" ;; esac
+done > "$T/io_threads"
+[ "$(wc -l < "$T/io_threads")" -eq 2 ] || fail "expected 2 ZeroMQ I/O threads in the nexus: $(cat "$T/io_threads")"
+awk '$2 == 0 { exit 1 }' "$T/io_threads" || fail "an I/O thread of the nexus did no work: $(tr '\n' ' ' < "$T/io_threads")"
 # `submit --wait` asks for the batch's progress with its sealing chunk: no Watch round trip.
 watches=$(counter watch_requests)
 expect_rc 0 timeout 60 mesh submit --handler sha256 --wait --lines "$T/input"

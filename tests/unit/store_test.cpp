@@ -4,8 +4,6 @@
 
 #include <cstdlib>
 
-#include <sqlite3.h>
-
 #include "mesh/store/db.h"
 #include "mesh/store/key_store.h"
 #include "mesh/store/task_store.h"
@@ -65,37 +63,6 @@ TEST_CASE("a new database is migrated and a newer one is refused") {
   auto again = Db::open(t.path);
   REQUIRE_FALSE(again.ok());
   CHECK(again.error().message.find("newer release") != std::string::npos);
-}
-
-TEST_CASE("a new database gets 64 KiB pages, and one made with 4 KiB pages keeps working") {
-  auto pageSize = [](Db& db) {
-    auto st = db.prepare("PRAGMA page_size");
-    REQUIRE(st.ok());
-    REQUIRE(st->step().value());
-    return st->getInt(0);
-  };
-  TempDb fresh;
-  {
-    auto db = Db::open(fresh.path);
-    REQUIRE(db.ok());
-    CHECK(pageSize(*db) == 65536);
-  }
-  TempDb old;
-  {
-    // A database created by an earlier release, with SQLite's default page size.
-    sqlite3* raw = nullptr;
-    REQUIRE(sqlite3_open(old.path.c_str(), &raw) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(raw, "PRAGMA page_size=4096; PRAGMA journal_mode=WAL; CREATE TABLE x(a)", nullptr,
-                         nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(raw);
-  }
-  auto db = Db::open(old.path);
-  REQUIRE(db.ok());
-  CHECK(pageSize(*db) == 4096);
-  TaskStore tasks(*db);
-  std::shared_ptr<std::vector<std::string>> keep;
-  WriteSet set = batchWithTasks(1, 1, {std::string(4096, 'p'), "q"}, &keep);
-  CHECK(tasks.apply(set).ok());
 }
 
 TEST_CASE("keys move from pending to accepted to revoked") {
