@@ -193,8 +193,18 @@ util::Result<std::int64_t> Db::dataVersion() {
   return st->getInt(0);
 }
 
+namespace {
+// BEGIN and COMMIT through the statement cache: sqlite3_exec would parse them on every call
+// (about 10 % of the nexus's instructions for one-task batches).
+util::Status runCached(Db& db, const char* sql) {
+  auto st = db.prepare(sql);
+  if (!st) return st.error();
+  return st->run();
+}
+}  // namespace
+
 Transaction::Transaction(Db& db) : db_(db) {
-  begun_ = db_.exec("BEGIN IMMEDIATE");
+  begun_ = runCached(db_, "BEGIN IMMEDIATE");
   open_ = begun_.ok();
 }
 
@@ -204,7 +214,7 @@ Transaction::~Transaction() {
 
 util::Status Transaction::commit() {
   if (!open_) return begun_.ok() ? util::Status(util::err("transaction already ended")) : begun_;
-  auto s = db_.exec("COMMIT");
+  auto s = runCached(db_, "COMMIT");
   if (s) open_ = false;
   return s;
 }
