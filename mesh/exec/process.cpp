@@ -510,6 +510,34 @@ void ChildProcess::pump(const Io& io, IoResult& result) {
   if (result.done) readStderr(result, io.maxStderrBytes);
 }
 
+std::string ChildProcess::keptStderr(const IoResult& result) {
+  return result.errTruncated ? result.err + "... (truncated)" : result.err;
+}
+
+void ChildProcess::settle(const IoResult& result, int status, RunOutcome& outcome) {
+  outcome.err = keptStderr(result);
+  switch (result.stop) {
+    case Stop::kTimeout:
+      outcome.kind = RunOutcome::Kind::kTimedOut;
+      outcome.reason = result.reason;
+      break;
+    case Stop::kCancel:
+      outcome.kind = RunOutcome::Kind::kCancelled;
+      outcome.reason = result.reason;
+      break;
+    case Stop::kKilled: break;
+    case Stop::kNone:
+      if (WIFSIGNALED(status)) {
+        outcome.kind = RunOutcome::Kind::kSignaled;
+        outcome.signal = WTERMSIG(status);
+      } else {
+        outcome.kind = RunOutcome::Kind::kExited;
+        outcome.exitCode = WEXITSTATUS(status);
+      }
+      break;
+  }
+}
+
 int ChildProcess::finish(const Io& io, IoResult& result) {
   // Stop feeding stdin (a program that exits unread is fine), kill whatever is left in the
   // group, then reap the main process.

@@ -99,6 +99,13 @@ class ChildProcess {
   // passed (a setsid() escapee holding the pipes must not keep us). Returns the wait status.
   int finish(const Io& io, IoResult& result);
 
+  // result.err, followed by "... (truncated)" when more came than was kept.
+  static std::string keptStderr(const IoResult& result);
+  // Fills outcome.kind (and reason, signal, exitCode, err) for a program that finish() reaped:
+  // kTimedOut or kCancelled for those stops, kSignaled or kExited from the wait status when the
+  // runner did not stop it. For Stop::kKilled the kind is left to the caller, who knows why.
+  static void settle(const IoResult& result, int status, RunOutcome& outcome);
+
   // True once the main process has exited (without reaping it). Never blocks.
   bool exited() const;
   bool stdinOpen() const { return toStdin_.valid(); }

@@ -21,7 +21,6 @@ using Step = ChildProcess::StdoutStep;
 
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr int kReadsPerWakeup = 16;  // so a flood cannot starve the deadline checks
-constexpr const char* kTruncated = "... (truncated)";
 
 std::int64_t nowMs() { return util::systemClock().monotonicMs(); }
 
@@ -165,34 +164,18 @@ Step discardStdout(int fd) {
 // The outcome of a task whose process was finished (killed or exited) before or after a reply.
 void describeEnd(const ChildProcess::IoResult& result, int status, ReplyReader& reply,
                  RunOutcome& outcome) {
-  switch (result.stop) {
-    case ChildProcess::Stop::kTimeout:
-      outcome.kind = RunOutcome::Kind::kTimedOut;
-      outcome.reason = result.reason;
-      break;
-    case ChildProcess::Stop::kCancel:
-      outcome.kind = RunOutcome::Kind::kCancelled;
-      outcome.reason = result.reason;
-      break;
-    case ChildProcess::Stop::kKilled:
-      outcome.kind =
-          reply.tooLarge() ? RunOutcome::Kind::kOutputTooLarge : RunOutcome::Kind::kBroken;
-      outcome.reason =
-          reply.tooLarge() ? reply.problem() : "serve protocol error: " + reply.problem();
-      break;
-    case ChildProcess::Stop::kNone:
-      if (result.done) {  // answered just before it exited, or before it read all the payload
-        outcome.kind = reply.ok() ? RunOutcome::Kind::kReplied : RunOutcome::Kind::kRefused;
-        (reply.ok() ? outcome.out : outcome.reason) = std::move(reply.body());
-      } else if (WIFSIGNALED(status)) {
-        outcome.kind = RunOutcome::Kind::kSignaled;
-        outcome.signal = WTERMSIG(status);
-      } else {
-        outcome.kind = RunOutcome::Kind::kBroken;
-        outcome.reason = "the serve handler exited with code " +
-                         std::to_string(WEXITSTATUS(status)) + " before it replied";
-      }
-      break;
+  ChildProcess::settle(result, status, outcome);
+  if (result.stop == ChildProcess::Stop::kKilled) {
+    outcome.kind = reply.tooLarge() ? RunOutcome::Kind::kOutputTooLarge : RunOutcome::Kind::kBroken;
+    outcome.reason = reply.tooLarge() ? reply.problem() : "serve protocol error: " + reply.problem();
+  } else if (result.stop == ChildProcess::Stop::kNone && result.done) {
+    // answered just before it exited, or before it read all of the payload
+    outcome.kind = reply.ok() ? RunOutcome::Kind::kReplied : RunOutcome::Kind::kRefused;
+    (reply.ok() ? outcome.out : outcome.reason) = std::move(reply.body());
+  } else if (outcome.kind == RunOutcome::Kind::kExited) {
+    outcome.kind = RunOutcome::Kind::kBroken;
+    outcome.reason = "the serve handler exited with code " + std::to_string(outcome.exitCode) +
+                     " before it replied";
   }
 }
 
@@ -373,9 +356,8 @@ util::Result<RunOutcome> ServeProcesses::run(const std::string& handler, const R
       }
       describeEnd(result, status, reply, outcome);
     }
+    if (keep) outcome.err = ChildProcess::keptStderr(result);
     outcome.durationUs = util::systemClock().monotonicUs() - startUs;
-    outcome.err = std::move(result.err);
-    if (result.errTruncated) outcome.err += kTruncated;
     return outcome;
   }
 }

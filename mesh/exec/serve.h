@@ -5,7 +5,7 @@
 // process group, clean environment plus MESH_HANDLER, HOME and TMPDIR = a work directory that
 // lives as long as the process, resource limits but RLIMIT_CPU, all descriptors closed).
 //
-// The framed protocol (docs/protocol.md section 9 is the reference):
+// The framed protocol (docs/protocol.md section 8 is the reference):
 //   spore -> handler, per task:  "TASK <task-id> <attempt> <payload-bytes>\n" + the payload
 //   handler -> spore, per task:  "OK <bytes>\n" + the output, or "ERR <bytes>\n" + a message
 // Numbers are decimal ASCII (no sign, no leading spaces). EOF on stdin means: exit. Anything

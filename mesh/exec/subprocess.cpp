@@ -1,7 +1,6 @@
 #include "mesh/exec/subprocess.h"
 
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,7 +16,6 @@ namespace {
 
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr int kReadsPerWakeup = 16;  // so a flood cannot starve the deadline checks
-constexpr const char* kTruncated = "... (truncated)";
 
 // text without its trailing newlines and spaces.
 std::string trimmed(std::string text) {
@@ -120,29 +118,8 @@ util::Result<RunOutcome> runProgram(const RunSpec& spec) {
   (*child)->pump(io, ioResult);
   result.durationUs = util::systemClock().monotonicUs() - (*child)->startUs();
   int status = (*child)->finish(io, ioResult);
-  result.err = std::move(ioResult.err);
-  if (ioResult.errTruncated) result.err += kTruncated;
-
-  switch (ioResult.stop) {
-    case ChildProcess::Stop::kTimeout:
-      result.kind = RunOutcome::Kind::kTimedOut;
-      result.reason = ioResult.reason;
-      break;
-    case ChildProcess::Stop::kCancel:
-      result.kind = RunOutcome::Kind::kCancelled;
-      result.reason = ioResult.reason;
-      break;
-    case ChildProcess::Stop::kKilled: result.kind = RunOutcome::Kind::kOutputTooLarge; break;
-    case ChildProcess::Stop::kNone:
-      if (WIFSIGNALED(status)) {
-        result.kind = RunOutcome::Kind::kSignaled;
-        result.signal = WTERMSIG(status);
-      } else {
-        result.kind = RunOutcome::Kind::kExited;
-        result.exitCode = WEXITSTATUS(status);
-      }
-      break;
-  }
+  ChildProcess::settle(ioResult, status, result);
+  if (ioResult.stop == ChildProcess::Stop::kKilled) result.kind = RunOutcome::Kind::kOutputTooLarge;
   if (ioResult.stop != ChildProcess::Stop::kNone) result.out.clear();  // no result when killed
   return result;
 }

@@ -1,9 +1,10 @@
 // How a word-count handler talks to the spore, in its two forms (see ../README.md):
 //   runOnce(fn)     one process per task: the payload is all of stdin, fn's result all of stdout
 //   serveTasks(fn)  a serve handler (built as NAME.serve): many tasks over the framed protocol of
-//                   docs/protocol.md section 9, "TASK <id> <attempt> <bytes>\n" + payload in,
+//                   docs/protocol.md section 8, "TASK <id> <attempt> <bytes>\n" + payload in,
 //                   "OK <bytes>\n" + result out, until EOF on stdin
-// fn takes the payload and returns the result; the same fn serves both forms.
+// fn takes the payload and returns the result; the same fn serves both forms, and
+// handlerMain(fn) picks the form by WC_SERVE.
 #pragma once
 
 #include <unistd.h>
@@ -56,6 +57,24 @@ int serveTasks(Fn fn) {
     if (!writeAll(STDOUT_FILENO, reply) || !writeAll(STDOUT_FILENO, out)) return 1;
   }
   return 0;  // EOF: the spore is done with us
+}
+
+// Appends the line `key<TAB>count\n`.
+inline void appendCount(std::string& out, std::string_view key, unsigned long long count) {
+  out.append(key);
+  out.push_back('\t');
+  out.append(std::to_string(count));
+  out.push_back('\n');
+}
+
+// main() of a handler: a serve handler when built with WC_SERVE, one-shot otherwise.
+template <typename Fn>
+int handlerMain(Fn fn) {
+#ifdef WC_SERVE
+  return serveTasks(fn);
+#else
+  return runOnce(fn);
+#endif
 }
 
 }  // namespace wc

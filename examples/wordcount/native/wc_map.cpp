@@ -26,21 +26,10 @@ std::string countWords(std::string_view input) {
   }
   std::string out;
   out.reserve(counts.size() * 16);
-  for (const auto& [word, count] : counts) {
-    out.append(word);
-    out.push_back('\t');
-    out.append(std::to_string(count));
-    out.push_back('\n');
-  }
+  for (const auto& [word, count] : counts) wc::appendCount(out, word, count);
   return out;
 }
 
 }  // namespace
 
-int main() {
-#ifdef WC_SERVE
-  return wc::serveTasks(countWords);
-#else
-  return wc::runOnce(countWords);
-#endif
-}
+int main() { return wc::handlerMain(countWords); }

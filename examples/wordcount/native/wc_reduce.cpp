@@ -15,13 +15,6 @@ std::string sumSorted(std::string_view input) {
   std::string_view key;
   unsigned long long sum = 0;
   bool have = false;
-  // The key may hold any byte but newline, NUL included.
-  auto emit = [&] {
-    out.append(key);
-    out.push_back('\t');
-    out.append(std::to_string(sum));
-    out.push_back('\n');
-  };
   while (!input.empty()) {
     std::size_t nl = input.find('\n');
     std::string_view line = input.substr(0, nl);
@@ -34,24 +27,18 @@ std::string sumSorted(std::string_view input) {
       std::string digits(line.substr(tab + 1));  // NUL-terminated for strtoull
       value = std::strtoull(digits.c_str(), nullptr, 10);
     }
-    if (have && k != key) {
-      emit();
+    if (have && k != key) {  // the key may hold any byte but newline, NUL included
+      wc::appendCount(out, key, sum);
       sum = 0;
     }
     key = k;
     sum += value;
     have = true;
   }
-  if (have) emit();
+  if (have) wc::appendCount(out, key, sum);
   return out;
 }
 
 }  // namespace
 
-int main() {
-#ifdef WC_SERVE
-  return wc::serveTasks(sumSorted);
-#else
-  return wc::runOnce(sumSorted);
-#endif
-}
+int main() { return wc::handlerMain(sumSorted); }
