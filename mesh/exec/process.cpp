@@ -492,7 +492,8 @@ void ChildProcess::pump(const Io& io, IoResult& result) {
     pollfd fds[4];
     int count = 0;
     int inIdx = -1, outIdx = -1, errIdx = -1, pidIdx = -1;
-    if (toStdin_.valid() && !result.inputWritten) fds[inIdx = count++] = {toStdin_.get(), POLLOUT, 0};
+    if (toStdin_.valid() && !result.inputWritten)
+      fds[inIdx = count++] = {toStdin_.get(), POLLOUT, 0};
     if (fromStdout_.valid()) fds[outIdx = count++] = {fromStdout_.get(), POLLIN, 0};
     if (fromStderr_.valid()) fds[errIdx = count++] = {fromStderr_.get(), POLLIN, 0};
     if (pidFd_.valid()) fds[pidIdx = count++] = {pidFd_.get(), POLLIN, 0};

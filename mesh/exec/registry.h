@@ -145,9 +145,9 @@ class HandlerRegistry {
 };
 
 // Lists the handler programs in an operator's directory: file name -> absolute resolved path for
-// every regular, executable file whose name is a valid handler name (for setPrograms). Skipped, each with a log
-// line: dotfiles, bad names, non-executables, non-regular files, and symlinks that dangle or
-// point outside the directory. Error when the directory cannot be read.
+// every regular, executable file whose name is a valid handler name (for setPrograms). Skipped,
+// each with a log line: dotfiles, bad names, non-executables, non-regular files, and symlinks
+// that dangle or point outside the directory. Error when the directory cannot be read.
 [[nodiscard]] util::Result<std::map<std::string, std::string>> scanHandlerDirectory(
     const std::string& dir);
 

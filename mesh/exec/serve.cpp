@@ -166,8 +166,9 @@ void describeEnd(const ChildProcess::IoResult& result, int status, ReplyReader& 
                  RunOutcome& outcome) {
   ChildProcess::settle(result, status, outcome);
   if (result.stop == ChildProcess::Stop::kKilled) {
-    outcome.kind = reply.tooLarge() ? RunOutcome::Kind::kOutputTooLarge : RunOutcome::Kind::kBroken;
-    outcome.reason = reply.tooLarge() ? reply.problem() : "serve protocol error: " + reply.problem();
+    bool large = reply.tooLarge();
+    outcome.kind = large ? RunOutcome::Kind::kOutputTooLarge : RunOutcome::Kind::kBroken;
+    outcome.reason = large ? reply.problem() : "serve protocol error: " + reply.problem();
   } else if (result.stop == ChildProcess::Stop::kNone && result.done) {
     // answered just before it exited, or before it read all of the payload
     outcome.kind = reply.ok() ? RunOutcome::Kind::kReplied : RunOutcome::Kind::kRefused;

@@ -124,7 +124,8 @@ TEST_CASE("payloads and replies are bytes: binary, empty and several MiB come ba
   std::string program = dir.script("echo.serve", kEcho);
   ServeProcesses pool;
   std::string binary;
-  for (int i = 0; i < 3 * 1024 * 1024; ++i) binary.push_back(static_cast<char>((i * 7 + i / 13) & 0xff));
+  for (int i = 0; i < 3 * 1024 * 1024; ++i)
+    binary.push_back(static_cast<char>((i * 7 + i / 13) & 0xff));
   for (std::string payload : {std::string("a\0b\n\xff\n", 6), std::string(), binary,
                               std::string("TASK 1 1 3\nabc")}) {
     auto run = pool.run("echo", specFor(program, dir, payload), 7, 1);
@@ -149,7 +150,7 @@ TEST_CASE("an ERR reply fails the task with the handler's message and keeps the 
   CHECK(answeredBy(pool, program, dir) == before);
 }
 
-TEST_CASE("a handler that exits or crashes mid-task fails it, and the next task gets a new process") {
+TEST_CASE("a handler that exits or crashes mid-task fails it; the next task gets a new process") {
   TestDir dir;
   std::string program = dir.script("h.serve", kHandler);
   ServeProcesses pool;
@@ -174,7 +175,7 @@ TEST_CASE("a handler that exits or crashes mid-task fails it, and the next task 
   CHECK(third != second);
 }
 
-TEST_CASE("a reply written just before the handler exits is taken; the next task gets a new process") {
+TEST_CASE("a reply written just before the handler exits is taken; the next task gets a new one") {
   TestDir dir;
   std::string program = dir.script("h.serve", kHandler);
   ServeProcesses pool;
