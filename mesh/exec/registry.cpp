@@ -9,6 +9,7 @@
 #include <cstring>
 #include <exception>
 
+#include "mesh/exec/serve.h"
 #include "mesh/util/log.h"
 
 namespace mesh::exec {
@@ -27,6 +28,9 @@ TaskOutput fromRun(std::string_view name, const util::Result<RunOutcome>& run) {
     case RunOutcome::Kind::kTimedOut: return {Outcome::kTimedOut, {}, r.describe()};
     case RunOutcome::Kind::kOutputTooLarge: return {Outcome::kFailed, {}, r.describe()};
     case RunOutcome::Kind::kCancelled: return {Outcome::kCancelled, {}, r.describe()};
+    case RunOutcome::Kind::kReplied: return {Outcome::kOk, r.out, {}};
+    case RunOutcome::Kind::kRefused:
+    case RunOutcome::Kind::kBroken: return {Outcome::kFailed, {}, r.describe()};
   }
   return {Outcome::kFailed, {}, "handler " + std::string(name) + ": unknown run outcome"};
 }
@@ -55,6 +59,12 @@ bool isValidHandlerName(std::string_view name) {
   return true;
 }
 
+ProgramName programName(std::string_view fileName) {
+  if (fileName.size() > kServeSuffix.size() && fileName.ends_with(kServeSuffix))
+    return {std::string(fileName.substr(0, fileName.size() - kServeSuffix.size())), true};
+  return {std::string(fileName), false};
+}
+
 bool HandlerTable::has(std::string_view name) const {
   return handlers_.find(name) != handlers_.end();
 }
@@ -70,6 +80,11 @@ std::string HandlerTable::where(std::string_view name) const {
   auto it = handlers_.find(name);
   if (it == handlers_.end()) return {};
   return it->second.builtin ? "builtin" : it->second.program;
+}
+
+bool HandlerTable::isServe(std::string_view name) const {
+  auto it = handlers_.find(name);
+  return it != handlers_.end() && it->second.serve;
 }
 
 TaskOutput HandlerTable::run(std::string_view name, const TaskInput& input,
@@ -90,14 +105,21 @@ TaskOutput HandlerTable::run(std::string_view name, const TaskInput& input,
     spec.argv = {handler.program};
     spec.stdinData = effective.payload;
     spec.env = settings.env;
-    spec.env.push_back("MESH_TASK_ID=" + std::to_string(effective.taskId));
-    spec.env.push_back("MESH_ATTEMPT=" + std::to_string(effective.attempt));
+    if (!handler.serve) {  // a serve handler finds these in each TASK header
+      spec.env.push_back("MESH_TASK_ID=" + std::to_string(effective.taskId));
+      spec.env.push_back("MESH_ATTEMPT=" + std::to_string(effective.attempt));
+    }
     spec.env.push_back("MESH_HANDLER=" + std::string(name));
     spec.workParent = settings.workParent;
     spec.limits = settings.limits;
     spec.limits.timeoutMs = effective.timeoutMs;
     spec.cancel = effective.cancel;
-    return fromRun(name, runProgram(spec));
+    if (!handler.serve) return fromRun(name, runProgram(spec));
+    const std::string handlerName(name);
+    if (effective.serve != nullptr)
+      return fromRun(name, effective.serve->run(handlerName, spec, effective.taskId,
+                                                effective.attempt));
+    return fromRun(name, runServeTask(handlerName, spec, effective.taskId, effective.attempt));
   } catch (const std::exception& e) {
     MESH_ERROR("handler %.*s, task %llu: internal error: %s", static_cast<int>(name.size()),
                name.data(), static_cast<unsigned long long>(input.taskId), e.what());
@@ -119,17 +141,25 @@ void HandlerRegistry::addBuiltin(const std::string& name, BuiltinFn fn) {
 
 void HandlerRegistry::setPrograms(Source source, std::map<std::string, std::string> programs) {
   const char* sourceName = source == Source::kBundle ? "bundle" : "directory";
-  for (auto it = programs.begin(); it != programs.end();) {
-    if (!isValidHandlerName(it->first) || it->second.empty() || it->second.front() != '/') {
+  std::map<std::string, Program> byHandler;
+  for (auto& [file, path] : programs) {
+    if (!isValidHandlerName(file) || path.empty() || path.front() != '/') {
       MESH_WARN("%s handler '%s' -> '%s' ignored: bad name or not an absolute path", sourceName,
-                it->first.c_str(), it->second.c_str());
-      it = programs.erase(it);
-    } else {
-      ++it;
+                file.c_str(), path.c_str());
+      continue;
     }
+    ProgramName name = programName(file);
+    auto [it, inserted] = byHandler.try_emplace(name.handler, Program{path, name.serve});
+    if (inserted) continue;
+    // "x" and "x.serve": the serve handler wins, whichever of the two came first.
+    const std::string& serve = name.serve ? path : it->second.path;
+    const std::string& oneShot = name.serve ? it->second.path : path;
+    MESH_WARN("%s handler %s: both %s and %s exist; using the serve handler %s", sourceName,
+              name.handler.c_str(), oneShot.c_str(), serve.c_str(), serve.c_str());
+    if (name.serve) it->second = Program{path, true};
   }
   std::lock_guard<std::mutex> lock(mu_);
-  (source == Source::kBundle ? bundle_ : directory_) = std::move(programs);
+  (source == Source::kBundle ? bundle_ : directory_) = std::move(byHandler);
   publishLocked();
 }
 
@@ -140,24 +170,24 @@ std::shared_ptr<const HandlerTable> HandlerRegistry::snapshot() const {
 
 void HandlerRegistry::publishLocked() {
   auto table = std::make_shared<HandlerTable>();
-  for (const auto& [name, fn] : builtins_) table->handlers_[name] = {fn, {}};
-  for (const auto& [name, path] : directory_) {
+  for (const auto& [name, fn] : builtins_) table->handlers_[name] = {fn, {}, false};
+  for (const auto& [name, program] : directory_) {
     if (builtins_.count(name) != 0) {
       MESH_WARN("directory handler %s (%s) ignored: a built-in cannot be shadowed", name.c_str(),
-                path.c_str());
+                program.path.c_str());
     } else if (bundle_.count(name) != 0) {
       MESH_WARN("directory handler %s (%s) ignored: the bundle handler of that name wins",
-                name.c_str(), path.c_str());
+                name.c_str(), program.path.c_str());
     } else {
-      table->handlers_[name] = {{}, path};
+      table->handlers_[name] = {{}, program.path, program.serve};
     }
   }
-  for (const auto& [name, path] : bundle_) {
+  for (const auto& [name, program] : bundle_) {
     if (builtins_.count(name) != 0) {
       MESH_WARN("bundle handler %s (%s) ignored: a built-in cannot be shadowed", name.c_str(),
-                path.c_str());
+                program.path.c_str());
     } else {
-      table->handlers_[name] = {{}, path};
+      table->handlers_[name] = {{}, program.path, program.serve};
     }
   }
   current_ = std::move(table);

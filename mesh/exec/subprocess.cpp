@@ -1,15 +1,6 @@
 #include "mesh/exec/subprocess.h"
 
-#include <dirent.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <sched.h>
 #include <signal.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,287 +8,19 @@
 #include <cstring>
 #include <utility>
 
+#include "mesh/exec/process.h"
 #include "mesh/util/clock.h"
-#include "mesh/util/log.h"
 
 namespace mesh::exec {
 namespace {
 
-constexpr std::int64_t kCancelCheckMs = 25;      // *cancel is looked at least this often
-constexpr std::int64_t kWaitidPollMs = 10;       // exit polling when pidfd_open is unavailable
-constexpr std::int64_t kDrainAfterExitMs = 200;  // how long to wait for EOF once all is killed
 constexpr std::size_t kReadChunk = 64 * 1024;
-constexpr int kReadsPerWakeup = 16;              // so a flood cannot starve the deadline checks
-constexpr std::size_t kWriteChunk = 1 << 20;
-constexpr std::size_t kChildStackBytes = 64 * 1024;
-constexpr int kMaxRemoveDepth = 256;
-constexpr const char* kTruncated = "... (truncated)";
+constexpr int kReadsPerWakeup = 16;  // so a flood cannot starve the deadline checks
 
-std::int64_t nowMs() { return util::systemClock().monotonicMs(); }
-
-// Owns one file descriptor.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&& other) noexcept {
-    reset(std::exchange(other.fd_, -1));
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  bool open() const { return fd_ >= 0; }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-std::string errnoText(int e) { return std::strerror(e); }
-
-// Moves fd to a number >= 3, so that the child's dup2 onto 0, 1 and 2 never clobbers another
-// pipe end (possible when the runner itself was started with 0..2 closed).
-util::Status raiseFd(Fd& fd) {
-  if (fd.get() >= 3) return {};
-  int moved = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3);
-  if (moved < 0) return util::err("fcntl(F_DUPFD_CLOEXEC): " + errnoText(errno));
-  fd.reset(moved);
-  return {};
-}
-
-// A pipe with both ends close-on-exec and numbered >= 3. The end the runner keeps is made
-// non-blocking; the child's end stays blocking (programs expect that).
-util::Status makePipe(Fd& childEnd, Fd& runnerEnd, bool childReads) {
-  int ends[2];
-  if (::pipe2(ends, O_CLOEXEC) != 0) return util::err("pipe: " + errnoText(errno));
-  Fd readEnd(ends[0]), writeEnd(ends[1]);
-  if (auto s = raiseFd(readEnd); !s) return s;
-  if (auto s = raiseFd(writeEnd); !s) return s;
-  childEnd = childReads ? std::move(readEnd) : std::move(writeEnd);
-  runnerEnd = childReads ? std::move(writeEnd) : std::move(readEnd);
-  int flags = ::fcntl(runnerEnd.get(), F_GETFL);
-  if (flags < 0 || ::fcntl(runnerEnd.get(), F_SETFL, flags | O_NONBLOCK) != 0)
-    return util::err("fcntl(O_NONBLOCK): " + errnoText(errno));
-  return {};
-}
-
-// Removes `name` (an entry of the directory dirFd) and everything under it, never following a
-// symbolic link: each directory is opened relative to its parent with O_NOFOLLOW, so a link the
-// program left behind is unlinked, not entered. Directories the program made unreadable or
-// unwritable get mode 0700 back first (through an O_PATH descriptor, so a link swapped in
-// meanwhile cannot redirect the chmod). Depth is bounded: each level holds one descriptor.
-// Returns false when something could not be removed.
-bool removeTree(int dirFd, const char* name, int depth) {
-  struct stat st{};
-  if (::fstatat(dirFd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno == ENOENT;
-  if (!S_ISDIR(st.st_mode)) return ::unlinkat(dirFd, name, 0) == 0 || errno == ENOENT;
-  if (depth > kMaxRemoveDepth) return false;
-
-  constexpr int kDirFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
-  Fd fd(::openat(dirFd, name, kDirFlags));
-  if (!fd.open() && errno == EACCES) {
-    Fd path(::openat(dirFd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (path.open()) {
-      std::string proc = "/proc/self/fd/" + std::to_string(path.get());
-      if (::chmod(proc.c_str(), 0700) == 0) fd.reset(::openat(dirFd, name, kDirFlags));
-    }
-  }
-  if (!fd.open()) return false;
-  if ((st.st_mode & 0700) != 0700) ::fchmod(fd.get(), 0700);
-
-  // Read all names first: unlinking while readdir() walks the same directory is unspecified.
-  std::vector<std::string> names;
-  {
-    int listFd = ::dup(fd.get());
-    if (listFd < 0) return false;
-    DIR* dir = ::fdopendir(listFd);
-    if (dir == nullptr) {
-      ::close(listFd);
-      return false;
-    }
-    while (dirent* entry = ::readdir(dir)) {  // per-DIR state only: safe across threads
-      if (std::strcmp(entry->d_name, ".") != 0 && std::strcmp(entry->d_name, "..") != 0)
-        names.emplace_back(entry->d_name);
-    }
-    ::closedir(dir);
-  }
-  bool ok = true;
-  for (const std::string& child : names) ok = removeTree(fd.get(), child.c_str(), depth + 1) && ok;
-  fd.reset();
-  return (::unlinkat(dirFd, name, AT_REMOVEDIR) == 0 || errno == ENOENT) && ok;
-}
-
-// The run's working directory: created by mkdtemp (mode 0700) under the parent, removed with
-// all its contents on destruction.
-class WorkDir {
- public:
-  static util::Result<WorkDir> create(const std::string& parent) {
-    std::string path = parent + "/run-XXXXXX";
-    if (::mkdtemp(path.data()) == nullptr)
-      return util::err("cannot create a work directory in " + parent + ": " + errnoText(errno));
-    return WorkDir(std::move(path));
-  }
-  WorkDir(WorkDir&& other) noexcept : path_(std::exchange(other.path_, {})) {}
-  WorkDir& operator=(WorkDir&&) = delete;
-  ~WorkDir() {
-    if (path_.empty()) return;
-    std::size_t slash = path_.rfind('/');
-    std::string parent = slash == 0 ? "/" : path_.substr(0, slash);
-    Fd parentFd(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!parentFd.open() || !removeTree(parentFd.get(), path_.c_str() + slash + 1, 0))
-      MESH_WARN("could not remove all of the work directory %s", path_.c_str());
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  explicit WorkDir(std::string path) : path_(std::move(path)) {}
-  std::string path_;
-};
-
-// What the child does between clone() and execve(). Everything is prepared by the parent; the
-// child only makes system calls (async-signal-safe), because it shares the parent's memory.
-enum ChildStep {
-  kStepNone = 0, kStepPgid, kStepChdir, kStepDup, kStepRlimit, kStepMask, kStepExec
-};
-
-struct ChildArgs {
-  const char* path = nullptr;
-  char* const* argv = nullptr;
-  char* const* envp = nullptr;
-  const char* workDir = nullptr;
-  int stdinFd = -1, stdoutFd = -1, stderrFd = -1;
-  int maxFd = 1024;  // for the close() loop when close_range is unavailable
-  struct Limit {
-    int resource;
-    rlimit value;
-  } limits[5] = {};
-  int limitCount = 0;
-  struct sigaction dflAction{};
-  sigset_t emptyMask{};
-  // Written by the child when a step fails, read by the parent after clone() returns (with
-  // CLONE_VFORK that is after the child's execve or _exit, so there is no race).
-  int failedStep = kStepNone;
-  int failedErrno = 0;
-};
-
-[[noreturn]] void childFail(ChildArgs* a, int step) {
-  a->failedStep = step;
-  a->failedErrno = errno;
-  ::_exit(127);
-}
-
-int childMain(void* arg) {
-  auto* a = static_cast<ChildArgs*>(arg);
-  // Every signal back to its default: an inherited SIG_IGN (SIGPIPE!) would survive execve,
-  // and a handler of the parent must never run here, on the parent's memory. Failures (SIGKILL,
-  // SIGSTOP, glibc's two internal signals) are expected and harmless.
-  for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &a->dflAction, nullptr);
-  if (::setpgid(0, 0) != 0) childFail(a, kStepPgid);
-  if (::chdir(a->workDir) != 0) childFail(a, kStepChdir);
-  if (::dup2(a->stdinFd, 0) < 0 || ::dup2(a->stdoutFd, 1) < 0 || ::dup2(a->stderrFd, 2) < 0)
-    childFail(a, kStepDup);
-  // Every descriptor but 0..2 closed, including ones another thread opened without O_CLOEXEC.
-  if (::close_range(3, ~0U, 0) != 0) {
-    for (int fd = 3; fd < a->maxFd; ++fd) ::close(fd);
-  }
-  // Limits last, so that a small RLIMIT_NOFILE cannot make the dup2 calls above fail.
-  for (int i = 0; i < a->limitCount; ++i) {
-    if (::setrlimit(a->limits[i].resource, &a->limits[i].value) != 0) childFail(a, kStepRlimit);
-  }
-  if (::sigprocmask(SIG_SETMASK, &a->emptyMask, nullptr) != 0) childFail(a, kStepMask);
-  ::execve(a->path, a->argv, a->envp);
-  childFail(a, kStepExec);
-}
-
-const char* stepText(int step) {
-  switch (step) {
-    case kStepPgid: return "setpgid";
-    case kStepRlimit: return "setrlimit";
-    case kStepChdir: return "chdir into the work directory";
-    case kStepDup: return "dup2";
-    case kStepMask: return "sigprocmask";
-    default: return "execve";
-  }
-}
-
-// Sets resource to soft `soft` and hard `hard`, both clamped to the runner's own hard limit
-// (an unprivileged process cannot raise it). Lowering the hard limit too keeps the program from
-// raising its soft limit back.
-void addLimit(ChildArgs& a, int resource, std::uint64_t soft, std::uint64_t hard) {
-  rlimit current{};
-  if (::getrlimit(resource, &current) != 0) return;
-  a.limits[a.limitCount++] = {resource, rlimit{std::min<rlim_t>(soft, current.rlim_max),
-                                               std::min<rlim_t>(hard, current.rlim_max)}};
-}
-
-// Owns the running child: on every exit path (including exceptions) the whole group is killed
-// and the child reaped, so nothing outlives runProgram.
-class Child {
- public:
-  explicit Child(pid_t pid) : pid_(pid) {}
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (reaped_) return;
-    killGroup(SIGKILL);
-    reap();
-  }
-  pid_t pid() const { return pid_; }
-  // The child is the leader of its own group (setpgid(0, 0) before execve), so -pid is the
-  // group. Valid until the child is reaped: a zombie leader keeps the group id reserved.
-  void killGroup(int sig) const {
-    if (!reaped_) ::kill(-pid_, sig);
-  }
-  int reap() {
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    reaped_ = true;
-    return status;
-  }
-
- private:
-  pid_t pid_;
-  bool reaped_ = false;
-};
-
-// Spawns the program with clone(CLONE_VM | CLONE_VFORK), the way glibc's posix_spawn does
-// internally, rather than posix_spawn itself: posix_spawn can set the process group, signal
-// defaults and mask, dup2, chdir and closefrom, but not resource limits, and prlimit() after
-// the spawn races with the program (it may open files or map memory before the limit lands).
-// Plain fork() is out: it copies the page tables of a large, multi-threaded spore (over 20 ms
-// for a 1 GiB heap, see DESIGN.md section 12). CLONE_VM shares memory with no copy; CLONE_VFORK
-// suspends this thread until the child has exec'd, so the child can use the arguments in
-// place. All signals are blocked around clone() so that no handler of ours runs in the child.
-util::Result<pid_t> spawn(ChildArgs& args) {
-  void* stack = ::mmap(nullptr, kChildStackBytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED)
-    return util::err("cannot map a stack for the child: " + errnoText(errno));
-  sigset_t all, saved;
-  ::sigfillset(&all);
-  ::pthread_sigmask(SIG_SETMASK, &all, &saved);
-  pid_t pid = ::clone(childMain, static_cast<char*>(stack) + kChildStackBytes,
-                      CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
-  int cloneErrno = errno;
-  ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
-  ::munmap(stack, kChildStackBytes);
-  if (pid < 0) return util::err("clone: " + errnoText(cloneErrno));
-  return pid;
-}
-
-// stderr is kept up to a cap; the rest is read (so the program never blocks on it) and dropped.
-void keepStderr(std::string& err, bool& truncated, const char* data, std::size_t n,
-                std::uint64_t cap) {
-  std::size_t room = err.size() < cap ? static_cast<std::size_t>(cap - err.size()) : 0;
-  err.append(data, std::min(n, room));
-  if (n > room) truncated = true;
+// text without its trailing newlines and spaces.
+std::string trimmed(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
 }
 
 }  // namespace
@@ -309,6 +32,12 @@ void ignoreSigpipe() {
   ::sigaction(SIGPIPE, &ignore, nullptr);
 }
 
+void assertSigpipeIgnored() {
+  struct sigaction current{};
+  ::sigaction(SIGPIPE, nullptr, &current);
+  MESH_ASSERT(current.sa_handler != SIG_DFL, "call ignoreSigpipe() before running programs");
+}
+
 std::string signalName(int signal) {
   const char* abbrev = ::sigabbrev_np(signal);
   return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(signal);
@@ -317,8 +46,7 @@ std::string signalName(int signal) {
 std::string RunOutcome::describe() const {
   switch (kind) {
     case Kind::kExited: {
-      std::string text = err;
-      while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+      std::string text = trimmed(err);
       if (exitCode == 0 || text.empty()) return "exit code " + std::to_string(exitCode);
       return text;
     }
@@ -332,28 +60,21 @@ std::string RunOutcome::describe() const {
     case Kind::kOutputTooLarge:
     case Kind::kCancelled:
       return reason;
+    case Kind::kReplied:
+      return "replied OK";
+    case Kind::kRefused:
+    case Kind::kBroken: {
+      std::string text = trimmed(reason);
+      std::string stderrText = trimmed(err);
+      if (!stderrText.empty()) text += (text.empty() ? "" : "; stderr: ") + stderrText;
+      return text;
+    }
   }
   return "unknown outcome";
 }
 
 util::Result<RunOutcome> runProgram(const RunSpec& spec) {
-  {
-    struct sigaction current{};
-    ::sigaction(SIGPIPE, nullptr, &current);
-    MESH_ASSERT(current.sa_handler != SIG_DFL, "call ignoreSigpipe() before runProgram()");
-  }
-  if (spec.argv.empty() || spec.argv[0].empty() || spec.argv[0][0] != '/')
-    return util::err("cannot run '" + (spec.argv.empty() ? std::string() : spec.argv[0]) +
-                     "': the program must be given by its absolute path");
-  const std::string& program = spec.argv[0];
-  for (const std::string& a : spec.argv) {
-    if (a.find('\0') != std::string::npos)
-      return util::err("cannot run " + program + ": an argument contains a NUL byte");
-  }
-  for (const std::string& e : spec.env) {
-    if (e.find('=') == std::string::npos || e.find('\0') != std::string::npos)
-      return util::err("cannot run " + program + ": bad environment entry '" + e + "'");
-  }
+  assertSigpipeIgnored();
   const RunLimits& limits = spec.limits;
   if (spec.cancel != nullptr && spec.cancel->load()) {
     RunOutcome cancelled;
@@ -361,231 +82,45 @@ util::Result<RunOutcome> runProgram(const RunSpec& spec) {
     cancelled.reason = "cancelled before it started";
     return cancelled;
   }
-
-  if (spec.workParent.empty() || spec.workParent[0] != '/')
-    return util::err("cannot run " + program +
-                     ": the parent of its work directory must be an absolute path");
-  auto workDir = WorkDir::create(spec.workParent);
-  if (!workDir) return util::err("cannot run " + program + ": " + workDir.error().message);
-
-  // argv and envp as the C arrays execve wants, pointing into strings that outlive the spawn.
-  std::vector<char*> argv;
-  for (const std::string& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  std::vector<std::string> envStore;
-  for (const std::string& e : spec.env) {
-    if (e.rfind("HOME=", 0) != 0 && e.rfind("TMPDIR=", 0) != 0) envStore.push_back(e);
-  }
-  envStore.push_back("HOME=" + workDir->path());
-  envStore.push_back("TMPDIR=" + workDir->path());
-  std::vector<char*> envp;
-  for (const std::string& e : envStore) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-
-  Fd childIn, childOut, childErr, toStdin, fromStdout, fromStderr;
-  for (auto s : {makePipe(childIn, toStdin, true), makePipe(childOut, fromStdout, false),
-                 makePipe(childErr, fromStderr, false)}) {
-    if (!s) return util::err("cannot run " + program + ": " + s.error().message);
-  }
-
-  ChildArgs args;
-  args.path = program.c_str();
-  args.argv = argv.data();
-  args.envp = envp.data();
-  args.workDir = workDir->path().c_str();
-  args.stdinFd = childIn.get();
-  args.stdoutFd = childOut.get();
-  args.stderrFd = childErr.get();
-  rlimit nofile{};
-  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY)
-    args.maxFd = static_cast<int>(std::min<rlim_t>(nofile.rlim_cur, 1 << 20));
-  addLimit(args, RLIMIT_CORE, 0, 0);  // a crashing handler never writes a core dump
-  if (limits.cpuSeconds > 0)  // SIGXCPU at the soft limit, SIGKILL at the hard one a second later
-    addLimit(args, RLIMIT_CPU, limits.cpuSeconds, limits.cpuSeconds + 1);
-  if (limits.addressSpaceBytes > 0)
-    addLimit(args, RLIMIT_AS, limits.addressSpaceBytes, limits.addressSpaceBytes);
-  if (limits.openFiles > 0) addLimit(args, RLIMIT_NOFILE, limits.openFiles, limits.openFiles);
-  if (limits.fileSizeBytes > 0)
-    addLimit(args, RLIMIT_FSIZE, limits.fileSizeBytes, limits.fileSizeBytes);
-  args.dflAction.sa_handler = SIG_DFL;
-  ::sigemptyset(&args.dflAction.sa_mask);
-  ::sigemptyset(&args.emptyMask);
-
-  std::int64_t startUs = util::systemClock().monotonicUs();
-  auto spawned = spawn(args);
-  if (!spawned) return util::err("cannot run " + program + ": " + spawned.error().message);
-  Child child(*spawned);
-  if (args.failedStep != kStepNone) {
-    child.reap();
-    std::string what = args.failedStep == kStepExec
-                           ? errnoText(args.failedErrno)
-                           : std::string(stepText(args.failedStep)) + " failed: " +
-                                 errnoText(args.failedErrno);
-    return util::err("cannot run " + program + ": " + what);
-  }
-  childIn.reset();
-  childOut.reset();
-  childErr.reset();
-  // A pidfd lets the exit wake the same poll as the pipes. Without one (old kernel, seccomp)
-  // exit is checked with waitid(WNOWAIT) every kWaitidPollMs.
-  // (The raw system call: glibc 2.36's <sys/pidfd.h> lacks extern "C" and cannot link from C++.)
-  Fd pidFd(static_cast<int>(::syscall(SYS_pidfd_open, child.pid(), 0)));
+  auto child = ChildProcess::start(spec);
+  if (!child) return child.error();
 
   RunOutcome result;
-  enum class Stop { kNone, kTimeout, kCancel, kTooLarge };
-  Stop stop = Stop::kNone;
-  std::int64_t startMs = startUs / 1000;
-  std::int64_t sigkillAtMs = -1;  // pending SIGKILL after a SIGTERM
-  std::size_t stdinOffset = 0;
-  bool stderrTruncated = false;
-  if (spec.stdinData.empty()) toStdin.reset();
-
-  auto terminate = [&](Stop why, std::int64_t now) {
-    stop = why;
-    child.killGroup(SIGTERM);
-    sigkillAtMs = now + std::max<std::int64_t>(limits.killGraceMs, 0);
-  };
-  auto readStdout = [&] {
-    for (int i = 0; i < kReadsPerWakeup && fromStdout.open(); ++i) {
+  ChildProcess::Io io;
+  io.input = {spec.stdinData};
+  io.closeStdin = true;
+  io.startMs = (*child)->startUs() / 1000;
+  io.timeoutMs = limits.timeoutMs;
+  io.killGraceMs = limits.killGraceMs;
+  io.cancel = spec.cancel;
+  io.maxStderrBytes = limits.maxStderrBytes;
+  io.onStdout = [&result, &limits](int fd) {
+    for (int i = 0; i < kReadsPerWakeup; ++i) {
       std::size_t old = result.out.size();
       result.out.resize(old + kReadChunk);
-      ssize_t n = ::read(fromStdout.get(), result.out.data() + old, kReadChunk);
+      ssize_t n = ::read(fd, result.out.data() + old, kReadChunk);
       result.out.resize(old + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
-      if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-      if (n <= 0) {
-        fromStdout.reset();
-        return;
-      }
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) return ChildProcess::StdoutStep::kMore;
+      if (n <= 0) return ChildProcess::StdoutStep::kEof;
       if (result.out.size() > limits.maxStdoutBytes) {
-        if (stop == Stop::kNone) {
-          stop = Stop::kTooLarge;
-          result.reason = "stdout exceeded the limit of " + std::to_string(limits.maxStdoutBytes) +
-                          " bytes; the program was killed";
-        }
-        child.killGroup(SIGKILL);
+        if (result.reason.empty())
+          result.reason = "stdout exceeded the limit of " +
+                          std::to_string(limits.maxStdoutBytes) + " bytes; the program was killed";
         result.out.clear();
         result.out.shrink_to_fit();
-        fromStdout.reset();
-        return;
+        return ChildProcess::StdoutStep::kKill;
       }
     }
-  };
-  auto readStderr = [&] {
-    char buf[kReadChunk];
-    for (int i = 0; i < kReadsPerWakeup && fromStderr.open(); ++i) {
-      ssize_t n = ::read(fromStderr.get(), buf, sizeof buf);
-      if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-      if (n <= 0) {
-        fromStderr.reset();
-        return;
-      }
-      keepStderr(result.err, stderrTruncated, buf, static_cast<std::size_t>(n),
-                 limits.maxStderrBytes);
-    }
-  };
-  auto writeStdin = [&] {
-    std::size_t n = std::min(kWriteChunk, spec.stdinData.size() - stdinOffset);
-    ssize_t written = ::write(toStdin.get(), spec.stdinData.data() + stdinOffset, n);
-    if (written < 0) {
-      if (errno == EAGAIN || errno == EINTR) return;
-      toStdin.reset();  // EPIPE: the program stopped reading, which is its right
-      return;
-    }
-    stdinOffset += static_cast<std::size_t>(written);
-    if (stdinOffset == spec.stdinData.size()) toStdin.reset();  // EOF for the program
+    return ChildProcess::StdoutStep::kMore;
   };
 
-  // The poll loop: feed stdin, drain stdout and stderr, watch for exit; its timeout is the next
-  // deadline (the timeout, the SIGKILL after the grace, the next look at *cancel).
-  bool exited = false;
-  while (!exited) {
-    std::int64_t now = nowMs();
-    if (stop == Stop::kNone && spec.cancel != nullptr && spec.cancel->load()) {
-      result.reason = "cancelled";
-      terminate(Stop::kCancel, now);
-    } else if (stop == Stop::kNone && limits.timeoutMs > 0 && now >= startMs + limits.timeoutMs) {
-      result.reason = "timed out after " + std::to_string(limits.timeoutMs) + " ms";
-      terminate(Stop::kTimeout, now);
-    }
-    if (sigkillAtMs >= 0 && now >= sigkillAtMs) {
-      child.killGroup(SIGKILL);
-      sigkillAtMs = -1;
-    }
-
-    std::int64_t waitMs = -1;
-    auto atMost = [&waitMs](std::int64_t ms) {
-      ms = std::max<std::int64_t>(ms, 0);
-      waitMs = waitMs < 0 ? ms : std::min(waitMs, ms);
-    };
-    if (stop == Stop::kNone && limits.timeoutMs > 0) atMost(startMs + limits.timeoutMs - now);
-    if (stop == Stop::kNone && spec.cancel != nullptr) atMost(kCancelCheckMs);
-    if (sigkillAtMs >= 0) atMost(sigkillAtMs - now);
-    if (!pidFd.open()) atMost(kWaitidPollMs);
-
-    pollfd fds[4];
-    int count = 0;
-    int inIdx = -1, outIdx = -1, errIdx = -1, pidIdx = -1;
-    if (toStdin.open()) fds[inIdx = count++] = {toStdin.get(), POLLOUT, 0};
-    if (fromStdout.open()) fds[outIdx = count++] = {fromStdout.get(), POLLIN, 0};
-    if (fromStderr.open()) fds[errIdx = count++] = {fromStderr.get(), POLLIN, 0};
-    if (pidFd.open()) fds[pidIdx = count++] = {pidFd.get(), POLLIN, 0};
-    int ready = ::poll(fds, static_cast<nfds_t>(count), static_cast<int>(waitMs));
-    if (ready < 0) {
-      MESH_ASSERT(errno == EINTR, "poll failed: " + errnoText(errno));
-      continue;
-    }
-    if (inIdx >= 0 && fds[inIdx].revents != 0) writeStdin();
-    if (outIdx >= 0 && fds[outIdx].revents != 0) readStdout();
-    if (errIdx >= 0 && fds[errIdx].revents != 0) readStderr();
-    if (pidIdx >= 0) {
-      exited = fds[pidIdx].revents != 0;
-    } else {
-      siginfo_t info{};
-      exited = ::waitid(P_PID, static_cast<id_t>(child.pid()), &info,
-                        WEXITED | WNOHANG | WNOWAIT) == 0 &&
-               info.si_pid == child.pid();
-    }
-  }
-  result.durationUs = util::systemClock().monotonicUs() - startUs;
-
-  // The main process has exited (a zombie still holding the group id): kill whatever is left
-  // in its group, then reap it. Stop feeding stdin; a program that exits unread is fine.
-  toStdin.reset();
-  child.killGroup(SIGKILL);
-  int status = child.reap();
-
-  // Take what is still in the pipes. EOF comes once every killed holder has closed them; a
-  // setsid() escapee holding them must not keep us here, hence the short deadline.
-  std::int64_t drainUntil = nowMs() + kDrainAfterExitMs;
-  while (fromStdout.open() || fromStderr.open()) {
-    std::int64_t left = drainUntil - nowMs();
-    if (left <= 0) break;
-    pollfd fds[2];
-    int count = 0;
-    int outIdx = -1, errIdx = -1;
-    if (fromStdout.open()) fds[outIdx = count++] = {fromStdout.get(), POLLIN, 0};
-    if (fromStderr.open()) fds[errIdx = count++] = {fromStderr.get(), POLLIN, 0};
-    if (::poll(fds, static_cast<nfds_t>(count), static_cast<int>(left)) < 0) continue;
-    if (outIdx >= 0 && fds[outIdx].revents != 0) readStdout();
-    if (errIdx >= 0 && fds[errIdx].revents != 0) readStderr();
-  }
-  if (stderrTruncated) result.err += kTruncated;
-
-  switch (stop) {
-    case Stop::kTimeout: result.kind = RunOutcome::Kind::kTimedOut; break;
-    case Stop::kCancel: result.kind = RunOutcome::Kind::kCancelled; break;
-    case Stop::kTooLarge: result.kind = RunOutcome::Kind::kOutputTooLarge; break;
-    case Stop::kNone:
-      if (WIFSIGNALED(status)) {
-        result.kind = RunOutcome::Kind::kSignaled;
-        result.signal = WTERMSIG(status);
-      } else {
-        result.kind = RunOutcome::Kind::kExited;
-        result.exitCode = WEXITSTATUS(status);
-      }
-      break;
-  }
-  if (stop != Stop::kNone) result.out.clear();  // a killed run's partial output is no result
+  ChildProcess::IoResult ioResult;
+  (*child)->pump(io, ioResult);
+  result.durationUs = util::systemClock().monotonicUs() - (*child)->startUs();
+  int status = (*child)->finish(io, ioResult);
+  ChildProcess::settle(ioResult, status, result);
+  if (ioResult.stop == ChildProcess::Stop::kKilled) result.kind = RunOutcome::Kind::kOutputTooLarge;
+  if (ioResult.stop != ChildProcess::Stop::kNone) result.out.clear();  // no result when killed
   return result;
 }
 

@@ -60,19 +60,25 @@ struct RunOutcome {
     kTimedOut,        // the runner killed it at limits.timeoutMs
     kOutputTooLarge,  // the runner killed it: stdout passed limits.maxStdoutBytes (out is empty)
     kCancelled,       // the runner killed it because *cancel became true
+    // Serve handlers only (serve.h): the task ended with the process still running, or broke it.
+    kReplied,         // replied "OK"; out is the result
+    kRefused,         // replied "ERR"; reason is the handler's message
+    kBroken,          // broke the framed protocol, or exited before it replied; reason says how
   };
   Kind kind = Kind::kExited;
   int exitCode = 0;          // kExited only
   int signal = 0;            // kSignaled only
   std::string out;           // stdout; empty when the runner killed the program
   std::string err;           // stderr, at most maxStderrBytes + "... (truncated)"
-  std::string reason;        // why the runner killed it (kTimedOut, kOutputTooLarge, kCancelled)
-  std::int64_t durationUs = 0;  // spawn to exit of the main process
+  std::string reason;        // why the runner killed it (kTimedOut, kOutputTooLarge, kCancelled),
+                             // the handler's message (kRefused), what broke (kBroken)
+  std::int64_t durationUs = 0;  // spawn to exit of the main process (serve: task start to reply)
 
-  bool ok() const { return kind == Kind::kExited && exitCode == 0; }
+  bool ok() const { return (kind == Kind::kExited && exitCode == 0) || kind == Kind::kReplied; }
   // One line that says what happened, fit to be a task's error text: for a non-zero exit the
   // stderr text (or "exit code N" when there is none), "killed by signal SIGSEGV", "timed out
-  // after 500 ms", ... and "exit code 0" on success.
+  // after 500 ms", ... and "exit code 0" on success. For kRefused and kBroken the reason,
+  // followed by the stderr of the task when there is some.
   std::string describe() const;
 };
 
@@ -90,6 +96,9 @@ struct RunOutcome {
 // Sets SIGPIPE to SIG_IGN for the whole process (so a write to a closed pipe is EPIPE, not
 // death). Call once from main() before starting threads. Children get SIGPIPE back at default.
 void ignoreSigpipe();
+
+// Throws std::logic_error (a bug) unless SIGPIPE is ignored; runProgram and ServeProcesses call it.
+void assertSigpipeIgnored();
 
 // "SIGSEGV", or "signal 77" for a number without a name.
 std::string signalName(int signal);

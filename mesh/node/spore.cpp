@@ -19,6 +19,7 @@
 #include "mesh/crypto/keys.h"
 #include "mesh/discovery/beacon_udp.h"
 #include "mesh/exec/mapreduce.h"
+#include "mesh/exec/serve.h"
 #include "mesh/node/common.h"
 #include "mesh/transport/inproc.h"
 #include "mesh/transport/sockets.h"
@@ -327,10 +328,17 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
   pipe.set(zmq::sockopt::rcvhwm, 0);
   pipe.connect(endpoint);
   const auto& clock = util::systemClock();
+  // This thread's serve handler processes: used by its tasks only, stopped when idle (the wait
+  // for work times out when the next one is due) and when the thread returns.
+  exec::ServeProcesses serve;
   for (;;) {
     zmq::message_t m;
     try {
-      if (!pipe.recv(m)) continue;
+      pipe.set(zmq::sockopt::rcvtimeo, static_cast<int>(serve.msUntilIdle()));
+      if (!pipe.recv(m)) {
+        serve.stopIdle();
+        continue;
+      }
     } catch (const zmq::error_t&) {
       return;
     }
@@ -354,6 +362,7 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
         input.payload = job.payload;
         input.timeoutMs = job.timeoutMs;
         input.cancel = job.cancel.get();
+        input.serve = &serve;
         exec::TaskOutput result;
         try {
           auto table = registry_.snapshot();
@@ -831,7 +840,7 @@ void SporeImpl::refreshBundleHandlers() {
   handlerBundle_.clear();
   if (auto list = installer_->list()) {
     for (const auto& b : *list) {
-      for (const auto& h : b.handlers) handlerBundle_[h] = b.name;
+      for (const auto& h : b.handlers) handlerBundle_[exec::programName(h).handler] = b.name;
     }
   }
 }

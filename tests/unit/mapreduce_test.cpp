@@ -24,6 +24,7 @@
 #include "mesh/exec/builtins.h"
 #include "mesh/exec/mapreduce.h"
 #include "mesh/exec/registry.h"
+#include "mesh/exec/serve.h"
 #include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
 
@@ -250,6 +251,11 @@ fs::path exampleDir() {
   fs::path self = fs::path(__FILE__).is_absolute() ? fs::path(__FILE__)
                                                    : exe.parent_path().parent_path() / __FILE__;
   return fs::weakly_canonical(self.parent_path() / ".." / ".." / "examples" / "wordcount");
+}
+
+// The build directory: the test binary is <build>/tests/mapreduce_test.
+fs::path buildRoot() {
+  return fs::read_symlink("/proc/self/exe").parent_path().parent_path();
 }
 
 }  // namespace
@@ -815,4 +821,50 @@ TEST_CASE("the example word count programs count a corpus like a count made here
 
   // an empty input: no chunks, so no map tasks; every reducer runs on nothing and says nothing
   CHECK(runJob(*table, dir.settings(), "", 1024, {"mapper", "combiner", 2}, "reducer").empty());
+}
+
+TEST_CASE("the compiled word count as serve handlers gives the same map and reduce outputs") {
+  fs::path examples = buildRoot() / "examples" / "wordcount";
+  REQUIRE_MESSAGE(fs::exists(examples / "serve" / "wc-map.serve"), "not built: " << examples);
+  TestDir dir;
+  auto once = tableWith((examples / "native").string());
+  auto serve = tableWith((examples / "serve").string());
+  REQUIRE_FALSE(once->isServe("wc-map"));
+  REQUIRE(serve->isServe("wc-map"));
+  REQUIRE(serve->isServe("wc-reduce"));
+  ServeProcesses pool;
+  const MapSpec spec{"wc-map", "", 3};
+  std::string text = wordCorpus(4000, 11);
+
+  std::vector<std::string> mapOutputs;
+  pid_t mapPid = 0;
+  for (auto [begin, end] : chunkLines(text, 8 * 1024)) {
+    TaskInput in = taskInput(std::string_view(text).substr(begin, end - begin));
+    TaskOutput want = runMapTask(*once, spec, in, dir.settings());
+    in.serve = &pool;
+    TaskOutput got = runMapTask(*serve, spec, in, dir.settings());
+    REQUIRE_MESSAGE(got.outcome == Outcome::kOk, got.error);
+    REQUIRE(want.outcome == Outcome::kOk);
+    CHECK(got.output == want.output);
+    if (mapPid == 0) mapPid = pool.pidOf("wc-map");
+    CHECK(pool.pidOf("wc-map") == mapPid);  // one process served every map task
+    mapOutputs.push_back(std::move(got.output));
+  }
+  CHECK(mapOutputs.size() > 5);
+
+  std::vector<std::string_view> views(mapOutputs.begin(), mapOutputs.end());
+  std::string all;
+  for (std::uint32_t r = 0; r < spec.partitions; ++r) {
+    auto payload = reducePayload(views, r);
+    REQUIRE(payload.ok());
+    TaskInput in = taskInput(payload.value());
+    TaskOutput want = runReduceTask(*once, "wc-reduce", in, dir.settings());
+    in.serve = &pool;
+    TaskOutput got = runReduceTask(*serve, "wc-reduce", in, dir.settings());
+    REQUIRE_MESSAGE(got.outcome == Outcome::kOk, got.error);
+    CHECK(got.output == want.output);
+    all += got.output;
+  }
+  CHECK(pool.size() == 2);
+  CHECK(parseCounts(all) == countWords(text));
 }

@@ -17,6 +17,7 @@
 
 #include "mesh/exec/builtins.h"
 #include "mesh/exec/registry.h"
+#include "mesh/exec/serve.h"
 #include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
 
@@ -221,6 +222,119 @@ TEST_CASE("program failures map to failed, crashed, timed out and cancelled") {
   CHECK(missing.outcome == Outcome::kFailed);
   CHECK(missing.error.find("No such file or directory") != std::string::npos);
   CHECK(fs::is_empty(dir.work));
+}
+
+// A serve handler (serve.h) that answers each task with its PID, the task, and its environment.
+const char* const kServeHandler = R"sh(while read -r verb id attempt n; do
+  p=$(head -c "$n")
+  case $p in
+    err) printf 'ERR 6\nrefuse'; continue ;;
+    junk) printf 'junk\n'; continue ;;
+    crash) kill -SEGV $$ ;;
+  esac
+  out="$$ $id $attempt $MESH_HANDLER ${MESH_TASK_ID:-none} $p"
+  printf 'OK %d\n%s' "${#out}" "$out"
+done
+)sh";
+
+TEST_CASE("a file named NAME.serve is the serve handler NAME; anything else runs once per task") {
+  CHECK(programName("wc-map.serve").handler == "wc-map");
+  CHECK(programName("wc-map.serve").serve);
+  CHECK(programName("wc-map").handler == "wc-map");
+  CHECK_FALSE(programName("wc-map").serve);
+  CHECK(programName("a.serve.serve").handler == "a.serve");
+  CHECK(programName("a.serve.serve").serve);
+  CHECK_FALSE(programName("serve").serve);
+  CHECK_FALSE(programName("x.served").serve);
+  CHECK_FALSE(programName(".serve").serve);  // all suffix, no name: not a serve handler
+
+  TestDir dir;
+  std::string program = dir.write(dir.handlers + "/count.serve", kServeHandler);
+  auto scanned = scanHandlerDirectory(dir.handlers);
+  REQUIRE(scanned.ok());
+  HandlerRegistry registry;
+  registry.setPrograms(Source::kDirectory, *scanned);
+  auto table = registry.snapshot();
+  CHECK(table->names() == std::vector<std::string>{"count"});
+  CHECK(table->isServe("count"));
+  CHECK(table->where("count") == program);
+  CHECK_FALSE(table->has("count.serve"));
+}
+
+TEST_CASE("serve handlers run on the worker's processes: one process for many tasks") {
+  TestDir dir;
+  HandlerRegistry registry;
+  registry.setPrograms(Source::kBundle,
+                       {{"count.serve", dir.write(dir.path + "/count.serve", kServeHandler)}});
+  auto table = registry.snapshot();
+  ServeProcesses pool;
+  TaskInput in = input("a");
+  in.serve = &pool;
+  auto first = table->run("count", in, dir.settings());
+  REQUIRE(first.outcome == Outcome::kOk);
+  std::string pid = first.output.substr(0, first.output.find(' '));
+  CHECK(first.output == pid + " 42 2 count none a");  // the task is in the header, not the env
+  in.taskId = 43;
+  in.payload = "b";
+  CHECK(table->run("count", in, dir.settings()).output == pid + " 43 2 count none b");
+  CHECK(pool.pidOf("count") == std::stoi(pid));
+
+  // Without a pool: a temporary process, stopped afterwards.
+  auto alone = table->run("count", input("c"), dir.settings());
+  REQUIRE(alone.outcome == Outcome::kOk);
+  CHECK(alone.output.substr(0, alone.output.find(' ')) != pid);
+  CHECK(alone.output.ends_with(" 42 2 count none c"));
+}
+
+TEST_CASE("serve handler failures map to failed and crashed") {
+  TestDir dir;
+  HandlerRegistry registry;
+  registry.setPrograms(Source::kDirectory,
+                       {{"s.serve", dir.write(dir.handlers + "/s.serve", kServeHandler)}});
+  auto table = registry.snapshot();
+  ServeProcesses pool;
+  auto run = [&](std::string_view payload) {
+    TaskInput in = input(payload);
+    in.serve = &pool;
+    return table->run("s", in, dir.settings());
+  };
+  auto refused = run("err");
+  CHECK(refused.outcome == Outcome::kFailed);
+  CHECK(refused.error == "refuse");
+  auto broken = run("junk");
+  CHECK(broken.outcome == Outcome::kFailed);
+  CHECK(broken.error.rfind("serve protocol error: bad reply header 'junk'", 0) == 0);
+  auto crashed = run("crash");
+  CHECK(crashed.outcome == Outcome::kCrashed);
+  CHECK(crashed.error.find("SIGSEGV") != std::string::npos);
+  CHECK(run("fine").outcome == Outcome::kOk);
+}
+
+TEST_CASE("NAME.serve wins over NAME in one source, and a bundle still wins over the directory") {
+  TestDir dir;
+  std::string once = dir.write(dir.handlers + "/x", "echo once\n");
+  std::string serve = dir.write(dir.handlers + "/x.serve", kServeHandler);
+  HandlerRegistry registry;
+  auto scanned = scanHandlerDirectory(dir.handlers);
+  REQUIRE(scanned.ok());
+  registry.setPrograms(Source::kDirectory, *scanned);
+  CHECK(registry.snapshot()->names() == std::vector<std::string>{"x"});
+  CHECK(registry.snapshot()->where("x") == serve);
+  CHECK(registry.snapshot()->isServe("x"));
+
+  // The same rule for a bundle's handlers (its manifest lists file names).
+  std::string bundleOnce = dir.write(dir.path + "/y", "echo once\n");
+  std::string bundleServe = dir.write(dir.path + "/y.serve", kServeHandler);
+  registry.setPrograms(Source::kBundle, {{"y", bundleOnce}, {"y.serve", bundleServe}});
+  CHECK(registry.snapshot()->where("y") == bundleServe);
+  CHECK(registry.snapshot()->isServe("y"));
+
+  // Across sources the name decides: the bundle's one-shot x beats the directory's x.serve.
+  std::string bundleX = dir.write(dir.path + "/bundle-x", "echo bundle\n");
+  registry.setPrograms(Source::kBundle, {{"x", bundleX}});
+  CHECK(registry.snapshot()->where("x") == bundleX);
+  CHECK_FALSE(registry.snapshot()->isServe("x"));
+  CHECK(registry.snapshot()->run("x", input(""), dir.settings()).output == "bundle\n");
 }
 
 TEST_CASE("a built-in cannot be shadowed by a directory or a bundle program") {

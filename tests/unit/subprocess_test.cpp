@@ -23,39 +23,15 @@
 #include "mesh/exec/subprocess.h"
 #include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
+#include "tests/unit/exec_testing.h"
 
 using namespace mesh::exec;
+using namespace mesh::exec::testing;
 namespace fs = std::filesystem;
 
 namespace {
 
 const bool kSigpipeIgnored = (ignoreSigpipe(), true);
-
-std::int64_t nowMs() { return mesh::util::systemClock().monotonicMs(); }
-
-// A temporary directory with a `work` subdirectory for runs and room for scripts.
-struct TestDir {
-  std::string path;
-  std::string work;
-  TestDir() {
-    char tmpl[] = "/tmp/mesh-exec-test-XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-    work = path + "/work";
-    REQUIRE(mkdir(work.c_str(), 0700) == 0);
-  }
-  ~TestDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  // Writes an executable /bin/sh script (atomically, so no writer fd can cause ETXTBSY).
-  std::string script(const std::string& name, const std::string& body) const {
-    std::string file = path + "/" + name;
-    REQUIRE(mesh::util::writeFileAtomic(file, "#!/bin/sh\n" + body, 0755).ok());
-    return file;
-  }
-  bool workIsEmpty() const { return fs::is_empty(work); }
-};
 
 RunSpec specFor(std::vector<std::string> argv, const TestDir& dir) {
   RunSpec spec;
@@ -74,56 +50,6 @@ std::string pseudoRandom(std::size_t n, unsigned seed) {
     c = static_cast<char>(x >> 24);
   }
   return s;
-}
-
-// Runnable means not gone and not a zombie (state from /proc/PID/stat, after the ")").
-bool runnable(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return false;
-  auto close = line.rfind(')');
-  if (close == std::string::npos || close + 2 >= line.size()) return false;
-  char state = line[close + 2];
-  return state != 'Z' && state != 'X';
-}
-
-// Processes of group `pgid` that are still runnable.
-std::vector<pid_t> runnableInGroup(pid_t pgid) {
-  std::vector<pid_t> found;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename();
-    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
-    std::ifstream stat(entry.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line)) continue;
-    auto close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(line.substr(close + 2));
-    char state;
-    long ppid, pgrp;
-    if (!(rest >> state >> ppid >> pgrp)) continue;
-    if (pgrp == pgid && state != 'Z' && state != 'X') found.push_back(std::stoi(name));
-  }
-  return found;
-}
-
-// Waits, at most `ms`, for `done` to hold. SIGKILL is asynchronous: a killed process needs a
-// moment to finish dying, so this polls (a bounded wait, not a sleep used as synchronisation).
-template <typename Pred>
-bool within(std::int64_t ms, Pred done) {
-  std::int64_t deadline = nowMs() + ms;
-  while (!done()) {
-    if (nowMs() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
-}
-
-std::vector<std::string> lines(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) out.push_back(line);
-  return out;
 }
 
 // The numbers of a /proc/PID/limits line, e.g. {"64", "64", "files"} for "Max open files".
