@@ -18,7 +18,8 @@
 #   --quiet-max S         before each measurement wait up to S seconds for a quiet machine
 #                         (default 30; the peers' harness uses 90)
 #   --d-handlers DIR      D: the handler directory the spores get (default: the compiled
-#                         word-count handlers the build makes, build/examples/wordcount/native)
+#                         word-count serve handlers the build makes, build/examples/wordcount/serve;
+#                         build/examples/wordcount/native has the one-process-per-task ones)
 #
 # Every run writes its raw data under bench/results/run-STAMP/ (git-ignored): mesh.jsonl,
 # peers.jsonl, the clusters' logs. Nothing is written to shared/: the peer scripts run from a
@@ -34,7 +35,7 @@ build=$repo/build
 py=/usr/bin/python3
 
 json=0 peers=0 reps=3 peer_reps=1 peer_list=dask,celery,ipp,rawzmq peer_workloads="" idle_s=20 quiet_max=30
-d_handlers=$build/examples/wordcount/native
+d_handlers=$build/examples/wordcount/serve
 workloads=()
 die() { echo "bench: $*" >&2; exit 2; }
 say() { echo "bench: $*" >&2; }
