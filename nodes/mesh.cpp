@@ -5,9 +5,11 @@
 #include "mesh/config/config.h"
 #include "mesh/node/cli.h"
 #include "mesh/util/log.h"
+#include "mesh/util/memory.h"
 
 int main(int argc, char** argv) {
   using namespace mesh;
+  util::retainFreedMemory();
   try {
     auto parsed = config::parseCli(argc, argv);
     if (!parsed) {

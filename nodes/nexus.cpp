@@ -6,10 +6,12 @@
 #include "mesh/node/nexus.h"
 #include "mesh/transport/sockets.h"
 #include "mesh/util/log.h"
+#include "mesh/util/memory.h"
 #include "nodes/main_support.h"
 
 int main(int argc, char** argv) {
   using namespace mesh;
+  util::retainFreedMemory();
   try {
     auto parsed = config::parseNexus(argc, argv);
     if (!parsed) {

@@ -9,10 +9,12 @@
 #include "mesh/node/spore.h"
 #include "mesh/transport/sockets.h"
 #include "mesh/util/log.h"
+#include "mesh/util/memory.h"
 #include "nodes/main_support.h"
 
 int main(int argc, char** argv) {
   using namespace mesh;
+  util::retainFreedMemory();
   try {
     auto parsed = config::parseSpore(argc, argv);
     if (!parsed) {

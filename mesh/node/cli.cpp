@@ -569,12 +569,14 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   std::string why;
   if (!emptyOrMissingDir(m.output, &why)) return usageError(why);
   std::uint64_t job = m.job;
-  std::vector<std::string> chunks;
+  std::vector<std::string> inputs;       // the files, read whole
+  std::vector<std::string_view> chunks;  // line-aligned pieces of them, copied one at a time on submit
   if (job == 0) {
     if (m.mapper.empty() || m.reducer.empty()) return usageError("mapreduce needs --mapper and --reducer");
     if (m.reducers < 1 || m.reducers > 10000) return usageError("--reducers must be 1-10000");
     if (m.chunkBytes < 1) return usageError("--chunk-size must be at least 1 byte");
     if (cmd.args.empty()) return usageError("mapreduce needs at least one INPUT file (- for stdin)");
+    inputs.reserve(cmd.args.size());  // never reallocated: the chunks point into its strings
     for (const auto& input : cmd.args) {
       util::Result<std::string> data = std::string();
       if (input == "-") {
@@ -584,8 +586,10 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
         data = util::readFile(input, 1ull << 34);
       }
       if (!data) return usageError(data.error().message);
+      inputs.push_back(std::move(*data));
       // A chunk never spans two inputs.
-      for (auto [b, e] : exec::chunkLines(*data, m.chunkBytes)) chunks.emplace_back(data->substr(b, e - b));
+      std::string_view whole = inputs.back();
+      for (auto [b, e] : exec::chunkLines(whole, m.chunkBytes)) chunks.push_back(whole.substr(b, e - b));
     }
   }
   auto client = connectClient(ctx, cmd);
@@ -606,7 +610,7 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     std::size_t next = 0;
     auto id = (*client)->submit(o, [&](std::string* out) -> util::Result<bool> {
       if (next >= chunks.size()) return false;
-      *out = std::move(chunks[next++]);
+      out->assign(chunks[next++]);
       return true;
     });
     if (!id) return fail(id.error());

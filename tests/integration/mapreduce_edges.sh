@@ -23,6 +23,12 @@ printf 'hello world\t1\nhello\t1\nhello world\t1\nhello world\t1\n' > "$T/spaces
 expect_rc 0 timeout 60 mesh mapreduce --mapper echo --reducer reducer --reducers 2 --merge --output "$T/o4" "$T/spaces"
 printf 'hello\t1\nhello world\t3\n' > "$T/spaces.expected"
 LC_ALL=C sort "$T/o4/merged" | cmp -s - "$T/spaces.expected" || fail "keys with spaces: $(cat "$T/o4/merged")"
+# Several inputs, some only a few bytes long: each is chunked on its own and all are counted.
+printf 'a b\n' > "$T/in1"; printf 'b c\n' > "$T/in2"; printf 'c a a\n' > "$T/in3"
+expect_rc 0 timeout 60 mesh mapreduce --mapper mapper --reducer reducer --reducers 2 --merge --output "$T/o6" \
+  "$T/in1" "$T/in2" "$T/in3"
+printf 'a\t3\nb\t2\nc\t2\n' > "$T/multi.expected"
+LC_ALL=C sort "$T/o6/merged" | cmp -s - "$T/multi.expected" || fail "three small inputs: $(cat "$T/o6/merged")"
 # A non-empty output directory is refused before anything runs.
 expect_rc 2 mesh mapreduce --mapper echo --reducer echo --output "$T/o4" "$T/spaces"
 # A failing map stage stops the job with the reason, and no reduce stage starts.

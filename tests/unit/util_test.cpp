@@ -1,9 +1,15 @@
 #include <doctest/doctest.h>
 
+#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
+#include <memory>
+#include <thread>
+
 #include "mesh/util/bytes.h"
+#include "mesh/util/memory.h"
 #include "mesh/util/result.h"
 
 using namespace mesh::util;
@@ -91,4 +97,50 @@ TEST_CASE("writeFileAtomic creates the file with the requested mode") {
   CHECK_FALSE(readFile(std::string(dir) + "/missing").ok());
   unlink(path.c_str());
   rmdir(dir);
+}
+
+TEST_CASE("readFile reads large files, files at the size limit and pipes whole") {
+  char dir[] = "/tmp/mesh-util-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string path = std::string(dir) + "/big";
+  std::string big(3 * 65536 + 17, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 131) % 251);
+  REQUIRE(writeFileAtomic(path, big, 0644).ok());
+  auto got = readFile(path);
+  REQUIRE(got.ok());
+  CHECK(*got == big);
+  CHECK(readFile(path, big.size()).ok());
+  CHECK_FALSE(readFile(path, big.size() - 1).ok());
+  // A pipe has no size to reserve: read in pieces to its end.
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::thread writer([&] {
+    std::size_t off = 0;
+    while (off < big.size()) {
+      ssize_t n = write(fds[1], big.data() + off, big.size() - off);
+      if (n <= 0) break;
+      off += static_cast<std::size_t>(n);
+    }
+    close(fds[1]);
+  });
+  auto fromPipe = readFile("/proc/self/fd/" + std::to_string(fds[0]));
+  writer.join();
+  close(fds[0]);
+  REQUIRE(fromPipe.ok());
+  CHECK(*fromPipe == big);
+  unlink(path.c_str());
+  rmdir(dir);
+}
+
+TEST_CASE("after retainFreedMemory a freed block of a few MiB stays in the heap for reuse") {
+  REQUIRE(mesh::util::retainFreedMemory());
+  constexpr std::size_t kBlock = 8u << 20;
+  std::size_t heldBefore = mallinfo2().fordblks;
+  {
+    std::unique_ptr<char[]> block(new char[kBlock]);
+    std::memset(block.get(), 1, kBlock);  // fault it in, as a real frame would be
+    CHECK(mallinfo2().hblkhd < kBlock);   // not a separate mmap
+  }
+  // Freed, not handed back to the kernel: the next frame of that size faults nothing in.
+  CHECK(mallinfo2().fordblks >= heldBefore + kBlock / 2);
 }
