@@ -30,9 +30,9 @@ int main(int argc, char** argv) {
     }
     util::setLogLevel(level);
     nodes::stopOnSignals();
-    // Two I/O threads: the Curve work of the client port (decrypting submits) and of the node
-    // port (encrypting assignments) then runs on two cores instead of one (docs/benchmarks.md, B).
-    auto ctx = transport::makeContext(2);
+    // With two I/O threads the Curve work of the client port (decrypting submits) and of the
+    // node port (encrypting assignments) runs on two cores instead of one (docs/benchmarks.md).
+    auto ctx = transport::makeContext(parsed->config->ioThreads);
     auto nexus = node::Nexus::start(ctx, *parsed->config);
     if (!nexus) {
       std::fprintf(stderr, "nexus: %s\n", nexus.error().message.c_str());

@@ -100,6 +100,7 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
       ("max-payload", po::value<std::string>()->default_value("16M"), "largest task payload accepted")
       ("max-frame", po::value<std::string>()->default_value("64M"), "largest message accepted from the network")
       ("max-queued", po::value<std::uint64_t>(&c.maxQueuedTasks)->default_value(c.maxQueuedTasks), "refuse submissions beyond this many unfinished tasks")
+      ("io-threads", po::value<int>(&c.ioThreads)->default_value(c.ioThreads), "ZeroMQ I/O threads, 1-16 (with 2 or more, encryption for spores and for clients runs on different ones)")
       ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error")
       ("trust", po::value<std::vector<std::string>>(), "a release public key file whose bundles may be published (repeatable)");
   po::options_description discovery("LAN discovery");
@@ -125,6 +126,7 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
     return out;
   }
   if (c.name.empty()) c.name = hostName();
+  if (c.ioThreads < 1 || c.ioThreads > 16) return usage("--io-threads must be 1-16", "nexus");
   if (vm.count("trust")) c.trust = vm["trust"].as<std::vector<std::string>>();
   auto hb = durationOption(vm, "heartbeat", 1000);
   if (!hb) return hb.error();

@@ -28,6 +28,8 @@ struct NexusConfig {
   std::uint64_t maxPayloadBytes = 16ull << 20;
   std::uint64_t maxFrameBytes = 64ull << 20;
   std::uint64_t maxQueuedTasks = 20'000'000;
+  // ZeroMQ I/O threads (Curve work): with 2 or more, spores and clients are on different ones.
+  int ioThreads = 2;
   // Discovery (LAN beacon).
   bool beacon = false;
   std::string cluster = "default";

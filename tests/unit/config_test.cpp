@@ -42,6 +42,17 @@ TEST_CASE("nexus options parse durations, sizes and weights") {
   CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "d", "--bogus"}).ok());
 }
 
+TEST_CASE("the nexus has two I/O threads unless told otherwise, 1 to 16") {
+  auto r = parse(parseNexus, {"nexus", "--data-dir", "d"});
+  REQUIRE(r.ok());
+  CHECK(r->config->ioThreads == 2);
+  auto one = parse(parseNexus, {"nexus", "--data-dir", "d", "--io-threads", "1"});
+  REQUIRE(one.ok());
+  CHECK(one->config->ioThreads == 1);
+  CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "d", "--io-threads", "0"}).ok());
+  CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "d", "--io-threads", "17"}).ok());
+}
+
 TEST_CASE("a config file sets options and the command line wins") {
   const char* path = "/tmp/mesh-config-test.conf";
   {
