@@ -166,6 +166,31 @@ double childrenCpuSeconds(long pid) {
   return (std::stod(v[13]) + std::stod(v[14])) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// utime + stime of the live processes whose parent is one of `parents` (a spore's serve
+// handlers, which live across tasks and are not reaped while they serve).
+double liveChildrenCpuSeconds(const std::vector<long>& parents) {
+  double total = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream f(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(f, line)) continue;
+    auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    std::vector<std::string> v;
+    std::string field;
+    while (rest >> field) v.push_back(field);
+    if (v.size() < 13) continue;
+    long ppid = std::atol(v[1].c_str());  // field 4
+    if (std::find(parents.begin(), parents.end(), ppid) == parents.end()) continue;
+    total += (std::stod(v[11]) + std::stod(v[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+  return total;
+}
+
 double reapedChildrenCpuSeconds() {
   rusage u{};
   getrusage(RUSAGE_CHILDREN, &u);
@@ -615,14 +640,15 @@ void runWordCount(const Args& a, const Groups& g, const char* argv0) {
                                      "--reducers", "2", "--chunk-size", "250000", "--merge", "--quiet",
                                      "--json", "--output", out, a.corpus};
     CpuSnap before = snap(g);
-    double handlersBefore = 0;
+    // Handler programs: the reaped ones (one-shot runs) and the live ones (serve processes).
+    double handlersBefore = liveChildrenCpuSeconds(g.spores);
     for (long p : g.spores) handlersBefore += childrenCpuSeconds(p);
     double cliBefore = reapedChildrenCpuSeconds();
     auto t0 = Steady::now();
     int rc = runCommand(argv, out + ".json");
     double wall = secondsSince(t0);
     CpuSnap after = snap(g);
-    double handlers = -handlersBefore;
+    double handlers = liveChildrenCpuSeconds(g.spores) - handlersBefore;
     for (long p : g.spores) handlers += childrenCpuSeconds(p);
     double cliCpu = reapedChildrenCpuSeconds() - cliBefore;
     if (rc != 0) die("mesh mapreduce exited with " + std::to_string(rc) + " (its JSON: " + out + ".json)");
