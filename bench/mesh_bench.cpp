@@ -133,37 +133,36 @@ std::string fmt(double v, int decimals = 1);
 
 // ---- /proc accounting --------------------------------------------------------------------------
 
-// utime + stime of one process in seconds (0 when it is gone).
-double processCpuSeconds(long pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+// A /proc/.../stat file: the command name (without its parentheses) and the fields after it,
+// which start at field 3 (state). False when the process or thread is gone.
+bool readStat(const std::string& path, std::string* comm, std::vector<std::string>* fields) {
+  std::ifstream f(path);
   std::string line;
-  if (!std::getline(f, line)) return 0;
-  auto close = line.rfind(')');
-  if (close == std::string::npos) return 0;
+  if (!std::getline(f, line)) return false;
+  auto open = line.find('('), close = line.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close + 2 > line.size()) return false;
+  if (comm) *comm = line.substr(open + 1, close - open - 1);
   std::istringstream rest(line.substr(close + 2));
+  fields->clear();
   std::string field;
-  std::vector<std::string> v;
-  while (rest >> field) v.push_back(field);
-  // fields after the name start at field 3 (state); utime is field 14, stime 15.
-  if (v.size() < 13) return 0;
-  double ticks = std::stod(v[11]) + std::stod(v[12]);
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+  while (rest >> field) fields->push_back(field);
+  return fields->size() >= 15;
 }
 
-// cutime + cstime of one process in seconds: what its reaped children (a spore's handler
-// programs) used.
-double childrenCpuSeconds(long pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(f, line)) return 0;
-  auto close = line.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream rest(line.substr(close + 2));
-  std::string field;
+double ticksToSeconds(const std::string& a, const std::string& b) {
+  return (std::stod(a) + std::stod(b)) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// In the fields of readStat: ppid is [1], utime [11], stime [12], cutime [13], cstime [14].
+double processCpuSeconds(long pid) {  // utime + stime, 0 when it is gone
   std::vector<std::string> v;
-  while (rest >> field) v.push_back(field);
-  if (v.size() < 15) return 0;  // cutime is field 16, cstime 17
-  return (std::stod(v[13]) + std::stod(v[14])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  return readStat("/proc/" + std::to_string(pid) + "/stat", nullptr, &v) ? ticksToSeconds(v[11], v[12]) : 0;
+}
+
+// cutime + cstime: what a process's reaped children (a spore's one-shot handler programs) used.
+double childrenCpuSeconds(long pid) {
+  std::vector<std::string> v;
+  return readStat("/proc/" + std::to_string(pid) + "/stat", nullptr, &v) ? ticksToSeconds(v[13], v[14]) : 0;
 }
 
 // utime + stime of the live processes whose parent is one of `parents` (a spore's serve
@@ -171,22 +170,13 @@ double childrenCpuSeconds(long pid) {
 double liveChildrenCpuSeconds(const std::vector<long>& parents) {
   double total = 0;
   std::error_code ec;
+  std::vector<std::string> v;
   for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
     const std::string name = entry.path().filename().string();
     if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream f(entry.path() / "stat");
-    std::string line;
-    if (!std::getline(f, line)) continue;
-    auto close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(line.substr(close + 2));
-    std::vector<std::string> v;
-    std::string field;
-    while (rest >> field) v.push_back(field);
-    if (v.size() < 13) continue;
-    long ppid = std::atol(v[1].c_str());  // field 4
-    if (std::find(parents.begin(), parents.end(), ppid) == parents.end()) continue;
-    total += (std::stod(v[11]) + std::stod(v[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    if (!readStat((entry.path() / "stat").string(), nullptr, &v)) continue;
+    long ppid = std::atol(v[1].c_str());
+    if (std::find(parents.begin(), parents.end(), ppid) != parents.end()) total += ticksToSeconds(v[11], v[12]);
   }
   return total;
 }
@@ -203,20 +193,11 @@ std::map<std::string, double> threadCpuSeconds(long pid) {
   std::map<std::string, double> out;
   std::string dir = "/proc/" + std::to_string(pid) + "/task";
   std::error_code ec;
+  std::string comm;
+  std::vector<std::string> v;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    std::string tid = entry.path().filename().string();
-    std::ifstream f(entry.path() / "stat");
-    std::string line;
-    if (!std::getline(f, line)) continue;
-    auto open = line.find('('), close = line.rfind(')');
-    if (open == std::string::npos || close == std::string::npos) continue;
-    std::string comm = line.substr(open + 1, close - open - 1);
-    std::istringstream rest(line.substr(close + 2));
-    std::vector<std::string> v;
-    std::string field;
-    while (rest >> field) v.push_back(field);
-    if (v.size() < 13) continue;
-    out[comm + "/" + tid] = (std::stod(v[11]) + std::stod(v[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    if (!readStat((entry.path() / "stat").string(), &comm, &v)) continue;
+    out[comm + "/" + entry.path().filename().string()] = ticksToSeconds(v[11], v[12]);
   }
   return out;
 }

@@ -200,28 +200,20 @@ Result<std::string> readFile(const std::string& path, std::uint64_t maxBytes) {
       static_cast<std::uint64_t>(st.st_size) <= maxBytes) {
     out.reserve(static_cast<std::size_t>(st.st_size) + 1);
   }
-  char buf[65536];
+  constexpr std::size_t kGrowBytes = 65536;
   for (;;) {
-    if (out.capacity() - out.size() >= sizeof buf) {
-      // Read straight into the reserved space.
-      std::size_t old = out.size();
-      out.resize(out.capacity());
-      ssize_t n = ::read(fd, out.data() + old, out.size() - old);
-      out.resize(old + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        int e = errno;
-        ::close(fd);
-        return err("cannot read " + path + ": " + std::strerror(e));
-      }
-      if (n == 0) break;
-      if (out.size() > maxBytes) {
-        ::close(fd);
-        return err(path + " is larger than " + std::to_string(maxBytes) + " bytes");
-      }
-      continue;
+    // Read straight into the string's spare capacity, growing it only when there is none left
+    // (a file of known size needs no growth: its last read, of the one spare byte, sees EOF).
+    // Never more than maxBytes + 1: one byte over the limit is enough to refuse the file.
+    std::uint64_t room = maxBytes + 1 - out.size();
+    if (out.capacity() == out.size()) {
+      out.reserve(out.size() + static_cast<std::size_t>(std::min<std::uint64_t>(
+                                   std::max(out.size(), kGrowBytes), room)));
     }
-    ssize_t n = ::read(fd, buf, sizeof buf);
+    std::size_t old = out.size();
+    out.resize(old + static_cast<std::size_t>(std::min<std::uint64_t>(out.capacity() - old, room)));
+    ssize_t n = ::read(fd, out.data() + old, out.size() - old);
+    out.resize(old + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
     if (n < 0) {
       if (errno == EINTR) continue;
       int e = errno;
@@ -229,11 +221,10 @@ Result<std::string> readFile(const std::string& path, std::uint64_t maxBytes) {
       return err("cannot read " + path + ": " + std::strerror(e));
     }
     if (n == 0) break;
-    if (out.size() + static_cast<size_t>(n) > maxBytes) {
+    if (out.size() > maxBytes) {
       ::close(fd);
       return err(path + " is larger than " + std::to_string(maxBytes) + " bytes");
     }
-    out.append(buf, static_cast<size_t>(n));
   }
   ::close(fd);
   return out;
