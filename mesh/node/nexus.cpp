@@ -120,8 +120,17 @@ struct JobLink {
 };
 
 // What a write ticket carries besides its WriteSet: what to do once it is durable.
+// A CancelAck waiting for the commit of the cancel it answers.
+struct PendingCancel {
+  std::string routingId;
+  std::uint64_t requestId = 0;
+  std::uint64_t batch = 0;
+  std::uint64_t cancelled = 0;
+};
+
 struct TicketInfo {
   std::vector<PendingSubmit> submits;
+  std::vector<PendingCancel> cancels;
   std::map<std::uint64_t, std::array<std::uint64_t, 3>> finals;  // batch -> ok, failed, cancelled
   std::vector<std::uint64_t> finishing;
   std::uint64_t submitTasks = 0;
@@ -1330,11 +1339,9 @@ void NexusImpl::onCancel(const std::string& routingId, const std::string& key, s
   current_->updates.push_back(u);
   MESH_INFO("batch %llu cancelled: %llu tasks will not run", static_cast<unsigned long long>(batchId),
             static_cast<unsigned long long>(n));
-  wire::Encoder e(requestId, 32);
-  auto ack = e.body().initCancelAck();
-  ack.setBatch(batchId);
-  ack.setCancelled(n);
-  sendTo(clientSocket_, routingId, e.finish());
+  // Acknowledged once the cancel is committed (onCommits), so that a nexus crash cannot undo a
+  // cancel its client was told about.
+  currentInfo_.cancels.push_back({routingId, requestId, batchId, n});
 }
 
 // ---- work ------------------------------------------------------------------------------------
@@ -1438,7 +1445,10 @@ void NexusImpl::flushWrites() {
     }
     retryWrites_.clear();
   }
-  if (current_->empty() && currentInfo_.submits.empty() && currentInfo_.finishing.empty()) return;
+  if (current_->empty() && currentInfo_.submits.empty() && currentInfo_.finishing.empty() &&
+      currentInfo_.cancels.empty()) {
+    return;
+  }
   std::uint64_t ticket = writer_->submit(std::exchange(current_, std::make_unique<store::WriteSet>()));
   tickets_[ticket] = std::exchange(currentInfo_, TicketInfo{});
 }
@@ -1482,6 +1492,13 @@ void NexusImpl::onCommits() {
           for (auto& w : list) known = known || w.routingId == ps.routingId;
           if (!known) list.push_back({ps.routingId, ps.requestId});
         }
+      }
+      for (const auto& c : info.cancels) {
+        wire::Encoder e(c.requestId, 32);
+        auto ack = e.body().initCancelAck();
+        ack.setBatch(c.batch);
+        ack.setCancelled(c.cancelled);
+        sendTo(clientSocket_, c.routingId, e.finish());
       }
       for (const auto& [batch, c] : info.finals) {
         scheduler_.markDurable(batch, routing::Status::kOk, c[0]);

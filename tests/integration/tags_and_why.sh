@@ -13,6 +13,24 @@ first=$(mesh status --json >/dev/null; mesh task "$((1 + 200))" --json)
 echo "$first" | grep -q '"state":"queued"' || fail "the tpu task is not queued: $first"
 wait_until 10 "mesh task to explain the wait" sh -c "mesh task 201 | grep -q 'why: no live spore has tag(s) tpu'"
 mesh status --json | grep -q "\"batch\":$pending,[^}]*\"queued\":1" || fail "status does not show the pending task"
-expect_rc 0 mesh cancel "$pending"
+# The ack comes after the commit: while another process holds SQLite's write lock the cancel
+# cannot be stored, so `mesh cancel` must not return; once the lock goes, it returns and the
+# cancel is in the file.
+mkfifo "$T/lock.in"
+sqlite3 -cmd ".timeout 5000" "$T/c/nexus/nexus.db" < "$T/lock.in" > "$T/lock.out" 2>&1 &
+extra_pids+=($!)
+exec 7> "$T/lock.in"
+echo "BEGIN IMMEDIATE; SELECT 'locked';" >&7
+wait_until 10 "an external write lock on the nexus database" grep -q locked "$T/lock.out"
+mesh cancel "$pending" > "$T/cancel.out" 2>&1 &
+cancel_pid=$!
+extra_pids+=("$cancel_pid")
+sleep 1  # the window in which it must not return (the nexus waits up to 10 s for the lock)
+kill -0 "$cancel_pid" 2>/dev/null || fail "mesh cancel returned before its cancel could be stored"
+echo "COMMIT;" >&7
+exec 7>&-
+wait "$cancel_pid" || fail "mesh cancel failed: $(cat "$T/cancel.out")"
+[ "$(sql "select cancelled_ms is not null from batches where id = $pending")" = 1 ] ||
+  fail "the cancel is not in the database after mesh cancel returned"
 expect_rc 1 timeout 30 mesh wait "$pending"
 note "tags route tasks; an unmatched requirement is explained"
