@@ -11,7 +11,7 @@
 #                         installs their Debian packages with apt-get when missing)
 #   --peer-list LIST      which peers (default dask,celery,ipp,rawzmq; also ipp-pure, rq, local
 #                         for multiprocessing.Pool(2)); --peer-list all for every one
-#   --peer-workloads LIST workloads of the peers (default: the mesh workloads among A,B,C)
+#   --peer-workloads LIST workloads of the peers (default: the mesh workloads among A,B,C,D)
 #   --peer-reps N         repetitions of each peer workload (default 1: the peers take ~50 min
 #                         for 3 repetitions of everything)
 #   --idle-s N            F: seconds over which the nexus's idle CPU is measured (default 20)
