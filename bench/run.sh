@@ -59,6 +59,10 @@ done
 [ ${#workloads[@]} -gt 0 ] || workloads=(A B C D E F)
 for n in "$reps" "$peer_reps" "$idle_s"; do [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 100 ] || die "--reps, --peer-reps and --idle-s take 1..100"; done
 [[ $quiet_max =~ ^[0-9]+$ ]] || die "--quiet-max takes whole seconds"
+case " ${workloads[*]} " in
+  *" D "*) [ -d "$d_handlers" ] || [ "$d_handlers" = "$build/examples/wordcount/serve" ] ||
+             die "--d-handlers: no directory $d_handlers" ;;
+esac
 [ "$peer_list" != all ] || peer_list=dask,celery,ipp,ipp-pure,rq,local,rawzmq
 if [ -z "$peer_workloads" ]; then
   for w in "${workloads[@]}"; do case $w in A|B|C|D) peer_workloads+="${peer_workloads:+,}$w" ;; esac; done
@@ -82,7 +86,7 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$child" 2>/dev/null || true
   fi
-  if [ -n "$cluster" ]; then "$repo/scripts/cluster.sh" down "$cluster" || true; fi
+  if [ -n "$cluster" ] && [ -d "$cluster" ]; then "$repo/scripts/cluster.sh" down "$cluster" || true; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -129,7 +133,7 @@ for w in "${workloads[@]}"; do
       say "workload D: writing the 50 MB corpus to $corpus"
       "$build/examples/make-corpus" > "$corpus.tmp" && mv "$corpus.tmp" "$corpus"
     fi
-    [ -d "$d_handlers" ] || die "no handler directory $d_handlers (--d-handlers)"
+    [ -d "$d_handlers" ] || die "no handler directory $d_handlers (--d-handlers; the build makes the default)"
     up+=(--spore-args "--handlers $d_handlers")
     mkdir -p "$cluster-out"
     args+=(--corpus "$corpus" --out "$cluster-out" --mesh "$build/nodes/mesh")
