@@ -150,7 +150,7 @@ util::Result<Db> Db::open(const std::string& path) {
   }
   sqlite3_busy_timeout(db.db_, 10000);
   // SQLite's default 4 KiB page is kept on purpose: 64 KiB pages halve the cost of storing 4 KiB
-  // payloads but add ~0.3 ms to every pair of small commits, the latency of a one-task batch
+  // payloads but add ~0.5 ms to every pair of small commits, the latency of a one-task batch
   // (docs/benchmarks.md, "Page size").
   for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
                              "PRAGMA foreign_keys=ON", "PRAGMA temp_store=MEMORY"}) {
