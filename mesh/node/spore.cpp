@@ -229,6 +229,9 @@ class SporeImpl {
     std::string handler;
   };
   std::unordered_map<std::uint64_t, JobRef> jobs_;  // queued or running
+  // Attempts the nexus sent for a task whose cancelled older attempt is still being stopped here;
+  // queued when it has ended.
+  std::unordered_map<std::uint64_t, Job> reassigned_;
   std::int64_t lastHelloMono_ = -1000000;
   std::vector<Done> outbox_;
   unsigned running_ = 0;
@@ -578,9 +581,21 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
 
 void SporeImpl::onAssign(proto::Assign::Reader assign) {
   for (auto t : assign.getTasks()) {
-    if (jobs_.count(t.getId())) {
-      counters_.add("assign_duplicates");
-      continue;
+    auto held = jobs_.find(t.getId());
+    if (held != jobs_.end()) {
+      if (t.getAttempt() <= held->second.attempt) {
+        counters_.add("assign_duplicates");
+        continue;
+      }
+      if (!held->second.cancel->load()) {
+        // The nexus gave up on the attempt that is still running here (a late reconnect, say)
+        // and asks again: its result will be reported under the new attempt.
+        held->second.attempt = t.getAttempt();
+        counters_.add("assign_attempts_raised");
+        continue;
+      }
+      // The old attempt is still being stopped (a handler slow to die): the new one runs when it
+      // has ended, below (dropping it would leave the task waiting for the nexus's deadline).
     }
     Job job;
     job.id = t.getId();
@@ -604,6 +619,11 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
         continue;
       }
     }
+    if (held != jobs_.end()) {
+      counters_.add("assign_after_stop");
+      reassigned_[job.id] = std::move(job);
+      continue;
+    }
     jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
     queue_.push_back(std::move(job));
   }
@@ -612,6 +632,7 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
 
 void SporeImpl::onCancel(proto::CancelTasks::Reader cancel) {
   for (auto id : cancel.getIds()) {
+    reassigned_.erase(id);
     auto it = jobs_.find(id);
     if (it == jobs_.end()) continue;
     it->second.cancel->store(true);
@@ -657,7 +678,15 @@ void SporeImpl::onWorker(unsigned index, zmq::message_t& frame) {
          d.status == proto::TaskStatus::TIMED_OUT)) {
       noteTaskFailure(it->second.handler);
     }
+    if (it != jobs_.end() && !cancelled) d.attempt = std::max(d.attempt, it->second.attempt);
     if (it != jobs_.end()) jobs_.erase(it);
+    if (auto next = reassigned_.find(d.id); next != reassigned_.end()) {
+      // The attempt the nexus sent while this one was being stopped: its turn now.
+      Job job = std::move(next->second);
+      reassigned_.erase(next);
+      jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
+      queue_.push_back(std::move(job));  // fed to a worker at the end of this turn
+    }
     if (cancelled) continue;  // the nexus asked us to stop it; it does not want the result
     outbox_.push_back(std::move(d));
   }
