@@ -568,11 +568,9 @@ std::vector<std::string> sortedLines(const std::string& text) {
 }
 
 std::string readWhole(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) die("cannot read " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  auto text = util::readFile(path, 1ull << 34);
+  if (!text) die(text.error().message);
+  return std::move(*text);
 }
 
 // Runs argv to completion with stdout to `stdoutPath`; returns the exit status (-1: not run).

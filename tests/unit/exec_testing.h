@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "mesh/exec/registry.h"
 #include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
 
@@ -24,26 +25,43 @@ namespace mesh::exec::testing {
 
 inline std::int64_t nowMs() { return util::systemClock().monotonicMs(); }
 
-// A temporary directory with a `work` subdirectory for runs and room for scripts.
+// A temporary directory with `work` for the runs' work directories and `handlers` for an
+// operator's handler programs, removed with everything in it.
 struct TestDir {
   std::string path;
+  std::string handlers;
   std::string work;
   TestDir() {
     char tmpl[] = "/tmp/mesh-exec-test-XXXXXX";
     REQUIRE(mkdtemp(tmpl) != nullptr);
     path = tmpl;
+    handlers = path + "/handlers";
     work = path + "/work";
+    REQUIRE(mkdir(handlers.c_str(), 0700) == 0);
     REQUIRE(mkdir(work.c_str(), 0700) == 0);
   }
   ~TestDir() {
     std::error_code ec;
     std::filesystem::remove_all(path, ec);
   }
-  // Writes an executable /bin/sh script (atomically, so no writer fd can cause ETXTBSY).
-  std::string script(const std::string& name, const std::string& body) const {
-    std::string file = path + "/" + name;
-    REQUIRE(util::writeFileAtomic(file, "#!/bin/sh\n" + body, 0755).ok());
+  // Writes a /bin/sh script at `file` (atomically, so no writer fd can cause ETXTBSY).
+  std::string write(const std::string& file, const std::string& body, unsigned mode = 0755) const {
+    REQUIRE(util::writeFileAtomic(file, "#!/bin/sh\n" + body, mode).ok());
     return file;
+  }
+  // An executable script in the directory itself, or in `handlers`.
+  std::string script(const std::string& name, const std::string& body) const {
+    return write(path + "/" + name, body);
+  }
+  std::string handler(const std::string& name, const std::string& body) const {
+    return write(handlers + "/" + name, body);
+  }
+  // How a spore runs programs, with the work directories here.
+  ProgramSettings settings() const {
+    ProgramSettings s;
+    s.workParent = work;
+    s.limits.timeoutMs = 20'000;  // a safety net: no test may hang
+    return s;
   }
   bool workIsEmpty() const { return std::filesystem::is_empty(work); }
 };

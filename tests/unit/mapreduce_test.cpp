@@ -27,15 +27,17 @@
 #include "mesh/exec/serve.h"
 #include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
+#include "tests/unit/exec_testing.h"
 
 using namespace mesh::exec;
+using mesh::exec::testing::nowMs;
+using mesh::exec::testing::TestDir;
 namespace fs = std::filesystem;
 
 namespace {
 
 const bool kSigpipeIgnored = (ignoreSigpipe(), true);
 
-std::int64_t nowMs() { return mesh::util::systemClock().monotonicMs(); }
 
 // --- an independent model of the contract, written plainly --------------------------------
 
@@ -118,32 +120,6 @@ const char* const kWcSum =
     "  key = k; started = 1; sum += $2 }\n"
     "  END { if (started) printf \"%s\\t%.0f\\n\", key, sum }'\n";
 
-// A temporary directory: `handlers` for generated programs, `work` for runs.
-struct TestDir {
-  std::string path, handlers, work;
-  TestDir() {
-    char tmpl[] = "/tmp/mesh-mapreduce-test-XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-    handlers = path + "/handlers";
-    work = path + "/work";
-    REQUIRE(mkdir(handlers.c_str(), 0700) == 0);
-    REQUIRE(mkdir(work.c_str(), 0700) == 0);
-  }
-  ~TestDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  void script(const std::string& name, const std::string& body) const {
-    REQUIRE(mesh::util::writeFileAtomic(handlers + "/" + name, "#!/bin/sh\n" + body, 0755).ok());
-  }
-  ProgramSettings settings() const {
-    ProgramSettings s;
-    s.workParent = work;
-    s.limits.timeoutMs = 20'000;  // a safety net: no test may hang
-    return s;
-  }
-};
 
 // A table with the built-ins and the programs of `dir`.
 std::shared_ptr<const HandlerTable> tableWith(const std::string& dir) {
@@ -621,7 +597,7 @@ TEST_CASE("a map task with echo as the identity mapper partitions and sorts the 
 TEST_CASE("a map task runs the combiner on the mapper's sorted output") {
   TestDir dir;
   // the combiner fails unless its input is sorted, and marks every line it passes on
-  dir.script("check-sorted",
+  dir.handler("check-sorted",
              "LC_ALL=C; export LC_ALL\n"
              "tee in | sort -c -t \"$(printf '\\t')\" -k1,1 -k2 || exit 5\n"
              "sed 's/$/!/' in\n");
@@ -634,7 +610,7 @@ TEST_CASE("a map task runs the combiner on the mapper's sorted output") {
 
 TEST_CASE("a failing mapper fails the map task and the error names the mapper") {
   TestDir dir;
-  dir.script("bad-mapper", "cat >/dev/null; echo 'mapper broke' >&2; exit 3\n");
+  dir.handler("bad-mapper", "cat >/dev/null; echo 'mapper broke' >&2; exit 3\n");
   auto table = tableWith(dir.handlers);
   TaskOutput out = runMapTask(*table, {"bad-mapper", "echo", 2}, taskInput("a\n"), dir.settings());
   CHECK(out.outcome == Outcome::kFailed);
@@ -653,8 +629,8 @@ TEST_CASE("a failing mapper fails the map task and the error names the mapper") 
 
 TEST_CASE("a failing combiner fails the map task and the error names the combiner") {
   TestDir dir;
-  dir.script("bad-combiner", "cat >/dev/null; echo 'combiner broke' >&2; exit 4\n");
-  dir.script("crash-combiner", "kill -SEGV $$\n");
+  dir.handler("bad-combiner", "cat >/dev/null; echo 'combiner broke' >&2; exit 4\n");
+  dir.handler("crash-combiner", "kill -SEGV $$\n");
   auto table = tableWith(dir.handlers);
   TaskOutput out =
       runMapTask(*table, {"echo", "bad-combiner", 2}, taskInput("a\t1\n"), dir.settings());
@@ -670,7 +646,7 @@ TEST_CASE("a failing combiner fails the map task and the error names the combine
 
 TEST_CASE("a mapper that outlives the task's timeout is timed out") {
   TestDir dir;
-  dir.script("slow-mapper", "sleep 10\n");
+  dir.handler("slow-mapper", "sleep 10\n");
   auto table = tableWith(dir.handlers);
   std::int64_t start = nowMs();
   TaskOutput out =
@@ -682,8 +658,8 @@ TEST_CASE("a mapper that outlives the task's timeout is timed out") {
 
 TEST_CASE("the task's timeout covers mapper and combiner together") {
   TestDir dir;
-  dir.script("slowish-mapper", "sleep 0.4; cat\n");
-  dir.script("slow-combiner", "sleep 10\n");
+  dir.handler("slowish-mapper", "sleep 0.4; cat\n");
+  dir.handler("slow-combiner", "sleep 10\n");
   auto table = tableWith(dir.handlers);
   std::int64_t start = nowMs();
   TaskOutput out = runMapTask(*table, {"slowish-mapper", "slow-combiner", 1},
@@ -709,7 +685,7 @@ TEST_CASE("a task whose time is used up before a step does not start the step") 
 
 TEST_CASE("a cancelled task starts nothing and says so") {
   TestDir dir;
-  dir.script("marker", "touch " + dir.path + "/started\ncat\n");
+  dir.handler("marker", "touch " + dir.path + "/started\ncat\n");
   auto table = tableWith(dir.handlers);
   std::atomic<bool> cancel{true};
   TaskOutput map =
@@ -732,7 +708,7 @@ TEST_CASE("zero partitions fails the map task instead of throwing") {
 
 TEST_CASE("a reduce task merges the runs and feeds them to the reducer") {
   TestDir dir;
-  dir.script("count-lines", "wc -l | tr -d ' '\n");
+  dir.handler("count-lines", "wc -l | tr -d ' '\n");
   auto table = tableWith(dir.handlers);
   std::string payload =
       encodeParts(std::vector<std::string>{"b\t1\nd\t1\n", "", "a\t1\nc\t1", "b\t1\n"});
@@ -763,8 +739,8 @@ TEST_CASE("a reduce task with a malformed payload fails with a clear error") {
 
 TEST_CASE("a failing or slow reducer fails the reduce task and the error names the reducer") {
   TestDir dir;
-  dir.script("bad-reducer", "cat >/dev/null; echo 'reducer broke' >&2; exit 2\n");
-  dir.script("slow-reducer", "sleep 10\n");
+  dir.handler("bad-reducer", "cat >/dev/null; echo 'reducer broke' >&2; exit 2\n");
+  dir.handler("slow-reducer", "sleep 10\n");
   auto table = tableWith(dir.handlers);
   std::string payload = encodeParts(std::vector<std::string>{"a\t1\n"});
   TaskOutput out = runReduceTask(*table, "bad-reducer", taskInput(payload), dir.settings());
@@ -781,9 +757,9 @@ TEST_CASE("a failing or slow reducer fails the reduce task and the error names t
 
 TEST_CASE("a tiny word count over 3 chunks and 3 partitions matches a count made here") {
   TestDir dir;
-  dir.script("wc-mapper", kWcMapper);
-  dir.script("wc-combiner", kWcSum);
-  dir.script("wc-reducer", kWcSum);
+  dir.handler("wc-mapper", kWcMapper);
+  dir.handler("wc-combiner", kWcSum);
+  dir.handler("wc-reducer", kWcSum);
   auto table = tableWith(dir.handlers);
   std::string text = wordCorpus(300, 6);
   std::size_t chunkBytes = text.size() / 3 + 1;  // the smallest that gives 3 chunks

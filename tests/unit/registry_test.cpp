@@ -20,43 +20,17 @@
 #include "mesh/exec/serve.h"
 #include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
+#include "tests/unit/exec_testing.h"
 
 using namespace mesh::exec;
+using mesh::exec::testing::nowMs;
+using mesh::exec::testing::TestDir;
 namespace fs = std::filesystem;
 
 namespace {
 
 const bool kSigpipeIgnored = (ignoreSigpipe(), true);
 
-std::int64_t nowMs() { return mesh::util::systemClock().monotonicMs(); }
-
-// A temporary directory: `handlers` for the operator's programs, `work` for runs.
-struct TestDir {
-  std::string path, handlers, work;
-  TestDir() {
-    char tmpl[] = "/tmp/mesh-registry-test-XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-    handlers = path + "/handlers";
-    work = path + "/work";
-    REQUIRE(mkdir(handlers.c_str(), 0700) == 0);
-    REQUIRE(mkdir(work.c_str(), 0700) == 0);
-  }
-  ~TestDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& file, const std::string& body, unsigned mode = 0755) const {
-    REQUIRE(mesh::util::writeFileAtomic(file, "#!/bin/sh\n" + body, mode).ok());
-    return file;
-  }
-  ProgramSettings settings() const {
-    ProgramSettings s;
-    s.workParent = work;
-    s.limits.timeoutMs = 20'000;  // a safety net: no test may hang
-    return s;
-  }
-};
 
 TaskInput input(std::string_view payload, std::int64_t timeoutMs = 0,
                 const std::atomic<bool>* cancel = nullptr) {
