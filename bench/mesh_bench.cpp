@@ -61,6 +61,7 @@
 #include "mesh/transport/sockets.h"
 #include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
+#include "mesh/util/memory.h"
 #include "mesh/wire/codec.h"
 
 namespace {
@@ -907,6 +908,7 @@ void runSimulated(const Args& a, const Groups& g, zmq::context_t& ctx) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  util::retainFreedMemory();  // as the `mesh` command does: frames of a few MiB reuse memory
   try {
     if (sodium_init() < 0) die("libsodium failed to initialise");
     Args a = parseArgs(argc, argv);
