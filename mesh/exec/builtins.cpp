@@ -1,13 +1,12 @@
 #include "mesh/exec/builtins.h"
 
-#include <sodium.h>
-
 #include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <thread>
 
+#include "mesh/crypto/sha256.h"
 #include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
 
@@ -23,11 +22,9 @@ TaskOutput echoPayload(const TaskInput& input) {
 }
 
 TaskOutput sha256Hex(const TaskInput& input) {
-  unsigned char digest[crypto_hash_sha256_BYTES];
-  crypto_hash_sha256(digest, reinterpret_cast<const unsigned char*>(input.payload.data()),
-                     input.payload.size());
+  const crypto::Sha256Digest digest = crypto::sha256(input.payload);
   return {Outcome::kOk,
-          util::toHex(std::string_view(reinterpret_cast<const char*>(digest), sizeof digest)), {}};
+          util::toHex(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size())), {}};
 }
 
 TaskOutput sleepMs(const TaskInput& input) {
@@ -70,7 +67,6 @@ TaskOutput failWithPayload(const TaskInput& input) {
 }  // namespace
 
 void registerBuiltins(HandlerRegistry& registry) {
-  MESH_ASSERT(::sodium_init() >= 0, "libsodium failed to initialise");
   registry.addBuiltin("echo", echoPayload);
   registry.addBuiltin("sha256", sha256Hex);
   registry.addBuiltin("sleep", sleepMs);
