@@ -1188,6 +1188,10 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   counters["zap_admitted"] = zap_->admitted();
   counters["zap_refused"] = zap_->refused();
   counters["write_queue"] = writer_->queued();
+  auto checkpoints = writer_->checkpoints();
+  counters["wal_checkpoints"] = checkpoints.done;
+  counters["wal_checkpoints_in_line"] = checkpoints.inLine;
+  counters["wal_checkpoint_errors"] = checkpoints.errors;
   counters["tasks_in_memory"] = scheduler_.tasksInMemory();
   auto cl = s.initCounters(static_cast<unsigned>(counters.size()));
   unsigned i = 0;

@@ -1,8 +1,10 @@
 #include "mesh/store/writer.h"
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <future>
+#include <mutex>
 
 #include "mesh/transport/inproc.h"
 #include "mesh/util/clock.h"
@@ -22,10 +24,101 @@ using transport::pointerMessage;
 using transport::takePointer;
 }  // namespace
 
-util::Result<std::unique_ptr<StoreWriter>> StoreWriter::start(zmq::context_t& ctx, const std::string& dbPath) {
+// The checkpoint thread: waits until the writer's WAL hook asks, then runs a PASSIVE checkpoint
+// on its own connection (it copies what no reader still needs and never blocks the writer).
+struct Checkpointer {
+  std::mutex mu;
+  std::condition_variable wake;
+  bool wanted = false;
+  bool stop = false;
+  std::atomic<std::uint64_t> done{0}, inLine{0}, errors{0};
+  WriterOptions options;
+  int requestedAt = 0;  // WAL size at the last request (the writer thread's)
+  std::thread thread;
+
+  void request() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      wanted = true;
+    }
+    wake.notify_one();
+  }
+
+  void run(Db db) {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        wake.wait(lock, [&] { return wanted || stop; });
+        if (stop) return;
+        wanted = false;
+      }
+      int logFrames = 0, copied = 0;
+      int rc = sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &logFrames, &copied);
+      if (rc == SQLITE_OK) {
+        ++done;
+      } else if (rc != SQLITE_BUSY) {  // BUSY: another checkpoint is running; the next request retries
+        ++errors;
+        MESH_WARN("WAL checkpoint failed: %s (the next commit asks again)", sqlite3_errmsg(db.handle()));
+      }
+    }
+  }
+
+  ~Checkpointer() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    wake.notify_one();
+    if (thread.joinable()) thread.join();
+  }
+};
+
+namespace {
+// sqlite3_wal_hook callback on the writer's connection: runs after every commit with the number
+// of frames in the WAL. Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
+int onWalCommit(void* arg, sqlite3* db, const char* schema, int walPages) {
+  auto* c = static_cast<Checkpointer*>(arg);
+  if (walPages >= c->options.walHardPages) {
+    int rc = sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    if (rc == SQLITE_OK) {
+      ++c->inLine;
+    } else if (rc != SQLITE_BUSY) {
+      ++c->errors;
+      MESH_WARN("WAL checkpoint (in line, WAL at %d pages) failed: %s", walPages, sqlite3_errmsg(db));
+    }
+  } else if (walPages < c->requestedAt) {
+    c->requestedAt = 0;  // the WAL restarted from its beginning
+  }
+  // Under a steady stream of commits the WAL does not restart, and walPages only grows: ask
+  // again each time another checkpointPages have been appended, not after every commit.
+  if (walPages - c->requestedAt >= c->options.checkpointPages) {
+    c->requestedAt = walPages;
+    c->request();
+  }
+  return SQLITE_OK;
+}
+}  // namespace
+
+StoreWriter::StoreWriter(zmq::context_t& ctx) : ctx_(ctx) {}
+
+StoreWriter::CheckpointCounts StoreWriter::checkpoints() const {
+  return {checkpointer_->done.load(), checkpointer_->inLine.load(), checkpointer_->errors.load()};
+}
+
+util::Result<std::unique_ptr<StoreWriter>> StoreWriter::start(zmq::context_t& ctx, const std::string& dbPath,
+                                                             WriterOptions options) {
   auto db = Db::open(dbPath);
   if (!db) return db.error();
+  auto checkpointDb = Db::open(dbPath);
+  if (!checkpointDb) return checkpointDb.error();
+  // A WAL that grew during a burst is cut back to 64 MiB when it restarts.
+  if (auto s = db->exec("PRAGMA journal_size_limit=67108864"); !s) return s.error();
   std::unique_ptr<StoreWriter> w(new StoreWriter(ctx));
+  w->checkpointer_ = std::make_unique<Checkpointer>();
+  Checkpointer* c = w->checkpointer_.get();
+  c->options = options;
+  sqlite3_wal_hook(db->handle(), onWalCommit, c);
+  c->thread = std::thread([c, d = std::move(*checkpointDb)]() mutable { c->run(std::move(d)); });
   std::string endpoint = "inproc://mesh-store-writer-" + std::to_string(gWriterSeq++);
   w->socket_ = zmq::socket_t(ctx, zmq::socket_type::pair);
   w->socket_.set(zmq::sockopt::sndhwm, 0);  // bounded by the nexus's own limits instead

@@ -6,6 +6,13 @@
 // If a group fails, each set is retried on its own so one bad set cannot hold back the others;
 // a set that still fails is reported as failed (the nexus decides: refuse a submit, retry results).
 //
+// WAL checkpoints (copying committed pages from the WAL into the database file, and that
+// file's fsync) run on a second thread with its own connection, woken each time the WAL has
+// grown by WriterOptions::checkpointPages, instead of inside a commit as SQLite's automatic
+// checkpoint would: in line they cost about a quarter of the throughput when payloads are large
+// (docs/benchmarks.md). If the WAL still passes WriterOptions::walHardPages (the checkpoint
+// thread cannot keep up, or a reader pins old pages), the writer checkpoints in line as well.
+//
 // Thread rule: the object belongs to the nexus loop thread (submit, socket, receive); the
 // writer thread owns its own Db connection.
 #pragma once
@@ -22,6 +29,16 @@
 
 namespace mesh::store {
 
+struct Checkpointer;
+
+struct WriterOptions {
+  // Wake the checkpoint thread each time this many more pages (16 MiB) are in the WAL; fewer,
+  // larger checkpoints copy a page rewritten by many commits once and fsync the file less often.
+  int checkpointPages = 4096;
+  // Past this WAL size (256 MiB) the writer also checkpoints in line after its commits.
+  int walHardPages = 65536;
+};
+
 struct CommitNotice {
   std::vector<std::uint64_t> committed;  // tickets now durable, in order
   std::vector<std::pair<std::uint64_t, std::string>> failed;  // ticket, error
@@ -32,7 +49,8 @@ struct CommitNotice {
 class StoreWriter {
  public:
   // Starts the thread; fails if the database cannot be opened.
-  static util::Result<std::unique_ptr<StoreWriter>> start(zmq::context_t& ctx, const std::string& dbPath);
+  static util::Result<std::unique_ptr<StoreWriter>> start(zmq::context_t& ctx, const std::string& dbPath,
+                                                          WriterOptions options = {});
   ~StoreWriter();  // writes what is queued, then stops
   StoreWriter(const StoreWriter&) = delete;
   StoreWriter& operator=(const StoreWriter&) = delete;
@@ -44,11 +62,19 @@ class StoreWriter {
   std::optional<CommitNotice> receive();
   std::uint64_t queued() const { return nextTicket_ - 1 - answered_; }
 
+  struct CheckpointCounts {
+    std::uint64_t done = 0;     // checkpoints run by the checkpoint thread
+    std::uint64_t inLine = 0;   // run by the writer because the WAL passed walHardPages
+    std::uint64_t errors = 0;   // failed (logged); the next one tries again
+  };
+  CheckpointCounts checkpoints() const;
+
  private:
-  StoreWriter(zmq::context_t& ctx) : ctx_(ctx) {}
+  explicit StoreWriter(zmq::context_t& ctx);
   void run(Db db, std::string endpoint);
 
   zmq::context_t& ctx_;
+  std::unique_ptr<Checkpointer> checkpointer_;  // stopped after the writer thread
   zmq::socket_t socket_;
   std::thread thread_;
   std::uint64_t nextTicket_ = 1;

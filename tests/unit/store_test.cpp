@@ -1,8 +1,10 @@
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <functional>
 
 #include "mesh/store/db.h"
 #include "mesh/store/key_store.h"
@@ -239,4 +241,85 @@ TEST_CASE("the writer thread commits queued sets and reports their tickets") {
   REQUIRE(failed.size() == 1);
   CHECK(failed[0] == t2);
   CHECK((*writer)->queued() == 0);
+}
+
+namespace {
+// Submits `sets` write sets of `perSet` 4 KiB payloads each (batches firstBatch...) and waits
+// until all are committed.
+void writeMany(StoreWriter& writer, std::uint64_t firstBatch, int sets, int perSet,
+               std::vector<std::shared_ptr<std::vector<std::string>>>& keep) {
+  std::uint64_t id = firstBatch * 100'000;
+  for (int s = 0; s < sets; ++s) {
+    std::vector<std::string> payloads(static_cast<std::size_t>(perSet), std::string(4096, static_cast<char>('a' + s % 26)));
+    keep.emplace_back();
+    writer.submit(std::make_unique<WriteSet>(batchWithTasks(firstBatch + static_cast<std::uint64_t>(s), id, payloads, &keep.back())));
+    id += static_cast<std::uint64_t>(perSet);
+  }
+  std::size_t committed = 0;
+  std::int64_t deadline = util::systemClock().monotonicMs() + 20000;
+  while (committed < static_cast<std::size_t>(sets) && util::systemClock().monotonicMs() < deadline) {
+    zmq::pollitem_t item{writer.socket().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(100));
+    while (auto n = writer.receive()) {
+      CHECK(n->failed.empty());
+      committed += n->committed.size();
+    }
+  }
+  REQUIRE(committed == static_cast<std::size_t>(sets));
+}
+
+bool waitFor(const std::function<bool()>& done) {
+  std::int64_t deadline = util::systemClock().monotonicMs() + 10000;
+  while (!done()) {
+    if (util::systemClock().monotonicMs() >= deadline) return false;
+    usleep(10'000);
+  }
+  return true;
+}
+
+std::int64_t fileSize(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? st.st_size : -1;
+}
+}  // namespace
+
+TEST_CASE("WAL checkpoints run on the checkpoint thread, not in the commit") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  WriterOptions o;
+  o.checkpointPages = 256;  // 1 MiB
+  auto writer = StoreWriter::start(ctx, t.path, o);
+  REQUIRE(writer.ok());
+  std::vector<std::shared_ptr<std::vector<std::string>>> keep;
+  std::int64_t before = fileSize(t.path);
+  writeMany(**writer, 1, 8, 100, keep);  // ~3.2 MiB of payloads, in up to 8 commits
+  REQUIRE(waitFor([&] { return (*writer)->checkpoints().done >= 1; }));
+  CHECK((*writer)->checkpoints().inLine == 0);
+  CHECK((*writer)->checkpoints().errors == 0);
+  // The pages reached the database file itself.
+  CHECK(waitFor([&] { return fileSize(t.path) > before + 1'000'000; }));
+}
+
+TEST_CASE("a WAL past its hard bound is checkpointed in line by the writer") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  WriterOptions o;
+  o.checkpointPages = 1'000'000;  // the checkpoint thread is never asked
+  o.walHardPages = 300;
+  auto writer = StoreWriter::start(ctx, t.path, o);
+  REQUIRE(writer.ok());
+  std::vector<std::shared_ptr<std::vector<std::string>>> keep;
+  writeMany(**writer, 1, 6, 100, keep);  // ~2.4 MiB: about 600 WAL pages
+  CHECK((*writer)->checkpoints().done == 0);
+  CHECK((*writer)->checkpoints().inLine >= 1);
+  CHECK((*writer)->checkpoints().errors == 0);
+  // And the data is all there.
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  auto st = db->prepare("SELECT count(*) FROM tasks");
+  REQUIRE(st.ok());
+  REQUIRE(*st->step());
+  CHECK(st->getInt(0) == 600);
 }
