@@ -24,14 +24,24 @@ using transport::pointerMessage;
 using transport::takePointer;
 }  // namespace
 
-// The checkpoint thread: waits until the writer's WAL hook asks, then runs a PASSIVE checkpoint
-// on its own connection (it copies what no reader still needs and never blocks the writer).
+// The checkpoint thread: runs PASSIVE checkpoints on its own connection (they copy what no
+// reader still needs and never block the writer) when the writer's WAL hook asks, and when the
+// WAL holds frames not yet copied and no commit has come for kIdleMs.
+//
+// Each turn repeats the checkpoint while commits keep adding frames (at most kMaxPasses), so it
+// ends with the whole WAL copied: only then does SQLite start the WAL again from its beginning
+// at the next write, instead of letting it grow (and fsync a growing file) for as long as
+// commits keep coming.
 struct Checkpointer {
+  static constexpr int kMaxPasses = 16;
+
   std::mutex mu;
   std::condition_variable wake;
   bool wanted = false;
   bool stop = false;
   std::atomic<std::uint64_t> done{0}, inLine{0}, errors{0};
+  std::atomic<int> walFrames{0};             // after the last commit (set by the writer)
+  std::atomic<std::int64_t> lastCommitMs{0};
   WriterOptions options;
   int requestedAt = 0;  // WAL size at the last request (the writer thread's)
   std::thread thread;
@@ -44,22 +54,49 @@ struct Checkpointer {
     wake.notify_one();
   }
 
+  // One turn; returns the WAL size it left fully copied, or -1.
+  int checkpointUntilCaughtUp(sqlite3* db) {
+    int previous = -1;
+    for (int pass = 0; pass < kMaxPasses; ++pass) {
+      int logFrames = 0, copied = 0;
+      int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &logFrames, &copied);
+      if (rc == SQLITE_BUSY) return -1;  // another checkpoint is running; the next turn retries
+      if (rc != SQLITE_OK) {
+        ++errors;
+        MESH_WARN("WAL checkpoint failed: %s (the next commit asks again)", sqlite3_errmsg(db));
+        return -1;
+      }
+      ++done;
+      if (copied < logFrames) {  // a reader still needs older pages, or a commit raced: again
+        previous = logFrames;
+        continue;
+      }
+      if (logFrames == previous || logFrames == 0) return logFrames;  // nothing new since last pass
+      previous = logFrames;
+    }
+    return -1;
+  }
+
   void run(Db db) {
+    const auto& clock = util::systemClock();
+    int caughtUpAt = 0;  // WAL size last left fully copied
     for (;;) {
+      bool asked = false;
       {
         std::unique_lock<std::mutex> lock(mu);
-        wake.wait(lock, [&] { return wanted || stop; });
+        const std::int64_t tick = options.idleCheckpointMs > 0 ? options.idleCheckpointMs : 1000;
+        wake.wait_for(lock, std::chrono::milliseconds(tick), [&] { return wanted || stop; });
         if (stop) return;
+        asked = wanted;
         wanted = false;
       }
-      int logFrames = 0, copied = 0;
-      int rc = sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &logFrames, &copied);
-      if (rc == SQLITE_OK) {
-        ++done;
-      } else if (rc != SQLITE_BUSY) {  // BUSY: another checkpoint is running; the next request retries
-        ++errors;
-        MESH_WARN("WAL checkpoint failed: %s (the next commit asks again)", sqlite3_errmsg(db.handle()));
+      if (!asked) {
+        int frames = walFrames.load();
+        bool idle = options.idleCheckpointMs > 0 && clock.monotonicMs() - lastCommitMs.load() >= options.idleCheckpointMs;
+        if (frames == 0 || frames == caughtUpAt || !idle) continue;
       }
+      int left = checkpointUntilCaughtUp(db.handle());
+      if (left >= 0) caughtUpAt = left;
     }
   }
 
@@ -78,6 +115,8 @@ namespace {
 // of frames in the WAL. Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
 int onWalCommit(void* arg, sqlite3* db, const char* schema, int walPages) {
   auto* c = static_cast<Checkpointer*>(arg);
+  c->walFrames = walPages;
+  c->lastCommitMs = util::systemClock().monotonicMs();
   if (walPages >= c->options.walHardPages) {
     int rc = sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
     if (rc == SQLITE_OK) {

@@ -10,7 +10,8 @@
 // file's fsync) run on a second thread with its own connection, woken each time the WAL has
 // grown by WriterOptions::checkpointPages, instead of inside a commit as SQLite's automatic
 // checkpoint would: in line they cost about a quarter of the throughput when payloads are large
-// (docs/benchmarks.md). If the WAL still passes WriterOptions::walHardPages (the checkpoint
+// (docs/benchmarks.md). A turn repeats while commits add frames, and an idle WAL is copied
+// too, so that SQLite can start the WAL again from its beginning. If the WAL still passes WriterOptions::walHardPages (the checkpoint
 // thread cannot keep up, or a reader pins old pages), the writer checkpoints in line as well.
 //
 // Thread rule: the object belongs to the nexus loop thread (submit, socket, receive); the
@@ -37,6 +38,9 @@ struct WriterOptions {
   int checkpointPages = 4096;
   // Past this WAL size (256 MiB) the writer also checkpoints in line after its commits.
   int walHardPages = 65536;
+  // When no commit has come for this long, copy what is left, so the WAL starts from its
+  // beginning at the next write instead of growing across bursts (0: never).
+  std::int64_t idleCheckpointMs = 100;
 };
 
 struct CommitNotice {

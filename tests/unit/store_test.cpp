@@ -289,6 +289,7 @@ TEST_CASE("WAL checkpoints run on the checkpoint thread, not in the commit") {
   { auto db = Db::open(t.path); REQUIRE(db.ok()); }
   WriterOptions o;
   o.checkpointPages = 256;  // 1 MiB
+  o.idleCheckpointMs = 0;   // only the size asks
   auto writer = StoreWriter::start(ctx, t.path, o);
   REQUIRE(writer.ok());
   std::vector<std::shared_ptr<std::vector<std::string>>> keep;
@@ -301,12 +302,30 @@ TEST_CASE("WAL checkpoints run on the checkpoint thread, not in the commit") {
   CHECK(waitFor([&] { return fileSize(t.path) > before + 1'000'000; }));
 }
 
+TEST_CASE("an idle WAL is copied into the database without being asked") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  WriterOptions o;
+  o.checkpointPages = 1'000'000;  // never asked by size
+  o.idleCheckpointMs = 50;
+  auto writer = StoreWriter::start(ctx, t.path, o);
+  REQUIRE(writer.ok());
+  std::vector<std::shared_ptr<std::vector<std::string>>> keep;
+  std::int64_t before = fileSize(t.path);
+  writeMany(**writer, 1, 2, 100, keep);
+  REQUIRE(waitFor([&] { return (*writer)->checkpoints().done >= 1; }));
+  CHECK(waitFor([&] { return fileSize(t.path) > before + 500'000; }));
+  CHECK((*writer)->checkpoints().inLine == 0);
+}
+
 TEST_CASE("a WAL past its hard bound is checkpointed in line by the writer") {
   TempDb t;
   auto ctx = zmq::context_t();
   { auto db = Db::open(t.path); REQUIRE(db.ok()); }
   WriterOptions o;
   o.checkpointPages = 1'000'000;  // the checkpoint thread is never asked
+  o.idleCheckpointMs = 0;
   o.walHardPages = 300;
   auto writer = StoreWriter::start(ctx, t.path, o);
   REQUIRE(writer.ok());
