@@ -1191,6 +1191,7 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   auto checkpoints = writer_->checkpoints();
   counters["wal_checkpoints"] = checkpoints.done;
   counters["wal_checkpoints_in_line"] = checkpoints.inLine;
+  counters["wal_checkpoints_finished_in_line"] = checkpoints.finished;
   counters["wal_checkpoint_errors"] = checkpoints.errors;
   counters["tasks_in_memory"] = scheduler_.tasksInMemory();
   auto cl = s.initCounters(static_cast<unsigned>(counters.size()));

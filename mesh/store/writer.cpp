@@ -42,6 +42,8 @@ struct Checkpointer {
   std::atomic<std::uint64_t> done{0}, inLine{0}, errors{0};
   std::atomic<int> walFrames{0};             // after the last commit (set by the writer)
   std::atomic<std::int64_t> lastCommitMs{0};
+  std::atomic<int> lastLog{0}, lastCopied{0};  // WAL frames, and how many copied, after the last pass
+  std::atomic<std::uint64_t> finished{0};
   WriterOptions options;
   int requestedAt = 0;  // WAL size at the last request (the writer thread's)
   std::thread thread;
@@ -67,6 +69,8 @@ struct Checkpointer {
         return -1;
       }
       ++done;
+      lastLog = logFrames;
+      lastCopied = copied;
       if (copied < logFrames) {  // a reader still needs older pages, or a commit raced: again
         previous = logFrames;
         continue;
@@ -127,10 +131,23 @@ int onWalCommit(void* arg, sqlite3* db, const char* schema, int walPages) {
     }
   } else if (walPages < c->requestedAt) {
     c->requestedAt = 0;  // the WAL restarted from its beginning
+  } else {
+    // The checkpoint thread copied all but the last few commits: copy those here, so that the
+    // next transaction starts the WAL from its beginning. A WAL that stays small is written
+    // over in place; one that grows makes every fsync also commit the file system's journal
+    // (one-task latency +0.3 ms while it grew, measured).
+    int log = c->lastLog.load(), copied = c->lastCopied.load();
+    if (copied > 0 && log <= walPages && walPages - copied <= c->options.finishPages) {
+      c->lastCopied = 0;
+      int rc = sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+      if (rc == SQLITE_OK) ++c->finished;
+      else if (rc != SQLITE_BUSY) ++c->errors;
+    }
   }
-  // Under a steady stream of commits the WAL does not restart, and walPages only grows: ask
-  // again each time another checkpointPages have been appended, not after every commit.
-  if (walPages - c->requestedAt >= c->options.checkpointPages) {
+  // Ask the checkpoint thread when the WAL reaches firstCheckpointPages, then each time another
+  // checkpointPages have been appended (under a steady stream the WAL does not restart).
+  int next = c->requestedAt == 0 ? c->options.firstCheckpointPages : c->requestedAt + c->options.checkpointPages;
+  if (walPages >= next) {
     c->requestedAt = walPages;
     c->request();
   }
@@ -141,7 +158,8 @@ int onWalCommit(void* arg, sqlite3* db, const char* schema, int walPages) {
 StoreWriter::StoreWriter(zmq::context_t& ctx) : ctx_(ctx) {}
 
 StoreWriter::CheckpointCounts StoreWriter::checkpoints() const {
-  return {checkpointer_->done.load(), checkpointer_->inLine.load(), checkpointer_->errors.load()};
+  return {checkpointer_->done.load(), checkpointer_->inLine.load(), checkpointer_->finished.load(),
+          checkpointer_->errors.load()};
 }
 
 util::Result<std::unique_ptr<StoreWriter>> StoreWriter::start(zmq::context_t& ctx, const std::string& dbPath,

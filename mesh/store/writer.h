@@ -33,9 +33,15 @@ namespace mesh::store {
 struct Checkpointer;
 
 struct WriterOptions {
-  // Wake the checkpoint thread each time this many more pages (16 MiB) are in the WAL; fewer,
-  // larger checkpoints copy a page rewritten by many commits once and fsync the file less often.
+  // Wake the checkpoint thread when the WAL reaches firstCheckpointPages (4 MiB, SQLite's own
+  // default), then each time another checkpointPages (16 MiB) have been appended: under a
+  // stream of large commits, fewer and larger checkpoints copy a page rewritten by many commits
+  // once and fsync the database file less often.
+  int firstCheckpointPages = 1000;
   int checkpointPages = 4096;
+  // When the checkpoint thread has copied all but at most this many pages (1 MiB), the writer
+  // copies the rest itself, so that the WAL restarts and stays small under light load.
+  int finishPages = 256;
   // Past this WAL size (256 MiB) the writer also checkpoints in line after its commits.
   int walHardPages = 65536;
   // When no commit has come for this long, copy what is left, so the WAL starts from its
@@ -69,6 +75,7 @@ class StoreWriter {
   struct CheckpointCounts {
     std::uint64_t done = 0;     // checkpoints run by the checkpoint thread
     std::uint64_t inLine = 0;   // run by the writer because the WAL passed walHardPages
+    std::uint64_t finished = 0; // the last pages of a checkpoint, copied by the writer (finishPages)
     std::uint64_t errors = 0;   // failed (logged); the next one tries again
   };
   CheckpointCounts checkpoints() const;

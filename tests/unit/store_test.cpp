@@ -288,7 +288,8 @@ TEST_CASE("WAL checkpoints run on the checkpoint thread, not in the commit") {
   auto ctx = zmq::context_t();
   { auto db = Db::open(t.path); REQUIRE(db.ok()); }
   WriterOptions o;
-  o.checkpointPages = 256;  // 1 MiB
+  o.firstCheckpointPages = 256;  // 1 MiB
+  o.checkpointPages = 256;
   o.idleCheckpointMs = 0;   // only the size asks
   auto writer = StoreWriter::start(ctx, t.path, o);
   REQUIRE(writer.ok());
@@ -307,7 +308,8 @@ TEST_CASE("an idle WAL is copied into the database without being asked") {
   auto ctx = zmq::context_t();
   { auto db = Db::open(t.path); REQUIRE(db.ok()); }
   WriterOptions o;
-  o.checkpointPages = 1'000'000;  // never asked by size
+  o.firstCheckpointPages = 1'000'000;  // never asked by size
+  o.checkpointPages = 1'000'000;
   o.idleCheckpointMs = 50;
   auto writer = StoreWriter::start(ctx, t.path, o);
   REQUIRE(writer.ok());
@@ -324,7 +326,8 @@ TEST_CASE("a WAL past its hard bound is checkpointed in line by the writer") {
   auto ctx = zmq::context_t();
   { auto db = Db::open(t.path); REQUIRE(db.ok()); }
   WriterOptions o;
-  o.checkpointPages = 1'000'000;  // the checkpoint thread is never asked
+  o.firstCheckpointPages = 1'000'000;  // the checkpoint thread is never asked
+  o.checkpointPages = 1'000'000;
   o.idleCheckpointMs = 0;
   o.walHardPages = 300;
   auto writer = StoreWriter::start(ctx, t.path, o);
@@ -341,4 +344,27 @@ TEST_CASE("a WAL past its hard bound is checkpointed in line by the writer") {
   REQUIRE(st.ok());
   REQUIRE(*st->step());
   CHECK(st->getInt(0) == 600);
+}
+
+TEST_CASE("under a stream of small commits the writer finishes the checkpoint and the WAL stays small") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  WriterOptions o;
+  o.firstCheckpointPages = 32;
+  o.checkpointPages = 32;
+  o.finishPages = 64;
+  o.idleCheckpointMs = 0;  // no idle copies: only the finishing can restart the WAL
+  auto writer = StoreWriter::start(ctx, t.path, o);
+  REQUIRE(writer.ok());
+  std::vector<std::shared_ptr<std::vector<std::string>>> keep;
+  for (std::uint64_t i = 1; i <= 40; ++i) {
+    writeMany(**writer, i, 1, 5, keep);  // one commit of ~6 pages
+    usleep(20'000);                      // time for the checkpoint thread
+  }
+  CHECK((*writer)->checkpoints().done >= 1);
+  CHECK((*writer)->checkpoints().finished >= 1);
+  CHECK((*writer)->checkpoints().errors == 0);
+  // 40 commits of ~6 pages would make a WAL of ~1 MiB; restarted, it stays near 32-64 pages.
+  CHECK(fileSize(t.path + "-wal") < 512 * 1024);
 }
