@@ -256,6 +256,7 @@ class NexusImpl {
   crypto::KeyPair serverKeys_;
   std::string dbPath_;
   store::Db readDb_;
+  std::unique_ptr<store::PayloadReader> payloadReader_;
   std::unique_ptr<store::TaskStore> readStore_;
   std::unique_ptr<store::KeyStore> keys_;
   std::int64_t keysVersion_ = -1;
@@ -319,7 +320,8 @@ util::Status NexusImpl::start() {
   auto db = store::Db::open(dbPath_);
   if (!db) return db.error();
   readDb_ = std::move(*db);
-  readStore_ = std::make_unique<store::TaskStore>(readDb_);
+  payloadReader_ = std::make_unique<store::PayloadReader>(store::PayloadLog::dirFor(dbPath_));
+  readStore_ = std::make_unique<store::TaskStore>(readDb_, nullptr, payloadReader_.get());
   if (auto s = openKeys(); !s) return s;
   auto writer = store::StoreWriter::start(ctx_, dbPath_);
   if (!writer) return writer.error();
@@ -505,9 +507,14 @@ util::Status NexusImpl::recover() {
     owners_[rec.id] = rec.clientKey;
   }
   std::uint64_t pending = 0;
+  std::vector<store::PendingTask> lost;
   auto s = readStore_->forEachPendingTask([&](store::PendingTask&& t) {
     routing::Batch* b = scheduler_.batch(t.batch);
     if (!b) return;
+    if (!t.payloadError.empty()) {
+      lost.push_back(std::move(t));  // failed below, once the batch's counts are restored
+      return;
+    }
     scheduler_.addTask(*b, t.id, t.index, std::move(t.payload), t.attemptsMade, t.nodesLost);
     ++pending;
   });
@@ -519,6 +526,15 @@ util::Status NexusImpl::recover() {
     scheduler_.restoreCounts(*b, counts->succeeded, counts->failed, counts->cancelled);
     if (rec.sealed) scheduler_.seal(*b, rec.total);
     if (rec.cancelledMs) scheduler_.cancel(*b, clock_.wallMs());
+  }
+  for (auto& t : lost) {
+    // Its bytes are gone (a payload segment deleted or cut short): the task fails with the
+    // reason instead of running on the wrong input.
+    MESH_ERROR("task %llu of batch %llu cannot run again: %s", static_cast<unsigned long long>(t.id),
+               static_cast<unsigned long long>(t.batch), t.payloadError.c_str());
+    counters_.add("payloads_lost");
+    scheduler_.addFailedTask(*scheduler_.batch(t.batch), t.id, t.index, "its payload was lost: " + t.payloadError,
+                             clock_.wallMs());
   }
   if (!batches->empty()) {
     MESH_INFO("recovered %zu unfinished batches with %llu tasks to run", batches->size(),

@@ -60,6 +60,18 @@ void Scheduler::addTask(Batch& b, std::uint64_t id, std::uint64_t index, std::st
   makeActive(b);
 }
 
+void Scheduler::addFailedTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string error,
+                              std::int64_t nowWallMs) {
+  MESH_ASSERT(!tasks_.count(id), "task id added twice");
+  auto t = std::make_unique<Task>();
+  t->id = id;
+  t->index = index;
+  t->batch = &b;
+  Task& task = *t;
+  tasks_[id] = std::move(t);
+  finish(task, Status::kFailed, "", std::move(error), nowWallMs, 0, 0, 0);
+}
+
 void Scheduler::seal(Batch& b, std::uint64_t total) {
   b.sealed = true;
   b.total = total;

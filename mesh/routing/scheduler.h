@@ -205,6 +205,9 @@ class Scheduler {
   // over a restart.
   void addTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string payload,
                std::uint8_t attemptsMade = 0, std::uint8_t nodesLost = 0);
+  // After a restart: a task that cannot run again (its payload is lost) ends as failed with
+  // `error` at once; its result is written like any other.
+  void addFailedTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string error, std::int64_t nowWallMs);
   void seal(Batch& b, std::uint64_t total);
   // After a restart: results the store already holds for the batch.
   void restoreCounts(Batch& b, std::uint64_t succeeded, std::uint64_t failed, std::uint64_t cancelled);

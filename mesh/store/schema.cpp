@@ -76,6 +76,13 @@ ALTER TABLE batches ADD COLUMN mr_reducer TEXT NOT NULL DEFAULT '';
 ALTER TABLE batches ADD COLUMN next_batch INTEGER;
 ALTER TABLE batches ADD COLUMN note TEXT NOT NULL DEFAULT '';
 )sql";
+// Version 3: payloads of 1 KiB or more live in the payload log (payload_log.h); their row has
+// an empty payload and says where the bytes are.
+const char* kV3 = R"sql(
+ALTER TABLE tasks ADD COLUMN payload_segment INTEGER;
+ALTER TABLE tasks ADD COLUMN payload_offset INTEGER;
+ALTER TABLE tasks ADD COLUMN payload_length INTEGER;
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -101,6 +108,13 @@ util::Status migrate(Db& db) {
     if (!tx.begun()) return tx.begun();
     if (auto s = db.exec(kV2); !s) return s;
     if (auto s = db.exec("PRAGMA user_version = 2"); !s) return s;
+    if (auto s = tx.commit(); !s) return s;
+  }
+  if (version < 3) {
+    Transaction tx(db);
+    if (!tx.begun()) return tx.begun();
+    if (auto s = db.exec(kV3); !s) return s;
+    if (auto s = db.exec("PRAGMA user_version = 3"); !s) return s;
     if (auto s = tx.commit(); !s) return s;
   }
   return {};

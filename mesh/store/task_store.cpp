@@ -78,15 +78,34 @@ util::Status TaskStore::apply(const WriteSet& set) {
 }
 
 util::Status TaskStore::applyAll(std::span<const WriteSet* const> sets) {
+  // Large payloads first, into the payload log, synced before the transaction that refers to
+  // them commits.
+  std::vector<PayloadRef> refs;
+  if (log_) {
+    for (const WriteSet* set : sets) {
+      for (const auto& c : set->chunks) {
+        for (std::string_view p : c.payloads) {
+          if (p.size() < PayloadLog::kMinBytes) continue;
+          auto ref = log_->add(p);
+          if (!ref) return ref.error();
+          refs.push_back(*ref);
+        }
+      }
+    }
+    if (!refs.empty()) {
+      if (auto s = log_->sync(); !s) return s;
+    }
+  }
   Transaction tx(db_);
   if (!tx.begun()) return tx.begun();
+  std::size_t nextRef = 0;
   for (const WriteSet* set : sets) {
-    if (auto s = write(*set); !s) return s;
+    if (auto s = write(*set, refs, nextRef); !s) return s;
   }
   return tx.commit();
 }
 
-util::Status TaskStore::write(const WriteSet& set) {
+util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>& refs, std::size_t& nextRef) {
   if (!set.newBatches.empty()) {
     auto st = db_.prepare(
         "INSERT INTO batches(id, label, handler, priority, requires, timeout_ms, max_attempts, "
@@ -104,12 +123,23 @@ util::Status TaskStore::write(const WriteSet& set) {
     }
   }
   if (!set.chunks.empty()) {
-    auto st = db_.prepare("INSERT INTO tasks(id, batch, idx, payload) VALUES(?,?,?,?)");
+    auto st = db_.prepare(
+        "INSERT INTO tasks(id, batch, idx, payload, payload_segment, payload_offset, payload_length) "
+        "VALUES(?,?,?,?,?,?,?)");
     if (!st) return st.error();
     for (const auto& c : set.chunks) {
       for (std::size_t i = 0; i < c.payloads.size(); ++i) {
+        std::string_view payload = c.payloads[i];
         st->bind(1, static_cast<std::int64_t>(c.firstId + i)).bind(2, static_cast<std::int64_t>(c.batch))
-            .bind(3, static_cast<std::int64_t>(c.firstIndex + i)).bindBlobStatic(4, c.payloads[i]);
+            .bind(3, static_cast<std::int64_t>(c.firstIndex + i));
+        if (log_ && payload.size() >= PayloadLog::kMinBytes) {
+          MESH_ASSERT(nextRef < refs.size(), "a payload without its place in the payload log");
+          const PayloadRef& ref = refs[nextRef++];
+          st->bindBlobStatic(4, std::string_view("", 0)).bind(5, static_cast<std::int64_t>(ref.segment))
+              .bind(6, static_cast<std::int64_t>(ref.offset)).bind(7, static_cast<std::int64_t>(ref.length));
+        } else {
+          st->bindBlobStatic(4, payload).bindNull(5).bindNull(6).bindNull(7);
+        }
         if (auto s = st->run(); !s) return s;
         st->reset();
       }
@@ -205,7 +235,8 @@ util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&
   auto st = db_.prepare(
       "SELECT t.id, t.batch, t.idx, t.payload, "
       "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id), "
-      "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id AND a.node_lost = 1) "
+      "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id AND a.node_lost = 1), "
+      "  t.payload_segment, t.payload_offset, t.payload_length "
       "FROM tasks t JOIN batches b ON b.id = t.batch "
       "WHERE b.finished_ms IS NULL "
       "  AND NOT EXISTS (SELECT 1 FROM results r WHERE r.task = t.id) "
@@ -216,7 +247,19 @@ util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&
     p.id = static_cast<std::uint64_t>(s.getInt(0));
     p.batch = static_cast<std::uint64_t>(s.getInt(1));
     p.index = static_cast<std::uint64_t>(s.getInt(2));
-    p.payload = std::string(s.getBlob(3));
+    if (s.isNull(6)) {
+      p.payload = std::string(s.getBlob(3));
+    } else {
+      PayloadRef ref{static_cast<std::uint64_t>(s.getInt(6)), static_cast<std::uint64_t>(s.getInt(7)),
+                     static_cast<std::uint64_t>(s.getInt(8))};
+      auto bytes = reader_ ? reader_->read(ref)
+                           : util::Result<std::string>(util::err("no payload reader for the payload log"));
+      if (bytes) {
+        p.payload = std::move(*bytes);
+      } else {
+        p.payloadError = bytes.error().message;
+      }
+    }
     p.attemptsMade = static_cast<std::uint8_t>(std::min<std::int64_t>(255, s.getInt(4)));
     p.nodesLost = static_cast<std::uint8_t>(std::min<std::int64_t>(255, s.getInt(5)));
     each(std::move(p));

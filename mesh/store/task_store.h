@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "mesh/store/db.h"
+#include "mesh/store/payload_log.h"
 
 namespace mesh::store {
 
@@ -108,6 +109,7 @@ struct PendingTask {
   std::string payload;
   std::uint8_t attemptsMade = 0;   // attempts already recorded
   std::uint8_t nodesLost = 0;      // of which the spore died under the task
+  std::string payloadError;        // the payload could not be read back (then payload is empty)
 };
 
 struct BatchCounts {
@@ -130,7 +132,10 @@ struct ResultRow {
 
 class TaskStore {
  public:
-  explicit TaskStore(Db& db) : db_(db) {}
+  // log: where payloads of PayloadLog::kMinBytes or more are written (the writer's); without
+  // one every payload stays in its row. reader: reads them back for forEachPendingTask.
+  explicit TaskStore(Db& db, PayloadLog* log = nullptr, PayloadReader* reader = nullptr)
+      : db_(db), log_(log), reader_(reader) {}
 
   // Applies the whole set in one transaction; on error nothing of it is written.
   util::Status apply(const WriteSet& set);
@@ -156,8 +161,10 @@ class TaskStore {
   util::Result<std::optional<TaskRow>> task(std::uint64_t id);
 
  private:
-  util::Status write(const WriteSet& set);  // inside an open transaction
+  util::Status write(const WriteSet& set, const std::vector<PayloadRef>& refs, std::size_t& nextRef);
   Db& db_;
+  PayloadLog* log_;
+  PayloadReader* reader_;
 };
 
 }  // namespace mesh::store

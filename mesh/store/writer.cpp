@@ -181,7 +181,11 @@ util::Result<std::unique_ptr<StoreWriter>> StoreWriter::start(zmq::context_t& ct
   w->socket_.set(zmq::sockopt::sndhwm, 0);  // bounded by the nexus's own limits instead
   w->socket_.bind(endpoint);
   StoreWriter* self = w.get();
-  w->thread_ = std::thread([self, d = std::move(*db), endpoint]() mutable { self->run(std::move(d), endpoint); });
+  auto payloads = PayloadLog::open(PayloadLog::dirFor(dbPath));
+  if (!payloads) return payloads.error();
+  w->thread_ = std::thread([self, d = std::move(*db), endpoint, log = std::move(*payloads)]() mutable {
+    self->run(std::move(d), endpoint, std::move(log));
+  });
   return w;
 }
 
@@ -215,11 +219,11 @@ std::optional<CommitNotice> StoreWriter::receive() {
   return std::move(*notice);
 }
 
-void StoreWriter::run(Db db, std::string endpoint) {
+void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> payloads) {
   zmq::socket_t pipe(ctx_, zmq::socket_type::pair);
   pipe.set(zmq::sockopt::sndhwm, 0);
   pipe.connect(endpoint);
-  TaskStore store(db);
+  TaskStore store(db, payloads.get());
   const auto& clock = util::systemClock();
   bool stopping = false;
   while (!stopping) {

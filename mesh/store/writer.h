@@ -14,6 +14,9 @@
 // too, so that SQLite can start the WAL again from its beginning. If the WAL still passes WriterOptions::walHardPages (the checkpoint
 // thread cannot keep up, or a reader pins old pages), the writer checkpoints in line as well.
 //
+// Payloads of PayloadLog::kMinBytes or more go to the payload log beside the database
+// (payload_log.h), synced before the commit that refers to them.
+//
 // Thread rule: the object belongs to the nexus loop thread (submit, socket, receive); the
 // writer thread owns its own Db connection.
 #pragma once
@@ -82,7 +85,7 @@ class StoreWriter {
 
  private:
   explicit StoreWriter(zmq::context_t& ctx);
-  void run(Db db, std::string endpoint);
+  void run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> payloads);
 
   zmq::context_t& ctx_;
   std::unique_ptr<Checkpointer> checkpointer_;  // stopped after the writer thread

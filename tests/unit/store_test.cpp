@@ -244,13 +244,14 @@ TEST_CASE("the writer thread commits queued sets and reports their tickets") {
 }
 
 namespace {
-// Submits `sets` write sets of `perSet` 4 KiB payloads each (batches firstBatch...) and waits
-// until all are committed.
+// Submits `sets` write sets of `perSet` payloads of 1000 bytes each (batches firstBatch...) and
+// waits until all are committed. 1000 bytes stay in the rows (PayloadLog::kMinBytes), so they
+// fill the WAL.
 void writeMany(StoreWriter& writer, std::uint64_t firstBatch, int sets, int perSet,
                std::vector<std::shared_ptr<std::vector<std::string>>>& keep) {
   std::uint64_t id = firstBatch * 100'000;
   for (int s = 0; s < sets; ++s) {
-    std::vector<std::string> payloads(static_cast<std::size_t>(perSet), std::string(4096, static_cast<char>('a' + s % 26)));
+    std::vector<std::string> payloads(static_cast<std::size_t>(perSet), std::string(1000, static_cast<char>('a' + s % 26)));
     keep.emplace_back();
     writer.submit(std::make_unique<WriteSet>(batchWithTasks(firstBatch + static_cast<std::uint64_t>(s), id, payloads, &keep.back())));
     id += static_cast<std::uint64_t>(perSet);
@@ -295,7 +296,7 @@ TEST_CASE("WAL checkpoints run on the checkpoint thread, not in the commit") {
   REQUIRE(writer.ok());
   std::vector<std::shared_ptr<std::vector<std::string>>> keep;
   std::int64_t before = fileSize(t.path);
-  writeMany(**writer, 1, 8, 100, keep);  // ~3.2 MiB of payloads, in up to 8 commits
+  writeMany(**writer, 1, 8, 400, keep);  // ~3.2 MB of payloads, in up to 8 commits
   REQUIRE(waitFor([&] { return (*writer)->checkpoints().done >= 1; }));
   CHECK((*writer)->checkpoints().inLine == 0);
   CHECK((*writer)->checkpoints().errors == 0);
@@ -315,7 +316,7 @@ TEST_CASE("an idle WAL is copied into the database without being asked") {
   REQUIRE(writer.ok());
   std::vector<std::shared_ptr<std::vector<std::string>>> keep;
   std::int64_t before = fileSize(t.path);
-  writeMany(**writer, 1, 2, 100, keep);
+  writeMany(**writer, 1, 2, 400, keep);
   REQUIRE(waitFor([&] { return (*writer)->checkpoints().done >= 1; }));
   CHECK(waitFor([&] { return fileSize(t.path) > before + 500'000; }));
   CHECK((*writer)->checkpoints().inLine == 0);
@@ -333,7 +334,7 @@ TEST_CASE("a WAL past its hard bound is checkpointed in line by the writer") {
   auto writer = StoreWriter::start(ctx, t.path, o);
   REQUIRE(writer.ok());
   std::vector<std::shared_ptr<std::vector<std::string>>> keep;
-  writeMany(**writer, 1, 6, 100, keep);  // ~2.4 MiB: about 600 WAL pages
+  writeMany(**writer, 1, 6, 400, keep);  // ~2.4 MB: about 600 WAL pages
   CHECK((*writer)->checkpoints().done == 0);
   CHECK((*writer)->checkpoints().inLine >= 1);
   CHECK((*writer)->checkpoints().errors == 0);
@@ -343,7 +344,7 @@ TEST_CASE("a WAL past its hard bound is checkpointed in line by the writer") {
   auto st = db->prepare("SELECT count(*) FROM tasks");
   REQUIRE(st.ok());
   REQUIRE(*st->step());
-  CHECK(st->getInt(0) == 600);
+  CHECK(st->getInt(0) == 2400);
 }
 
 TEST_CASE("under a stream of small commits the writer finishes the checkpoint and the WAL stays small") {
@@ -359,7 +360,7 @@ TEST_CASE("under a stream of small commits the writer finishes the checkpoint an
   REQUIRE(writer.ok());
   std::vector<std::shared_ptr<std::vector<std::string>>> keep;
   for (std::uint64_t i = 1; i <= 40; ++i) {
-    writeMany(**writer, i, 1, 5, keep);  // one commit of ~6 pages
+    writeMany(**writer, i, 1, 20, keep);  // one commit of ~6 pages
     usleep(20'000);                      // time for the checkpoint thread
   }
   CHECK((*writer)->checkpoints().done >= 1);
@@ -367,4 +368,83 @@ TEST_CASE("under a stream of small commits the writer finishes the checkpoint an
   CHECK((*writer)->checkpoints().errors == 0);
   // 40 commits of ~6 pages would make a WAL of ~1 MiB; restarted, it stays near 32-64 pages.
   CHECK(fileSize(t.path + "-wal") < 512 * 1024);
+}
+
+TEST_CASE("the payload log gives back what it was given, across segments and reopenings") {
+  TempDb t;
+  const std::string dir = PayloadLog::dirFor(t.path);
+  CHECK(dir == t.dir + "/payloads");
+  std::vector<std::string> payloads;
+  for (int i = 0; i < 40; ++i) payloads.push_back(std::string(1000 + static_cast<std::size_t>(i) * 97, static_cast<char>('A' + i % 26)));
+  std::vector<PayloadRef> refs;
+  {
+    auto log = PayloadLog::open(dir, 8192);  // small segments: several rotations
+    REQUIRE(log.ok());
+    for (int group = 0; group < 4; ++group) {
+      for (int i = group * 10; i < group * 10 + 10; ++i) {
+        auto ref = (*log)->add(payloads[static_cast<std::size_t>(i)]);
+        REQUIRE(ref.ok());
+        refs.push_back(*ref);
+      }
+      REQUIRE((*log)->sync().ok());
+    }
+    CHECK(refs.back().segment > refs.front().segment);
+  }
+  std::uint64_t lastSegment = refs.back().segment;
+  {
+    auto log = PayloadLog::open(dir);  // a reopened log never appends to an old segment
+    REQUIRE(log.ok());
+    auto ref = (*log)->add(payloads[0]);
+    REQUIRE(ref.ok());
+    REQUIRE((*log)->sync().ok());
+    CHECK(ref->segment == lastSegment + 1);
+    CHECK(ref->offset == 0);
+  }
+  PayloadReader reader(dir);
+  for (std::size_t i = 0; i < refs.size(); ++i) {
+    auto bytes = reader.read(refs[i]);
+    REQUIRE(bytes.ok());
+    CHECK_MESSAGE(*bytes == payloads[i], "payload " << i);
+  }
+  // A segment cut short, and one that is gone, are errors that say so.
+  REQUIRE(::truncate(segmentPath(dir, refs.back().segment).c_str(), static_cast<off_t>(refs.back().offset + 10)) == 0);
+  PayloadReader fresh(dir);
+  auto cut = fresh.read(refs.back());
+  REQUIRE_FALSE(cut.ok());
+  CHECK(cut.error().message.find("cut short") != std::string::npos);
+  REQUIRE(::unlink(segmentPath(dir, refs.front().segment).c_str()) == 0);
+  auto gone = fresh.read(refs.front());
+  REQUIRE_FALSE(gone.ok());
+  CHECK(gone.error().message.find("No such file") != std::string::npos);
+}
+
+TEST_CASE("large payloads go to the payload log, small ones stay in their rows, and both come back") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  auto log = PayloadLog::open(PayloadLog::dirFor(t.path));
+  REQUIRE(log.ok());
+  PayloadReader reader(PayloadLog::dirFor(t.path));
+  TaskStore tasks(*db, log->get(), &reader);
+  std::string big(5000, 'x');
+  big[4999] = 'y';
+  std::shared_ptr<std::vector<std::string>> keep;
+  WriteSet set = batchWithTasks(1, 1, {"small", big, std::string(PayloadLog::kMinBytes, 'z')}, &keep);
+  set.newBatches[0].sealed = false;
+  REQUIRE(tasks.apply(set).ok());
+  auto st = db->prepare("SELECT id, length(payload), payload_segment IS NOT NULL FROM tasks ORDER BY id");
+  REQUIRE(st.ok());
+  std::vector<std::pair<std::int64_t, std::int64_t>> rows;  // row payload length, in the log
+  while (*st->step()) rows.emplace_back(st->getInt(1), st->getInt(2));
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0] == std::make_pair<std::int64_t, std::int64_t>(5, 0));
+  CHECK(rows[1] == std::make_pair<std::int64_t, std::int64_t>(0, 1));
+  CHECK(rows[2] == std::make_pair<std::int64_t, std::int64_t>(0, 1));
+  std::vector<PendingTask> pending;
+  REQUIRE(tasks.forEachPendingTask([&](PendingTask&& p) { pending.push_back(std::move(p)); }).ok());
+  REQUIRE(pending.size() == 3);
+  CHECK(pending[0].payload == "small");
+  CHECK(pending[1].payload == big);
+  CHECK(pending[2].payload == std::string(PayloadLog::kMinBytes, 'z'));
+  for (const auto& p : pending) CHECK(p.payloadError.empty());
 }
