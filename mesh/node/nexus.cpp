@@ -1209,6 +1209,7 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   counters["wal_checkpoints_in_line"] = checkpoints.inLine;
   counters["wal_checkpoints_finished_in_line"] = checkpoints.finished;
   counters["wal_checkpoint_errors"] = checkpoints.errors;
+  counters["payload_segments_deleted"] = writer_->payloadSegmentsDeleted();
   counters["tasks_in_memory"] = scheduler_.tasksInMemory();
   auto cl = s.initCounters(static_cast<unsigned>(counters.size()));
   unsigned i = 0;

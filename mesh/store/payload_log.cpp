@@ -47,6 +47,21 @@ std::string segmentPath(const std::string& dir, std::uint64_t segment) {
   return dir + "/" + name;
 }
 
+util::Result<std::vector<std::uint64_t>> listSegments(const std::string& dir) {
+  std::vector<std::uint64_t> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) {
+    if (errno == ENOENT) return out;
+    return util::err(sysError("payload log: cannot read " + dir));
+  }
+  while (dirent* e = ::readdir(d)) {
+    if (std::uint64_t n = segmentNumber(e->d_name)) out.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::string PayloadLog::dirFor(const std::string& dbPath) {
   auto slash = dbPath.rfind('/');
   return (slash == std::string::npos ? std::string(".") : dbPath.substr(0, slash)) + "/payloads";
@@ -56,11 +71,9 @@ util::Result<std::unique_ptr<PayloadLog>> PayloadLog::open(const std::string& di
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return util::err(sysError("payload log: cannot create " + dir));
   }
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return util::err(sysError("payload log: cannot read " + dir));
-  std::uint64_t highest = 0;
-  while (dirent* e = ::readdir(d)) highest = std::max(highest, segmentNumber(e->d_name));
-  ::closedir(d);
+  auto segments = listSegments(dir);
+  if (!segments) return segments.error();
+  std::uint64_t highest = segments->empty() ? 0 : segments->back();
   std::unique_ptr<PayloadLog> log(new PayloadLog(dir, std::max<std::uint64_t>(segmentBytes, 1)));
   log->nextSegment_ = highest + 1;
   return log;

@@ -12,6 +12,10 @@
 // present, so a torn tail is never appended to). A new segment's directory entry is synced
 // before any bytes in it are referred to.
 //
+// Space: only the tasks of unfinished batches are ever read back, so the store writer deletes,
+// between commits, every segment that no such task refers to except the one it appends to
+// (StoreWriter, WriterOptions::payloadGcMs).
+//
 // Thread rule: a PayloadLog belongs to the writer thread; a PayloadReader to its thread.
 #pragma once
 
@@ -88,5 +92,7 @@ class PayloadReader {
 };
 
 std::string segmentPath(const std::string& dir, std::uint64_t segment);
+// The segment numbers in DIR, ascending (none if DIR does not exist).
+util::Result<std::vector<std::uint64_t>> listSegments(const std::string& dir);
 
 }  // namespace mesh::store

@@ -266,6 +266,17 @@ util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&
   });
 }
 
+util::Result<std::vector<std::uint64_t>> TaskStore::payloadSegmentsInUse() {
+  auto st = db_.prepare(
+      "SELECT DISTINCT t.payload_segment FROM batches b JOIN tasks t ON t.batch = b.id "
+      "WHERE b.finished_ms IS NULL AND t.payload_segment IS NOT NULL ORDER BY 1");
+  if (!st) return st.error();
+  std::vector<std::uint64_t> out;
+  auto s = forRows(*st, [&](Statement& row) { out.push_back(static_cast<std::uint64_t>(row.getInt(0))); });
+  if (!s) return s.error();
+  return out;
+}
+
 util::Result<BatchCounts> TaskStore::countResults(std::uint64_t batch) {
   // proto::TaskStatus: ok = 0, cancelled = 5; everything else is a failure once final.
   auto st = db_.prepare(

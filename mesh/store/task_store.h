@@ -149,6 +149,8 @@ class TaskStore {
   // Calls `each` for every task of an unfinished batch that has no result, in id order.
   util::Status forEachPendingTask(const std::function<void(PendingTask&&)>& each);
   util::Result<BatchCounts> countResults(std::uint64_t batch);
+  // Payload segments that tasks of unfinished batches refer to (the ones recovery may read).
+  util::Result<std::vector<std::uint64_t>> payloadSegmentsInUse();
 
   // Queries.
   util::Result<std::optional<BatchRecord>> batch(std::uint64_t id);

@@ -1,6 +1,10 @@
 #include "mesh/store/writer.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <future>
@@ -181,10 +185,12 @@ util::Result<std::unique_ptr<StoreWriter>> StoreWriter::start(zmq::context_t& ct
   w->socket_.set(zmq::sockopt::sndhwm, 0);  // bounded by the nexus's own limits instead
   w->socket_.bind(endpoint);
   StoreWriter* self = w.get();
-  auto payloads = PayloadLog::open(PayloadLog::dirFor(dbPath));
+  w->options_ = options;
+  const std::string payloadDir = PayloadLog::dirFor(dbPath);
+  auto payloads = PayloadLog::open(payloadDir);
   if (!payloads) return payloads.error();
-  w->thread_ = std::thread([self, d = std::move(*db), endpoint, log = std::move(*payloads)]() mutable {
-    self->run(std::move(d), endpoint, std::move(log));
+  w->thread_ = std::thread([self, d = std::move(*db), endpoint, log = std::move(*payloads), payloadDir]() mutable {
+    self->run(std::move(d), endpoint, std::move(log), payloadDir);
   });
   return w;
 }
@@ -219,12 +225,35 @@ std::optional<CommitNotice> StoreWriter::receive() {
   return std::move(*notice);
 }
 
-void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> payloads) {
+std::uint64_t StoreWriter::payloadSegmentsDeleted() const { return segmentsDeleted_.load(); }
+
+void StoreWriter::collectPayloadSegments(TaskStore& store, const PayloadLog& log, const std::string& dir) {
+  auto onDisk = listSegments(dir);
+  auto inUse = store.payloadSegmentsInUse();
+  if (!onDisk || !inUse) {
+    MESH_WARN("payload log: cannot tell which segments are still needed: %s",
+              (!onDisk ? onDisk.error() : inUse.error()).message.c_str());
+    return;
+  }
+  for (std::uint64_t segment : *onDisk) {
+    if (segment == log.segment() || std::binary_search(inUse->begin(), inUse->end(), segment)) continue;
+    const std::string path = segmentPath(dir, segment);
+    if (::unlink(path.c_str()) != 0) {
+      MESH_WARN("payload log: cannot delete %s: %s", path.c_str(), std::strerror(errno));
+      continue;
+    }
+    ++segmentsDeleted_;
+    MESH_INFO("payload log: deleted %s (no unfinished batch needs it)", path.c_str());
+  }
+}
+
+void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> payloads, std::string payloadDir) {
   zmq::socket_t pipe(ctx_, zmq::socket_type::pair);
   pipe.set(zmq::sockopt::sndhwm, 0);
   pipe.connect(endpoint);
   TaskStore store(db, payloads.get());
   const auto& clock = util::systemClock();
+  std::int64_t lastGcMs = -1;
   bool stopping = false;
   while (!stopping) {
     std::vector<std::unique_ptr<Job>> jobs;
@@ -268,6 +297,11 @@ void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> p
       }
     }
     notice->commitUs = clock.monotonicUs() - start;
+    // Between groups nothing refers to bytes not yet committed: a safe time to collect.
+    if (lastGcMs < 0 || clock.monotonicMs() - lastGcMs >= options_.payloadGcMs) {
+      collectPayloadSegments(store, *payloads, payloadDir);
+      lastGcMs = clock.monotonicMs();
+    }
     try {
       pipe.send(pointerMessage(std::move(notice)), zmq::send_flags::none);
     } catch (const zmq::error_t&) {

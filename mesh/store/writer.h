@@ -21,6 +21,7 @@
 // writer thread owns its own Db connection.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -50,6 +51,9 @@ struct WriterOptions {
   // When no commit has come for this long, copy what is left, so the WAL starts from its
   // beginning at the next write instead of growing across bursts (0: never).
   std::int64_t idleCheckpointMs = 100;
+  // At most this often, after a commit, delete the payload segments no unfinished batch needs
+  // (payload_log.h). The first commit after a start always looks.
+  std::int64_t payloadGcMs = 60'000;
 };
 
 struct CommitNotice {
@@ -82,13 +86,17 @@ class StoreWriter {
     std::uint64_t errors = 0;   // failed (logged); the next one tries again
   };
   CheckpointCounts checkpoints() const;
+  std::uint64_t payloadSegmentsDeleted() const;
 
  private:
   explicit StoreWriter(zmq::context_t& ctx);
-  void run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> payloads);
+  void run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> payloads, std::string payloadDir);
+  void collectPayloadSegments(TaskStore& store, const PayloadLog& log, const std::string& dir);
 
   zmq::context_t& ctx_;
   std::unique_ptr<Checkpointer> checkpointer_;  // stopped after the writer thread
+  WriterOptions options_;
+  std::atomic<std::uint64_t> segmentsDeleted_{0};
   zmq::socket_t socket_;
   std::thread thread_;
   std::uint64_t nextTicket_ = 1;

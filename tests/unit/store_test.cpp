@@ -448,3 +448,53 @@ TEST_CASE("large payloads go to the payload log, small ones stay in their rows, 
   CHECK(pending[2].payload == std::string(PayloadLog::kMinBytes, 'z'));
   for (const auto& p : pending) CHECK(p.payloadError.empty());
 }
+
+TEST_CASE("the writer deletes payload segments that no unfinished batch needs") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  const std::string dir = PayloadLog::dirFor(t.path);
+  std::vector<std::shared_ptr<std::vector<std::string>>> keep;
+  auto commit = [&](StoreWriter& w, WriteSet set) {
+    w.submit(std::make_unique<WriteSet>(std::move(set)));
+    std::int64_t deadline = util::systemClock().monotonicMs() + 10000;
+    for (bool done = false; !done && util::systemClock().monotonicMs() < deadline;) {
+      zmq::pollitem_t item{w.socket().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(100));
+      while (auto n = w.receive()) {
+        REQUIRE(n->failed.empty());
+        done = true;
+      }
+    }
+  };
+  WriterOptions o;
+  o.payloadGcMs = 0;  // look after every commit
+  {
+    auto w = StoreWriter::start(ctx, t.path, o);  // segment 1: batches 1 and 2
+    REQUIRE(w.ok());
+    keep.emplace_back();
+    commit(**w, batchWithTasks(1, 1, {std::string(3000, 'a')}, &keep.back()));
+    keep.emplace_back();
+    commit(**w, batchWithTasks(2, 10, {std::string(3000, 'b')}, &keep.back()));
+  }
+  {
+    auto w = StoreWriter::start(ctx, t.path, o);  // segment 2: batch 3
+    REQUIRE(w.ok());
+    keep.emplace_back();
+    commit(**w, batchWithTasks(3, 20, {std::string(3000, 'c')}, &keep.back()));
+    CHECK(*listSegments(dir) == std::vector<std::uint64_t>{1, 2});  // batches 1 and 2 are unfinished
+    WriteSet done;
+    done.updates.push_back(BatchUpdate{1, std::nullopt, false, std::nullopt, 5, std::nullopt, std::nullopt});
+    commit(**w, std::move(done));
+    CHECK(*listSegments(dir) == std::vector<std::uint64_t>{1, 2});  // batch 2 still needs segment 1
+    WriteSet done2;
+    done2.updates.push_back(BatchUpdate{2, std::nullopt, false, std::nullopt, 6, std::nullopt, std::nullopt});
+    WriteSet done3;
+    done3.updates.push_back(BatchUpdate{3, std::nullopt, false, std::nullopt, 7, std::nullopt, std::nullopt});
+    commit(**w, std::move(done2));
+    commit(**w, std::move(done3));
+    // Segment 1 is gone; segment 2 is the one being appended to, so it stays.
+    CHECK(*listSegments(dir) == std::vector<std::uint64_t>{2});
+    CHECK((*w)->payloadSegmentsDeleted() == 1);
+  }
+}
