@@ -96,25 +96,14 @@ util::Status migrate(Db& db) {
     return util::err("made by a newer release (schema " + std::to_string(version) +
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
-  if (version < 1) {
+  // Step n brings version n-1 to n, each in its own transaction.
+  const char* steps[] = {kV1, kV2, kV3};
+  static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
+  for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);
     if (!tx.begun()) return tx.begun();
-    if (auto s = db.exec(kV1); !s) return s;
-    if (auto s = db.exec("PRAGMA user_version = 1"); !s) return s;
-    if (auto s = tx.commit(); !s) return s;
-  }
-  if (version < 2) {
-    Transaction tx(db);
-    if (!tx.begun()) return tx.begun();
-    if (auto s = db.exec(kV2); !s) return s;
-    if (auto s = db.exec("PRAGMA user_version = 2"); !s) return s;
-    if (auto s = tx.commit(); !s) return s;
-  }
-  if (version < 3) {
-    Transaction tx(db);
-    if (!tx.begun()) return tx.begun();
-    if (auto s = db.exec(kV3); !s) return s;
-    if (auto s = db.exec("PRAGMA user_version = 3"); !s) return s;
+    if (auto s = db.exec(steps[next - 1]); !s) return s;
+    if (auto s = db.exec("PRAGMA user_version = " + std::to_string(next)); !s) return s;
     if (auto s = tx.commit(); !s) return s;
   }
   return {};

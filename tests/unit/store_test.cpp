@@ -498,3 +498,35 @@ TEST_CASE("the writer deletes payload segments that no unfinished batch needs") 
     CHECK((*w)->payloadSegmentsDeleted() == 1);
   }
 }
+
+TEST_CASE("a version 2 database is upgraded to the payload log columns and keeps its payloads") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);  // no payload log: every payload in its row, as version 2 stored them
+    std::shared_ptr<std::vector<std::string>> keep;
+    WriteSet set = batchWithTasks(1, 1, {std::string(3000, 'q'), "s"}, &keep);
+    set.newBatches[0].sealed = false;
+    REQUIRE(tasks.apply(set).ok());
+    // Make it a version 2 file again.
+    for (const char* c : {"payload_segment", "payload_offset", "payload_length"}) {
+      REQUIRE(db->exec(std::string("ALTER TABLE tasks DROP COLUMN ") + c).ok());
+    }
+    REQUIRE(db->exec("PRAGMA user_version = 2").ok());
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  auto st = db->prepare("PRAGMA user_version");
+  REQUIRE(st.ok());
+  REQUIRE(*st->step());
+  CHECK(st->getInt(0) == 3);
+  st->reset();
+  PayloadReader reader(PayloadLog::dirFor(t.path));
+  TaskStore tasks(*db, nullptr, &reader);
+  std::vector<PendingTask> pending;
+  REQUIRE(tasks.forEachPendingTask([&](PendingTask&& p) { pending.push_back(std::move(p)); }).ok());
+  REQUIRE(pending.size() == 2);
+  CHECK(pending[0].payload == std::string(3000, 'q'));
+  CHECK(pending[1].payload == "s");
+}
