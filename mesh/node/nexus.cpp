@@ -46,6 +46,8 @@ constexpr std::uint32_t kMaxTasksPerSubmit = 1'000'000;
 constexpr std::int64_t kProgressEveryMs = 250;
 constexpr std::int64_t kKeyCheckEveryMs = 1000;
 constexpr std::size_t kBundleChunkMax = 1u << 20;      // largest upload chunk and fetch reply
+constexpr std::uint64_t kFetchSlackBytes = 16u << 20;  // bundle bytes served past a spore's progress (onBundleFetch)
+constexpr std::uint64_t kFetchRestarts = 8;            // fetches of one bundle started again lower, per connection
 constexpr std::size_t kMaxUploads = 4;                 // publishes in progress at once
 constexpr std::int64_t kUploadIdleMs = 60'000;         // an upload silent this long is dropped
 constexpr std::size_t kPublishRefusalsKept = 20;
@@ -62,6 +64,16 @@ struct NodeConn {
   std::uint16_t slots = 0;
   std::int64_t lastSeenMono = 0;
   std::int64_t connectedWallMs = 0;
+  // Bundle fetches of this connection, per bundle name: a spore asks for chunks in order, so
+  // the offsets it asks for show how far it has read; what was served beyond that is queued.
+  struct Fetch {
+    std::uint64_t version = 0;
+    std::uint64_t firstOffset = 0, highestOffset = 0, served = 0;
+    std::uint64_t servedTotal = 0;  // over restarts
+    std::uint32_t restarts = 0;     // requests that went back below the highest offset
+    bool refused = false;           // logged once
+  };
+  std::map<std::string, Fetch> fetches;
 };
 
 // A bundle the nexus accepted and serves (the highest version of its name), as listed in
@@ -218,7 +230,7 @@ class NexusImpl {
   void onBundleUpload(const std::string& routingId, const std::string& key, std::uint64_t requestId,
                       proto::BundleUpload::Reader upload);
   void refusePublish(const std::string& routingId, std::uint64_t requestId, const bundle::Refused& r);
-  void onBundleFetch(const std::string& routingId, std::uint64_t requestId, proto::BundleFetch::Reader fetch);
+  void onBundleFetch(NodeConn& conn, std::uint64_t requestId, proto::BundleFetch::Reader fetch);
   void onBundleReport(const NodeConn& conn, proto::BundleReport::Reader report);
   void onBundles(const std::string& routingId, std::uint64_t requestId);
   void fillBundleRef(proto::BundleRef::Builder out, const StoredBundle& b);
@@ -700,7 +712,7 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
       onResults(conn.id, bodyReader.getResults());
       break;
     case Which::BUNDLE_FETCH:
-      onBundleFetch(routingId, env.getRequestId(), bodyReader.getBundleFetch());
+      onBundleFetch(conn, env.getRequestId(), bodyReader.getBundleFetch());
       break;
     case Which::BUNDLE_REPORT:
       onBundleReport(conn, bodyReader.getBundleReport());
@@ -1920,7 +1932,8 @@ void NexusImpl::onBundleUpload(const std::string& routingId, const std::string& 
   publish(proto::Event::Kind::BUNDLE_AVAILABLE, 0, "", m.name + " " + std::to_string(m.version));
 }
 
-void NexusImpl::onBundleFetch(const std::string& routingId, std::uint64_t requestId, proto::BundleFetch::Reader fetch) {
+void NexusImpl::onBundleFetch(NodeConn& conn, std::uint64_t requestId, proto::BundleFetch::Reader fetch) {
+  const std::string& routingId = conn.routingId;
   std::string name(wire::view(fetch.getName()));
   wire::Encoder e(requestId, 64);
   auto chunk = e.body().initBundleChunk();
@@ -1937,6 +1950,40 @@ void NexusImpl::onBundleFetch(const std::string& routingId, std::uint64_t reques
   chunk.setSize(b.size);
   std::size_t n = static_cast<std::size_t>(
       std::min<std::uint64_t>({fetch.getMaxBytes(), kBundleChunkMax, b.size - fetch.getOffset()}));
+  // A spore reads its chunks before it asks past them (at most 4 requests outstanding), so
+  // served - (highest offset asked - first offset asked) stays within a few chunks. One that
+  // asks again and again without reading would grow the send queue by a MiB a request. So,
+  // per connection and bundle version: at most kFetchSlackBytes served past the progress; a
+  // fetch that starts again lower (a retry after a timeout, a spool discarded) starts a new
+  // count, at most kFetchRestarts times; and at most kFetchRestarts + 1 times the bundle in
+  // all. Past that, its fetches of the bundle are ignored until it reconnects.
+  NodeConn::Fetch& f = conn.fetches[name];
+  if (f.version != fetch.getVersion() || f.servedTotal == 0) {
+    f = NodeConn::Fetch{};
+    f.version = fetch.getVersion();
+    f.firstOffset = f.highestOffset = fetch.getOffset();
+  } else if (fetch.getOffset() < f.highestOffset) {
+    ++f.restarts;
+    f.firstOffset = f.highestOffset = fetch.getOffset();
+    f.served = 0;
+  }
+  f.highestOffset = std::max<std::uint64_t>(f.highestOffset, fetch.getOffset());
+  if (f.served + n > (f.highestOffset - f.firstOffset) + kFetchSlackBytes || f.restarts > kFetchRestarts ||
+      f.servedTotal + n > (kFetchRestarts + 1) * b.size + kFetchSlackBytes) {
+    counters_.add("bundle_fetches_refused");
+    if (!f.refused) {
+      f.refused = true;
+      MESH_WARN("spore %s asks for bundle chunks faster than it reads them (%llu bytes of %s version %llu "
+                "served past its progress, %u restarts): its fetches are ignored until it reconnects",
+                conn.name.c_str(),
+                static_cast<unsigned long long>(f.served > f.highestOffset - f.firstOffset
+                                                    ? f.served - (f.highestOffset - f.firstOffset) : 0),
+                name.c_str(), static_cast<unsigned long long>(f.version), static_cast<unsigned>(f.restarts));
+    }
+    return;
+  }
+  f.served += n;
+  f.servedTotal += n;
   bundle::UniqueFd fd(::open(b.path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
     MESH_ERROR("cannot read bundle file %s: %s", b.path.c_str(), std::strerror(errno));

@@ -46,3 +46,21 @@ done
 batch=$(printf 'x\ny\nz\n' | mesh submit --handler blobsize --lines -)
 expect_rc 0 timeout 60 mesh wait "$batch"
 [ "$(mesh results "$batch" --json | grep -c "\"output\":\"$((50 << 20))")" -eq 3 ] || fail "blobsize results wrong"
+# A spore that asks for the same MiB of the bundle 1,000 times without reading a reply must not
+# make the nexus queue a GiB for it: the nexus serves a bounded amount past its progress, then
+# ignores its fetches (counted), and keeps serving the others.
+mesh keys gen "$T/flood.key" > /dev/null
+mesh keys accept "$T/flood.key.pub" --role node > /dev/null
+node=$(awk '$1 == "node" { print $2 }' "$T/c/nexus/endpoints")
+rss_before=$(awk '/^VmRSS/ { print $2 }' "/proc/$nexus/status")
+"$MESH_BUILD/tests/integration/hostile_client" "$node" "$MESH_NEXUS_KEY" "$T/flood.key" fetchflood:big:1 1000 8 &
+flood=$!
+extra_pids+=("$flood")
+wait_until 30 "the flood of fetches to be refused" sh -c "[ \$(mesh status --json | grep -o '\"bundle_fetches_refused\":[0-9]*' | cut -d: -f2) -ge 900 ]"
+rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$nexus/status")
+note "nexus RSS ${rss_before} KiB before the flood, ${rss} KiB during it"
+[ "$rss" -lt $((rss_before + (128 << 10))) ] || fail "the nexus grew by $(( (rss - rss_before) >> 10 )) MiB for a spore that reads nothing"
+grep -q "asks for bundle chunks faster than it reads them" "$T/c/nexus.log" || fail "the refusal was not logged"
+kill "$flood" 2>/dev/null || true
+batch=$(printf 'x\n' | mesh submit --handler blobsize --lines -)
+expect_rc 0 timeout 60 mesh wait "$batch"

@@ -3,6 +3,10 @@
 // that the nexus still answers a status request. Exit 0 when it does.
 //
 // Usage: hostile_client ENDPOINT NEXUS_KEY_FILE KEY_FILE node|client ROUNDS SEED
+//
+// Mode fetchflood:NAME:VERSION (node port): says hello, then asks ROUNDS times for a MiB of
+// that bundle (the first MiB, then the first and second in turn) without reading a reply, and stays connected for SEED seconds (a
+// spore that floods bundle fetches must not grow the nexus's send queue).
 #include <capnp/any.h>
 #include <capnp/schema.h>
 
@@ -10,6 +14,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "mesh/crypto/keys.h"
 #include "mesh/transport/sockets.h"
@@ -114,6 +119,27 @@ int main(int argc, char** argv) {
     return s;
   };
   zmq::socket_t s = fresh();
+  if (port.rfind("fetchflood:", 0) == 0) {
+    auto colon = port.rfind(':');
+    std::string name = port.substr(11, colon - 11);
+    std::uint64_t version = std::strtoull(port.c_str() + colon + 1, nullptr, 10);
+    s.set(zmq::sockopt::rcvhwm, 1);  // read nothing: let the replies pile up at the nexus
+    s.send(zmq::buffer(validHello()), zmq::send_flags::none);
+    for (int i = 0; i < rounds; ++i) {
+      wire::Encoder e(static_cast<std::uint64_t>(100 + i), 16);
+      auto f = e.body().initBundleFetch();
+      f.setName(name);
+      f.setVersion(version);
+      // First the same MiB again and again, then going back and forth between two offsets
+      // (each step back counts as a fetch started again).
+      f.setOffset(i < rounds / 2 ? 0 : static_cast<std::uint64_t>(i % 2) << 20);
+      f.setMaxBytes(1u << 20);
+      s.send(e.finish(), zmq::send_flags::none);
+    }
+    std::fprintf(stderr, "hostile_client: sent %d bundle fetches without reading\n", rounds);
+    std::this_thread::sleep_for(std::chrono::seconds(std::strtoull(argv[6], nullptr, 10)));
+    return 0;
+  }
   std::string samples[] = {validHello(), validSubmit(), unknownArm(), wrongDirection(), absurdHello(),
                            resultsForUnknownTasks(), badSubmits(0), badSubmits(1), badSubmits(2), badSubmits(3)};
   int sent = 0;
