@@ -341,6 +341,7 @@ util::Status NexusImpl::start() {
   if (auto s = openBundles(); !s) return s;
   if (auto s = bindAndCheck(); !s) return s;
   if (auto s = recover(); !s) return s;
+  payloadReader_->closeAll();  // recovery is its only reader; keep no deleted segment alive
   std::string endpoints = "node " + nodeEndpoint_ + "\nclient " + clientEndpoint_ + "\nevents " + eventsEndpoint_ + "\n";
   if (auto s = util::writeFileAtomic(config_.dataDir + "/endpoints", endpoints, 0644); !s) return s;
   if (config_.beacon) {

@@ -180,8 +180,11 @@ util::Status PayloadLog::sync() {
   return {};
 }
 
-PayloadReader::~PayloadReader() {
+PayloadReader::~PayloadReader() { closeAll(); }
+
+void PayloadReader::closeAll() {
   for (auto& [segment, fd] : fds_) ::close(fd);
+  fds_.clear();
 }
 
 util::Result<std::string> PayloadReader::read(const PayloadRef& ref) {

@@ -85,6 +85,8 @@ class PayloadReader {
   PayloadReader(const PayloadReader&) = delete;
   PayloadReader& operator=(const PayloadReader&) = delete;
   util::Result<std::string> read(const PayloadRef& ref);
+  // Closes the segments it opened (an open file would keep a deleted segment's space in use).
+  void closeAll();
 
  private:
   std::string dir_;

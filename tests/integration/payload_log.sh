@@ -16,6 +16,9 @@ batch=$(mesh submit --handler sha256 --requires later --files "$T"/in/*)
 ls "$T/c/nexus/payloads/"*.seg > /dev/null || fail "no payload segment in the data dir"
 "$cluster" kill "$T/c" nexus
 "$cluster" restart-nexus "$T/c"
+# Recovery read the segment; it must not keep it open (a deleted segment's space would stay used).
+open_segments=$(ls -l "/proc/$(pid_of nexus)/fd" | grep -c '\.seg$' || true)
+[ "$open_segments" -eq 0 ] || fail "the nexus keeps $open_segments payload segments open after recovery"
 "$cluster" add-spore "$T/c" later-box --tags later > /dev/null
 expect_rc 0 timeout 60 mesh wait "$batch" --quiet
 store_check "$batch" 121
