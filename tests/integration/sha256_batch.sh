@@ -34,4 +34,18 @@ watches=$(counter watch_requests)
 expect_rc 0 timeout 60 mesh submit --handler sha256 --wait --lines "$T/input"
 [ "$(counter watches_with_submit)" -ge 1 ] || fail "submit --wait did not ask for progress with its submit"
 [ "$(counter watch_requests)" -eq "$watches" ] || fail "submit --wait sent a Watch of its own"
-note "10000 digests match; submit --wait needed no Watch"
+# One task at a time (the latency case): small built-ins run on the spore's loop, with the same
+# results as on a worker thread; the spores say how many at their stop.
+for word in alpha beta gamma; do
+  b=$(printf '%s\n' "$word" | mesh submit --handler sha256 --lines - --wait)
+  [ "$(mesh results "$b" | cut -f3)" = "$(printf '%s' "$word" | sha256sum | cut -d' ' -f1)" ] || fail "sha256 of $word is wrong"
+  b=$(printf '%s\n' "$word" | mesh submit --handler echo --lines - --wait)
+  [ "$(mesh results "$b" | cut -f3)" = "$word" ] || fail "echo of $word is wrong"
+done
+b=$(printf 'boom\n' | mesh submit --handler fail --lines - --wait 2>/dev/null || true)
+{ mesh results "$b" --json || true; } | grep -q '"status":"failed","output":"","error":"boom ' || fail "the fail built-in's error is wrong: $(mesh results "$b" --json)"
+"$cluster" stop "$T/c" spore-1
+"$cluster" stop "$T/c" spore-2
+inline=$(cat "$T/c/spore-1.log" "$T/c/spore-2.log" | grep -o 'tasks_run_inline=[0-9]*' | cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')
+[ "$inline" -ge 6 ] || fail "the one-task batches did not run on the spores' loops (tasks_run_inline=$inline)"
+note "10000 digests match; submit --wait needed no Watch; $inline small tasks ran on a spore's loop"
