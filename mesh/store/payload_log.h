@@ -13,8 +13,8 @@
 // before any bytes in it are referred to.
 //
 // Space: only the tasks of unfinished batches are ever read back, so the store writer deletes,
-// between commits, every segment that no such task refers to except the one it appends to
-// (StoreWriter, WriterOptions::payloadGcMs).
+// between commits, every segment outside the ranges (batches.first_segment..last_segment) of
+// the unfinished batches, except the one it appends to (StoreWriter, WriterOptions::payloadGcMs).
 //
 // Thread rule: a PayloadLog belongs to the writer thread; a PayloadReader to its thread.
 #pragma once

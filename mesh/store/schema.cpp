@@ -83,6 +83,15 @@ ALTER TABLE tasks ADD COLUMN payload_segment INTEGER;
 ALTER TABLE tasks ADD COLUMN payload_offset INTEGER;
 ALTER TABLE tasks ADD COLUMN payload_length INTEGER;
 )sql";
+// Version 4: the range of payload segments each batch's tasks use, so that finding the
+// segments unfinished batches still need reads one row per batch, not one per task.
+const char* kV4 = R"sql(
+ALTER TABLE batches ADD COLUMN first_segment INTEGER;
+ALTER TABLE batches ADD COLUMN last_segment INTEGER;
+UPDATE batches SET
+  first_segment = (SELECT MIN(payload_segment) FROM tasks t WHERE t.batch = batches.id),
+  last_segment = (SELECT MAX(payload_segment) FROM tasks t WHERE t.batch = batches.id);
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -97,7 +106,7 @@ util::Status migrate(Db& db) {
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
   // Step n brings version n-1 to n, each in its own transaction.
-  const char* steps[] = {kV1, kV2, kV3};
+  const char* steps[] = {kV1, kV2, kV3, kV4};
   static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
   for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);

@@ -1,5 +1,8 @@
 #include "mesh/store/task_store.h"
 
+#include <algorithm>
+#include <cstdint>
+
 #include "mesh/util/bytes.h"
 
 namespace mesh::store {
@@ -128,6 +131,7 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
         "VALUES(?,?,?,?,?,?,?)");
     if (!st) return st.error();
     for (const auto& c : set.chunks) {
+      std::uint64_t firstSegment = UINT64_MAX, lastSegment = 0;
       for (std::size_t i = 0; i < c.payloads.size(); ++i) {
         std::string_view payload = c.payloads[i];
         st->bind(1, static_cast<std::int64_t>(c.firstId + i)).bind(2, static_cast<std::int64_t>(c.batch))
@@ -135,6 +139,8 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
         if (log_ && payload.size() >= PayloadLog::kMinBytes) {
           MESH_ASSERT(nextRef < refs.size(), "a payload without its place in the payload log");
           const PayloadRef& ref = refs[nextRef++];
+          firstSegment = std::min(firstSegment, ref.segment);
+          lastSegment = std::max(lastSegment, ref.segment);
           st->bindBlobStatic(4, std::string_view("", 0)).bind(5, static_cast<std::int64_t>(ref.segment))
               .bind(6, static_cast<std::int64_t>(ref.offset)).bind(7, static_cast<std::int64_t>(ref.length));
         } else {
@@ -142,6 +148,15 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
         }
         if (auto s = st->run(); !s) return s;
         st->reset();
+      }
+      if (lastSegment > 0) {
+        auto range = db_.prepare(
+            "UPDATE batches SET first_segment = MIN(COALESCE(first_segment, ?2), ?2), "
+            "last_segment = MAX(COALESCE(last_segment, ?3), ?3) WHERE id = ?1");
+        if (!range) return range.error();
+        range->bind(1, static_cast<std::int64_t>(c.batch)).bind(2, static_cast<std::int64_t>(firstSegment))
+            .bind(3, static_cast<std::int64_t>(lastSegment));
+        if (auto s = range->run(); !s) return s;
       }
     }
   }
@@ -266,13 +281,14 @@ util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&
   });
 }
 
-util::Result<std::vector<std::uint64_t>> TaskStore::payloadSegmentsInUse() {
+util::Result<std::vector<std::pair<std::uint64_t, std::uint64_t>>> TaskStore::payloadSegmentsInUse() {
   auto st = db_.prepare(
-      "SELECT DISTINCT t.payload_segment FROM batches b JOIN tasks t ON t.batch = b.id "
-      "WHERE b.finished_ms IS NULL AND t.payload_segment IS NOT NULL ORDER BY 1");
+      "SELECT first_segment, last_segment FROM batches WHERE finished_ms IS NULL AND first_segment IS NOT NULL");
   if (!st) return st.error();
-  std::vector<std::uint64_t> out;
-  auto s = forRows(*st, [&](Statement& row) { out.push_back(static_cast<std::uint64_t>(row.getInt(0))); });
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+  auto s = forRows(*st, [&](Statement& row) {
+    out.emplace_back(static_cast<std::uint64_t>(row.getInt(0)), static_cast<std::uint64_t>(row.getInt(1)));
+  });
   if (!s) return s.error();
   return out;
 }

@@ -149,8 +149,9 @@ class TaskStore {
   // Calls `each` for every task of an unfinished batch that has no result, in id order.
   util::Status forEachPendingTask(const std::function<void(PendingTask&&)>& each);
   util::Result<BatchCounts> countResults(std::uint64_t batch);
-  // Payload segments that tasks of unfinished batches refer to (the ones recovery may read).
-  util::Result<std::vector<std::uint64_t>> payloadSegmentsInUse();
+  // The ranges of payload segments (first, last) that unfinished batches' tasks may refer to
+  // (the ones recovery may read): one row per batch.
+  util::Result<std::vector<std::pair<std::uint64_t, std::uint64_t>>> payloadSegmentsInUse();
 
   // Queries.
   util::Result<std::optional<BatchRecord>> batch(std::uint64_t id);

@@ -236,7 +236,9 @@ void StoreWriter::collectPayloadSegments(TaskStore& store, const PayloadLog& log
     return;
   }
   for (std::uint64_t segment : *onDisk) {
-    if (segment == log.segment() || std::binary_search(inUse->begin(), inUse->end(), segment)) continue;
+    bool needed = std::any_of(inUse->begin(), inUse->end(),
+                              [&](const auto& range) { return segment >= range.first && segment <= range.second; });
+    if (segment == log.segment() || needed) continue;
     const std::string path = segmentPath(dir, segment);
     if (::unlink(path.c_str()) != 0) {
       MESH_WARN("payload log: cannot delete %s: %s", path.c_str(), std::strerror(errno));

@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "mesh/store/db.h"
+#include "mesh/store/schema.h"
 #include "mesh/store/key_store.h"
 #include "mesh/store/task_store.h"
 #include "mesh/store/writer.h"
@@ -513,6 +514,9 @@ TEST_CASE("a version 2 database is upgraded to the payload log columns and keeps
     for (const char* c : {"payload_segment", "payload_offset", "payload_length"}) {
       REQUIRE(db->exec(std::string("ALTER TABLE tasks DROP COLUMN ") + c).ok());
     }
+    for (const char* c : {"first_segment", "last_segment"}) {
+      REQUIRE(db->exec(std::string("ALTER TABLE batches DROP COLUMN ") + c).ok());
+    }
     REQUIRE(db->exec("PRAGMA user_version = 2").ok());
   }
   auto db = Db::open(t.path);
@@ -520,7 +524,7 @@ TEST_CASE("a version 2 database is upgraded to the payload log columns and keeps
   auto st = db->prepare("PRAGMA user_version");
   REQUIRE(st.ok());
   REQUIRE(*st->step());
-  CHECK(st->getInt(0) == 3);
+  CHECK(st->getInt(0) == kSchemaVersion);
   st->reset();
   PayloadReader reader(PayloadLog::dirFor(t.path));
   TaskStore tasks(*db, nullptr, &reader);
@@ -529,4 +533,32 @@ TEST_CASE("a version 2 database is upgraded to the payload log columns and keeps
   REQUIRE(pending.size() == 2);
   CHECK(pending[0].payload == std::string(3000, 'q'));
   CHECK(pending[1].payload == "s");
+}
+
+TEST_CASE("a version 3 database learns each batch's range of payload segments") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    auto log = PayloadLog::open(PayloadLog::dirFor(t.path), 4096);  // one payload per segment
+    REQUIRE(log.ok());
+    TaskStore tasks(*db, log->get());
+    std::shared_ptr<std::vector<std::string>> keep;
+    WriteSet set = batchWithTasks(1, 1, {std::string(3000, 'a'), std::string(3000, 'b'), std::string(3000, 'c')}, &keep);
+    set.newBatches[0].sealed = false;
+    REQUIRE(tasks.apply(set).ok());
+    auto ranges = tasks.payloadSegmentsInUse();
+    REQUIRE(ranges.ok());
+    CHECK(*ranges == std::vector<std::pair<std::uint64_t, std::uint64_t>>{{1, 3}});
+    for (const char* c : {"first_segment", "last_segment"}) {
+      REQUIRE(db->exec(std::string("ALTER TABLE batches DROP COLUMN ") + c).ok());
+    }
+    REQUIRE(db->exec("PRAGMA user_version = 3").ok());
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  auto ranges = tasks.payloadSegmentsInUse();
+  REQUIRE(ranges.ok());
+  CHECK(*ranges == std::vector<std::pair<std::uint64_t, std::uint64_t>>{{1, 3}});
 }
