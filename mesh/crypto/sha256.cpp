@@ -104,7 +104,8 @@ const bool kAccelerated =
 
 Sha256Digest sha256Portable(std::string_view data) {
   Sha256Digest d{};
-  MESH_ASSERT(::sodium_init() >= 0, "libsodium failed to initialise");
+  static const bool initialised = ::sodium_init() >= 0;  // once, not per hash
+  MESH_ASSERT(initialised, "libsodium failed to initialise");
   ::crypto_hash_sha256(d.data(), reinterpret_cast<const unsigned char*>(data.data()), data.size());
   return d;
 }

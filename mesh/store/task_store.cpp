@@ -88,7 +88,7 @@ util::Status TaskStore::applyAll(std::span<const WriteSet* const> sets) {
     for (const WriteSet* set : sets) {
       for (const auto& c : set->chunks) {
         for (std::string_view p : c.payloads) {
-          if (p.size() < PayloadLog::kMinBytes) continue;
+          if (!inLog(p)) continue;
           auto ref = log_->add(p);
           if (!ref) return ref.error();
           refs.push_back(*ref);
@@ -136,7 +136,7 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
         std::string_view payload = c.payloads[i];
         st->bind(1, static_cast<std::int64_t>(c.firstId + i)).bind(2, static_cast<std::int64_t>(c.batch))
             .bind(3, static_cast<std::int64_t>(c.firstIndex + i));
-        if (log_ && payload.size() >= PayloadLog::kMinBytes) {
+        if (inLog(payload)) {
           MESH_ASSERT(nextRef < refs.size(), "a payload without its place in the payload log");
           const PayloadRef& ref = refs[nextRef++];
           firstSegment = std::min(firstSegment, ref.segment);

@@ -165,6 +165,8 @@ class TaskStore {
 
  private:
   util::Status write(const WriteSet& set, const std::vector<PayloadRef>& refs, std::size_t& nextRef);
+  // Whether a payload goes to the payload log: applyAll and write must agree, payload by payload.
+  bool inLog(std::string_view payload) const { return log_ && payload.size() >= PayloadLog::kMinBytes; }
   Db& db_;
   PayloadLog* log_;
   PayloadReader* reader_;
