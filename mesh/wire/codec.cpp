@@ -25,7 +25,11 @@ util::Result<Decoded> decode(zmq::message_t&& frame, const Limits& limits) {
   d.frameBytes_ = size;
   const std::size_t words = size / sizeof(capnp::word);
   kj::ArrayPtr<const capnp::word> input;
-  if (reinterpret_cast<std::uintptr_t>(frame.data()) % alignof(capnp::word) == 0) {
+  // A frame of up to 33 bytes lives inside its zmq_msg_t (libzmq's "very small message"), so
+  // its address changes whenever the message, or this Decoded, is moved: copy those, as well as
+  // frames at an unaligned address.
+  constexpr std::size_t kInlineMessageMax = 64;
+  if (size > kInlineMessageMax && reinterpret_cast<std::uintptr_t>(frame.data()) % alignof(capnp::word) == 0) {
     d.frame_ = std::move(frame);
     input = {static_cast<const capnp::word*>(d.frame_.data()), words};
   } else {

@@ -144,3 +144,30 @@ TEST_CASE("seeded random bytes and random mutations never throw") {
   }
   CHECK(accepted < 20000);
 }
+
+namespace {
+// Overwrites the stack below the caller's frame, where a callee's locals were.
+[[gnu::noinline]] void scribbleStack() {
+  volatile unsigned char junk[8192];
+  for (std::size_t i = 0; i < sizeof junk; ++i) junk[i] = 0xA5;
+}
+}  // namespace
+
+TEST_CASE("a frame small enough to live inside its zmq message decodes and stays valid after moves") {
+  // 24 bytes: segment table, root struct pointer (1 data word), version and requestId's first
+  // bytes in that word. ZeroMQ keeps messages this small inside the zmq_msg_t itself, so a
+  // reader that pointed there would dangle once the message moved.
+  unsigned char bytes[24] = {};
+  bytes[4] = 2;  // segment 0: 2 words
+  bytes[12] = 1;  // struct pointer: offset 0, data section of 1 word, no pointers
+  std::uint16_t version = proto::PROTOCOL_VERSION;
+  std::memcpy(bytes + 16, &version, sizeof version);
+  auto d = wire::decode(zmq::message_t(bytes, sizeof bytes), wire::Limits{});
+  REQUIRE(d);
+  wire::Decoded moved = std::move(*d);
+  scribbleStack();
+  wire::Decoded again = std::move(moved);
+  scribbleStack();
+  CHECK(again.envelope().getVersion() == proto::PROTOCOL_VERSION);
+  CHECK(again.envelope().getRequestId() == 0);
+}
