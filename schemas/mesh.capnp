@@ -196,6 +196,10 @@ struct Progress {
   finished @8 :Bool;           # sealed and every task has a final recorded result
   nextBatch @9 :UInt64;        # a map stage: its reduce batch, once the nexus has started it
   note @10 :Text;              # why a job stopped early (e.g. map tasks failed: no reduce stage)
+  results @11 :List(ResultRow);
+  # With `finished` only, and only for a small batch whose watcher was registered before its
+  # results came in: every final result, in index order (then results.size() == total).
+  # Otherwise empty: page them with FetchResults.
 }
 
 struct FetchResults {

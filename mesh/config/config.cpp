@@ -275,7 +275,9 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("label", po::value<std::string>(&c.submit.label), "a name for the batch")
       ("lines", po::value<std::string>(&c.submit.linesFrom), "one task per line of FILE (- for stdin)")
       ("files", po::value<std::vector<std::string>>()->multitoken(), "one task per file, the file's bytes as payload")
-      ("wait", po::bool_switch(&c.submit.wait), "wait for the batch to finish (like `mesh wait`)");
+      ("wait", po::bool_switch(&c.submit.wait), "wait for the batch to finish (like `mesh wait`)")
+      ("results", po::bool_switch(&c.submit.results),
+       "wait, then print the results as `mesh results` does (the batch id goes to stderr)");
   po::options_description mr("mapreduce");
   mr.add_options()
       ("mapper", po::value<std::string>(&c.mapreduce.mapper), "handler run on each input chunk; writes key<TAB>value lines")

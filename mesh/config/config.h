@@ -91,6 +91,7 @@ struct SubmitOptions {
   std::string linesFrom;             // "--lines": a file or "-"
   std::vector<std::string> files;    // "--files"
   bool wait = false;
+  bool results = false;  // print the results once the batch finishes (implies wait)
 };
 
 struct MapReduceOptions {

@@ -238,6 +238,46 @@ class ProgressPrinter {
   std::int64_t lastLine_ = 0;
 };
 
+// Prints a batch's results (`mesh results`, `mesh submit --results`): one line per task,
+// --json objects, or --raw outputs. Returns 1 if any task did not succeed.
+int printResults(Client& client, const CliCommand& cmd, std::uint64_t batch) {
+  std::uint64_t printed = 0;
+  bool anyFailed = false;
+  std::string out;
+  auto onRow = [&](proto::ResultRow::Reader r) {
+    if (cmd.limit && printed >= cmd.limit) return false;
+    ++printed;
+    anyFailed = anyFailed || r.getStatus() != proto::TaskStatus::OK;
+    if (cmd.raw) {
+      if (r.getStatus() == proto::TaskStatus::OK) out += wire::view(r.getOutput());
+    } else if (cmd.client.json) {
+      out += "{\"task\":" + std::to_string(r.getTask()) + ",\"index\":" + std::to_string(r.getIndex()) +
+             ",\"status\":\"" + taskStatusName(r.getStatus()) + "\",";
+      appendBytes(out, "output", wire::view(r.getOutput()));
+      out += ",\"error\":";
+      util::appendJsonString(out, wire::view(r.getError()));
+      out += ",\"attempts\":" + std::to_string(r.getAttempts()) + ",\"node\":";
+      util::appendJsonString(out, wire::view(r.getNode()));
+      out += "}\n";
+    } else {
+      out += std::to_string(r.getIndex()) + "\t" + taskStatusName(r.getStatus()) + "\t" +
+             escaped(r.getStatus() == proto::TaskStatus::OK ? wire::view(r.getOutput())
+                                                            : std::string_view(wire::view(r.getError()))) +
+             "\n";
+    }
+    if (out.size() >= (1u << 20)) {  // print as it goes: a batch's results need not fit in memory
+      std::fwrite(out.data(), 1, out.size(), stdout);
+      out.clear();
+    }
+    return true;
+  };
+  auto s = client.results(batch, onRow);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  std::fflush(stdout);
+  if (!s) return fail(s.error());
+  return anyFailed ? kExitFailed : 0;
+}
+
 int finishWait(const CliCommand& cmd, const ProgressView& p) {
   if (cmd.client.json) {
     std::printf("{\"batch\":%" PRIu64 ",\"total\":%" PRIu64 ",\"succeeded\":%" PRIu64 ",\"failed\":%" PRIu64
@@ -290,16 +330,23 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   o.timeoutMs = static_cast<std::uint32_t>(s.timeoutMs);
   o.maxAttempts = static_cast<std::uint8_t>(s.attempts);
   o.label = s.label;
-  o.watch = s.wait;  // `submit --wait` listens to the progress its submit asked for
+  o.watch = s.wait || s.results;  // the wait listens to the progress its submit asked for
   auto batch = (*client)->submit(o, source);
   if (!batch) return fail(batch.error());
-  if (cmd.client.json) std::printf("{\"batch\":%" PRIu64 "}\n", *batch);
-  else std::printf("%" PRIu64 "\n", *batch);
+  if (s.results) {
+    // stdout carries the results alone; the batch id still reaches a person (or a log).
+    if (!cmd.quiet) std::fprintf(stderr, "batch %" PRIu64 "\n", *batch);
+  } else if (cmd.client.json) {
+    std::printf("{\"batch\":%" PRIu64 "}\n", *batch);
+  } else {
+    std::printf("%" PRIu64 "\n", *batch);
+  }
   std::fflush(stdout);
-  if (!s.wait) return 0;
+  if (!s.wait && !s.results) return 0;
   ProgressPrinter printer(cmd.quiet);
   auto p = (*client)->wait(*batch, std::ref(printer), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
   if (!p) return fail(p.error());
+  if (s.results) return printResults(**client, cmd, *batch);
   return finishWait(cmd, *p);
 }
 
@@ -329,46 +376,7 @@ int resultsCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (!id) return fail(id.error());
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
-  std::uint64_t from = 0, printed = 0;
-  bool anyFailed = false;
-  for (;;) {
-    wire::Encoder e((*client)->nextRequestId(), 32);
-    auto req = e.body().initFetchResults();
-    req.setBatch(*id);
-    req.setFromIndex(from);
-    req.setLimit(1000);
-    auto reply = (*client)->call(e);
-    if (!reply) return fail(reply.error());
-    auto page = reply->envelope().getBody().getResultPage();
-    std::string out;
-    for (auto r : page.getRows()) {
-      if (cmd.limit && printed >= cmd.limit) break;
-      ++printed;
-      anyFailed = anyFailed || r.getStatus() != proto::TaskStatus::OK;
-      if (cmd.raw) {
-        if (r.getStatus() == proto::TaskStatus::OK) out += wire::view(r.getOutput());
-      } else if (cmd.client.json) {
-        out += "{\"task\":" + std::to_string(r.getTask()) + ",\"index\":" + std::to_string(r.getIndex()) +
-               ",\"status\":\"" + taskStatusName(r.getStatus()) + "\",";
-        appendBytes(out, "output", wire::view(r.getOutput()));
-        out += ",\"error\":";
-        util::appendJsonString(out, wire::view(r.getError()));
-        out += ",\"attempts\":" + std::to_string(r.getAttempts()) + ",\"node\":";
-        util::appendJsonString(out, wire::view(r.getNode()));
-        out += "}\n";
-      } else {
-        out += std::to_string(r.getIndex()) + "\t" + taskStatusName(r.getStatus()) + "\t" +
-               escaped(r.getStatus() == proto::TaskStatus::OK ? wire::view(r.getOutput())
-                                                              : std::string_view(wire::view(r.getError()))) +
-               "\n";
-      }
-    }
-    std::fwrite(out.data(), 1, out.size(), stdout);
-    if (page.getEnd() || page.getRows().size() == 0 || (cmd.limit && printed >= cmd.limit)) break;
-    from = page.getNextIndex();
-  }
-  std::fflush(stdout);
-  return anyFailed ? kExitFailed : 0;
+  return printResults(**client, cmd, *id);
 }
 
 // ---- status / nodes / task / cancel ----------------------------------------------------------

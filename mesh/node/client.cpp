@@ -275,8 +275,42 @@ util::Result<ProgressView> Client::wait(std::uint64_t batch, const std::function
     ProgressView v = progressView(body.getProgress());
     if (v.batch != batch) continue;
     if (onProgress) onProgress(v);
-    if (v.finished) return v;
+    if (v.finished) {
+      if (body.getProgress().getResults().size() == v.total) {
+        finishedBatch_ = batch;
+        finishedProgress_ = std::move(*reply);
+      }
+      return v;
+    }
   }
+}
+
+util::Status Client::results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow) {
+  if (finishedProgress_ && finishedBatch_ == batch) {
+    for (auto r : finishedProgress_->envelope().getBody().getProgress().getResults()) {
+      if (!onRow(r)) break;
+    }
+    return {};
+  }
+  std::uint64_t from = 0;
+  // Each page ends past its last row, and the nexus caps a batch's tasks: the bound is generous.
+  for (std::uint64_t page = 0; page < (1ull << 32); ++page) {
+    wire::Encoder e(nextRequestId(), 32);
+    auto req = e.body().initFetchResults();
+    req.setBatch(batch);
+    req.setFromIndex(from);
+    req.setLimit(1000);
+    auto reply = call(e);
+    if (!reply) return reply.error();
+    if (reply->which() != proto::Envelope::Body::RESULT_PAGE) return util::err("unexpected reply to a results request", kExitFailed);
+    auto rows = reply->envelope().getBody().getResultPage();
+    for (auto r : rows.getRows()) {
+      if (!onRow(r)) return {};
+    }
+    if (rows.getEnd() || rows.getRows().size() == 0) return {};
+    from = rows.getNextIndex();
+  }
+  return {};
 }
 
 }  // namespace mesh::node

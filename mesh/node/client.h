@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 #include <zmq.hpp>
@@ -80,6 +81,12 @@ class Client {
   util::Result<ProgressView> wait(std::uint64_t batch, const std::function<void(const ProgressView&)>& onProgress,
                                   std::int64_t patienceMs);
 
+  // Calls onRow with each committed final result of the batch, in index order, until it returns
+  // false. A small batch that wait() has just seen finish brought its results with its last
+  // Progress: those are used, without a round trip. Otherwise reads them page by page
+  // (FetchResults); a batch still running gives the results that exist so far.
+  util::Status results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow);
+
   std::uint64_t nextRequestId() { return ++requestId_; }
   const crypto::PublicKey& publicKey() const { return keys_.publicKey; }
 
@@ -95,6 +102,9 @@ class Client {
   // The last batch submitted with BatchOptions::watch, and the request id its progress carries.
   std::uint64_t watchedBatch_ = 0;
   std::uint64_t watchedRequest_ = 0;
+  // The last Progress of the last batch wait() saw finish, when it carried every result.
+  std::uint64_t finishedBatch_ = 0;
+  std::optional<wire::Decoded> finishedProgress_;
 };
 
 ProgressView progressView(proto::Progress::Reader p);

@@ -51,6 +51,10 @@ constexpr std::uint64_t kFetchRestarts = 8;            // fetches of one bundle 
 constexpr std::size_t kMaxUploads = 4;                 // publishes in progress at once
 constexpr std::int64_t kUploadIdleMs = 60'000;         // an upload silent this long is dropped
 constexpr std::size_t kPublishRefusalsKept = 20;
+// The results that ride with a small batch's last Progress (protocol section 4.9).
+constexpr std::size_t kInlineRowsMax = 1000;           // per batch: one result page
+constexpr std::size_t kInlineBatchBytes = 256u << 10;  // per batch: outputs, errors, node names
+constexpr std::size_t kInlineTotalBytes = 16u << 20;   // over every batch held
 
 using Which = proto::Envelope::Body::Which;
 
@@ -105,6 +109,19 @@ struct SporeBundle {
 struct Watcher {
   std::string routingId;
   std::uint64_t requestId = 0;
+};
+
+// The final results of a watched batch, kept (while it stays small) until they go out with its
+// last Progress, so that a client that waited for it needs no FetchResults round trip.
+struct InlineRow {
+  std::uint64_t task = 0, index = 0;
+  std::uint8_t status = 0, attempts = 0;
+  std::string output, error, node;
+};
+struct InlineResults {
+  std::vector<InlineRow> rows;
+  std::size_t bytes = 0;
+  bool overflow = false;  // too big (or the total budget was spent): the client pages instead
 };
 
 // A submit chunk waiting for its commit.
@@ -246,6 +263,9 @@ class NexusImpl {
   void dropNode(routing::NodeId id, const std::string& why, bool nodeFault = true);
   void sendWelcome(const std::string& routingId);
   void sendProgress(std::uint64_t batch, bool final);
+  void keepInline(const routing::FinalResult& f);
+  void dropInline(std::uint64_t batch);
+  void fillInline(proto::Progress::Builder out, std::uint64_t batch, std::uint64_t total);
   // A map stage finished: start its reduce batch from the map outputs (or record why not).
   void startReduce(const store::BatchRecord& map);
   void publish(proto::Event::Kind kind, std::uint64_t batch, const std::string& node, const std::string& text);
@@ -256,6 +276,7 @@ class NexusImpl {
                   const std::string& message);
   void fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p);
   std::optional<routing::Progress> progressOf(std::uint64_t batchId);
+  bool mayHaveLink(std::uint64_t batchId);
   std::optional<store::Role> roleOf(const std::string& key);
 
   zmq::context_t& ctx_;
@@ -285,6 +306,8 @@ class NexusImpl {
   std::unordered_map<std::string, std::uint64_t> batchOwner_;   // not used for lookup by key
   std::map<std::uint64_t, std::string> owners_;                 // batch -> client key
   std::map<std::uint64_t, std::vector<Watcher>> watchers_;
+  std::unordered_map<std::uint64_t, InlineResults> inline_;  // watched batches' results so far
+  std::size_t inlineBytes_ = 0;
   std::map<std::uint64_t, JobLink> jobLinks_;  // map batch -> its reduce stage
 
   std::uint64_t nextBatchId_ = 1;
@@ -1061,13 +1084,19 @@ void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId
   if (link != jobLinks_.end()) {
     out.setNextBatch(link->second.next);
     out.setNote(link->second.note);
-  } else if (p.finished) {
+  } else if (p.finished && mayHaveLink(batchId)) {
     auto rec = readStore_->batch(batchId);
     if (rec && *rec) {
       out.setNextBatch((*rec)->nextBatch.value_or(0));
       out.setNote((*rec)->note);
     }
   }
+}
+
+// Only map-reduce stages get a next batch or a note; a plain batch still in memory needs no read.
+bool NexusImpl::mayHaveLink(std::uint64_t batchId) {
+  routing::Batch* b = scheduler_.batch(batchId);
+  return b == nullptr || b->spec.mrStage != 0;
 }
 
 std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
@@ -1119,19 +1148,71 @@ void NexusImpl::sendProgress(std::uint64_t batch, bool final) {
   if (it == watchers_.end()) return;
   auto p = progressOf(batch);
   if (!p) return;
+  auto held = p->finished ? inline_.find(batch) : inline_.end();
+  std::size_t words = 64;
+  if (held != inline_.end()) words += held->second.bytes / 8 + 8 * held->second.rows.size();
   for (auto w = it->second.begin(); w != it->second.end();) {
-    wire::Encoder e(w->requestId, 64);
-    fillProgress(e.body().initProgress(), batch, *p);
+    wire::Encoder e(w->requestId, static_cast<unsigned>(words));
+    auto out = e.body().initProgress();
+    fillProgress(out, batch, *p);
+    if (held != inline_.end()) fillInline(out, batch, p->total);
     if (!sendTo(clientSocket_, w->routingId, e.finish())) {
       w = it->second.erase(w);  // the client went away
     } else {
       ++w;
     }
   }
-  if (final || p->finished || it->second.empty()) watchers_.erase(it);
+  if (final || p->finished || it->second.empty()) {
+    watchers_.erase(it);
+    dropInline(batch);
+  }
+}
+
+void NexusImpl::keepInline(const routing::FinalResult& f) {
+  InlineResults& in = inline_[f.batch];
+  if (in.overflow) return;
+  std::size_t add = f.output.size() + f.error.size() + f.node.size() + 32;
+  if (in.rows.size() >= kInlineRowsMax || in.bytes + add > kInlineBatchBytes || inlineBytes_ + add > kInlineTotalBytes) {
+    inlineBytes_ -= in.bytes;
+    in.bytes = 0;
+    in.overflow = true;
+    std::vector<InlineRow>().swap(in.rows);
+    return;
+  }
+  in.rows.push_back({f.task, f.index, static_cast<std::uint8_t>(f.status), f.attempts, f.output, f.error, f.node});
+  in.bytes += add;
+  inlineBytes_ += add;
+}
+
+void NexusImpl::dropInline(std::uint64_t batch) {
+  auto it = inline_.find(batch);
+  if (it == inline_.end()) return;
+  inlineBytes_ -= it->second.bytes;
+  inline_.erase(it);
+}
+
+// Every final result of the batch, in index order, when all of them were kept; else nothing.
+void NexusImpl::fillInline(proto::Progress::Builder out, std::uint64_t batch, std::uint64_t total) {
+  auto it = inline_.find(batch);
+  if (it == inline_.end() || it->second.overflow || it->second.rows.size() != total) return;
+  auto& rows = it->second.rows;
+  std::sort(rows.begin(), rows.end(), [](const InlineRow& a, const InlineRow& b) { return a.index < b.index; });
+  auto list = out.initResults(static_cast<unsigned>(rows.size()));
+  for (unsigned i = 0; i < rows.size(); ++i) {
+    auto r = list[i];
+    r.setTask(rows[i].task);
+    r.setIndex(rows[i].index);
+    r.setStatus(static_cast<proto::TaskStatus>(rows[i].status));
+    r.setOutput(wire::asData(rows[i].output));
+    r.setError(rows[i].error);
+    r.setAttempts(rows[i].attempts);
+    r.setNode(rows[i].node);
+  }
+  counters_.add("results_with_finished");
 }
 
 void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t requestId, proto::FetchResults::Reader req) {
+  counters_.add("result_pages");
   std::uint32_t limit = std::clamp<std::uint32_t>(req.getLimit(), 1, kResultPageMax);
   auto rows = readStore_->resultsPage(req.getBatch(), req.getFromIndex(), static_cast<int>(limit));
   if (!rows) {
@@ -1423,6 +1504,7 @@ void NexusImpl::dispatch() {
 void NexusImpl::collectEffects() {
   routing::Effects fx = scheduler_.takeEffects();
   for (auto& f : fx.finals) {
+    if (watchers_.count(f.batch)) keepInline(f);
     auto& c = currentInfo_.finals[f.batch];
     if (f.status == routing::Status::kOk) ++c[0];
     else if (f.status == routing::Status::kCancelled) ++c[2];
@@ -1553,6 +1635,7 @@ void NexusImpl::onCommits() {
           if (rec && *rec) startReduce(**rec);
         }
         sendProgress(batch, true);
+        dropInline(batch);
         scheduler_.forget(batch);
         owners_.erase(batch);
       }

@@ -442,6 +442,7 @@ void Scheduler::finish(Task& t, Status status, std::string output, std::string e
   FinalResult r;
   r.task = t.id;
   r.batch = t.batch->id;
+  r.index = t.index;
   r.status = status;
   r.output = std::move(output);
   r.error = std::move(error);

@@ -148,6 +148,7 @@ struct Node {
 struct FinalResult {
   std::uint64_t task = 0;
   std::uint64_t batch = 0;
+  std::uint64_t index = 0;  // the task's index in its batch
   Status status = Status::kOk;
   std::string output;
   std::string error;

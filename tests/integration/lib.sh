@@ -53,9 +53,11 @@ up() {
   . "$T/c/env"
 }
 
-# counter NAME: a counter of `mesh status --json`.
+# counter NAME: a counter of `mesh status --json` (0 while the nexus has not counted any).
 counter() {
-  mesh status --json | grep -o "\"$1\":[0-9]*" | cut -d: -f2 | awk '{ v = $1 } END { print v + 0 }'
+  local s
+  s=$(mesh status --json) || fail "mesh status failed"
+  { grep -o "\"$1\":[0-9]*" <<< "$s" || true; } | cut -d: -f2 | awk '{ v = $1 } END { print v + 0 }'
 }
 
 # sql QUERY: runs a query on the nexus's SQLite file (read while the nexus runs: WAL allows it).
