@@ -21,10 +21,7 @@ namespace {
 constexpr std::size_t kReceiveBufferSize = 2048;
 static_assert(kReceiveBufferSize > kMaxBeaconSize);
 
-// " (12 more since the last line)" for a throttled log line; nothing when none were held back.
-std::string heldBack(std::uint64_t n) {
-  return n == 0 ? std::string() : " (" + std::to_string(n) + " more since the last line)";
-}
+using util::heldBack;
 
 std::string errnoText(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 

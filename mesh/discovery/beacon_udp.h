@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "mesh/discovery/beacon.h"
-#include "mesh/discovery/log_throttle.h"
+#include "mesh/util/log_throttle.h"
 #include "mesh/discovery/unique_fd.h"
 #include "mesh/util/clock.h"
 #include "mesh/util/counters.h"
@@ -105,7 +105,7 @@ class BeaconSender {
   std::int64_t nextSendMs_ = 0;
   util::Counters* counters_;
   const util::Clock* clock_;
-  LogThrottle throttle_;
+  util::LogThrottle throttle_;
 };
 
 struct BeaconListenerOptions {
@@ -165,7 +165,7 @@ class BeaconListener {
   std::uint16_t port_;
   BeaconListenerOptions options_;
   util::Counters* counters_;
-  LogThrottle throttle_;
+  util::LogThrottle throttle_;
 };
 
 }  // namespace mesh::discovery

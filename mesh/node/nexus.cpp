@@ -32,6 +32,7 @@
 #include "mesh/util/clock.h"
 #include "mesh/util/counters.h"
 #include "mesh/util/log.h"
+#include "mesh/util/log_throttle.h"
 #include "mesh/wire/codec.h"
 
 namespace mesh::node {
@@ -308,6 +309,7 @@ class NexusImpl {
   std::map<std::uint64_t, std::vector<Watcher>> watchers_;
   std::unordered_map<std::uint64_t, InlineResults> inline_;  // watched batches' results so far
   std::size_t inlineBytes_ = 0;
+  util::LogThrottle storeLog_{clock_};  // failed writes (a full disk): one line a minute
   std::map<std::uint64_t, JobLink> jobLinks_;  // map batch -> its reduce stage
 
   std::uint64_t nextBatchId_ = 1;
@@ -1647,7 +1649,10 @@ void NexusImpl::onCommits() {
       TicketInfo info = std::move(it->second);
       tickets_.erase(it);
       counters_.add("store_errors");
-      MESH_ERROR("a write to %s failed: %s", dbPath_.c_str(), error.c_str());
+      if (auto n = storeLog_.admit("write")) {
+        MESH_ERROR("a write to %s failed: %s; submits are refused, results are kept and written again%s",
+                   dbPath_.c_str(), error.c_str(), util::heldBack(*n).c_str());
+      }
       auto& set = notice->failedSets[i];
       // Refuse the submits it carried; keep results and attempts to write again later.
       for (auto& ps : info.submits) {

@@ -13,6 +13,7 @@
 #include "mesh/transport/inproc.h"
 #include "mesh/util/clock.h"
 #include "mesh/util/log.h"
+#include "mesh/util/log_throttle.h"
 
 namespace mesh::store {
 
@@ -51,6 +52,9 @@ struct Checkpointer {
   WriterOptions options;
   int requestedAt = 0;  // WAL size at the last request (the writer thread's)
   std::thread thread;
+  // One line a minute per failing kind (a full disk fails every turn): the checkpoint thread's,
+  // and the writer thread's (onWalCommit).
+  util::LogThrottle ownLog{util::systemClock()}, writerLog{util::systemClock()};
 
   void request() {
     {
@@ -69,7 +73,10 @@ struct Checkpointer {
       if (rc == SQLITE_BUSY) return -1;  // another checkpoint is running; the next turn retries
       if (rc != SQLITE_OK) {
         ++errors;
-        MESH_WARN("WAL checkpoint failed: %s (the next commit asks again)", sqlite3_errmsg(db));
+        if (auto n = ownLog.admit("checkpoint")) {
+          MESH_WARN("WAL checkpoint failed: %s (the next commit asks again)%s", sqlite3_errmsg(db),
+                    util::heldBack(*n).c_str());
+        }
         return -1;
       }
       ++done;
@@ -131,7 +138,10 @@ int onWalCommit(void* arg, sqlite3* db, const char* schema, int walPages) {
       ++c->inLine;
     } else if (rc != SQLITE_BUSY) {
       ++c->errors;
-      MESH_WARN("WAL checkpoint (in line, WAL at %d pages) failed: %s", walPages, sqlite3_errmsg(db));
+      if (auto n = c->writerLog.admit("checkpoint")) {
+        MESH_WARN("WAL checkpoint (in line, WAL at %d pages) failed: %s%s", walPages, sqlite3_errmsg(db),
+                  util::heldBack(*n).c_str());
+      }
     }
   } else if (walPages < c->requestedAt) {
     c->requestedAt = 0;  // the WAL restarted from its beginning
@@ -255,6 +265,7 @@ void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> p
   pipe.connect(endpoint);
   TaskStore store(db, payloads.get());
   const auto& clock = util::systemClock();
+  util::LogThrottle log(clock);  // a full disk fails every group commit: one line a minute
   std::int64_t lastGcMs = -1;
   bool stopping = false;
   while (!stopping) {
@@ -286,8 +297,10 @@ void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> p
     if (s) {
       for (Job* j : work) notice->committed.push_back(j->ticket);
     } else {
-      MESH_ERROR("group commit of %zu sets failed (%s); writing them one by one", sets.size(),
-                 s.error().message.c_str());
+      if (auto n = log.admit("group commit")) {
+        MESH_ERROR("group commit of %zu sets failed (%s); writing them one by one%s", sets.size(),
+                   s.error().message.c_str(), util::heldBack(*n).c_str());
+      }
       for (Job* j : work) {
         util::Status one = store.apply(*j->set);
         if (one) {

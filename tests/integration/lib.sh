@@ -13,6 +13,7 @@ cleanup() {
   "$cluster" down "$T/c" >/dev/null 2>&1 || true
   local p
   for p in "${extra_pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  if [ -n "${at_exit:-}" ]; then eval "$at_exit" || true; fi  # a test's own clean-up, after its processes
   if [ $rc -ne 0 ]; then
     echo "--- logs of the failed test ($T) ---" >&2
     for f in "$T"/c/*.log; do [ -f "$f" ] && { echo "== $f" >&2; tail -25 "$f" >&2; }; done

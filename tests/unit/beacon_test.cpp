@@ -17,7 +17,7 @@
 #include "mesh/discovery/beacon.h"
 #include "mesh/discovery/beacon_udp.h"
 #include "mesh/discovery/interfaces.h"
-#include "mesh/discovery/log_throttle.h"
+#include "mesh/util/log_throttle.h"
 #include "mesh/util/clock.h"
 #include "mesh/util/counters.h"
 
@@ -357,7 +357,7 @@ TEST_CASE("the endpoint is the advertised host, else the source, with IPv6 in br
 
 TEST_CASE("the log throttle lets one line per interval through and counts the rest") {
   ManualClock clock;
-  LogThrottle t(clock, 60'000);
+  mesh::util::LogThrottle t(clock, 60'000);
   REQUIRE(t.admit("a").has_value());
   CHECK(*t.admit("b") == 0);  // kinds are independent
   CHECK_FALSE(t.admit("a").has_value());

@@ -1,7 +1,8 @@
 // LogThrottle: lets one log line per key through per interval and counts the rest, so that a
 // condition that repeats every second (a beacon that cannot be sent, a neighbour's malformed
-// beacons) is reported once a minute with a count, not once a second forever. Counters still
-// count every event; the throttle only decides which events get a line.
+// beacons, a full disk under the store) is reported once a minute with a count, not once a
+// second forever. Counters still count every event; the throttle only decides which events get
+// a line.
 // Thread rule: owned by one actor, like util::Counters; not thread-safe.
 #pragma once
 
@@ -12,7 +13,7 @@
 
 #include "mesh/util/clock.h"
 
-namespace mesh::discovery {
+namespace mesh::util {
 
 class LogThrottle {
  public:
@@ -46,4 +47,9 @@ class LogThrottle {
   std::map<std::string, State> state_;
 };
 
-}  // namespace mesh::discovery
+// " (12 more since the last line)" for a throttled log line; nothing when none were held back.
+inline std::string heldBack(std::uint64_t n) {
+  return n == 0 ? std::string() : " (" + std::to_string(n) + " more since the last line)";
+}
+
+}  // namespace mesh::util
