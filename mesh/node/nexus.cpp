@@ -56,6 +56,14 @@ constexpr std::size_t kPublishRefusalsKept = 20;
 constexpr std::size_t kInlineRowsMax = 1000;           // per batch: one result page
 constexpr std::size_t kInlineBatchBytes = 256u << 10;  // per batch: outputs, errors, node names
 constexpr std::size_t kInlineTotalBytes = 16u << 20;   // over every batch held
+// Dispatch before commit (protocol section 4.8): a new, sealed, plain batch of at most this many
+// tasks goes to the scheduler as it arrives and runs while its submit is being committed.
+constexpr std::uint32_t kEarlyDispatchMax = 256;
+// Ids handed out before their commit stay at most this far above the highest committed task id,
+// and a starting nexus continues this far above the highest stored one: an id that an earlier
+// run handed out but never stored is never given to another task (a spore could still hold
+// that task's result).
+constexpr std::uint64_t kEarlyIdWindow = 4096;
 
 using Which = proto::Envelope::Body::Which;
 
@@ -135,6 +143,7 @@ struct PendingSubmit {
   bool seal = false;
   bool watch = false;
   bool newBatch = false;
+  bool early = false;  // its tasks went to the scheduler before the commit
   // The payloads, read from the message once (every read of a Cap'n Proto message counts
   // against its traversal limit): views into `frame` (a client's submit) or `owned` (a reduce
   // stage the nexus made), which they keep alive.
@@ -315,6 +324,17 @@ class NexusImpl {
   std::uint64_t nextBatchId_ = 1;
   std::uint64_t nextTaskId_ = 1;
   std::uint64_t pendingSubmitTasks_ = 0;
+  std::uint64_t durableTaskIdMax_ = 0;  // the highest task id known committed
+  // Task ids [first, end) of batches withdrawn after their commit failed, while write sets that
+  // may carry their results are still in flight.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> withdrawnIds_;
+  bool withdrawn(std::uint64_t task) const {
+    for (const auto& [first, end] : withdrawnIds_) {
+      if (task >= first && task < end) return true;
+    }
+    return false;
+  }
+  void dropWithdrawn(store::WriteSet& set);
 
   std::unique_ptr<store::WriteSet> current_ = std::make_unique<store::WriteSet>();
   TicketInfo currentInfo_;
@@ -521,7 +541,8 @@ util::Status NexusImpl::recover() {
   if (!maxTask) return maxTask.error();
   auto maxBatch = readStore_->maxBatchId();
   if (!maxBatch) return maxBatch.error();
-  nextTaskId_ = *maxTask + 1;
+  durableTaskIdMax_ = *maxTask;
+  nextTaskId_ = *maxTask + 1 + kEarlyIdWindow;  // past any id the last run handed out early
   nextBatchId_ = *maxBatch + 1;
   auto batches = readStore_->unfinishedBatches();
   if (!batches) return batches.error();
@@ -1052,10 +1073,23 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     u.sealed = ps.seal;
     current_->updates.push_back(u);
   }
-  if (ps.seal) b->sealPending = true;
-  b->pendingAdds += ps.count;
   ps.firstId = nextTaskId_;
   nextTaskId_ += ps.count;
+  ps.early = ps.newBatch && ps.seal && b->spec.mrStage == 0 && ps.count > 0 && ps.count <= kEarlyDispatchMax &&
+             ps.firstId + ps.count - 1 <= durableTaskIdMax_ + kEarlyIdWindow;
+  if (ps.early) {
+    // Runs while the submit is committed. The writer commits in order, so no result of these
+    // tasks can be stored before them; the ack still waits for the commit.
+    for (std::uint32_t i = 0; i < ps.count; ++i) scheduler_.addTask(*b, ps.firstId + i, i, std::string(views[i]));
+    b->total = ps.count;
+    scheduler_.seal(*b, ps.count);
+    counters_.add("tasks_dispatched_early", ps.count);
+    // Its watcher is registered with the ack; its results may come before that.
+    if (ps.watch) inline_.try_emplace(ps.batch);
+  } else {
+    if (ps.seal) b->sealPending = true;
+    b->pendingAdds += ps.count;
+  }
   if (ps.count > 0) {
     store::TaskChunk chunk;
     chunk.batch = ps.batch;
@@ -1067,7 +1101,7 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
   }
   ps.payloads = std::move(views);
   ps.frame = std::move(frame);
-  pendingSubmitTasks_ += ps.count;
+  if (!ps.early) pendingSubmitTasks_ += ps.count;  // early ones count as queued already
   currentInfo_.submitTasks += ps.count;
   currentInfo_.submits.push_back(std::move(ps));
 }
@@ -1506,7 +1540,7 @@ void NexusImpl::dispatch() {
 void NexusImpl::collectEffects() {
   routing::Effects fx = scheduler_.takeEffects();
   for (auto& f : fx.finals) {
-    if (watchers_.count(f.batch)) keepInline(f);
+    if (watchers_.count(f.batch) || inline_.count(f.batch)) keepInline(f);
     auto& c = currentInfo_.finals[f.batch];
     if (f.status == routing::Status::kOk) ++c[0];
     else if (f.status == routing::Status::kCancelled) ++c[2];
@@ -1556,6 +1590,19 @@ void NexusImpl::collectEffects() {
   }
 }
 
+// Results and attempts of withdrawn tasks are not written: their tasks were never stored.
+void NexusImpl::dropWithdrawn(store::WriteSet& set) {
+  if (withdrawnIds_.empty()) return;
+  std::size_t before = set.results.size();
+  set.results.erase(std::remove_if(set.results.begin(), set.results.end(),
+                                   [&](const store::ResultRecord& r) { return withdrawn(r.task); }),
+                    set.results.end());
+  set.attempts.erase(std::remove_if(set.attempts.begin(), set.attempts.end(),
+                                    [&](const store::AttemptRecord& a) { return withdrawn(a.task); }),
+                     set.attempts.end());
+  counters_.add("results_withdrawn", before - set.results.size());
+}
+
 void NexusImpl::flushWrites() {
   if (!retryWrites_.empty() && clock_.monotonicMs() >= retryAtMono_) {
     for (auto& [set, info] : retryWrites_) {
@@ -1581,9 +1628,10 @@ void NexusImpl::onCommits() {
       TicketInfo info = std::move(it->second);
       tickets_.erase(it);
       for (auto& ps : info.submits) {
-        pendingSubmitTasks_ -= ps.count;
+        if (ps.count > 0) durableTaskIdMax_ = std::max(durableTaskIdMax_, ps.firstId + ps.count - 1);
         routing::Batch* b = scheduler_.batch(ps.batch);
-        if (b) {
+        if (!ps.early) pendingSubmitTasks_ -= ps.count;
+        if (b && !ps.early) {
           b->pendingAdds -= ps.count;
           for (std::uint32_t i = 0; i < ps.count; ++i) {
             scheduler_.addTask(*b, ps.firstId + i, ps.firstIndex + i, std::string(ps.payloads[i]));
@@ -1656,17 +1704,28 @@ void NexusImpl::onCommits() {
       auto& set = notice->failedSets[i];
       // Refuse the submits it carried; keep results and attempts to write again later.
       for (auto& ps : info.submits) {
-        pendingSubmitTasks_ -= ps.count;
-        if (routing::Batch* b = scheduler_.batch(ps.batch)) {
+        if (ps.early) {
+          // Its tasks may be running or done: take them back, results and all.
+          scheduler_.withdraw(ps.batch);
+          owners_.erase(ps.batch);
+          dropInline(ps.batch);
+          withdrawnIds_.emplace_back(ps.firstId, ps.firstId + ps.count);
+          MESH_WARN("batch %llu withdrawn: its %u tasks were dispatched before the failed commit",
+                    static_cast<unsigned long long>(ps.batch), ps.count);
+        } else if (routing::Batch* b = scheduler_.batch(ps.batch)) {
+          pendingSubmitTasks_ -= ps.count;
           b->pendingAdds -= ps.count;
           if (ps.newBatch && b->total == 0 && b->pendingAdds == 0) {
             scheduler_.forget(ps.batch);
             owners_.erase(ps.batch);
           }
+        } else {
+          pendingSubmitTasks_ -= ps.count;
         }
         replyError(ps.routingId, ps.requestId, proto::Error::Code::INTERNAL,
                    "the nexus could not store the batch (" + error + "); nothing was accepted: retry");
       }
+      if (!withdrawnIds_.empty()) dropWithdrawn(*current_);
       // The refused chunks' batch updates (total, sealed) must not be written either.
       std::set<std::uint64_t> refused;
       for (auto& ps : info.submits) refused.insert(ps.batch);
@@ -1676,12 +1735,15 @@ void NexusImpl::onCommits() {
       set->updates.erase(std::remove_if(set->updates.begin(), set->updates.end(),
                                         [&](const store::BatchUpdate& u) { return u.total && refused.count(u.batch); }),
                          set->updates.end());
+      dropWithdrawn(*set);
       if (!set->results.empty() || !set->attempts.empty() || !set->updates.empty()) {
         retryWrites_.emplace_back(std::move(set), std::move(info));
         retryAtMono_ = clock_.monotonicMs() + 1000;
       }
     }
   }
+  // Once no write set from before a withdrawal is left, its ranges have nothing more to filter.
+  if (!withdrawnIds_.empty() && tickets_.empty() && retryWrites_.empty()) withdrawnIds_.clear();
 }
 
 void NexusImpl::startReduce(const store::BatchRecord& map) {

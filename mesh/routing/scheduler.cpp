@@ -146,6 +146,50 @@ std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
   return mine.size();
 }
 
+std::uint64_t Scheduler::withdraw(std::uint64_t batchId) {
+  Batch* b = batch(batchId);
+  if (!b) return 0;
+  std::vector<std::uint64_t> mine;
+  for (auto& [id, t] : tasks_) {
+    if (t->batch == b) mine.push_back(id);
+  }
+  std::sort(mine.begin(), mine.end());
+  for (std::uint64_t id : mine) {
+    Task& t = *tasks_[id];
+    if (t.state == Task::State::kRunning) {
+      effects_.cancels.emplace_back(t.node, t.id);
+      detachFromNode(t);
+    } else if (t.state == Task::State::kQueued) {
+      --b->queued;
+      --queuedTotal_;
+    } else {
+      --b->waiting;
+      --queuedTotal_;
+    }
+    tasks_.erase(id);
+  }
+  // Results and attempts of its tasks that ended already, not yet taken by the caller.
+  auto& fx = effects_;
+  fx.finals.erase(std::remove_if(fx.finals.begin(), fx.finals.end(), [&](const FinalResult& f) { return f.batch == batchId; }),
+                  fx.finals.end());
+  fx.finishedBatches.erase(std::remove(fx.finishedBatches.begin(), fx.finishedBatches.end(), batchId),
+                           fx.finishedBatches.end());
+  fx.attempts.erase(std::remove_if(fx.attempts.begin(), fx.attempts.end(),
+                                   [&](const EndedAttempt& a) { return std::binary_search(mine.begin(), mine.end(), a.task); }),
+                    fx.attempts.end());
+  b->ready.clear();
+  if (inActive_.erase(b)) {
+    auto level = active_.find(b->spec.priority);
+    if (level != active_.end()) {
+      level->second.remove(b);
+      if (level->second.empty()) active_.erase(level);
+    }
+  }
+  batches_.erase(batchId);
+  counters_.add("tasks_withdrawn", mine.size());
+  return mine.size();
+}
+
 void Scheduler::markDurable(std::uint64_t batchId, Status status, std::uint64_t count) {
   Batch* b = batch(batchId);
   if (!b) return;

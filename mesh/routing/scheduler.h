@@ -215,6 +215,12 @@ class Scheduler {
   // Every queued, waiting and running task of the batch ends as cancelled; tasks added to the
   // batch later are cancelled by calling this again. Returns how many tasks it ended.
   std::uint64_t cancel(Batch& b, std::int64_t nowWallMs);
+  // Takes back a batch whose tasks were handed out before the store had them, when storing them
+  // failed: running tasks are cancelled on their nodes (Effects::cancels), every task is dropped
+  // without a final result, effects not yet taken that belong to the batch are dropped too, and
+  // the batch is forgotten. A later report of one of its tasks counts as a duplicate. Returns
+  // how many tasks it dropped.
+  std::uint64_t withdraw(std::uint64_t batchId);
   // The store committed these final results (for Progress and for "finished").
   void markDurable(std::uint64_t batchId, Status status, std::uint64_t count);
   Progress progress(const Batch& b) const;

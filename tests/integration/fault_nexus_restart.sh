@@ -19,4 +19,11 @@ set -e
 [ "$rc" -eq 0 ] || fail "mesh wait exited $rc across the restart: $(cat "$T/wait.err")"
 store_check "$batch" 4000
 grep -q "recovered 1 unfinished batches" "$T/c/nexus.log" || fail "the nexus did not recover the batch"
+# After a start, task ids continue 4096 above the highest stored one: an id the killed nexus may
+# have handed out to a task it dispatched before storing it is never reused.
+last=$(sql "SELECT MAX(id) FROM tasks")
+small=$(echo one | mesh submit --handler echo --lines - --wait)
+first=$(sql "SELECT MIN(id) FROM tasks WHERE batch = $small")
+[ "$first" -gt $((last + 4096)) ] || fail "task ids after the restart start at $first, not past $last + 4096"
+[ "$(mesh results "$small" | cut -f3)" = one ] || fail "a batch after the restart is wrong"
 note "$before results were durable at the kill; the rest ran after the restart"

@@ -25,8 +25,12 @@ a=$(mesh submit --handler sleep --lines "$T/sleeps")
 fill
 [ "$(df --output=avail "$T/c/nexus" | tail -1)" -lt 64 ] || fail "the tmpfs did not fill"
 printf 'x\ny\n' > "$T/small"
+early=$(counter tasks_dispatched_early)
 expect_rc 1 mesh submit --handler echo --lines "$T/small"
 grep -q "could not store the batch" "$T/err" || fail "unclear refusal: $(cat "$T/err")"
+# A whole small batch is dispatched before its commit: refused, it is withdrawn, results and all.
+[ "$(counter tasks_dispatched_early)" -eq $((early + 2)) ] || fail "the small batch was not dispatched before its commit"
+[ "$(counter tasks_withdrawn)" -eq 2 ] || fail "the refused batch's 2 tasks were not withdrawn"
 wait_until 20 "the nexus to count a failed write" sh -c "[ \$(. '$T/c/env' && mesh status --json | grep -o '\"store_errors\":[0-9]*' | cut -d: -f2) -ge 1 ]"
 # Still serving while full: status answers, the running batch does not finish (its results
 # cannot be committed, so it must not say finished).
@@ -40,6 +44,8 @@ kill -0 "$(pid_of nexus)" || fail "the nexus died on a full disk"
 rm -f "$T/c/nexus/filler"
 expect_rc 0 timeout 60 mesh wait "$a"
 store_check "$a" 80
+[ "$(sql "SELECT COUNT(*) FROM results WHERE task NOT IN (SELECT id FROM tasks)")" -eq 0 ] ||
+  fail "a result of the withdrawn batch was stored"
 b=$(mesh submit --handler echo --lines "$T/small" --wait)
 [ "$(mesh results "$b" | cut -f3 | tr '\n' ' ')" = "x y " ] || fail "a batch after the disk came back is wrong"
 

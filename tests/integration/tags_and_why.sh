@@ -9,9 +9,10 @@ expect_rc 0 timeout 60 mesh wait "$batch"
 mesh results "$batch" --json > "$T/r"
 [ "$(grep -c '"node":"gpu-box"' "$T/r")" -eq 200 ] || fail "a gpu task ran elsewhere: $(grep -v gpu-box "$T/r" | head -2)"
 pending=$(echo x | mesh submit --handler echo --requires tpu --lines - --json | grep -o '[0-9]*')
-first=$(mesh status --json >/dev/null; mesh task "$((1 + 200))" --json)
+task=$(sql "SELECT id FROM tasks WHERE batch = $pending")
+first=$(mesh task "$task" --json)
 echo "$first" | grep -q '"state":"queued"' || fail "the tpu task is not queued: $first"
-wait_until 10 "mesh task to explain the wait" sh -c "mesh task 201 | grep -q 'why: no live spore has tag(s) tpu'"
+wait_until 10 "mesh task to explain the wait" sh -c "mesh task $task | grep -q 'why: no live spore has tag(s) tpu'"
 mesh status --json | grep -q "\"batch\":$pending,[^}]*\"queued\":1" || fail "status does not show the pending task"
 # The ack comes after the commit: while another process holds SQLite's write lock the cancel
 # cannot be stored, so `mesh cancel` must not return; once the lock goes, it returns and the

@@ -313,6 +313,45 @@ TEST_CASE("cancelling a batch ends every task and tells nodes to stop running on
   CHECK(s.dispatch(0, 0).empty());
 }
 
+TEST_CASE("withdrawing a batch drops its tasks and their results without a trace") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 1));  // 1 slot plus prefetch: some run, some stay queued
+  batchOf(s, 1, spec(), 6, 100);
+  Batch& other = batchOf(s, 2, spec(), 1, 200);
+  auto as = s.dispatch(0, 0);
+  REQUIRE(!as.empty());
+  std::uint64_t done = as[0].tasks[0]->id;
+  REQUIRE(as[0].tasks[0]->batch->id == 1);
+  s.onReport(a, ok(done, 1), 0, 0);  // one ended already: its result is an effect not yet taken
+  std::uint64_t running = 0;  // of batch 1
+  for (std::uint64_t id = 100; id < 106; ++id) {
+    const Task* t = s.task(id);
+    if (t && t->state == Task::State::kRunning) ++running;
+  }
+  REQUIRE(running >= 1);
+  CHECK(s.withdraw(1) == 5);
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.empty());
+  CHECK(fx.finishedBatches.empty());
+  CHECK(fx.cancels.size() == running);  // each of its running tasks is stopped on its node
+  for (auto& [node, task] : fx.cancels) CHECK((node == a && task >= 100 && task < 106));
+  CHECK(s.batch(1) == nullptr);
+  CHECK(s.task(101) == nullptr);
+  CHECK(s.queuedTotal() + s.runningTotal() == 1);  // the other batch's task
+  CHECK(s.node(a)->inFlight == s.runningTotal());
+  // A late report of a withdrawn task is a duplicate; the other batch still runs and finishes.
+  s.onReport(a, ok(102, 1), 0, 0);
+  s.dispatch(0, 0);
+  REQUIRE(s.task(200)->state == Task::State::kRunning);
+  s.onReport(a, ok(200, 1), 0, 0);
+  fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].task == 200);
+  CHECK(fx.finals[0].index == 0);
+  CHECK(fx.finishedBatches == std::vector<std::uint64_t>{other.id});
+  CHECK(s.withdraw(1) == 0);
+}
+
 TEST_CASE("a reconnecting node keeps the tasks it still runs") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 2));
