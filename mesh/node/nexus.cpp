@@ -1707,6 +1707,7 @@ void NexusImpl::onCommits() {
         if (ps.early) {
           // Its tasks may be running or done: take them back, results and all.
           scheduler_.withdraw(ps.batch);
+          counters_.add("tasks_withdrawn", ps.count);  // ended ones too: none of them was stored
           owners_.erase(ps.batch);
           dropInline(ps.batch);
           withdrawnIds_.emplace_back(ps.firstId, ps.firstId + ps.count);

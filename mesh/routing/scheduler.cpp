@@ -186,7 +186,6 @@ std::uint64_t Scheduler::withdraw(std::uint64_t batchId) {
     }
   }
   batches_.erase(batchId);
-  counters_.add("tasks_withdrawn", mine.size());
   return mine.size();
 }
 

@@ -219,7 +219,7 @@ class Scheduler {
   // failed: running tasks are cancelled on their nodes (Effects::cancels), every task is dropped
   // without a final result, effects not yet taken that belong to the batch are dropped too, and
   // the batch is forgotten. A later report of one of its tasks counts as a duplicate. Returns
-  // how many tasks it dropped.
+  // how many tasks it dropped that had not ended yet.
   std::uint64_t withdraw(std::uint64_t batchId);
   // The store committed these final results (for Progress and for "finished").
   void markDurable(std::uint64_t batchId, Status status, std::uint64_t count);
