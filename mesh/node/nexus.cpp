@@ -1704,6 +1704,7 @@ void NexusImpl::onCommits() {
       auto& set = notice->failedSets[i];
       // Refuse the submits it carried; keep results and attempts to write again later.
       for (auto& ps : info.submits) {
+        if (!ps.early) pendingSubmitTasks_ -= ps.count;
         if (ps.early) {
           // Its tasks may be running or done: take them back, results and all.
           scheduler_.withdraw(ps.batch);
@@ -1714,14 +1715,11 @@ void NexusImpl::onCommits() {
           MESH_WARN("batch %llu withdrawn: its %u tasks were dispatched before the failed commit",
                     static_cast<unsigned long long>(ps.batch), ps.count);
         } else if (routing::Batch* b = scheduler_.batch(ps.batch)) {
-          pendingSubmitTasks_ -= ps.count;
           b->pendingAdds -= ps.count;
           if (ps.newBatch && b->total == 0 && b->pendingAdds == 0) {
             scheduler_.forget(ps.batch);
             owners_.erase(ps.batch);
           }
-        } else {
-          pendingSubmitTasks_ -= ps.count;
         }
         replyError(ps.routingId, ps.requestId, proto::Error::Code::INTERNAL,
                    "the nexus could not store the batch (" + error + "); nothing was accepted: retry");

@@ -53,7 +53,7 @@ struct Checkpointer {
   int requestedAt = 0;  // WAL size at the last request (the writer thread's)
   std::thread thread;
   // One line a minute per failing kind (a full disk fails every turn): the checkpoint thread's,
-  // and the writer thread's (onWalCommit).
+  // and the writer thread's (onWalCommit, StoreWriter::run).
   util::LogThrottle ownLog{util::systemClock()}, writerLog{util::systemClock()};
 
   void request() {
@@ -265,7 +265,6 @@ void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> p
   pipe.connect(endpoint);
   TaskStore store(db, payloads.get());
   const auto& clock = util::systemClock();
-  util::LogThrottle log(clock);  // a full disk fails every group commit: one line a minute
   std::int64_t lastGcMs = -1;
   bool stopping = false;
   while (!stopping) {
@@ -297,7 +296,7 @@ void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> p
     if (s) {
       for (Job* j : work) notice->committed.push_back(j->ticket);
     } else {
-      if (auto n = log.admit("group commit")) {
+      if (auto n = checkpointer_->writerLog.admit("group commit")) {  // a full disk fails every one
         MESH_ERROR("group commit of %zu sets failed (%s); writing them one by one%s", sets.size(),
                    s.error().message.c_str(), util::heldBack(*n).c_str());
       }
