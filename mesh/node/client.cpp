@@ -84,14 +84,27 @@ util::Result<std::unique_ptr<Client>> Client::connect(zmq::context_t& ctx, const
 }
 
 util::Result<wire::Decoded> Client::receive(std::int64_t timeoutMs) {
-  zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
-  zmq::poll(&item, 1, std::chrono::milliseconds(timeoutMs));
-  if (!(item.revents & ZMQ_POLLIN)) return util::err("timeout", kExitUnreachable);
-  zmq::message_t m;
-  if (!socket_.recv(m)) return util::err("timeout", kExitUnreachable);
-  auto d = wire::decode(std::move(m), wire::Limits{});
-  if (!d) return util::err("bad reply from the nexus: " + d.error().message, kExitFailed);
-  return d;
+  if (poller_.size() == 0) poller_.add(socket_);
+  const auto& clock = util::systemClock();
+  std::int64_t deadline = clock.monotonicMs() + std::max<std::int64_t>(0, timeoutMs);
+  for (;;) {
+    zmq::message_t m;
+    if (socket_.recv(m, zmq::recv_flags::dontwait)) {
+      auto d = wire::decode(std::move(m), wire::Limits{});
+      if (!d) return util::err("bad reply from the nexus: " + d.error().message, kExitFailed);
+      return d;
+    }
+    poller_.drained(0);
+    std::int64_t left = deadline - clock.monotonicMs();
+    if (left <= 0 || poller_.wait(left) == 0) {
+      if (clock.monotonicMs() >= deadline) return util::err("timeout", kExitUnreachable);
+    }
+  }
+}
+
+void Client::sendFrame(zmq::message_t&& frame, zmq::send_flags flags) {
+  socket_.send(std::move(frame), flags);
+  poller_.touched(socket_);
 }
 
 util::Result<wire::Decoded> Client::call(wire::Encoder& request) {
@@ -100,7 +113,7 @@ util::Result<wire::Decoded> Client::call(wire::Encoder& request) {
     id = nextRequestId();
     request.envelope().setRequestId(id);
   }
-  socket_.send(request.finish(), zmq::send_flags::none);
+  sendFrame(request.finish(), zmq::send_flags::none);
   const auto& clock = util::systemClock();
   std::int64_t deadline = clock.monotonicMs() + options_.timeoutMs;
   for (;;) {
@@ -180,7 +193,7 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
       sealRequest = e.envelope().getRequestId();
     }
     inFlight.push_back(e.envelope().getRequestId());
-    socket_.send(e.finish(), zmq::send_flags::none);
+    sendFrame(e.finish(), zmq::send_flags::none);
   };
   auto awaitAck = [&]() -> util::Status {
     const auto& clock = util::systemClock();
@@ -251,7 +264,7 @@ util::Result<ProgressView> Client::wait(std::uint64_t batch, const std::function
       watchId = nextRequestId();
       wire::Encoder e(watchId, 32);
       e.body().initWatch().setBatch(batch);
-      socket_.send(e.finish(), zmq::send_flags::dontwait);
+      sendFrame(e.finish(), zmq::send_flags::dontwait);
       lastAsked = now;
     }
     if (now - lastHeard > patienceMs) {

@@ -20,6 +20,7 @@
 #include <zmq.hpp>
 
 #include "mesh/crypto/keys.h"
+#include "mesh/transport/poller.h"
 #include "mesh/util/result.h"
 #include "mesh/wire/codec.h"
 
@@ -98,11 +99,13 @@ class Client {
  private:
   Client(zmq::context_t& ctx, ClientOptions options) : ctx_(ctx), options_(std::move(options)) {}
   util::Result<wire::Decoded> receive(std::int64_t timeoutMs);
+  void sendFrame(zmq::message_t&& frame, zmq::send_flags flags);
 
   zmq::context_t& ctx_;
   ClientOptions options_;
   crypto::KeyPair keys_;
   zmq::socket_t socket_;
+  transport::Poller poller_;  // watches socket_ (entry 0) once it is connected
   std::uint64_t requestId_ = 0;
   // The last batch submitted with BatchOptions::watch, and the request id its progress carries.
   std::uint64_t watchedBatch_ = 0;

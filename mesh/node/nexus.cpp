@@ -26,6 +26,7 @@
 #include "mesh/store/key_store.h"
 #include "mesh/store/task_store.h"
 #include "mesh/store/writer.h"
+#include "mesh/transport/poller.h"
 #include "mesh/transport/sockets.h"
 #include "mesh/transport/zap.h"
 #include "mesh/util/bytes.h"
@@ -232,9 +233,9 @@ class NexusImpl {
 
   // ---- messages
   template <typename Serve, typename OnBad>
-  void drainRouter(zmq::socket_t& socket, Serve&& serve, OnBad&& onBad);
-  void drainNodes();
-  void drainClients();
+  bool drainRouter(zmq::socket_t& socket, Serve&& serve, OnBad&& onBad);
+  bool drainNodes();
+  bool drainClients();
   void onNodeMessage(const std::string& routingId, zmq::message_t& body);
   void onHello(const std::string& routingId, const std::string& key, zmq::message_t& frame,
                proto::Hello::Reader hello);
@@ -307,6 +308,9 @@ class NexusImpl {
 
   std::unique_ptr<transport::ZapHandler> zap_;
   std::unique_ptr<store::StoreWriter> writer_;
+  // The loop's wait while run() runs (null otherwise); every send on a socket it watches goes
+  // through sendTo() or flushWrites(), which tell it (Poller's contract).
+  transport::Poller* poller_ = nullptr;
   zmq::socket_t nodeSocket_, clientSocket_, eventsSocket_;
   std::string nodeEndpoint_, clientEndpoint_, eventsEndpoint_;
   std::unique_ptr<discovery::BeaconSender> beacon_;
@@ -614,6 +618,10 @@ util::Status NexusImpl::recover() {
 // ---- the loop --------------------------------------------------------------------------------
 
 void NexusImpl::run(const std::atomic<bool>& stop) {
+  transport::Poller poller;
+  const std::size_t nodes = poller.add(nodeSocket_), clients = poller.add(clientSocket_),
+                    commits = poller.add(writer_->socket());
+  poller_ = &poller;
   while (!stop.load()) {
     std::int64_t now = clock_.monotonicMs();
     std::int64_t wake = std::min({nextHeartbeat_, nextProgress_, nextKeyCheck_, now + 250});
@@ -621,20 +629,23 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
     if (!retryWrites_.empty()) wake = std::min(wake, retryAtMono_);
     if (beacon_) wake = std::min(wake, beacon_->sendIfDue());
     std::int64_t timeout = std::max<std::int64_t>(0, wake - now);
-    zmq::pollitem_t items[] = {{nodeSocket_.handle(), 0, ZMQ_POLLIN, 0},
-                               {clientSocket_.handle(), 0, ZMQ_POLLIN, 0},
-                               {writer_->socket().handle(), 0, ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 3, std::chrono::milliseconds(timeout));
+      poller.wait(timeout);
     } catch (const zmq::error_t& e) {
-      if (e.num() == ETERM) return;
+      if (e.num() == ETERM) {
+        poller_ = nullptr;
+        return;
+      }
       if (e.num() != EINTR) MESH_WARN("poll failed: %s", e.what());
       continue;
     }
     try {
-      if (items[2].revents & ZMQ_POLLIN) onCommits();
-      if (items[0].revents & ZMQ_POLLIN) drainNodes();
-      if (items[1].revents & ZMQ_POLLIN) drainClients();
+      if (poller.ready(commits)) {
+        onCommits();
+        poller.drained(commits);
+      }
+      if (poller.ready(nodes) && drainNodes()) poller.drained(nodes);
+      if (poller.ready(clients) && drainClients()) poller.drained(clients);
       timers();
       scheduler_.tick(clock_.monotonicMs(), clock_.wallMs());
       dispatch();
@@ -649,12 +660,14 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
       MESH_ERROR("internal error in the nexus loop (continuing): %s", e.getDescription().cStr());
     }
   }
+  poller_ = nullptr;
   // Write what is pending before stopping; the writer's destructor drains its queue.
   collectEffects();
   flushWrites();
 }
 
 bool NexusImpl::sendTo(zmq::socket_t& socket, const std::string& routingId, zmq::message_t&& body) {
+  if (poller_) poller_->touched(socket);
   try {
     if (!socket.send(zmq::buffer(routingId), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
     return socket.send(std::move(body), zmq::send_flags::dontwait).has_value();
@@ -669,13 +682,13 @@ void NexusImpl::replyError(const std::string& routingId, std::uint64_t requestId
 }
 
 // Reads up to a turn's worth of [routing id][body] messages from a ROUTER and hands each to
-// `serve`. A message with a missing body or extra frames is dropped and counted (one Envelope
-// per message); `onBad` may answer the sender.
+// `serve`; true when it read the socket empty. A message with a missing body or extra frames is
+// dropped and counted (one Envelope per message); `onBad` may answer the sender.
 template <typename Serve, typename OnBad>
-void NexusImpl::drainRouter(zmq::socket_t& socket, Serve&& serve, OnBad&& onBad) {
+bool NexusImpl::drainRouter(zmq::socket_t& socket, Serve&& serve, OnBad&& onBad) {
   for (int i = 0; i < kMaxMessagesPerTurn; ++i) {
     zmq::message_t routing, body;
-    if (!socket.recv(routing, zmq::recv_flags::dontwait)) return;
+    if (!socket.recv(routing, zmq::recv_flags::dontwait)) return true;
     if (!routing.more()) {
       counters_.add("bad_frames");
       continue;
@@ -691,15 +704,16 @@ void NexusImpl::drainRouter(zmq::socket_t& socket, Serve&& serve, OnBad&& onBad)
     }
     serve(routing.to_string(), body);
   }
+  return false;  // more may be waiting: the next wait asks
 }
 
-void NexusImpl::drainNodes() {
-  drainRouter(nodeSocket_, [this](const std::string& rid, zmq::message_t& body) { onNodeMessage(rid, body); },
+bool NexusImpl::drainNodes() {
+  return drainRouter(nodeSocket_, [this](const std::string& rid, zmq::message_t& body) { onNodeMessage(rid, body); },
               [](const std::string&) {});
 }
 
-void NexusImpl::drainClients() {
-  drainRouter(clientSocket_, [this](const std::string& rid, zmq::message_t& body) { onClientMessage(rid, body); },
+bool NexusImpl::drainClients() {
+  return drainRouter(clientSocket_, [this](const std::string& rid, zmq::message_t& body) { onClientMessage(rid, body); },
               [this](const std::string& rid) {
                 replyError(rid, 0, proto::Error::Code::BAD_REQUEST, "one message per request, please");
               });
@@ -1610,6 +1624,7 @@ void NexusImpl::flushWrites() {
       tickets_[ticket] = std::move(info);
     }
     retryWrites_.clear();
+    if (poller_) poller_->touched(writer_->socket());
   }
   if (current_->empty() && currentInfo_.submits.empty() && currentInfo_.finishing.empty() &&
       currentInfo_.cancels.empty()) {
@@ -1617,6 +1632,7 @@ void NexusImpl::flushWrites() {
   }
   std::uint64_t ticket = writer_->submit(std::exchange(current_, std::make_unique<store::WriteSet>()));
   tickets_[ticket] = std::exchange(currentInfo_, TicketInfo{});
+  if (poller_) poller_->touched(writer_->socket());
 }
 
 void NexusImpl::onCommits() {

@@ -22,6 +22,7 @@
 #include "mesh/exec/serve.h"
 #include "mesh/node/common.h"
 #include "mesh/transport/inproc.h"
+#include "mesh/transport/poller.h"
 #include "mesh/transport/sockets.h"
 #include "mesh/util/clock.h"
 #include "mesh/util/counters.h"
@@ -215,6 +216,15 @@ class SporeImpl {
   zmq::socket_t dealer_;
   zmq::socket_t events_;
   std::unique_ptr<transport::HandshakeWatch> watch_;
+  // The loop's wait, over the worker pipes, then the dealer, the events and the handshake
+  // monitor when they exist, then the beacon fd; rebuilt (watchPoller) after socketsChanged_
+  // moved on, which connect(), disconnect() and the events socket's creation do.
+  transport::Poller poller_;
+  std::uint64_t socketsChanged_ = 1, socketsPolled_ = 0;
+  struct PollerLayout {
+    std::size_t dealerAt = SIZE_MAX, eventsAt = SIZE_MAX, monitorAt = SIZE_MAX, beaconAt = SIZE_MAX;
+  } polled_;
+  void watchPoller();
   bool connected_ = false;    // a socket exists
   bool welcomed_ = false;
   std::int64_t lastHeardMono_ = 0;
@@ -424,6 +434,7 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
 
 void SporeImpl::connect(std::int64_t now) {
   if (endpoints_.empty()) return;  // waiting for a beacon
+  ++socketsChanged_;
   endpoint_ = endpoints_[nextEndpoint_ % endpoints_.size()];
   ++nextEndpoint_;
   transport::SocketLimits limits;
@@ -451,6 +462,7 @@ void SporeImpl::connect(std::int64_t now) {
 }
 
 void SporeImpl::disconnect() {
+  ++socketsChanged_;
   watch_.reset();
   if (events_) events_.close();
   if (connected_) dealer_.close();
@@ -487,6 +499,7 @@ void SporeImpl::sendHello() {
 bool SporeImpl::send(zmq::message_t&& frame) {
   if (!connected_) return false;
   try {
+    poller_.touched(dealer_);
     return dealer_.send(std::move(frame), zmq::send_flags::dontwait).has_value();
   } catch (const zmq::error_t&) {
     return false;
@@ -531,6 +544,7 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
         transport::SocketLimits limits;
         limits.lingerMs = 0;
         events_ = transport::makeClientSocket(ctx_, zmq::socket_type::sub, keys_, nexusKey_, limits);
+        ++socketsChanged_;
         events_.set(zmq::sockopt::subscribe, "");
         events_.connect(eventsEndpoint);
       }
@@ -692,6 +706,7 @@ void SporeImpl::feedWorkers() {
     busy_[w] = true;
     --idle;
     pipes_[w].send(pointerMessage(std::move(batch)), zmq::send_flags::none);
+    poller_.touched(pipes_[w]);
   }
 }
 
@@ -769,38 +784,48 @@ void SporeImpl::heartbeat(std::int64_t now) {
 
 // ---- the loop --------------------------------------------------------------------------------
 
+void SporeImpl::watchPoller() {
+  if (socketsPolled_ == socketsChanged_) return;
+  socketsPolled_ = socketsChanged_;
+  poller_.reset();
+  polled_ = PollerLayout{};
+  for (auto& p : pipes_) poller_.add(p);
+  if (connected_) polled_.dealerAt = poller_.add(dealer_);
+  if (events_) polled_.eventsAt = poller_.add(events_);
+  if (connected_ && watch_) polled_.monitorAt = poller_.add(watch_->socket());
+  if (beacons_) polled_.beaconAt = poller_.addFd(beacons_->fd());
+}
+
 void SporeImpl::run(const std::atomic<bool>& stop) {
   while (!stop.load()) {
     std::int64_t now = clock_.monotonicMs();
     if (!connected_ && now >= reconnectAtMono_) connect(now);
-    std::vector<zmq::pollitem_t> items;
-    for (auto& p : pipes_) items.push_back({p.handle(), 0, ZMQ_POLLIN, 0});
-    std::size_t dealerAt = items.size();
-    if (connected_) items.push_back({dealer_.handle(), 0, ZMQ_POLLIN, 0});
-    std::size_t eventsAt = items.size();
-    if (events_) items.push_back({events_.handle(), 0, ZMQ_POLLIN, 0});
-    std::size_t beaconAt = items.size();
-    if (beacons_) items.push_back({nullptr, beacons_->fd(), ZMQ_POLLIN, 0});
+    watchPoller();
     std::int64_t wake = std::min(nextHeartbeat_, now + 250);
     // With no candidate yet (waiting for a beacon) there is nothing to reconnect to: the beacon
     // fd wakes the poll, and reconnectAtMono_ (0 at start) must not turn it into a busy loop.
     if (!connected_ && !endpoints_.empty()) wake = std::min(wake, reconnectAtMono_);
     try {
-      zmq::poll(items.data(), items.size(), std::chrono::milliseconds(std::max<std::int64_t>(0, wake - now)));
+      poller_.wait(std::max<std::int64_t>(0, wake - now));
     } catch (const zmq::error_t& e) {
       if (e.num() == ETERM) return;
       continue;
     }
     try {
       for (unsigned w = 0; w < pipes_.size(); ++w) {
-        if (!(items[w].revents & ZMQ_POLLIN)) continue;
+        if (!poller_.ready(w)) continue;
         zmq::message_t m;
         while (pipes_[w].recv(m, zmq::recv_flags::dontwait)) onWorker(w, m);
+        poller_.drained(w);
       }
-      if (connected_ && (items[dealerAt].revents & ZMQ_POLLIN)) {
-        for (int i = 0; i < kMaxMessagesPerTurn; ++i) {
+      if (poller_.ready(polled_.dealerAt)) {
+        bool empty = false;
+        for (int i = 0; i < kMaxMessagesPerTurn && connected_; ++i) {
           zmq::message_t m;
-          if (!dealer_.recv(m, zmq::recv_flags::dontwait)) break;
+          if (!dealer_.recv(m, zmq::recv_flags::dontwait)) {
+            empty = true;
+            break;
+          }
           if (m.more()) {
             counters_.add("bad_frames");
             zmq::message_t rest;
@@ -810,8 +835,9 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
           }
           onNexusMessage(m);
         }
+        if (empty) poller_.drained(polled_.dealerAt);
       }
-      if (events_ && (items[eventsAt].revents & ZMQ_POLLIN)) {
+      if (events_ && poller_.ready(polled_.eventsAt)) {
         zmq::message_t m;
         while (events_.recv(m, zmq::recv_flags::dontwait)) {
           auto d = wire::decode(std::move(m), limits_);
@@ -824,10 +850,15 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
           MESH_DEBUG("event %u batch %llu node %s", static_cast<unsigned>(ev.getKind()),
                      static_cast<unsigned long long>(ev.getBatch()), std::string(wire::view(ev.getNode())).c_str());
         }
+        poller_.drained(polled_.eventsAt);
       }
-      if (beacons_ && (items[beaconAt].revents & ZMQ_POLLIN)) onBeacons();
+      if (beacons_ && poller_.ready(polled_.beaconAt)) onBeacons();
       std::string handshakeDetail;
-      auto handshake = connected_ && watch_ ? watch_->wait(0, &handshakeDetail) : transport::HandshakeResult::kTimedOut;
+      auto handshake = transport::HandshakeResult::kTimedOut;
+      if (connected_ && watch_ && poller_.ready(polled_.monitorAt)) {
+        handshake = watch_->wait(0, &handshakeDetail);
+        if (handshake == transport::HandshakeResult::kTimedOut) poller_.drained(polled_.monitorAt);
+      }
       if (handshake == transport::HandshakeResult::kRefused) {
         MESH_ERROR("nexus %s refused this spore's key %s: on the nexus host run `mesh keys accept %s`",
                    endpoint_.c_str(), keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str());

@@ -68,6 +68,8 @@ class HandshakeWatch {
   // Without blocking: the outcome of the latest handshake seen since the last call, if any
   // (kTimedOut means none yet). For an actor that polls many things.
   HandshakeResult check() { return wait(0); }
+  // The monitor's socket, for a poll loop: when it is readable, wait(0) has news.
+  zmq::socket_t& socket() { return monitor_; }
 
  private:
   zmq::socket_t* socket_;

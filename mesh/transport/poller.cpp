@@ -1,0 +1,73 @@
+#include "mesh/transport/poller.h"
+
+#include <cerrno>
+#include <climits>
+#include <system_error>
+
+namespace mesh::transport {
+
+std::size_t Poller::add(zmq::socket_t& socket) {
+  entries_.push_back(Entry{&socket, false, false});
+  pollfd p{};
+  p.fd = socket.get(zmq::sockopt::fd);
+  p.events = POLLIN;
+  fds_.push_back(p);
+  return entries_.size() - 1;
+}
+
+std::size_t Poller::addFd(int fd) {
+  entries_.push_back(Entry{nullptr, false, false});
+  pollfd p{};
+  p.fd = fd;
+  p.events = POLLIN;
+  fds_.push_back(p);
+  return entries_.size() - 1;
+}
+
+void Poller::reset() {
+  entries_.clear();
+  fds_.clear();
+}
+
+bool Poller::askEvents(Entry& e) {
+  ++asks_;
+  // Asking processes every command waiting in the socket's mailbox and leaves it empty: when
+  // the answer is "nothing to read", the fd signals the next message.
+  if (e.socket->get(zmq::sockopt::events) & ZMQ_POLLIN) return true;
+  e.clean = true;
+  return false;
+}
+
+int Poller::wait(std::int64_t timeoutMs) {
+  int ready = 0;
+  for (auto& e : entries_) {
+    e.ready = e.socket && !e.clean && askEvents(e);
+    if (e.ready) ++ready;
+  }
+  int timeout = ready > 0 ? 0 : timeoutMs < 0 ? -1 : timeoutMs > INT_MAX ? INT_MAX : static_cast<int>(timeoutMs);
+  ++polls_;
+  int rc = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout);
+  if (rc < 0) {
+    if (errno == EINTR) return ready;
+    throw std::system_error(errno, std::generic_category(), "poll");
+  }
+  for (std::size_t i = 0; rc > 0 && i < fds_.size(); ++i) {
+    if (!(fds_[i].revents & (POLLIN | POLLERR | POLLHUP)) || entries_[i].ready) continue;
+    entries_[i].ready = true;
+    entries_[i].clean = false;  // until the caller has read it empty
+    ++ready;
+  }
+  return ready;
+}
+
+void Poller::drained(std::size_t index) {
+  if (index < entries_.size() && entries_[index].socket) entries_[index].clean = true;
+}
+
+void Poller::touched(const zmq::socket_t& socket) {
+  for (auto& e : entries_) {
+    if (e.socket == &socket) e.clean = false;
+  }
+}
+
+}  // namespace mesh::transport
