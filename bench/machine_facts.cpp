@@ -1,13 +1,17 @@
 // The machine facts behind docs/benchmarks.md ("Machine") that are not the peers' or SQLite's:
 // SHA-256 of 4 KiB (libsodium's portable code and the CPU's SHA extensions, as crypto::sha256
 // picks), Curve's cipher (crypto_box) on 4 KiB, fdatasync after writing 1.6 MB and 12 KiB at the
-// end of a file (it grows) and over existing blocks, and the round trip of a hand-off between two
-// threads that sleep in poll(). Prints one line per fact.
+// end of a file (it grows) and over existing blocks, the round trip of a hand-off between two
+// threads that sleep in poll(), and the floor of C's shape: a ZeroMQ round trip through a relay
+// process (client -> relay -> worker -> relay -> client, as a task goes through the nexus to a
+// spore and back) beside a direct one, without and with CurveZMQ. Prints one line per fact.
 //
 //   build/bench/machine_facts [DIR]     (DIR: where the fdatasync file goes; default: bench/results)
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/wait.h>
 #include <sodium.h>
 #include <unistd.h>
 
@@ -17,6 +21,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <zmq.hpp>
 
 #include "mesh/crypto/sha256.h"
 
@@ -30,6 +35,163 @@ double microsPer(int n, Clock::time_point t0) {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p / 100.0 * static_cast<double>(v.size())))];
+}
+
+// ---- relayed round trips ------------------------------------------------------------------------
+// Each party is its own process with its own context (forked before any context exists), on
+// 127.0.0.1 with ports the kernel picks; a child reports its bound endpoint over a pipe. Curve
+// here is the cipher and handshake only (no ZAP handler: this tool talks to itself).
+
+struct CurveKeys {
+  char pub[41] = {}, sec[41] = {};
+  CurveKeys() { zmq_curve_keypair(pub, sec); }
+};
+
+void asServer(zmq::socket_t& s, const CurveKeys* k) {
+  if (!k) return;
+  s.set(zmq::sockopt::curve_server, true);
+  s.set(zmq::sockopt::curve_secretkey, std::string(k->sec));
+}
+
+void asClient(zmq::socket_t& s, const CurveKeys* k, const CurveKeys& mine) {
+  if (!k) return;
+  s.set(zmq::sockopt::curve_serverkey, std::string(k->pub));
+  s.set(zmq::sockopt::curve_publickey, std::string(mine.pub));
+  s.set(zmq::sockopt::curve_secretkey, std::string(mine.sec));
+}
+
+std::string bindAndTell(zmq::socket_t& s, int tellFd) {
+  s.bind("tcp://127.0.0.1:*");
+  std::string ep = s.get(zmq::sockopt::last_endpoint);
+  std::string line = ep + "\n";
+  if (::write(tellFd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(1);
+  return ep;
+}
+
+std::string readEndpoint(int fd) {
+  std::string ep;
+  char c;
+  while (ep.size() < 200 && ::read(fd, &c, 1) == 1 && c != '\n') ep += c;
+  return ep;
+}
+
+// The echo worker: a DEALER that answers each [envelope...][body] with the same frames. It
+// binds a ROUTER instead when `bindFd` >= 0 (the direct case) or connects to `relay`.
+[[noreturn]] void runWorker(int bindFd, const std::string& relay, const CurveKeys* server, const CurveKeys& mine) {
+  zmq::context_t ctx(1);
+  zmq::socket_t s(ctx, bindFd >= 0 ? zmq::socket_type::router : zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 0);
+  if (bindFd >= 0) {
+    asServer(s, server);
+    bindAndTell(s, bindFd);
+  } else {
+    asClient(s, server, mine);
+    s.connect(relay);
+    s.send(zmq::str_buffer("ready"));
+  }
+  for (;;) {  // until the parent's SIGTERM
+    std::vector<zmq::message_t> frames;
+    do {
+      frames.emplace_back();
+      if (!s.recv(frames.back())) _exit(0);
+    } while (frames.back().more());
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      s.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+}
+
+// The relay: a ROUTER for clients and a ROUTER for the worker, one poll loop, as the nexus has.
+[[noreturn]] void runRelay(int tellFd, const CurveKeys* keys) {
+  zmq::context_t ctx(1);
+  zmq::socket_t front(ctx, zmq::socket_type::router), back(ctx, zmq::socket_type::router);
+  front.set(zmq::sockopt::linger, 0);
+  back.set(zmq::sockopt::linger, 0);
+  asServer(front, keys);
+  asServer(back, keys);
+  bindAndTell(front, tellFd);
+  bindAndTell(back, tellFd);
+  zmq::message_t worker, m;
+  if (!back.recv(worker) || !back.recv(m)) _exit(1);  // [worker id]["ready"]
+  for (;;) {
+    zmq::pollitem_t items[] = {{front.handle(), 0, ZMQ_POLLIN, 0}, {back.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 2, std::chrono::milliseconds(-1));
+    if (items[0].revents & ZMQ_POLLIN) {  // [client][body] -> [worker][client][body]
+      zmq::message_t client, body;
+      if (!front.recv(client) || !front.recv(body)) _exit(0);
+      back.send(zmq::buffer(worker.data(), worker.size()), zmq::send_flags::sndmore);
+      back.send(client, zmq::send_flags::sndmore);
+      back.send(body, zmq::send_flags::none);
+    }
+    if (items[1].revents & ZMQ_POLLIN) {  // [worker][client][body] -> [client][body]
+      zmq::message_t from, client, body;
+      if (!back.recv(from) || !back.recv(client) || !back.recv(body)) _exit(0);
+      front.send(client, zmq::send_flags::sndmore);
+      front.send(body, zmq::send_flags::none);
+    }
+  }
+}
+
+struct Trips {
+  double p50 = 0, p99 = 0;
+};
+
+// `relayed`: through a relay; otherwise straight to the worker. 64-byte messages, one at a time.
+Trips roundTrips(bool relayed, bool curve) {
+  CurveKeys serverKeys, workerKeys, clientKeys;
+  const CurveKeys* server = curve ? &serverKeys : nullptr;
+  int tell[2];
+  if (::pipe(tell) != 0) return {};
+  std::vector<pid_t> children;
+  std::string target;
+  if (relayed) {
+    pid_t relay = ::fork();
+    if (relay == 0) runRelay(tell[1], server);
+    children.push_back(relay);
+    target = readEndpoint(tell[0]);
+    std::string back = readEndpoint(tell[0]);
+    pid_t worker = ::fork();
+    if (worker == 0) runWorker(-1, back, server, workerKeys);
+    children.push_back(worker);
+  } else {
+    pid_t worker = ::fork();
+    if (worker == 0) runWorker(tell[1], "", server, workerKeys);
+    children.push_back(worker);
+    target = readEndpoint(tell[0]);
+  }
+  ::close(tell[0]);
+  ::close(tell[1]);
+  Trips out;
+  {
+    zmq::context_t ctx(1);
+    zmq::socket_t s(ctx, zmq::socket_type::dealer);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::rcvtimeo, 5000);
+    asClient(s, server, clientKeys);
+    s.connect(target);
+    std::string payload(64, 'p');
+    const int warmup = 2000, n = 20000;
+    std::vector<double> us;
+    us.reserve(n);
+    for (int i = 0; i < warmup + n; ++i) {
+      auto s0 = Clock::now();
+      s.send(zmq::buffer(payload), zmq::send_flags::none);
+      zmq::message_t reply;
+      if (!s.recv(reply)) break;  // a 5 s silence: give up (reported as no figure)
+      if (i >= warmup) us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s0).count());
+    }
+    if (us.size() == static_cast<std::size_t>(n)) out = Trips{percentile(us, 50), percentile(us, 99)};
+  }
+  for (pid_t pid : children) {
+    ::kill(pid, SIGTERM);
+    ::waitpid(pid, nullptr, 0);
+  }
+  return out;
 }
 }  // namespace
 
@@ -140,6 +302,16 @@ int main(int argc, char** argv) {
     ::close(ping);
     ::close(pong);
     std::printf("thread hand-off round trip (eventfd + poll): %.1f us p50\n", median(us));
+  }
+  // The peers' raw ZeroMQ figure is the direct plain one; C's bar is a multiple of it.
+  double rawPlain = 0;
+  for (bool curve : {false, true}) {
+    Trips direct = roundTrips(false, curve), relayed = roundTrips(true, curve);
+    if (!curve) rawPlain = direct.p50;
+    const char* how = curve ? "with Curve" : "plain";
+    std::printf("ZeroMQ round trip, direct, %s: %.1f us p50, %.1f us p99\n", how, direct.p50, direct.p99);
+    std::printf("ZeroMQ round trip through a relay process, %s: %.1f us p50 (%.2fx the direct plain p50), %.1f us p99\n",
+                how, relayed.p50, relayed.p50 / std::max(1.0, rawPlain), relayed.p99);
   }
   std::fprintf(stderr, "(checksum %u: keeps the loops from being optimised away)\n", sink);
   return 0;
