@@ -1,7 +1,7 @@
 // The machine facts behind docs/benchmarks.md ("Machine") that are not the peers' or SQLite's:
 // SHA-256 of 4 KiB (libsodium's portable code and the CPU's SHA extensions, as crypto::sha256
 // picks), Curve's cipher (crypto_box) on 4 KiB, fdatasync after writing 1.6 MB and 12 KiB at the
-// end of a file (it grows) and over existing blocks, the round trip of a hand-off between two
+// end of a file (it grows) and over existing blocks, whether two flushes overlap, the round trip of a hand-off between two
 // threads that sleep in poll(), and the floor of C's shape: a ZeroMQ round trip through a relay
 // process (client -> relay -> worker -> relay -> client, as a task goes through the nexus to a
 // spore and back) beside a direct one, without and with CurveZMQ. Prints one line per fact.
@@ -264,6 +264,44 @@ int main(int argc, char** argv) {
       std::printf("fdatasync after %zu KiB %s: %.0f us p50\n", c.bytes / 1024,
                   overwrite ? "over existing blocks" : "appended", median(us));
     }
+  }
+  // Can two flushes overlap? Two 12 KiB writes over existing blocks, each followed by
+  // fdatasync: one after the other, and with the second started from another thread 200 µs into
+  // the first (as a one-task batch's result arrives while its submit is being flushed).
+  {
+    const std::size_t page = 12 * 1024;
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return 1;
+    std::vector<char> chunk(page, 'z');
+    for (int i = 0; i < 200; ++i) {
+      if (::pwrite(fd, chunk.data(), page, static_cast<off_t>(i * page)) != static_cast<ssize_t>(page)) return 1;
+    }
+    ::fdatasync(fd);
+    auto writeAndSync = [&](off_t at) {
+      bool ok = ::pwrite(fd, chunk.data(), page, at) == static_cast<ssize_t>(page);
+      return ::fdatasync(fd) == 0 && ok;
+    };
+    std::vector<double> sequential, overlapped;
+    for (int r = 0; r < 300; ++r) {
+      off_t at = static_cast<off_t>((r % 100) * 2 * page);
+      auto s0 = Clock::now();
+      if (!writeAndSync(at) || !writeAndSync(at + static_cast<off_t>(page))) return 1;
+      sequential.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s0).count());
+      ::usleep(300);
+      s0 = Clock::now();
+      std::thread second([&] {
+        std::this_thread::sleep_until(s0 + std::chrono::microseconds(200));
+        writeAndSync(at + static_cast<off_t>(page));
+      });
+      writeAndSync(at);
+      second.join();
+      overlapped.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s0).count());
+      ::usleep(300);
+    }
+    ::close(fd);
+    std::printf("two 12 KiB flushes: one after the other %.0f us p50; the second started 200 us into the first, "
+                "from another thread: %.0f us p50\n",
+                median(sequential), median(overlapped));
   }
   ::unlink(path.c_str());
 
