@@ -223,6 +223,8 @@ struct ResultPage {
   rows @1 :List(ResultRow);    # final results only, by index; tasks still pending are skipped
   nextIndex @2 :UInt64;        # ask again from here
   end @3 :Bool;                # no index at or after nextIndex can have a result yet
+  finished @4 :Bool;           # the batch had finished (every result committed) before this
+                               # page was read: with end, the batch's results are all there
 }
 
 struct Counter {

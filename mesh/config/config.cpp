@@ -324,7 +324,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "Commands:\n"
         "  submit --handler H (--lines FILE|- | --files F...)  submit a batch, print its id\n"
         "  wait BATCH                 wait for a batch (progress on a terminal); exit 0 if all succeeded\n"
-        "  results BATCH              print each task's result in submission order\n"
+        "  results BATCH              print each task's result in submission order (exit 4 if\n"
+        "                             the batch has not finished: the results so far)\n"
         "  status                     the nexus: nodes, queues, batches, counters\n"
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
         "  task TASK                  one task's timeline, and why it waits if it does\n"
@@ -341,7 +342,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  bundle publish FILE        upload a signed bundle (admin key); spores install it\n"
         "  bundles                    each bundle's version on each spore, refusals, rollbacks\n\n"
         "Exit codes: 0 success, 1 some tasks failed, 2 usage error, 3 cannot reach or\n"
-        "authenticate to the nexus.\n",
+        "authenticate to the nexus, 4 `results` of a batch that has not finished.\n",
         visible);
     return out;
   }

@@ -271,10 +271,19 @@ int printResults(Client& client, const CliCommand& cmd, std::uint64_t batch) {
     }
     return true;
   };
-  auto s = client.results(batch, onRow);
+  bool finished = false;
+  auto s = client.results(batch, onRow, &finished);
   std::fwrite(out.data(), 1, out.size(), stdout);
   std::fflush(stdout);
   if (!s) return fail(s.error());
+  if (!finished) {
+    // What was printed is real, but not the whole answer: a script must not take it for one.
+    std::fprintf(stderr,
+                 "mesh: batch %" PRIu64 " has not finished: the %" PRIu64
+                 " results printed are those recorded so far (`mesh wait %" PRIu64 "` waits for the rest)\n",
+                 batch, printed, batch);
+    return kExitUnfinished;
+  }
   return anyFailed ? kExitFailed : 0;
 }
 

@@ -298,8 +298,11 @@ util::Result<ProgressView> Client::wait(std::uint64_t batch, const std::function
   }
 }
 
-util::Status Client::results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow) {
+util::Status Client::results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow,
+                             bool* finished) {
+  if (finished) *finished = false;
   if (finishedProgress_ && finishedBatch_ == batch) {
+    if (finished) *finished = true;
     for (auto r : finishedProgress_->envelope().getBody().getProgress().getResults()) {
       if (!onRow(r)) break;
     }
@@ -317,6 +320,8 @@ util::Status Client::results(std::uint64_t batch, const std::function<bool(proto
     if (!reply) return reply.error();
     if (reply->which() != proto::Envelope::Body::RESULT_PAGE) return util::err("unexpected reply to a results request", kExitFailed);
     auto rows = reply->envelope().getBody().getResultPage();
+    // The first page's answer holds for the rest: a batch finished then cannot change after.
+    if (finished && page == 0) *finished = rows.getFinished();
     for (auto r : rows.getRows()) {
       if (!onRow(r)) return {};
     }

@@ -29,6 +29,7 @@ namespace mesh::node {
 constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
+constexpr int kExitUnfinished = 4;  // `mesh results` of a batch that has not finished
 
 struct ClientOptions {
   std::string endpoint;        // the nexus client port, tcp://HOST:7701
@@ -90,8 +91,11 @@ class Client {
   // Calls onRow with each committed final result of the batch, in index order, until it returns
   // false. A small batch that wait() has just seen finish brought its results with its last
   // Progress: those are used, without a round trip. Otherwise reads them page by page
-  // (FetchResults); a batch still running gives the results that exist so far.
-  util::Status results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow);
+  // (FetchResults); a batch still running gives the results that exist so far. `finished`, when
+  // given, says whether the batch had finished before its results were read (then they are all
+  // there, unless onRow stopped early).
+  util::Status results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow,
+                       bool* finished = nullptr);
 
   std::uint64_t nextRequestId() { return ++requestId_; }
   const crypto::PublicKey& publicKey() const { return keys_.publicKey; }

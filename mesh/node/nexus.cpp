@@ -286,6 +286,9 @@ class NexusImpl {
   void replyError(const std::string& routingId, std::uint64_t requestId, proto::Error::Code code,
                   const std::string& message);
   void fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p);
+  // Whether the batch has finished (every result committed), as progressOf(...).finished says,
+  // without counting its results.
+  bool batchFinished(std::uint64_t batchId);
   std::optional<routing::Progress> progressOf(std::uint64_t batchId);
   bool mayHaveLink(std::uint64_t batchId);
   std::optional<store::Role> roleOf(const std::string& key);
@@ -1149,6 +1152,15 @@ bool NexusImpl::mayHaveLink(std::uint64_t batchId) {
   return b == nullptr || b->spec.mrStage != 0;
 }
 
+bool NexusImpl::batchFinished(std::uint64_t batchId) {
+  if (routing::Batch* b = scheduler_.batch(batchId)) {
+    if (b->spec.mrStage == 1 && !jobLinks_.count(batchId)) return false;  // as progressOf says
+    return scheduler_.progress(*b).finished;
+  }
+  auto rec = readStore_->batch(batchId);  // one row, not the count progressOf makes
+  return rec && *rec && (*rec)->finishedMs.has_value();
+}
+
 std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
   if (routing::Batch* b = scheduler_.batch(batchId)) {
     routing::Progress p = scheduler_.progress(*b);
@@ -1264,6 +1276,8 @@ void NexusImpl::fillInline(proto::Progress::Builder out, std::uint64_t batch, st
 void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t requestId, proto::FetchResults::Reader req) {
   counters_.add("result_pages");
   std::uint32_t limit = std::clamp<std::uint32_t>(req.getLimit(), 1, kResultPageMax);
+  // Asked before the rows are read: a batch finished by then has every result committed.
+  bool finished = batchFinished(req.getBatch());
   auto rows = readStore_->resultsPage(req.getBatch(), req.getFromIndex(), static_cast<int>(limit));
   if (!rows) {
     MESH_ERROR("reading results failed: %s", rows.error().message.c_str());
@@ -1299,6 +1313,7 @@ void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t reque
   }
   page.setNextIndex(next);
   page.setEnd(n == rows->size() && rows->size() < limit);
+  page.setFinished(finished);
   sendTo(clientSocket_, routingId, e.finish());
 }
 

@@ -38,5 +38,14 @@ mesh results "$batch" --json | grep -q '"output_base64":"//4="' || fail "binary 
 # An empty input is an empty batch that finishes at once.
 batch=$(mesh submit --handler echo --lines /dev/null)
 expect_rc 0 timeout 30 mesh wait "$batch"
+# Results of a batch still running: what exists is printed, exit 4 says it is not all of it.
+batch=$(printf '0\n5000\n' | mesh submit --handler sleep --lines -)
+wait_until 20 "the quick task of batch $batch to be recorded" sh -c "mesh results $batch 2>/dev/null | grep -q ."
+expect_rc 4 mesh results "$batch"
+[ "$(wc -l < "$T/out")" -eq 1 ] || fail "the result so far was not printed: $(cat "$T/out")"
+grep -q "batch $batch has not finished" "$T/err" || fail "an unfinished batch not explained: $(cat "$T/err")"
+expect_rc 0 timeout 30 mesh wait "$batch"
+expect_rc 0 mesh results "$batch"
+[ "$(wc -l < "$T/out")" -eq 2 ] || fail "a finished batch's results are not all there: $(cat "$T/out")"
 expect_rc 0 mesh status
 note "CLI errors are clear and the nexus keeps serving"
