@@ -1,8 +1,8 @@
 // Beacons over UDP: BeaconSender (the nexus) and BeaconListener (a spore started without
 // `--nexus`). Neither owns a thread: the nexus calls BeaconSender::sendIfDue() from its poll
-// loop and folds the returned deadline into its poll timeout; the spore puts
-// BeaconListener::fd() into its zmq::poll items (zmq_pollitem_t{nullptr, fd, ZMQ_POLLIN, 0}) and
-// calls drain() when it is readable.
+// loop and folds the returned deadline into its poll timeout; the spore adds
+// BeaconListener::fd() to its loop's wait (transport::Poller::addFd, or a zmq::poll item with
+// that fd) and calls drain() when it is readable.
 //
 // Thread rule: each object is owned by one actor (the thread that polls it), like the
 // util::Counters it writes to. Both sockets are non-blocking: no call here blocks, except that
