@@ -64,6 +64,10 @@ void Poller::drained(std::size_t index) {
   if (index < entries_.size() && entries_[index].socket) entries_[index].clean = true;
 }
 
+void Poller::touched(std::size_t index) {
+  if (index < entries_.size() && entries_[index].socket) entries_[index].clean = false;
+}
+
 void Poller::touched(const zmq::socket_t& socket) {
   for (auto& e : entries_) {
     if (e.socket == &socket) e.clean = false;

@@ -54,6 +54,8 @@ class Poller {
   // The caller used a watched socket other than by recv (a send): dirty until the next wait asks
   // it. A socket the Poller does not watch is ignored.
   void touched(const zmq::socket_t& socket);
+  // The same by index, for a loop over many sockets (touched(socket) looks the socket up).
+  void touched(std::size_t index);
 
   // How many times waits have asked a socket for ZMQ_EVENTS, and called poll(2), so far.
   std::uint64_t asks() const { return asks_; }

@@ -217,6 +217,12 @@ TEST_CASE("a socket used after it was drained is asked again, so a message its f
   CHECK(poller.ready(b));
   CHECK(msSince(t0) < 1000);
   CHECK(drain(p.b, poller, b) == 1);
+  // The same, told by index.
+  p.a.send(zmq::str_buffer("hidden again"));
+  (void)p.b.get(zmq::sockopt::events);
+  poller.touched(b);
+  REQUIRE(poller.wait(5000) == 1);
+  CHECK(drain(p.b, poller, b) == 1);
 }
 
 TEST_CASE("a socket read only in part stays ready until it is read empty") {
