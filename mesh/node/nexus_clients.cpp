@@ -1,0 +1,622 @@
+// The nexus's client port: submit, watch and progress, results, status, nodes, task, cancel.
+#include "mesh/node/nexus_impl.h"
+
+namespace mesh::node {
+
+// ---- client port -----------------------------------------------------------------------------
+
+void NexusImpl::onClientMessage(const std::string& routingId, zmq::message_t& body) {
+  std::string key = transport::userId(body);
+  auto decoded = wire::decode(std::move(body), limits_);
+  if (!decoded) {
+    counters_.add("bad_frames");
+    MESH_WARN("dropped a bad frame from client %s: %s", fingerprintOf(key).c_str(), decoded.error().message.c_str());
+    replyError(routingId, 0, proto::Error::Code::BAD_REQUEST, "malformed message: " + decoded.error().message);
+    return;
+  }
+  auto role = roleOf(key);
+  std::uint64_t requestId = decoded->envelope().getRequestId();
+  if (!role || *role == store::Role::kNode) {
+    counters_.add("refused_messages");
+    replyError(routingId, requestId, proto::Error::Code::FORBIDDEN, "this key is not accepted as a client");
+    return;
+  }
+  try {
+    serveClient(routingId, key, requestId, std::move(*decoded));
+  } catch (const std::exception& e) {
+    counters_.add("internal_errors");
+    MESH_ERROR("request from %s failed: %s", fingerprintOf(key).c_str(), e.what());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "the nexus failed on this request; see its log");
+  } catch (const kj::Exception& e) {
+    counters_.add("internal_errors");
+    MESH_ERROR("request from %s failed: %s", fingerprintOf(key).c_str(), e.getDescription().cStr());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "the nexus failed on this request; see its log");
+  }
+}
+
+void NexusImpl::serveClient(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                            wire::Decoded decoded) {
+  auto b = decoded.envelope().getBody();
+  switch (decoded.which()) {
+    case Which::SUBMIT:
+      onSubmit(routingId, key, requestId, std::make_shared<wire::Decoded>(std::move(decoded)));
+      break;
+    case Which::WATCH:
+      onWatch(routingId, requestId, b.getWatch().getBatch());
+      break;
+    case Which::FETCH_RESULTS:
+      onFetchResults(routingId, requestId, b.getFetchResults());
+      break;
+    case Which::STATUS_REQUEST:
+      onStatus(routingId, requestId);
+      break;
+    case Which::NODES_REQUEST:
+      onNodes(routingId, requestId);
+      break;
+    case Which::TASK_REQUEST:
+      onTask(routingId, requestId, b.getTaskRequest());
+      break;
+    case Which::CANCEL_BATCH:
+      onCancel(routingId, key, requestId, b.getCancelBatch());
+      break;
+    case Which::BUNDLE_UPLOAD:
+      onBundleUpload(routingId, key, requestId, b.getBundleUpload());
+      break;
+    case Which::BUNDLES_REQUEST:
+      onBundles(routingId, requestId);
+      break;
+    default:
+      counters_.add("unknown_messages");
+      replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+                 "unknown request kind " + std::to_string(static_cast<unsigned>(decoded.which())) +
+                     ": is this client newer than the nexus?");
+  }
+}
+
+void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                         std::shared_ptr<wire::Decoded> frame) {
+  auto submit = frame->envelope().getBody().getSubmit();
+  auto payloads = submit.getPayloads();
+  auto bad = [&](proto::Error::Code code, const std::string& message) {
+    counters_.add("submits_refused");
+    replyError(routingId, requestId, code, message);
+  };
+  if (payloads.size() > kMaxTasksPerSubmit) {
+    return bad(proto::Error::Code::TOO_LARGE, "at most " + std::to_string(kMaxTasksPerSubmit) + " tasks per message");
+  }
+  std::vector<std::string_view> views;
+  views.reserve(payloads.size());
+  for (auto p : payloads) {
+    views.push_back(wire::view(p));
+    if (views.back().size() > config_.maxPayloadBytes) {
+      return bad(proto::Error::Code::TOO_LARGE,
+                 "task " + std::to_string(views.size() - 1) + " has a payload of " +
+                     std::to_string(views.back().size()) + " bytes, over the nexus limit of " +
+                     std::to_string(config_.maxPayloadBytes) + " (--max-payload)");
+    }
+  }
+  std::uint64_t unfinished = scheduler_.queuedTotal() + scheduler_.runningTotal() + pendingSubmitTasks_;
+  if (unfinished + payloads.size() > config_.maxQueuedTasks) {
+    return bad(proto::Error::Code::UNAVAILABLE, "the nexus holds " + std::to_string(unfinished) +
+                                                    " unfinished tasks (limit " + std::to_string(config_.maxQueuedTasks) +
+                                                    "): wait for some to finish and retry");
+  }
+  PendingSubmit ps;
+  ps.routingId = routingId;
+  ps.requestId = requestId;
+  ps.count = payloads.size();
+  ps.seal = submit.getSeal();
+  ps.watch = submit.getWatch();
+  routing::Batch* b = nullptr;
+  if (submit.getBatch() == 0) {
+    auto spec = submit.getSpec();
+    std::string handler(wire::view(spec.getHandler()));
+    if (!validName(handler, 128)) {
+      return bad(proto::Error::Code::BAD_REQUEST, "handler name '" + handler +
+                                                      "' is not valid: use letters, digits, '.', '_' and '-'");
+    }
+    routing::BatchSpec s;
+    s.handler = handler;
+    for (auto t : spec.getRequires()) {
+      std::string tag(wire::view(t));
+      if (!validName(tag, 64)) return bad(proto::Error::Code::BAD_REQUEST, "tag '" + tag + "' is not valid");
+      s.requiredTags.push_back(tag);
+    }
+    if (!scheduler_.handlerOffered(handler)) {
+      std::set<std::string> offered;
+      for (const auto& [id, n] : scheduler_.nodes()) offered.insert(n.info.handlers.begin(), n.info.handlers.end());
+      std::string list;
+      for (const auto& h : offered) list += (list.empty() ? "" : ", ") + h;
+      return bad(proto::Error::Code::UNKNOWN_HANDLER,
+                 scheduler_.nodes().empty()
+                     ? "no spore is connected, so no handler '" + handler + "' is offered: start a spore first"
+                     : "no live spore offers handler '" + handler + "' (offered: " + list + ")");
+    }
+    auto mr = spec.getMapreduce();
+    if (mr.getStage() == proto::MapReduce::Stage::REDUCE) {
+      return bad(proto::Error::Code::BAD_REQUEST, "a reduce stage is started by the nexus, not submitted");
+    }
+    if (mr.getStage() == proto::MapReduce::Stage::MAP) {
+      std::string combiner(wire::view(mr.getCombiner())), reducer(wire::view(mr.getReducer()));
+      if (mr.getPartitions() < 1 || mr.getPartitions() > 10000) {
+        return bad(proto::Error::Code::BAD_REQUEST, "the number of reducers must be 1-10000");
+      }
+      if (!validName(reducer, 128) || (!combiner.empty() && !validName(combiner, 128))) {
+        return bad(proto::Error::Code::BAD_REQUEST, "reducer and combiner names must be valid handler names");
+      }
+      for (const auto& h : {reducer, combiner}) {
+        if (!h.empty() && !scheduler_.handlerOffered(h)) {
+          return bad(proto::Error::Code::UNKNOWN_HANDLER, "no live spore offers handler '" + h + "'");
+        }
+      }
+      s.mrStage = 1;
+      s.mrPartitions = mr.getPartitions();
+      s.mrCombiner = combiner;
+      s.mrReducer = reducer;
+      if (!combiner.empty()) s.alsoNeeds.push_back(combiner);
+    }
+    s.priority = spec.getPriority();
+    s.timeoutMs = spec.getTimeoutMs();
+    s.maxAttempts = spec.getMaxAttempts();
+    s.label = std::string(wire::view(spec.getLabel())).substr(0, 256);
+    s.clientKey = key;
+    s.submittedMs = clock_.wallMs();
+    ps.batch = nextBatchId_++;
+    ps.newBatch = true;
+    b = &scheduler_.addBatch(ps.batch, s);
+    owners_[ps.batch] = key;
+    current_->newBatches.push_back(batchRecord(ps.batch, b->spec, ps.seal, ps.count));
+    ps.firstIndex = 0;
+    counters_.add("batches_submitted");
+  } else {
+    ps.batch = submit.getBatch();
+    b = scheduler_.batch(ps.batch);
+    auto owner = owners_.find(ps.batch);
+    if (!b || owner == owners_.end()) return bad(proto::Error::Code::NOT_FOUND, "no open batch " + std::to_string(ps.batch));
+    if (owner->second != key) return bad(proto::Error::Code::FORBIDDEN, "batch " + std::to_string(ps.batch) + " belongs to another client");
+    if (b->sealed || b->sealPending || b->cancelled) {
+      return bad(proto::Error::Code::BAD_REQUEST, "batch " + std::to_string(ps.batch) + " is sealed or cancelled: no tasks can be added");
+    }
+    ps.firstIndex = b->total + b->pendingAdds;
+    store::BatchUpdate u;
+    u.batch = ps.batch;
+    u.total = ps.firstIndex + ps.count;
+    u.sealed = ps.seal;
+    current_->updates.push_back(u);
+  }
+  ps.firstId = nextTaskId_;
+  nextTaskId_ += ps.count;
+  ps.early = ps.newBatch && ps.seal && b->spec.mrStage == 0 && ps.count > 0 && ps.count <= kEarlyDispatchMax &&
+             ps.firstId + ps.count - 1 <= durableTaskIdMax_ + kEarlyIdWindow;
+  if (ps.early) {
+    // Runs while the submit is committed. The writer commits in order, so no result of these
+    // tasks can be stored before them; the ack still waits for the commit.
+    for (std::uint32_t i = 0; i < ps.count; ++i) scheduler_.addTask(*b, ps.firstId + i, i, std::string(views[i]));
+    b->total = ps.count;
+    scheduler_.seal(*b, ps.count);
+    counters_.add("tasks_dispatched_early", ps.count);
+    // Its watcher is registered with the ack; its results may come before that.
+    if (ps.watch) inline_.try_emplace(ps.batch);
+  } else {
+    if (ps.seal) b->sealPending = true;
+    b->pendingAdds += ps.count;
+  }
+  if (ps.count > 0) {
+    store::TaskChunk chunk;
+    chunk.batch = ps.batch;
+    chunk.firstId = ps.firstId;
+    chunk.firstIndex = ps.firstIndex;
+    chunk.payloads = views;
+    chunk.keepAlive = frame;
+    current_->chunks.push_back(std::move(chunk));
+  }
+  ps.payloads = std::move(views);
+  ps.frame = std::move(frame);
+  if (!ps.early) pendingSubmitTasks_ += ps.count;  // early ones count as queued already
+  currentInfo_.submitTasks += ps.count;
+  currentInfo_.submits.push_back(std::move(ps));
+}
+
+void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p) {
+  out.setBatch(batchId);
+  out.setTotal(p.total);
+  out.setSealed(p.sealed);
+  out.setQueued(p.queued);
+  out.setRunning(p.running);
+  out.setSucceeded(p.succeeded);
+  out.setFailed(p.failed);
+  out.setCancelled(p.cancelled);
+  out.setFinished(p.finished);
+  auto link = jobLinks_.find(batchId);
+  if (link != jobLinks_.end()) {
+    out.setNextBatch(link->second.next);
+    out.setNote(link->second.note);
+  } else if (p.finished && mayHaveLink(batchId)) {
+    auto rec = readStore_->batch(batchId);
+    if (rec && *rec) {
+      out.setNextBatch((*rec)->nextBatch.value_or(0));
+      out.setNote((*rec)->note);
+    }
+  }
+}
+
+// Only map-reduce stages get a next batch or a note; a plain batch still in memory needs no read.
+bool NexusImpl::mayHaveLink(std::uint64_t batchId) {
+  routing::Batch* b = scheduler_.batch(batchId);
+  return b == nullptr || b->spec.mrStage != 0;
+}
+
+bool NexusImpl::batchFinished(std::uint64_t batchId) {
+  if (routing::Batch* b = scheduler_.batch(batchId)) {
+    if (b->spec.mrStage == 1 && !jobLinks_.count(batchId)) return false;  // as progressOf says
+    return scheduler_.progress(*b).finished;
+  }
+  auto rec = readStore_->batch(batchId);  // one row, not the count progressOf makes
+  return rec && *rec && (*rec)->finishedMs.has_value();
+}
+
+std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
+  if (routing::Batch* b = scheduler_.batch(batchId)) {
+    routing::Progress p = scheduler_.progress(*b);
+    // A map stage is finished for its client only once the reduce stage is linked (or the
+    // reason it is not), so that `finished` always comes with nextBatch or a note.
+    if (b->spec.mrStage == 1 && !jobLinks_.count(batchId)) p.finished = false;
+    return p;
+  }
+  auto rec = readStore_->batch(batchId);
+  if (!rec || !*rec) return std::nullopt;
+  auto counts = readStore_->countResults(batchId);
+  if (!counts) return std::nullopt;
+  routing::Progress p;
+  p.total = (*rec)->total;
+  p.sealed = (*rec)->sealed;
+  p.succeeded = counts->succeeded;
+  p.failed = counts->failed;
+  p.cancelled = counts->cancelled;
+  p.finished = (*rec)->finishedMs.has_value();
+  return p;
+}
+
+void NexusImpl::onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch) {
+  counters_.add("watch_requests");
+  auto p = progressOf(batch);
+  if (!p) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(batch));
+    return;
+  }
+  wire::Encoder e(requestId, 64);
+  fillProgress(e.body().initProgress(), batch, *p);
+  sendTo(clientSocket_, routingId, e.finish());
+  if (!p->finished) {
+    auto& list = watchers_[batch];
+    for (auto& w : list) {
+      if (w.routingId == routingId) {
+        w.requestId = requestId;
+        return;
+      }
+    }
+    list.push_back({routingId, requestId});
+  }
+}
+
+void NexusImpl::sendProgress(std::uint64_t batch, bool final) {
+  auto it = watchers_.find(batch);
+  if (it == watchers_.end()) return;
+  auto p = progressOf(batch);
+  if (!p) return;
+  auto held = p->finished ? inline_.find(batch) : inline_.end();
+  std::size_t words = 64;
+  if (held != inline_.end()) words += held->second.bytes / 8 + 8 * held->second.rows.size();
+  for (auto w = it->second.begin(); w != it->second.end();) {
+    wire::Encoder e(w->requestId, static_cast<unsigned>(words));
+    auto out = e.body().initProgress();
+    fillProgress(out, batch, *p);
+    if (held != inline_.end()) fillInline(out, batch, p->total);
+    if (!sendTo(clientSocket_, w->routingId, e.finish())) {
+      w = it->second.erase(w);  // the client went away
+    } else {
+      ++w;
+    }
+  }
+  if (final || p->finished || it->second.empty()) {
+    watchers_.erase(it);
+    dropInline(batch);
+  }
+}
+
+void NexusImpl::keepInline(const routing::FinalResult& f) {
+  InlineResults& in = inline_[f.batch];
+  if (in.overflow) return;
+  std::size_t add = f.output.size() + f.error.size() + f.node.size() + 32;
+  if (in.rows.size() >= kInlineRowsMax || in.bytes + add > kInlineBatchBytes || inlineBytes_ + add > kInlineTotalBytes) {
+    inlineBytes_ -= in.bytes;
+    in.bytes = 0;
+    in.overflow = true;
+    std::vector<InlineRow>().swap(in.rows);
+    return;
+  }
+  in.rows.push_back({f.task, f.index, static_cast<std::uint8_t>(f.status), f.attempts, f.output, f.error, f.node});
+  in.bytes += add;
+  inlineBytes_ += add;
+}
+
+void NexusImpl::dropInline(std::uint64_t batch) {
+  auto it = inline_.find(batch);
+  if (it == inline_.end()) return;
+  inlineBytes_ -= it->second.bytes;
+  inline_.erase(it);
+}
+
+// Every final result of the batch, in index order, when all of them were kept; else nothing.
+void NexusImpl::fillInline(proto::Progress::Builder out, std::uint64_t batch, std::uint64_t total) {
+  auto it = inline_.find(batch);
+  if (it == inline_.end() || it->second.overflow || it->second.rows.size() != total) return;
+  auto& rows = it->second.rows;
+  std::sort(rows.begin(), rows.end(), [](const InlineRow& a, const InlineRow& b) { return a.index < b.index; });
+  auto list = out.initResults(static_cast<unsigned>(rows.size()));
+  for (unsigned i = 0; i < rows.size(); ++i) {
+    auto r = list[i];
+    r.setTask(rows[i].task);
+    r.setIndex(rows[i].index);
+    r.setStatus(static_cast<proto::TaskStatus>(rows[i].status));
+    r.setOutput(wire::asData(rows[i].output));
+    r.setError(rows[i].error);
+    r.setAttempts(rows[i].attempts);
+    r.setNode(rows[i].node);
+  }
+  counters_.add("results_with_finished");
+}
+
+void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t requestId, proto::FetchResults::Reader req) {
+  counters_.add("result_pages");
+  std::uint32_t limit = std::clamp<std::uint32_t>(req.getLimit(), 1, kResultPageMax);
+  // Asked before the rows are read: a batch finished by then has every result committed.
+  bool finished = batchFinished(req.getBatch());
+  auto rows = readStore_->resultsPage(req.getBatch(), req.getFromIndex(), static_cast<int>(limit));
+  if (!rows) {
+    MESH_ERROR("reading results failed: %s", rows.error().message.c_str());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading results failed; see the nexus log");
+    return;
+  }
+  if (rows->empty() && !progressOf(req.getBatch())) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(req.getBatch()));
+    return;
+  }
+  // Keep a page under the frame budget.
+  std::size_t bytes = 0, n = 0;
+  for (; n < rows->size(); ++n) {
+    bytes += (*rows)[n].result.output.size() + (*rows)[n].result.error.size() + 64;
+    if (n > 0 && bytes > kResultPageBytes) break;
+  }
+  wire::Encoder e(requestId, static_cast<unsigned>(bytes / 8 + 256));
+  auto page = e.body().initResultPage();
+  page.setBatch(req.getBatch());
+  auto list = page.initRows(static_cast<unsigned>(n));
+  std::uint64_t next = req.getFromIndex();
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& r = (*rows)[i];
+    auto out = list[static_cast<unsigned>(i)];
+    out.setTask(r.task);
+    out.setIndex(r.index);
+    out.setStatus(static_cast<proto::TaskStatus>(r.result.status));
+    out.setOutput(wire::asData(r.result.output));
+    out.setError(r.result.error);
+    out.setAttempts(r.result.attempts);
+    out.setNode(r.result.node);
+    next = r.index + 1;
+  }
+  page.setNextIndex(next);
+  page.setEnd(n == rows->size() && rows->size() < limit);
+  page.setFinished(finished);
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) {
+  wire::Encoder e(requestId, 1024);
+  auto s = e.body().initStatusReply();
+  s.setNexusName(config_.name);
+  s.setSoftwareVersion(kSoftwareVersion);
+  s.setUptimeMs(static_cast<std::uint64_t>(clock_.monotonicMs() - startedMono_));
+  std::uint32_t slots = 0;
+  for (const auto& [id, n] : scheduler_.nodes()) slots += n.info.slots;
+  s.setNodesAlive(static_cast<std::uint32_t>(scheduler_.nodes().size()));
+  s.setSlotsTotal(slots);
+  s.setQueued(scheduler_.queuedTotal());
+  s.setRunning(scheduler_.runningTotal());
+  std::vector<std::uint64_t> shown;
+  for (const auto& [id, b] : scheduler_.batches()) shown.push_back(id);
+  auto recent = readStore_->recentBatches(5);
+  if (recent) {
+    for (const auto& r : *recent) {
+      if (!scheduler_.batch(r.id)) shown.push_back(r.id);
+    }
+  }
+  std::sort(shown.begin(), shown.end());
+  auto list = s.initBatches(static_cast<unsigned>(shown.size()));
+  for (unsigned i = 0; i < shown.size(); ++i) {
+    auto out = list[i];
+    out.setId(shown[i]);
+    if (routing::Batch* b = scheduler_.batch(shown[i])) {
+      out.setLabel(b->spec.label);
+      out.setHandler(b->spec.handler);
+      out.setPriority(b->spec.priority);
+      out.setSubmittedMs(b->spec.submittedMs);
+    } else if (recent) {
+      for (const auto& r : *recent) {
+        if (r.id != shown[i]) continue;
+        out.setLabel(r.label);
+        out.setHandler(r.handler);
+        out.setPriority(r.priority);
+        out.setSubmittedMs(r.submittedMs);
+      }
+    }
+    if (auto p = progressOf(shown[i])) fillProgress(out.initProgress(), shown[i], *p);
+  }
+  std::map<std::string, std::uint64_t> counters = counters_.all();
+  for (const auto& [k, v] : scheduler_.counters().all()) counters[k] += v;
+  counters["zap_admitted"] = zap_->admitted();
+  counters["zap_refused"] = zap_->refused();
+  counters["write_queue"] = writer_->queued();
+  auto checkpoints = writer_->checkpoints();
+  counters["wal_checkpoints"] = checkpoints.done;
+  counters["wal_checkpoints_in_line"] = checkpoints.inLine;
+  counters["wal_checkpoints_finished_in_line"] = checkpoints.finished;
+  counters["wal_checkpoint_errors"] = checkpoints.errors;
+  counters["payload_segments_deleted"] = writer_->payloadSegmentsDeleted();
+  counters["tasks_in_memory"] = scheduler_.tasksInMemory();
+  auto cl = s.initCounters(static_cast<unsigned>(counters.size()));
+  unsigned i = 0;
+  for (const auto& [k, v] : counters) {
+    cl[i].setName(k);
+    cl[i].setValue(v);
+    ++i;
+  }
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
+  wire::Encoder e(requestId, 1024);
+  auto list = e.body().initNodesReply().initNodes(static_cast<unsigned>(conns_.size()));
+  std::vector<const NodeConn*> sorted;
+  for (const auto& [rid, c] : conns_) sorted.push_back(&c);
+  std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name || (a->name == b->name && a->id < b->id); });
+  std::int64_t now = clock_.monotonicMs();
+  for (unsigned i = 0; i < sorted.size(); ++i) {
+    const NodeConn& c = *sorted[i];
+    auto out = list[i];
+    out.setKey(c.key);
+    out.setFingerprint(c.fingerprint);
+    out.setName(c.name);
+    out.setAddress(c.address);
+    out.setFoundBy(c.foundBy);
+    out.setSoftwareVersion(c.softwareVersion);
+    auto tags = out.initTags(static_cast<unsigned>(c.tags.size()));
+    for (unsigned t = 0; t < c.tags.size(); ++t) tags.set(t, c.tags[t]);
+    auto handlers = out.initHandlers(static_cast<unsigned>(c.handlers.size()));
+    for (unsigned h = 0; h < c.handlers.size(); ++h) handlers.set(h, c.handlers[h]);
+    out.setSlots(c.slots);
+    out.setConnectedMs(c.connectedWallMs);
+    out.setLastBeatMsAgo(static_cast<std::uint64_t>(std::max<std::int64_t>(0, now - c.lastSeenMono)));
+    out.setAlive(true);
+    if (routing::Node* n = scheduler_.node(c.id)) {
+      out.setInFlight(n->inFlight);
+      out.setCpuPct(static_cast<float>(n->cpuPct));
+      out.setMemPct(static_cast<float>(n->memPct));
+      out.setScore(static_cast<float>(scheduler_.score(*n)));
+      out.setTasksDone(n->done);
+    }
+  }
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId) {
+  auto row = readStore_->task(taskId);
+  if (!row) {
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading the task failed; see the nexus log");
+    return;
+  }
+  if (!*row) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+               "no task " + std::to_string(taskId) + (taskId >= nextTaskId_ ? "" : " (not yet committed?)"));
+    return;
+  }
+  const store::TaskRow& t = **row;
+  const routing::Task* live = scheduler_.task(taskId);
+  wire::Encoder e(requestId, 512);
+  auto info = e.body().initTaskReply();
+  info.setId(t.id);
+  info.setBatch(t.batch);
+  info.setIndex(t.index);
+  info.setHandler(t.batchRecord.handler);
+  info.setPriority(t.batchRecord.priority);
+  auto req = info.initRequires(static_cast<unsigned>(t.batchRecord.requiredTags.size()));
+  for (unsigned i = 0; i < t.batchRecord.requiredTags.size(); ++i) req.set(i, t.batchRecord.requiredTags[i]);
+  info.setSubmittedMs(t.batchRecord.submittedMs);
+  std::size_t extra = (live && live->state == routing::Task::State::kRunning) ? 1 : 0;
+  std::size_t final = t.result ? 1 : 0;
+  auto attempts = info.initAttempts(static_cast<unsigned>(t.attempts.size() + extra + final));
+  unsigned i = 0;
+  for (const auto& a : t.attempts) {
+    auto out = attempts[i++];
+    out.setNumber(a.attempt);
+    out.setNode(a.node);
+    out.setAssignedMs(a.assignedMs);
+    out.setEndedMs(a.endedMs);
+    out.setOutcome(a.outcome);
+    out.setError(a.error);
+  }
+  if (t.result) {
+    auto out = attempts[i++];
+    out.setNumber(t.result->attempts);
+    out.setNode(t.result->node);
+    out.setAssignedMs(t.result->assignedMs);
+    out.setStartedMs(t.result->startedMs);
+    out.setEndedMs(t.result->finishedMs);
+    out.setOutcome(routing::statusName(static_cast<routing::Status>(t.result->status)));
+    out.setError(t.result->error);
+    info.setState(routing::statusName(static_cast<routing::Status>(t.result->status)));
+    info.setOutput(wire::asData(t.result->output));
+    info.setError(t.result->error);
+    info.setFinishedMs(t.result->finishedMs);
+  } else if (live) {
+    if (live->state == routing::Task::State::kRunning) {
+      auto out = attempts[i++];
+      out.setNumber(live->attempts);
+      auto r = nodeRoute_.find(live->node);
+      std::string node = "?";
+      if (r != nodeRoute_.end()) node = conns_[r->second].name;
+      out.setNode(node);
+      out.setAssignedMs(live->assignedWallMs);
+      out.setOutcome("running");
+      info.setState("running");
+    } else {
+      info.setState(live->state == routing::Task::State::kWaiting ? "waiting" : "queued");
+      info.setWhy(scheduler_.whyWaiting(*live, clock_.monotonicMs()));
+    }
+  } else {
+    info.setState("finishing");
+    info.setWhy("its result is being written");
+  }
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+void NexusImpl::onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                         std::uint64_t batchId) {
+  routing::Batch* b = scheduler_.batch(batchId);
+  auto owner = owners_.find(batchId);
+  if (!b) {
+    auto p = progressOf(batchId);
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+               p ? "batch " + std::to_string(batchId) + " has finished already" : "no batch " + std::to_string(batchId));
+    return;
+  }
+  auto role = roleOf(key);
+  if (owner != owners_.end() && owner->second != key && (!role || *role != store::Role::kAdmin)) {
+    replyError(routingId, requestId, proto::Error::Code::FORBIDDEN,
+               "batch " + std::to_string(batchId) + " belongs to another client (an admin key can cancel it)");
+    return;
+  }
+  std::int64_t now = clock_.wallMs();
+  if (!b->sealed && !b->sealPending) {
+    std::uint64_t total = b->total + b->pendingAdds;
+    store::BatchUpdate u;
+    u.batch = batchId;
+    u.total = total;
+    u.sealed = true;
+    current_->updates.push_back(u);
+    if (b->pendingAdds == 0) scheduler_.seal(*b, total);
+    else b->sealPending = true;
+  }
+  std::uint64_t n = scheduler_.cancel(*b, now);
+  store::BatchUpdate u;
+  u.batch = batchId;
+  u.cancelledMs = now;
+  current_->updates.push_back(u);
+  MESH_INFO("batch %llu cancelled: %llu tasks will not run", static_cast<unsigned long long>(batchId),
+            static_cast<unsigned long long>(n));
+  // Acknowledged once the cancel is committed (onCommits), so that a nexus crash cannot undo a
+  // cancel its client was told about.
+  currentInfo_.cancels.push_back({routingId, requestId, batchId, n});
+}
+
+}  // namespace mesh::node

@@ -1,0 +1,382 @@
+// The nexus's implementation class, shared by its source files: nexus.cpp (set-up, the loop,
+// the public Nexus), nexus_nodes.cpp (the node port), nexus_clients.cpp (the client port),
+// nexus_work.cpp (dispatch, commits, map-reduce stages, timers) and nexus_bundles.cpp (signed
+// bundles). Private to mesh/node: include it from those files only.
+//
+// Thread rule: as nexus.h says, one actor; every member runs on the thread of run() (start()
+// before it), except the StoreWriter's and ZapHandler's own threads, reached by messages.
+#pragma once
+
+#include "mesh/node/nexus.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <sstream>
+#include <optional>
+#include <set>
+#include <unordered_map>
+
+#include "mesh/bundle/audit.h"
+#include "mesh/bundle/fs.h"
+#include "mesh/bundle/ledger.h"
+#include "mesh/bundle/receiver.h"
+#include "mesh/bundle/release_key.h"
+#include "mesh/crypto/keys.h"
+#include "mesh/discovery/beacon_udp.h"
+#include "mesh/exec/mapreduce.h"
+#include "mesh/node/common.h"
+#include "mesh/routing/scheduler.h"
+#include "mesh/store/key_store.h"
+#include "mesh/store/task_store.h"
+#include "mesh/store/writer.h"
+#include "mesh/transport/poller.h"
+#include "mesh/transport/sockets.h"
+#include "mesh/transport/zap.h"
+#include "mesh/util/bytes.h"
+#include "mesh/util/clock.h"
+#include "mesh/util/counters.h"
+#include "mesh/util/log.h"
+#include "mesh/util/log_throttle.h"
+#include "mesh/wire/codec.h"
+
+namespace mesh::node {
+
+// The nexus's own constants and records, shared by its source files (nexus*.cpp) only.
+namespace nexus_detail {
+
+constexpr int kMaxMessagesPerTurn = 4096;
+constexpr std::uint32_t kResultPageMax = 1000;
+constexpr std::size_t kResultPageBytes = 8u << 20;
+constexpr std::size_t kAssignFrameBytes = 8u << 20;
+constexpr std::uint32_t kMaxTasksPerSubmit = 1'000'000;
+constexpr std::int64_t kProgressEveryMs = 250;
+constexpr std::int64_t kKeyCheckEveryMs = 1000;
+constexpr std::size_t kBundleChunkMax = 1u << 20;      // largest upload chunk and fetch reply
+constexpr std::uint64_t kFetchSlackBytes = 16u << 20;  // bundle bytes served past a spore's progress (onBundleFetch)
+constexpr std::uint64_t kFetchRestarts = 8;            // fetches of one bundle started again lower, per connection
+constexpr std::size_t kMaxUploads = 4;                 // publishes in progress at once
+constexpr std::int64_t kUploadIdleMs = 60'000;         // an upload silent this long is dropped
+constexpr std::size_t kPublishRefusalsKept = 20;
+// The results that ride with a small batch's last Progress (protocol section 4.9).
+constexpr std::size_t kInlineRowsMax = 1000;           // per batch: one result page
+constexpr std::size_t kInlineBatchBytes = 256u << 10;  // per batch: outputs, errors, node names
+constexpr std::size_t kInlineTotalBytes = 16u << 20;   // over every batch held
+// Dispatch before commit (protocol section 4.8): a new, sealed, plain batch of at most this many
+// tasks goes to the scheduler as it arrives and runs while its submit is being committed.
+constexpr std::uint32_t kEarlyDispatchMax = 256;
+// Ids handed out before their commit stay at most this far above the highest committed task id,
+// and a starting nexus continues this far above the highest stored one: an id that an earlier
+// run handed out but never stored is never given to another task (a spore could still hold
+// that task's result).
+constexpr std::uint64_t kEarlyIdWindow = 4096;
+
+using Which = proto::Envelope::Body::Which;
+
+struct NodeConn {
+  routing::NodeId id = routing::kNoNode;
+  std::string routingId;
+  std::string key;
+  std::string fingerprint;
+  std::string name, address, foundBy, softwareVersion;
+  std::vector<std::string> handlers, tags;
+  std::uint16_t slots = 0;
+  std::int64_t lastSeenMono = 0;
+  std::int64_t connectedWallMs = 0;
+  // Bundle fetches of this connection, per bundle name: a spore asks for chunks in order, so
+  // the offsets it asks for show how far it has read; what was served beyond that is queued.
+  struct Fetch {
+    std::uint64_t version = 0;
+    std::uint64_t firstOffset = 0, highestOffset = 0, served = 0;
+    std::uint64_t servedTotal = 0;  // over restarts
+    std::uint32_t restarts = 0;     // requests that went back below the highest offset
+    bool refused = false;           // logged once
+  };
+  std::map<std::string, Fetch> fetches;
+};
+
+// A bundle the nexus accepted and serves (the highest version of its name), as listed in
+// DATA_DIR/bundles/index.
+struct StoredBundle {
+  std::string name;
+  std::uint64_t version = 0;
+  std::uint64_t size = 0;
+  std::string manifestSha256;
+  std::int64_t publishedMs = 0;
+  std::string path;
+};
+
+// A publish in progress: chunks stream into a receiver (memory bounded by its head buffer).
+struct Upload {
+  std::string key;
+  std::unique_ptr<bundle::BundleReceiver> rx;
+  std::int64_t lastMono = 0;
+};
+
+// What one spore last reported about one bundle name.
+struct SporeBundle {
+  std::string spore, fingerprint;
+  std::uint64_t running = 0, version = 0;
+  std::string event, reason, message;
+  std::uint32_t rollbacks = 0;
+};
+
+struct Watcher {
+  std::string routingId;
+  std::uint64_t requestId = 0;
+};
+
+// The final results of a watched batch, kept (while it stays small) until they go out with its
+// last Progress, so that a client that waited for it needs no FetchResults round trip.
+struct InlineRow {
+  std::uint64_t task = 0, index = 0;
+  std::uint8_t status = 0, attempts = 0;
+  std::string output, error, node;
+};
+struct InlineResults {
+  std::vector<InlineRow> rows;
+  std::size_t bytes = 0;
+  bool overflow = false;  // too big (or the total budget was spent): the client pages instead
+};
+
+// A submit chunk waiting for its commit.
+struct PendingSubmit {
+  std::string routingId;
+  std::uint64_t requestId = 0;
+  std::uint64_t batch = 0;
+  std::uint64_t firstId = 0, firstIndex = 0;
+  std::uint32_t count = 0;
+  bool seal = false;
+  bool watch = false;
+  bool newBatch = false;
+  bool early = false;  // its tasks went to the scheduler before the commit
+  // The payloads, read from the message once (every read of a Cap'n Proto message counts
+  // against its traversal limit): views into `frame` (a client's submit) or `owned` (a reduce
+  // stage the nexus made), which they keep alive.
+  std::vector<std::string_view> payloads;
+  std::shared_ptr<wire::Decoded> frame;
+  std::shared_ptr<std::vector<std::string>> owned;
+};
+
+// A map-reduce job's link from its map batch to its reduce batch, or why there is none.
+struct JobLink {
+  std::uint64_t next = 0;
+  std::string note;
+};
+
+// What a write ticket carries besides its WriteSet: what to do once it is durable.
+// A CancelAck waiting for the commit of the cancel it answers.
+struct PendingCancel {
+  std::string routingId;
+  std::uint64_t requestId = 0;
+  std::uint64_t batch = 0;
+  std::uint64_t cancelled = 0;
+};
+
+struct TicketInfo {
+  std::vector<PendingSubmit> submits;
+  std::vector<PendingCancel> cancels;
+  std::map<std::uint64_t, std::array<std::uint64_t, 3>> finals;  // batch -> ok, failed, cancelled
+  std::vector<std::uint64_t> finishing;
+  std::uint64_t submitTasks = 0;
+};
+
+// The row of a new batch, from the spec the scheduler holds (defaults already applied).
+inline store::BatchRecord batchRecord(std::uint64_t id, const routing::BatchSpec& s, bool sealed, std::uint64_t total) {
+  store::BatchRecord rec;
+  rec.id = id;
+  rec.label = s.label;
+  rec.handler = s.handler;
+  rec.priority = s.priority;
+  rec.requiredTags = s.requiredTags;
+  rec.timeoutMs = s.timeoutMs;
+  rec.maxAttempts = s.maxAttempts;
+  rec.clientKey = s.clientKey;
+  rec.submittedMs = s.submittedMs;
+  rec.sealed = sealed;
+  rec.total = total;
+  rec.mrStage = s.mrStage;
+  rec.mrPartitions = s.mrPartitions;
+  rec.mrCombiner = s.mrCombiner;
+  rec.mrReducer = s.mrReducer;
+  return rec;
+}
+
+inline bool validName(std::string_view s, std::size_t max) {
+  if (s.empty() || s.size() > max) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+  });
+}
+
+
+inline std::string portName(const std::string& domain) {
+  if (domain == kNodeDomain) return "node";
+  if (domain == kClientDomain) return "client";
+  return "events";
+}
+
+}  // namespace nexus_detail
+
+// The nexus's files use these names unqualified; this header is private to them.
+using namespace nexus_detail;
+
+class NexusImpl {
+ public:
+  NexusImpl(zmq::context_t& ctx, config::NexusConfig config)
+      : ctx_(ctx), config_(std::move(config)), clock_(util::systemClock()), scheduler_(config_.scheduler) {
+    limits_.maxFrameBytes = config_.maxFrameBytes;
+  }
+
+  util::Status start();
+  void run(const std::atomic<bool>& stop);
+
+ private:
+  // ---- set-up
+  util::Status openKeys();
+  util::Status reloadKeys();
+  util::Status bindAndCheck();
+  util::Status recover();
+
+  // ---- messages
+  template <typename Serve, typename OnBad>
+  bool drainRouter(zmq::socket_t& socket, Serve&& serve, OnBad&& onBad);
+  bool drainNodes();
+  bool drainClients();
+  void onNodeMessage(const std::string& routingId, zmq::message_t& body);
+  void onHello(const std::string& routingId, const std::string& key, zmq::message_t& frame,
+               proto::Hello::Reader hello);
+  void onResults(routing::NodeId from, proto::Results::Reader results);
+  void onClientMessage(const std::string& routingId, zmq::message_t& body);
+  void serveClient(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                   wire::Decoded decoded);
+  void onSubmit(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                std::shared_ptr<wire::Decoded> frame);
+  void onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch);
+  void onFetchResults(const std::string& routingId, std::uint64_t requestId, proto::FetchResults::Reader req);
+  void onStatus(const std::string& routingId, std::uint64_t requestId);
+  void onNodes(const std::string& routingId, std::uint64_t requestId);
+  void onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId);
+  void onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId, std::uint64_t batch);
+
+  // ---- bundles
+  util::Status openBundles();
+  util::Status saveBundleIndex();
+  void onBundleUpload(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                      proto::BundleUpload::Reader upload);
+  void refusePublish(const std::string& routingId, std::uint64_t requestId, const bundle::Refused& r);
+  void onBundleFetch(NodeConn& conn, std::uint64_t requestId, proto::BundleFetch::Reader fetch);
+  void onBundleReport(const NodeConn& conn, proto::BundleReport::Reader report);
+  void onBundles(const std::string& routingId, std::uint64_t requestId);
+  void fillBundleRef(proto::BundleRef::Builder out, const StoredBundle& b);
+
+  // ---- work
+  void dispatch();
+  void collectEffects();
+  void flushWrites();
+  void onCommits();
+  void timers();
+  // nodeFault: the node died or went silent (charged to its tasks toward quarantine), as
+  // opposed to a reconnection or a revoked key.
+  void dropNode(routing::NodeId id, const std::string& why, bool nodeFault = true);
+  void sendWelcome(const std::string& routingId);
+  void sendProgress(std::uint64_t batch, bool final);
+  void keepInline(const routing::FinalResult& f);
+  void dropInline(std::uint64_t batch);
+  void fillInline(proto::Progress::Builder out, std::uint64_t batch, std::uint64_t total);
+  // A map stage finished: start its reduce batch from the map outputs (or record why not).
+  void startReduce(const store::BatchRecord& map);
+  void publish(proto::Event::Kind kind, std::uint64_t batch, const std::string& node, const std::string& text);
+
+  // ---- helpers
+  bool sendTo(zmq::socket_t& socket, const std::string& routingId, zmq::message_t&& body);
+  void replyError(const std::string& routingId, std::uint64_t requestId, proto::Error::Code code,
+                  const std::string& message);
+  void fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p);
+  // Whether the batch has finished (every result committed), as progressOf(...).finished says,
+  // without counting its results.
+  bool batchFinished(std::uint64_t batchId);
+  std::optional<routing::Progress> progressOf(std::uint64_t batchId);
+  bool mayHaveLink(std::uint64_t batchId);
+  std::optional<store::Role> roleOf(const std::string& key);
+
+  zmq::context_t& ctx_;
+  config::NexusConfig config_;
+  const util::Clock& clock_;
+  wire::Limits limits_;
+  routing::Scheduler scheduler_;
+  util::Counters counters_;
+
+  crypto::KeyPair serverKeys_;
+  std::string dbPath_;
+  store::Db readDb_;
+  std::unique_ptr<store::PayloadReader> payloadReader_;
+  std::unique_ptr<store::TaskStore> readStore_;
+  std::unique_ptr<store::KeyStore> keys_;
+  std::int64_t keysVersion_ = -1;
+  std::unordered_map<std::string, store::Role> accepted_;
+
+  std::unique_ptr<transport::ZapHandler> zap_;
+  std::unique_ptr<store::StoreWriter> writer_;
+  // The loop's wait while run() runs (null otherwise); every send on a socket it watches goes
+  // through sendTo() or flushWrites(), which tell it (Poller's contract).
+  transport::Poller* poller_ = nullptr;
+  zmq::socket_t nodeSocket_, clientSocket_, eventsSocket_;
+  std::string nodeEndpoint_, clientEndpoint_, eventsEndpoint_;
+  std::unique_ptr<discovery::BeaconSender> beacon_;
+
+  std::unordered_map<std::string, NodeConn> conns_;           // by routing id
+  std::unordered_map<routing::NodeId, std::string> nodeRoute_;  // node id -> routing id
+  std::unordered_map<std::string, std::uint64_t> batchOwner_;   // not used for lookup by key
+  std::map<std::uint64_t, std::string> owners_;                 // batch -> client key
+  std::map<std::uint64_t, std::vector<Watcher>> watchers_;
+  std::unordered_map<std::uint64_t, InlineResults> inline_;  // watched batches' results so far
+  std::size_t inlineBytes_ = 0;
+  util::LogThrottle storeLog_{clock_};  // failed writes (a full disk): one line a minute
+  std::map<std::uint64_t, JobLink> jobLinks_;  // map batch -> its reduce stage
+
+  std::uint64_t nextBatchId_ = 1;
+  std::uint64_t nextTaskId_ = 1;
+  std::uint64_t pendingSubmitTasks_ = 0;
+  std::uint64_t durableTaskIdMax_ = 0;  // the highest task id known committed
+  // Task ids [first, end) of batches withdrawn after their commit failed, while write sets that
+  // may carry their results are still in flight.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> withdrawnIds_;
+  bool withdrawn(std::uint64_t task) const {
+    for (const auto& [first, end] : withdrawnIds_) {
+      if (task >= first && task < end) return true;
+    }
+    return false;
+  }
+  void dropWithdrawn(store::WriteSet& set);
+
+  std::unique_ptr<store::WriteSet> current_ = std::make_unique<store::WriteSet>();
+  TicketInfo currentInfo_;
+  std::map<std::uint64_t, TicketInfo> tickets_;
+  std::vector<std::pair<std::unique_ptr<store::WriteSet>, TicketInfo>> retryWrites_;
+  std::int64_t retryAtMono_ = 0;
+
+  std::int64_t startedMono_ = 0;
+  std::int64_t nextHeartbeat_ = 0, nextProgress_ = 0, nextKeyCheck_ = 0;
+
+  // Signed bundles (docs/bundles.md): trusted release keys, the version ledger (the same check 4
+  // a spore runs), the stored bundles, publishes in progress and what the spores reported.
+  bundle::TrustedKeys trusted_;
+  std::optional<bundle::FileVersionLedger> ledger_;
+  std::optional<bundle::AuditLog> audit_;
+  std::string bundlesDir_;
+  std::map<std::string, StoredBundle> bundles_;  // by name
+  std::map<std::uint64_t, Upload> uploads_;
+  std::uint64_t nextUpload_ = 1;
+  std::map<std::string, std::map<std::string, SporeBundle>> sporeBundles_;  // name -> spore key -> state
+  std::deque<bundle::Refused> publishRefusals_;
+};
+
+
+}  // namespace mesh::node

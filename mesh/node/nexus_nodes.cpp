@@ -1,0 +1,193 @@
+// The nexus's node port: hello, heartbeats, results, welcome, dropping a node.
+#include "mesh/node/nexus_impl.h"
+
+namespace mesh::node {
+
+// ---- node port -------------------------------------------------------------------------------
+
+void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body) {
+  std::string key = transport::userId(body);
+  std::string address = transport::peerAddress(body);
+  auto decoded = wire::decode(std::move(body), limits_);
+  if (!decoded) {
+    counters_.add("bad_frames");
+    MESH_WARN("dropped a bad frame from node %s (%s): %s", fingerprintOf(key).c_str(), address.c_str(),
+              decoded.error().message.c_str());
+    return;
+  }
+  auto role = roleOf(key);
+  if (!role || *role != store::Role::kNode) {
+    counters_.add("refused_messages");
+    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::FORBIDDEN, "key not accepted as a node"));
+    return;
+  }
+  auto env = decoded->envelope();
+  auto bodyReader = env.getBody();
+  auto it = conns_.find(routingId);
+  if (decoded->which() == Which::HELLO) {
+    onHello(routingId, key, body, bodyReader.getHello());
+    if (auto c = conns_.find(routingId); c != conns_.end()) c->second.address = address;
+    return;
+  }
+  if (it == conns_.end()) {
+    // Not (or no longer) known: a spore we declared lost (it was stopped or cut off), or one
+    // that has not said hello to this nexus since it restarted. Its results still count (the
+    // first result for a task wins; later ones are counted duplicates), then it must say hello.
+    counters_.add("messages_before_hello");
+    if (decoded->which() == Which::RESULTS) onResults(routing::kNoNode, bodyReader.getResults());
+    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::HELLO_FIRST, "hello first"));
+    return;
+  }
+  NodeConn& conn = it->second;
+  if (conn.key != key) {
+    // A routing id is not an identity: the key of every message must be the connection's.
+    counters_.add("refused_messages");
+    MESH_WARN("dropped a message whose key %s does not match its connection's (%s)", fingerprintOf(key).c_str(),
+              conn.fingerprint.c_str());
+    return;
+  }
+  conn.lastSeenMono = clock_.monotonicMs();
+  switch (decoded->which()) {
+    case Which::HEARTBEAT: {
+      auto hb = bodyReader.getHeartbeat();
+      scheduler_.updateLoad(conn.id, hb.getCpuPct(), hb.getMemPct());
+      break;
+    }
+    case Which::RESULTS:
+      onResults(conn.id, bodyReader.getResults());
+      break;
+    case Which::BUNDLE_FETCH:
+      onBundleFetch(conn, env.getRequestId(), bodyReader.getBundleFetch());
+      break;
+    case Which::BUNDLE_REPORT:
+      onBundleReport(conn, bodyReader.getBundleReport());
+      break;
+    case Which::BUNDLE_LIST_REQUEST: {
+      wire::Encoder e(env.getRequestId(), 256);
+      auto list = e.body().initBundleList(static_cast<unsigned>(bundles_.size()));
+      unsigned i = 0;
+      for (const auto& [name, b] : bundles_) fillBundleRef(list[i++], b);
+      sendTo(nodeSocket_, routingId, e.finish());
+      break;
+    }
+    default:
+      counters_.add("unknown_messages");
+      MESH_WARN("dropped a message of unknown kind %u from node %s", static_cast<unsigned>(decoded->which()),
+                conn.name.c_str());
+  }
+}
+
+void NexusImpl::onResults(routing::NodeId from, proto::Results::Reader message) {
+  std::int64_t nowMono = clock_.monotonicMs(), nowWall = clock_.wallMs();
+  auto results = message.getResults();
+  counters_.add("results_received", results.size());
+  for (auto r : results) {
+    routing::Report rep;
+    rep.task = r.getId();
+    rep.attempt = r.getAttempt();
+    auto st = static_cast<unsigned>(r.getStatus());
+    rep.status = st <= static_cast<unsigned>(routing::Status::kQuarantined) ? static_cast<routing::Status>(st)
+                                                                            : routing::Status::kFailed;
+    rep.output = std::string(wire::view(r.getOutput()));
+    rep.error = std::string(wire::view(r.getError()));
+    rep.startedMs = r.getStartedMs();
+    rep.durationUs = r.getDurationUs();
+    scheduler_.onReport(from, std::move(rep), nowMono, nowWall);
+  }
+}
+
+void NexusImpl::onHello(const std::string& routingId, const std::string& key, zmq::message_t&,
+                        proto::Hello::Reader hello) {
+  std::string name(wire::view(hello.getName()));
+  if (name.empty() || name.size() > 128 || hello.getSlots() == 0 || hello.getSlots() > 4096 ||
+      hello.getHandlers().size() > 10000 || hello.getTags().size() > 256) {
+    counters_.add("bad_hellos");
+    MESH_WARN("refused a malformed hello from node %s", fingerprintOf(key).c_str());
+    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "malformed hello"));
+    return;
+  }
+  std::vector<std::string> helloHandlers;
+  for (auto h : hello.getHandlers()) helloHandlers.emplace_back(wire::view(h));
+  if (auto same = conns_.find(routingId);
+      same != conns_.end() && same->second.key == key && same->second.handlers == helloHandlers) {
+    // A repeated hello on a live connection (several messages were refused at once): the node is
+    // already registered, so only welcome it again. (A hello with other handlers, after a bundle
+    // install or rollback, registers the node again below; its running tasks are adopted.)
+    counters_.add("repeated_hellos");
+    same->second.lastSeenMono = clock_.monotonicMs();
+    sendWelcome(routingId);
+    return;
+  }
+  // One connection per key: a new hello replaces whatever that key had. That is a reconnection,
+  // not a failure: its tasks go back to the queue (or are adopted below) without being charged.
+  std::vector<routing::NodeId> replaced;
+  for (const auto& [rid, c] : conns_) {
+    if (c.key == key || rid == routingId) replaced.push_back(c.id);
+  }
+  for (auto id : replaced) dropNode(id, "reconnected", /*nodeFault=*/false);
+  NodeConn conn;
+  conn.routingId = routingId;
+  conn.key = key;
+  conn.fingerprint = fingerprintOf(key);
+  conn.name = name;
+  conn.foundBy = std::string(wire::view(hello.getFoundBy()));
+  conn.softwareVersion = std::string(wire::view(hello.getSoftwareVersion()));
+  conn.slots = hello.getSlots();
+  for (auto h : hello.getHandlers()) conn.handlers.emplace_back(wire::view(h));
+  for (auto t : hello.getTags()) conn.tags.emplace_back(wire::view(t));
+  conn.lastSeenMono = clock_.monotonicMs();
+  conn.connectedWallMs = clock_.wallMs();
+  routing::NodeInfo info;
+  info.key = key;
+  info.name = name;
+  info.slots = conn.slots;
+  info.tags.insert(conn.tags.begin(), conn.tags.end());
+  info.handlers.insert(conn.handlers.begin(), conn.handlers.end());
+  conn.id = scheduler_.addNode(std::move(info));
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> running;
+  auto attempts = hello.getRunningAttempts();
+  for (unsigned i = 0; i < hello.getRunning().size(); ++i) {
+    running.emplace_back(hello.getRunning()[i], i < attempts.size() ? attempts[i] : 0);
+  }
+  auto unknown = scheduler_.adoptRunning(conn.id, running, clock_.monotonicMs());
+  nodeRoute_[conn.id] = routingId;
+  MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there", name.c_str(),
+            conn.fingerprint.c_str(), conn.slots, conn.handlers.size(), running.size() - unknown.size());
+  conns_[routingId] = std::move(conn);
+  sendWelcome(routingId);
+  if (!unknown.empty()) {
+    wire::Encoder cancel(0, 64 + unknown.size());
+    auto ids = cancel.body().initCancelTasks().initIds(static_cast<unsigned>(unknown.size()));
+    for (unsigned i = 0; i < unknown.size(); ++i) ids.set(i, unknown[i]);
+    sendTo(nodeSocket_, routingId, cancel.finish());
+  }
+  publish(proto::Event::Kind::NODE_JOINED, 0, name, "");
+}
+
+void NexusImpl::sendWelcome(const std::string& routingId) {
+  wire::Encoder welcome(0, 64);
+  auto w = welcome.body().initWelcome();
+  w.setHeartbeatMs(static_cast<std::uint32_t>(config_.heartbeatMs));
+  w.setMissedBeats(static_cast<std::uint8_t>(config_.missedBeats));
+  w.setNexusName(config_.name);
+  auto colon = eventsEndpoint_.rfind(':');
+  w.setEventsPort(static_cast<std::uint16_t>(std::stoi(eventsEndpoint_.substr(colon + 1))));
+  auto list = w.initBundles(static_cast<unsigned>(bundles_.size()));
+  unsigned i = 0;
+  for (const auto& [name, b] : bundles_) fillBundleRef(list[i++], b);
+  sendTo(nodeSocket_, routingId, welcome.finish());
+}
+
+void NexusImpl::dropNode(routing::NodeId id, const std::string& why, bool nodeFault) {
+  auto r = nodeRoute_.find(id);
+  if (r == nodeRoute_.end()) return;
+  auto c = conns_.find(r->second);
+  std::string name = c != conns_.end() ? c->second.name : "?";
+  MESH_WARN("node %s lost: %s; its tasks go back to the queue", name.c_str(), why.c_str());
+  scheduler_.removeNode(id, clock_.wallMs(), why, nodeFault);
+  if (c != conns_.end()) conns_.erase(c);
+  nodeRoute_.erase(r);
+  publish(proto::Event::Kind::NODE_LOST, 0, name, why);
+}
+
+}  // namespace mesh::node

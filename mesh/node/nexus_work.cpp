@@ -1,0 +1,396 @@
+// The nexus's work: dispatch, the scheduler's effects, group commits and what follows them,
+// map-reduce stages, timers, events.
+#include "mesh/node/nexus_impl.h"
+
+namespace mesh::node {
+
+// ---- work ------------------------------------------------------------------------------------
+
+void NexusImpl::dispatch() {
+  auto assignments = scheduler_.dispatch(clock_.monotonicMs(), clock_.wallMs());
+  for (auto& a : assignments) {
+    auto route = nodeRoute_.find(a.node);
+    if (route == nodeRoute_.end()) continue;
+    std::size_t start = 0;
+    bool failed = false;
+    while (start < a.tasks.size() && !failed) {
+      std::size_t end = start, bytes = 0;
+      while (end < a.tasks.size() && (end == start || bytes + a.tasks[end]->payload.size() < kAssignFrameBytes)) {
+        bytes += a.tasks[end]->payload.size() + 64;
+        ++end;
+      }
+      wire::Encoder e(0, static_cast<unsigned>(bytes / 8 + 64));
+      auto list = e.body().initAssign().initTasks(static_cast<unsigned>(end - start));
+      for (std::size_t i = start; i < end; ++i) {
+        const routing::Task* t = a.tasks[i];
+        auto out = list[static_cast<unsigned>(i - start)];
+        out.setId(t->id);
+        out.setAttempt(t->attempts);
+        out.setHandler(t->batch->spec.handler);
+        out.setPayload(wire::asData(t->payload));
+        out.setTimeoutMs(t->batch->spec.timeoutMs);
+        const auto& spec = t->batch->spec;
+        if (spec.mrStage != 0) {
+          auto mr = out.initMapreduce();
+          mr.setStage(static_cast<proto::MapReduce::Stage>(spec.mrStage));
+          mr.setPartitions(spec.mrPartitions);
+          mr.setCombiner(spec.mrCombiner);
+        }
+      }
+      failed = !sendTo(nodeSocket_, route->second, e.finish());
+      start = end;
+    }
+    counters_.add("tasks_dispatched", a.tasks.size());
+    if (failed) dropNode(a.node, "cannot send to it");
+  }
+}
+
+void NexusImpl::collectEffects() {
+  routing::Effects fx = scheduler_.takeEffects();
+  for (auto& f : fx.finals) {
+    if (watchers_.count(f.batch) || inline_.count(f.batch)) keepInline(f);
+    auto& c = currentInfo_.finals[f.batch];
+    if (f.status == routing::Status::kOk) ++c[0];
+    else if (f.status == routing::Status::kCancelled) ++c[2];
+    else ++c[1];
+    store::ResultRecord r;
+    r.task = f.task;
+    r.status = static_cast<std::uint8_t>(f.status);
+    r.output = std::move(f.output);
+    r.error = std::move(f.error);
+    r.attempts = f.attempts;
+    r.node = std::move(f.node);
+    r.assignedMs = f.assignedMs;
+    r.startedMs = f.startedMs;
+    r.finishedMs = f.finishedMs;
+    r.durationUs = f.durationUs;
+    current_->results.push_back(std::move(r));
+  }
+  for (auto& a : fx.attempts) {
+    store::AttemptRecord r;
+    r.task = a.task;
+    r.attempt = a.attempt;
+    r.node = std::move(a.node);
+    r.assignedMs = a.assignedMs;
+    r.endedMs = a.endedMs;
+    r.outcome = std::move(a.outcome);
+    r.error = std::move(a.error);
+    r.nodeLost = a.nodeLost;
+    current_->attempts.push_back(std::move(r));
+  }
+  std::map<routing::NodeId, std::vector<std::uint64_t>> cancels;
+  for (auto& [node, task] : fx.cancels) cancels[node].push_back(task);
+  for (auto& [node, ids] : cancels) {
+    auto route = nodeRoute_.find(node);
+    if (route == nodeRoute_.end()) continue;
+    wire::Encoder e(0, static_cast<unsigned>(64 + ids.size()));
+    auto list = e.body().initCancelTasks().initIds(static_cast<unsigned>(ids.size()));
+    for (unsigned i = 0; i < ids.size(); ++i) list.set(i, ids[i]);
+    sendTo(nodeSocket_, route->second, e.finish());
+  }
+  std::int64_t now = clock_.wallMs();
+  for (auto batch : fx.finishedBatches) {
+    store::BatchUpdate u;
+    u.batch = batch;
+    u.finishedMs = now;
+    current_->updates.push_back(u);
+    currentInfo_.finishing.push_back(batch);
+  }
+}
+
+// Results and attempts of withdrawn tasks are not written: their tasks were never stored.
+void NexusImpl::dropWithdrawn(store::WriteSet& set) {
+  if (withdrawnIds_.empty()) return;
+  std::size_t before = set.results.size();
+  set.results.erase(std::remove_if(set.results.begin(), set.results.end(),
+                                   [&](const store::ResultRecord& r) { return withdrawn(r.task); }),
+                    set.results.end());
+  set.attempts.erase(std::remove_if(set.attempts.begin(), set.attempts.end(),
+                                    [&](const store::AttemptRecord& a) { return withdrawn(a.task); }),
+                     set.attempts.end());
+  counters_.add("results_withdrawn", before - set.results.size());
+}
+
+void NexusImpl::flushWrites() {
+  if (!retryWrites_.empty() && clock_.monotonicMs() >= retryAtMono_) {
+    for (auto& [set, info] : retryWrites_) {
+      std::uint64_t ticket = writer_->submit(std::move(set));
+      tickets_[ticket] = std::move(info);
+    }
+    retryWrites_.clear();
+    if (poller_) poller_->touched(writer_->socket());
+  }
+  if (current_->empty() && currentInfo_.submits.empty() && currentInfo_.finishing.empty() &&
+      currentInfo_.cancels.empty()) {
+    return;
+  }
+  std::uint64_t ticket = writer_->submit(std::exchange(current_, std::make_unique<store::WriteSet>()));
+  tickets_[ticket] = std::exchange(currentInfo_, TicketInfo{});
+  if (poller_) poller_->touched(writer_->socket());
+}
+
+void NexusImpl::onCommits() {
+  while (auto notice = writer_->receive()) {
+    counters_.add("group_commits");
+    for (std::uint64_t ticket : notice->committed) {
+      auto it = tickets_.find(ticket);
+      if (it == tickets_.end()) continue;
+      TicketInfo info = std::move(it->second);
+      tickets_.erase(it);
+      for (auto& ps : info.submits) {
+        if (ps.count > 0) durableTaskIdMax_ = std::max(durableTaskIdMax_, ps.firstId + ps.count - 1);
+        routing::Batch* b = scheduler_.batch(ps.batch);
+        if (!ps.early) pendingSubmitTasks_ -= ps.count;
+        if (b && !ps.early) {
+          b->pendingAdds -= ps.count;
+          for (std::uint32_t i = 0; i < ps.count; ++i) {
+            scheduler_.addTask(*b, ps.firstId + i, ps.firstIndex + i, std::string(ps.payloads[i]));
+          }
+          b->total = std::max<std::uint64_t>(b->total, ps.firstIndex + ps.count);
+          if (ps.seal || (b->sealPending && b->pendingAdds == 0)) {
+            b->sealPending = false;
+            if (!b->sealed) scheduler_.seal(*b, b->total);
+          }
+          if (b->cancelled) scheduler_.cancel(*b, clock_.wallMs());
+        }
+        counters_.add("tasks_submitted", ps.count);
+        if (ps.routingId.empty()) continue;  // made by the nexus itself (a reduce stage)
+        wire::Encoder e(ps.requestId, 32);
+        auto ack = e.body().initSubmitAck();
+        ack.setBatch(ps.batch);
+        ack.setFirstTask(ps.firstId);
+        ack.setFirstIndex(ps.firstIndex);
+        ack.setCount(ps.count);
+        sendTo(clientSocket_, ps.routingId, e.finish());
+        if (ps.watch) {
+          counters_.add("watches_with_submit");
+          auto& list = watchers_[ps.batch];
+          bool known = false;
+          for (auto& w : list) known = known || w.routingId == ps.routingId;
+          if (!known) list.push_back({ps.routingId, ps.requestId});
+        }
+      }
+      for (const auto& c : info.cancels) {
+        wire::Encoder e(c.requestId, 32);
+        auto ack = e.body().initCancelAck();
+        ack.setBatch(c.batch);
+        ack.setCancelled(c.cancelled);
+        sendTo(clientSocket_, c.routingId, e.finish());
+      }
+      for (const auto& [batch, c] : info.finals) {
+        scheduler_.markDurable(batch, routing::Status::kOk, c[0]);
+        scheduler_.markDurable(batch, routing::Status::kFailed, c[1]);
+        scheduler_.markDurable(batch, routing::Status::kCancelled, c[2]);
+      }
+      for (std::uint64_t batch : info.finishing) {
+        routing::Batch* b = scheduler_.batch(batch);
+        if (!b) continue;
+        auto p = scheduler_.progress(*b);
+        MESH_INFO("batch %llu finished: %llu succeeded, %llu failed, %llu cancelled",
+                  static_cast<unsigned long long>(batch), static_cast<unsigned long long>(p.succeeded),
+                  static_cast<unsigned long long>(p.failed), static_cast<unsigned long long>(p.cancelled));
+        publish(proto::Event::Kind::BATCH_FINISHED, batch, "", "");
+        if (b->spec.mrStage == 1) {
+          auto rec = readStore_->batch(batch);
+          if (rec && *rec) startReduce(**rec);
+        }
+        sendProgress(batch, true);
+        dropInline(batch);
+        scheduler_.forget(batch);
+        owners_.erase(batch);
+      }
+    }
+    for (std::size_t i = 0; i < notice->failed.size(); ++i) {
+      auto [ticket, error] = notice->failed[i];
+      auto it = tickets_.find(ticket);
+      if (it == tickets_.end()) continue;
+      TicketInfo info = std::move(it->second);
+      tickets_.erase(it);
+      counters_.add("store_errors");
+      if (auto n = storeLog_.admit("write")) {
+        MESH_ERROR("a write to %s failed: %s; submits are refused, results are kept and written again%s",
+                   dbPath_.c_str(), error.c_str(), util::heldBack(*n).c_str());
+      }
+      auto& set = notice->failedSets[i];
+      // Refuse the submits it carried; keep results and attempts to write again later.
+      for (auto& ps : info.submits) {
+        if (!ps.early) pendingSubmitTasks_ -= ps.count;
+        if (ps.early) {
+          // Its tasks may be running or done: take them back, results and all.
+          scheduler_.withdraw(ps.batch);
+          counters_.add("tasks_withdrawn", ps.count);  // ended ones too: none of them was stored
+          owners_.erase(ps.batch);
+          dropInline(ps.batch);
+          withdrawnIds_.emplace_back(ps.firstId, ps.firstId + ps.count);
+          MESH_WARN("batch %llu withdrawn: its %u tasks were dispatched before the failed commit",
+                    static_cast<unsigned long long>(ps.batch), ps.count);
+        } else if (routing::Batch* b = scheduler_.batch(ps.batch)) {
+          b->pendingAdds -= ps.count;
+          if (ps.newBatch && b->total == 0 && b->pendingAdds == 0) {
+            scheduler_.forget(ps.batch);
+            owners_.erase(ps.batch);
+          }
+        }
+        replyError(ps.routingId, ps.requestId, proto::Error::Code::INTERNAL,
+                   "the nexus could not store the batch (" + error + "); nothing was accepted: retry");
+      }
+      if (!withdrawnIds_.empty()) dropWithdrawn(*current_);
+      // The refused chunks' batch updates (total, sealed) must not be written either.
+      std::set<std::uint64_t> refused;
+      for (auto& ps : info.submits) refused.insert(ps.batch);
+      info.submits.clear();
+      set->newBatches.clear();
+      set->chunks.clear();
+      set->updates.erase(std::remove_if(set->updates.begin(), set->updates.end(),
+                                        [&](const store::BatchUpdate& u) { return u.total && refused.count(u.batch); }),
+                         set->updates.end());
+      dropWithdrawn(*set);
+      if (!set->results.empty() || !set->attempts.empty() || !set->updates.empty()) {
+        retryWrites_.emplace_back(std::move(set), std::move(info));
+        retryAtMono_ = clock_.monotonicMs() + 1000;
+      }
+    }
+  }
+  // Once no write set from before a withdrawal is left, its ranges have nothing more to filter.
+  if (!withdrawnIds_.empty() && tickets_.empty() && retryWrites_.empty()) withdrawnIds_.clear();
+}
+
+void NexusImpl::startReduce(const store::BatchRecord& map) {
+  JobLink& link = jobLinks_[map.id];
+  auto stop = [&](const std::string& why) {
+    MESH_WARN("job %llu: %s", static_cast<unsigned long long>(map.id), why.c_str());
+    link.note = why;
+    store::BatchUpdate u;
+    u.batch = map.id;
+    u.note = why;
+    current_->updates.push_back(u);
+  };
+  if (map.cancelledMs) return stop("cancelled: the reduce stage did not start");
+  auto outputs = readStore_->outputs(map.id);
+  if (!outputs) return stop("cannot read the map outputs: " + outputs.error().message);
+  if (outputs->size() != map.total) {
+    return stop(std::to_string(map.total - outputs->size()) + " of " + std::to_string(map.total) +
+                " map tasks failed: the reduce stage did not start (see mesh results " + std::to_string(map.id) + ")");
+  }
+  const std::uint32_t r = map.mrPartitions;
+  std::vector<std::vector<std::string_view>> runs(r);
+  for (std::size_t i = 0; i < outputs->size(); ++i) {
+    auto parts = exec::decodeParts((*outputs)[i]);
+    if (!parts || parts->size() != r) {
+      return stop("map task " + std::to_string(i) + " returned malformed output: the reduce stage did not start");
+    }
+    for (std::uint32_t k = 0; k < r; ++k) runs[k].push_back((*parts)[k]);
+  }
+  auto payloads = std::make_shared<std::vector<std::string>>();
+  for (std::uint32_t k = 0; k < r; ++k) {
+    payloads->push_back(exec::encodeParts(runs[k]));
+    if (payloads->back().size() > config_.maxFrameBytes / 2) {
+      return stop("reduce partition " + std::to_string(k) + " would be " + std::to_string(payloads->back().size()) +
+                  " bytes, over the limit of " + std::to_string(config_.maxFrameBytes / 2) + ": use more reducers");
+    }
+  }
+  routing::BatchSpec s;
+  s.handler = map.mrReducer;
+  s.priority = map.priority;
+  s.requiredTags = map.requiredTags;
+  s.timeoutMs = map.timeoutMs;
+  s.maxAttempts = map.maxAttempts;
+  s.label = map.label.empty() ? "reduce" : map.label + " (reduce)";
+  s.clientKey = map.clientKey;
+  s.submittedMs = clock_.wallMs();
+  s.mrStage = 2;
+  s.mrPartitions = r;
+  std::uint64_t id = nextBatchId_++;
+  routing::Batch& b = scheduler_.addBatch(id, s);
+  b.total = r;  // known now: progress shows 0/R, not 0/0, until the tasks are committed
+  owners_[id] = map.clientKey;
+  current_->newBatches.push_back(batchRecord(id, b.spec, /*sealed=*/true, r));
+  PendingSubmit ps;
+  ps.batch = id;
+  ps.firstId = nextTaskId_;
+  ps.firstIndex = 0;
+  ps.count = r;
+  ps.seal = true;
+  ps.newBatch = true;
+  ps.owned = payloads;
+  ps.payloads.assign(payloads->begin(), payloads->end());
+  nextTaskId_ += r;
+  b.pendingAdds += r;
+  b.sealPending = true;
+  store::TaskChunk chunk;
+  chunk.batch = id;
+  chunk.firstId = ps.firstId;
+  chunk.firstIndex = 0;
+  for (const auto& p : *payloads) chunk.payloads.push_back(p);
+  chunk.keepAlive = payloads;
+  current_->chunks.push_back(std::move(chunk));
+  store::BatchUpdate u;
+  u.batch = map.id;
+  u.nextBatch = id;
+  current_->updates.push_back(u);
+  link.next = id;
+  pendingSubmitTasks_ += r;
+  currentInfo_.submitTasks += r;
+  currentInfo_.submits.push_back(std::move(ps));
+  counters_.add("reduce_stages_started");
+  MESH_INFO("job %llu: map stage done; reduce stage is batch %llu with %u tasks",
+            static_cast<unsigned long long>(map.id), static_cast<unsigned long long>(id), r);
+}
+
+void NexusImpl::timers() {
+  std::int64_t now = clock_.monotonicMs();
+  if (now >= nextHeartbeat_) {
+    nextHeartbeat_ = now + config_.heartbeatMs;
+    std::vector<routing::NodeId> dead;
+    std::int64_t silentLimit = config_.heartbeatMs * config_.missedBeats;
+    for (auto& [rid, c] : conns_) {
+      if (now - c.lastSeenMono > silentLimit) {
+        dead.push_back(c.id);
+        continue;
+      }
+      wire::Encoder e(0, 32);
+      e.body().initHeartbeat();
+      if (!sendTo(nodeSocket_, rid, e.finish())) dead.push_back(c.id);
+    }
+    for (auto id : dead) {
+      counters_.add("heartbeats_missed");
+      dropNode(id, "no heartbeat for " + std::to_string(silentLimit) + " ms");
+    }
+  }
+  if (now >= nextProgress_) {
+    nextProgress_ = now + kProgressEveryMs;
+    std::vector<std::uint64_t> watched;
+    for (const auto& [batch, list] : watchers_) watched.push_back(batch);
+    for (auto batch : watched) sendProgress(batch, false);
+  }
+  for (auto it = uploads_.begin(); it != uploads_.end();) {
+    if (now - it->second.lastMono > kUploadIdleMs) {
+      MESH_WARN("dropped bundle upload %llu: silent for %lld ms", static_cast<unsigned long long>(it->first),
+                static_cast<long long>(kUploadIdleMs));
+      it->second.rx->discard();
+      it = uploads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (now >= nextKeyCheck_) {
+    nextKeyCheck_ = now + kKeyCheckEveryMs;
+    if (auto s = reloadKeys(); !s) MESH_WARN("reloading keys failed: %s", s.error().message.c_str());
+  }
+}
+
+void NexusImpl::publish(proto::Event::Kind kind, std::uint64_t batch, const std::string& node, const std::string& text) {
+  wire::Encoder e(0, 64);
+  auto ev = e.body().initEvent();
+  ev.setKind(kind);
+  ev.setBatch(batch);
+  ev.setNode(node);
+  ev.setText(text);
+  try {
+    eventsSocket_.send(e.finish(), zmq::send_flags::dontwait);
+  } catch (const zmq::error_t&) {
+    counters_.add("events_dropped");
+  }
+}
+
+}  // namespace mesh::node
