@@ -259,10 +259,9 @@ util::Status NexusImpl::recover() {
 // ---- the loop --------------------------------------------------------------------------------
 
 void NexusImpl::run(const std::atomic<bool>& stop) {
-  transport::Poller poller;
-  const std::size_t nodes = poller.add(nodeSocket_), clients = poller.add(clientSocket_),
-                    commits = poller.add(writer_->socket());
-  poller_ = &poller;
+  poller_.reset();
+  const std::size_t nodes = poller_.add(nodeSocket_), clients = poller_.add(clientSocket_),
+                    commits = poller_.add(writer_->socket());
   while (!stop.load()) {
     std::int64_t now = clock_.monotonicMs();
     std::int64_t wake = std::min({nextHeartbeat_, nextProgress_, nextKeyCheck_, now + 250});
@@ -271,22 +270,19 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
     if (beacon_) wake = std::min(wake, beacon_->sendIfDue());
     std::int64_t timeout = std::max<std::int64_t>(0, wake - now);
     try {
-      poller.wait(timeout);
+      poller_.wait(timeout);
     } catch (const zmq::error_t& e) {
-      if (e.num() == ETERM) {
-        poller_ = nullptr;
-        return;
-      }
+      if (e.num() == ETERM) return;
       if (e.num() != EINTR) MESH_WARN("poll failed: %s", e.what());
       continue;
     }
     try {
-      if (poller.ready(commits)) {
+      if (poller_.ready(commits)) {
         onCommits();
-        poller.drained(commits);
+        poller_.drained(commits);
       }
-      if (poller.ready(nodes) && drainNodes()) poller.drained(nodes);
-      if (poller.ready(clients) && drainClients()) poller.drained(clients);
+      if (poller_.ready(nodes) && drainNodes()) poller_.drained(nodes);
+      if (poller_.ready(clients) && drainClients()) poller_.drained(clients);
       timers();
       scheduler_.tick(clock_.monotonicMs(), clock_.wallMs());
       dispatch();
@@ -301,14 +297,13 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
       MESH_ERROR("internal error in the nexus loop (continuing): %s", e.getDescription().cStr());
     }
   }
-  poller_ = nullptr;
   // Write what is pending before stopping; the writer's destructor drains its queue.
   collectEffects();
   flushWrites();
 }
 
 bool NexusImpl::sendTo(zmq::socket_t& socket, const std::string& routingId, zmq::message_t&& body) {
-  if (poller_) poller_->touched(socket);
+  poller_.touched(socket);
   try {
     if (!socket.send(zmq::buffer(routingId), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
     return socket.send(std::move(body), zmq::send_flags::dontwait).has_value();

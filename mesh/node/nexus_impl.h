@@ -324,9 +324,9 @@ class NexusImpl {
 
   std::unique_ptr<transport::ZapHandler> zap_;
   std::unique_ptr<store::StoreWriter> writer_;
-  // The loop's wait while run() runs (null otherwise); every send on a socket it watches goes
-  // through sendTo() or flushWrites(), which tell it (Poller's contract).
-  transport::Poller* poller_ = nullptr;
+  // The loop's wait, filled by run(); every send on a socket it watches goes through sendTo() or
+  // flushWrites(), which tell it (Poller's contract; before run() it watches nothing).
+  transport::Poller poller_;
   zmq::socket_t nodeSocket_, clientSocket_, eventsSocket_;
   std::string nodeEndpoint_, clientEndpoint_, eventsEndpoint_;
   std::unique_ptr<discovery::BeaconSender> beacon_;

@@ -118,7 +118,7 @@ void NexusImpl::flushWrites() {
       tickets_[ticket] = std::move(info);
     }
     retryWrites_.clear();
-    if (poller_) poller_->touched(writer_->socket());
+    poller_.touched(writer_->socket());
   }
   if (current_->empty() && currentInfo_.submits.empty() && currentInfo_.finishing.empty() &&
       currentInfo_.cancels.empty()) {
@@ -126,7 +126,7 @@ void NexusImpl::flushWrites() {
   }
   std::uint64_t ticket = writer_->submit(std::exchange(current_, std::make_unique<store::WriteSet>()));
   tickets_[ticket] = std::exchange(currentInfo_, TicketInfo{});
-  if (poller_) poller_->touched(writer_->socket());
+  poller_.touched(writer_->socket());
 }
 
 void NexusImpl::onCommits() {
