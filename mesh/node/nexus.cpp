@@ -268,9 +268,10 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
     if (auto d = scheduler_.nextDeadline()) wake = std::min(wake, *d);
     if (!retryWrites_.empty()) wake = std::min(wake, retryAtMono_);
     if (beacon_) wake = std::min(wake, beacon_->sendIfDue());
-    std::int64_t timeout = std::max<std::int64_t>(0, wake - now);
+    std::int64_t timeoutUs = std::max<std::int64_t>(0, wake - now) * 1000;
+    if (holdSinceUs_ >= 0) timeoutUs = std::min(timeoutUs, holdLeftUs());
     try {
-      poller_.wait(timeout);
+      poller_.waitUs(timeoutUs);
     } catch (const zmq::error_t& e) {
       if (e.num() == ETERM) return;
       if (e.num() != EINTR) MESH_WARN("poll failed: %s", e.what());
@@ -299,7 +300,7 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
   }
   // Write what is pending before stopping; the writer's destructor drains its queue.
   collectEffects();
-  flushWrites();
+  flushWrites(true);
 }
 
 bool NexusImpl::sendTo(zmq::socket_t& socket, const std::string& routingId, zmq::message_t&& body) {

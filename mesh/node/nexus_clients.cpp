@@ -195,6 +195,10 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     b->total = ps.count;
     scheduler_.seal(*b, ps.count);
     counters_.add("tasks_dispatched_early", ps.count);
+    if (holdSinceUs_ < 0) {
+      holdSinceUs_ = clock_.monotonicUs();
+      counters_.add("commit_holds");
+    }
     // Its watcher is registered with the ack; its results may come before that.
     if (ps.watch) inline_.try_emplace(ps.batch);
   } else {

@@ -75,6 +75,11 @@ constexpr std::uint32_t kEarlyDispatchMax = 256;
 // run handed out but never stored is never given to another task (a spore could still hold
 // that task's result).
 constexpr std::uint64_t kEarlyIdWindow = 4096;
+// Commit hold (protocol section 4.8): the write set that carries such a batch waits for the
+// batch's results, at most as long as a commit takes (a running average of the writer's, kept
+// within these bounds), so that the submit and its results share one flush.
+constexpr std::int64_t kCommitHoldMinUs = 100;
+constexpr std::int64_t kCommitHoldMaxUs = 1000;
 
 using Which = proto::Envelope::Body::Which;
 
@@ -279,7 +284,13 @@ class NexusImpl {
   // ---- work
   void dispatch();
   void collectEffects();
-  void flushWrites();
+  // Hands the current write set to the writer, unless it is held for an early batch's results
+  // (commit hold); `force` hands it over regardless (when the nexus stops).
+  void flushWrites(bool force = false);
+  // Whether the current write set is still held; ends the hold when it should not be.
+  bool holdingWrites();
+  // Microseconds left of the current hold (0 when there is none).
+  std::int64_t holdLeftUs() const;
   void onCommits();
   void timers();
   // nodeFault: the node died or went silent (charged to its tasks toward quarantine), as
@@ -345,6 +356,8 @@ class NexusImpl {
   std::uint64_t nextTaskId_ = 1;
   std::uint64_t pendingSubmitTasks_ = 0;
   std::uint64_t durableTaskIdMax_ = 0;  // the highest task id known committed
+  std::int64_t holdSinceUs_ = -1;       // when the current write set began to wait (commit hold)
+  std::int64_t commitUsAverage_ = 300;  // the writer's commit time, a running average
   // Task ids [first, end) of batches withdrawn after their commit failed, while write sets that
   // may carry their results are still in flight.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> withdrawnIds_;

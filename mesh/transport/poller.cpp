@@ -1,7 +1,7 @@
 #include "mesh/transport/poller.h"
 
 #include <cerrno>
-#include <climits>
+#include <ctime>
 #include <system_error>
 
 namespace mesh::transport {
@@ -38,15 +38,20 @@ bool Poller::askEvents(Entry& e) {
   return false;
 }
 
-int Poller::wait(std::int64_t timeoutMs) {
+int Poller::waitUs(std::int64_t timeoutUs) {
   int ready = 0;
   for (auto& e : entries_) {
     e.ready = e.socket && !e.clean && askEvents(e);
     if (e.ready) ++ready;
   }
-  int timeout = ready > 0 ? 0 : timeoutMs < 0 ? -1 : timeoutMs > INT_MAX ? INT_MAX : static_cast<int>(timeoutMs);
+  timespec timeout{};  // zero: at once
+  if (ready == 0 && timeoutUs > 0) {
+    timeout.tv_sec = static_cast<time_t>(timeoutUs / 1'000'000);
+    timeout.tv_nsec = static_cast<long>(timeoutUs % 1'000'000) * 1000;
+  }
   ++polls_;
-  int rc = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout);
+  int rc = ::ppoll(fds_.data(), static_cast<nfds_t>(fds_.size()), ready == 0 && timeoutUs < 0 ? nullptr : &timeout,
+                   nullptr);
   if (rc < 0) {
     if (errno == EINTR) return ready;
     throw std::system_error(errno, std::generic_category(), "poll");

@@ -46,7 +46,9 @@ class Poller {
 
   // Returns when an entry may be read, or after timeoutMs (0: at once; negative: no limit).
   // Returns how many entries are ready. EINTR returns 0 with nothing ready.
-  int wait(std::int64_t timeoutMs);
+  int wait(std::int64_t timeoutMs) { return waitUs(timeoutMs < 0 ? -1 : timeoutMs * 1000); }
+  // The same with a timeout in microseconds, for waits shorter than a millisecond.
+  int waitUs(std::int64_t timeoutUs);
   bool ready(std::size_t index) const { return index < entries_.size() && entries_[index].ready; }
 
   // The caller's dontwait recv on entry `index` returned nothing: the entry is clean.
