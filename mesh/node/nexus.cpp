@@ -10,6 +10,9 @@ util::Status NexusImpl::start() {
   if (mkdir(config_.dataDir.c_str(), 0700) != 0 && errno != EEXIST) {
     return util::err("cannot create data dir " + config_.dataDir + ": " + std::strerror(errno));
   }
+  auto lock = util::lockDir(config_.dataDir, "nexus");
+  if (!lock) return lock.error();
+  dataDirLock_ = std::move(*lock);
   std::string keyPath = config_.dataDir + "/nexus.key";
   if (access(keyPath.c_str(), F_OK) != 0) {
     if (auto s = crypto::saveKeyPair(keyPath, crypto::KeyPair::generate()); !s) return s;

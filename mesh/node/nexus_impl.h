@@ -325,6 +325,7 @@ class NexusImpl {
   util::Counters counters_;
 
   crypto::KeyPair serverKeys_;
+  util::UniqueFd dataDirLock_;  // one nexus per data dir
   std::string dbPath_;
   store::Db readDb_;
   std::unique_ptr<store::PayloadReader> payloadReader_;

@@ -24,6 +24,7 @@
 #include "mesh/transport/inproc.h"
 #include "mesh/transport/poller.h"
 #include "mesh/transport/sockets.h"
+#include "mesh/util/bytes.h"
 #include "mesh/util/clock.h"
 #include "mesh/util/counters.h"
 #include "mesh/util/log.h"
@@ -206,6 +207,7 @@ class SporeImpl {
   exec::ProgramSettings programSettings_;
 
   crypto::KeyPair keys_;
+  util::UniqueFd dataDirLock_;  // one spore per data dir
   crypto::PublicKey nexusKey_;
   std::vector<std::string> endpoints_;   // candidates, tried in order
   std::size_t nextEndpoint_ = 0;
@@ -271,6 +273,9 @@ util::Status SporeImpl::start() {
   if (mkdir(config_.dataDir.c_str(), 0700) != 0 && errno != EEXIST) {
     return util::err("cannot create data dir " + config_.dataDir + ": " + std::strerror(errno));
   }
+  auto lock = util::lockDir(config_.dataDir, "spore");
+  if (!lock) return lock.error();
+  dataDirLock_ = std::move(*lock);
   if (access(config_.keyFile.c_str(), F_OK) != 0) {
     if (auto s = crypto::saveKeyPair(config_.keyFile, crypto::KeyPair::generate()); !s) return s;
     MESH_INFO("generated this spore's key pair in %s", config_.keyFile.c_str());

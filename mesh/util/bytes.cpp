@@ -1,6 +1,7 @@
 #include "mesh/util/bytes.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -255,5 +256,26 @@ Status writeFileAtomic(const std::string& path, std::string_view data, unsigned 
   if (::rename(tmp.c_str(), path.c_str()) != 0) return err("cannot rename " + tmp + ": " + std::strerror(errno));
   return {};
 }
+
+Result<UniqueFd> lockDir(const std::string& dir, const std::string& what) {
+  const std::string path = dir + "/.lock";
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd.valid()) return err("cannot open " + path + ": " + std::strerror(errno));
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return err("cannot lock " + path + ": " + std::strerror(errno));
+    char holder[32] = {};
+    ssize_t n = ::pread(fd.get(), holder, sizeof holder - 1, 0);
+    std::string pid = n > 0 ? std::string(holder, static_cast<std::size_t>(n)) : "";
+    pid.erase(std::remove_if(pid.begin(), pid.end(), [](char c) { return c < '0' || c > '9'; }), pid.end());
+    return err("another " + what + (pid.empty() ? "" : " (process " + pid + ")") + " is using " + dir +
+               ": stop it, or give this one another --data-dir");
+  }
+  const std::string mine = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), mine.data(), mine.size(), 0) < 0) {
+    return err("cannot write " + path + ": " + std::strerror(errno));
+  }
+  return fd;
+}
+
 
 }  // namespace mesh::util

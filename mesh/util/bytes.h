@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mesh/util/result.h"
+#include "mesh/util/unique_fd.h"
 
 namespace mesh::util {
 
@@ -36,5 +37,10 @@ std::vector<std::string> splitList(std::string_view text, char sep);  // drops e
 Result<std::string> readFile(const std::string& path, std::uint64_t maxBytes = 1ull << 30);
 // Writes to path.tmp, fsyncs, renames over path; the file gets `mode` (e.g. 0600) from birth.
 Status writeFileAtomic(const std::string& path, std::string_view data, unsigned mode);
+
+// Takes an exclusive flock on DIR/.lock for as long as the returned fd stays open, and writes
+// this process's id into it. Fails, naming the holder's process id, when another process holds
+// it: `what` ("nexus", "spore") says in the error who is using DIR.
+Result<UniqueFd> lockDir(const std::string& dir, const std::string& what);
 
 }  // namespace mesh::util

@@ -24,6 +24,14 @@ expect_rc 1 mesh task 999999
 expect_rc 3 env MESH_NEXUS=tcp://127.0.0.1:1 mesh status --timeout 1s
 grep -q "cannot reach the nexus" "$T/err" || fail "unreachable nexus not explained: $(cat "$T/err")"
 expect_rc 2 env MESH_KEY= mesh status
+# One nexus and one spore per data dir: a second one exits 1 and names the process in the way.
+expect_rc 1 timeout 20 "$bin/nexus" --data-dir "$T/c/nexus" --bind-node tcp://127.0.0.1:0 \
+  --bind-client tcp://127.0.0.1:0 --bind-events tcp://127.0.0.1:0
+grep -q "another nexus (process $(pid_of nexus)) is using $T/c/nexus" "$T/err" ||
+  fail "a second nexus on one data dir not refused: $(cat "$T/err")"
+expect_rc 1 timeout 20 "$bin/spore" --data-dir "$T/c/spore-1" --nexus "$MESH_NEXUS" --nexus-key "$MESH_NEXUS_KEY"
+grep -q "another spore (process $(pid_of spore-1)) is using" "$T/err" || fail "a second spore on one data dir not refused: $(cat "$T/err")"
+[ "$(mesh nodes --json | grep -c '"name"')" -eq 1 ] || fail "the first spore is gone"
 expect_rc 2 env MESH_NEXUS= mesh status
 # Failed tasks: exit 1 from wait and results, with the error recorded.
 batch=$(printf 'broken\n' | mesh submit --handler fail --attempts 1 --lines -)

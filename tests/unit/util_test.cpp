@@ -99,6 +99,21 @@ TEST_CASE("writeFileAtomic creates the file with the requested mode") {
   rmdir(dir);
 }
 
+TEST_CASE("lockDir lets one holder at a time use a directory and names it to the others") {
+  char dir[] = "/tmp/mesh-util-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  {
+    auto first = lockDir(dir, "nexus");
+    REQUIRE(first.ok());
+    auto second = lockDir(dir, "nexus");  // another open file: flock refuses it as it would another process
+    REQUIRE_FALSE(second.ok());
+    CHECK(second.error().message.find("another nexus (process " + std::to_string(getpid()) + ")") != std::string::npos);
+  }
+  CHECK(lockDir(dir, "nexus").ok());  // released with its fd
+  unlink((std::string(dir) + "/.lock").c_str());
+  rmdir(dir);
+}
+
 TEST_CASE("readFile reads large files, files at the size limit and pipes whole") {
   char dir[] = "/tmp/mesh-util-XXXXXX";
   REQUIRE(mkdtemp(dir) != nullptr);
