@@ -66,9 +66,11 @@ util::Status NexusImpl::openKeys() {
   struct ZapState {
     std::string path;
     std::optional<store::Db> db;
+    std::shared_ptr<transport::RefusalGate> gate;  // made-up keys cannot flood the table or the log
   };
   auto state = std::make_shared<ZapState>();
   state->path = dbPath_;
+  state->gate = zapGate_;
   zap_ = std::make_unique<transport::ZapHandler>(ctx_, [state](const transport::ZapRequest& r) {
     if (!state->db) {
       auto db = store::Db::open(state->path);
@@ -91,18 +93,24 @@ util::Status NexusImpl::openKeys() {
     }
     if (r.probe) return transport::ZapVerdict{false, "unknown key"};
     bool revoked = *found && (*found)->state == store::KeyState::kRevoked;
+    const char* verdict = revoked ? "revoked key" : "unknown key";
     store::Role wanted = r.domain == kClientDomain ? store::Role::kClient : store::Role::kNode;
+    auto gate = state->gate->admit(r.key.z85(), util::systemClock().monotonicMs());
+    if (!gate.record) return transport::ZapVerdict{false, verdict};
     if (auto s = keys.recordRefusal(r.key, wanted, r.address, util::systemClock().wallMs()); !s) {
       MESH_WARN("could not record refused key %s: %s", r.key.fingerprint().c_str(), s.error().message.c_str());
     }
+    if (!gate.log) return transport::ZapVerdict{false, verdict};
+    const std::string more = util::heldBack(state->gate->takeUnlogged());
     if (revoked) {
-      MESH_WARN("refused revoked key %s from %s on the %s port", r.key.fingerprint().c_str(), r.address.c_str(),
-                port.c_str());
+      MESH_WARN("refused revoked key %s from %s on the %s port%s", r.key.fingerprint().c_str(), r.address.c_str(),
+                port.c_str(), more.c_str());
     } else {
-      MESH_WARN("refused unknown key %s from %s on the %s port; to let it in: mesh keys accept %s",
-                r.key.fingerprint().c_str(), r.address.c_str(), port.c_str(), r.key.fingerprint().c_str());
+      MESH_WARN("refused unknown key %s from %s on the %s port; to let it in: mesh keys accept %s%s",
+                r.key.fingerprint().c_str(), r.address.c_str(), port.c_str(), r.key.fingerprint().c_str(),
+                more.c_str());
     }
-    return transport::ZapVerdict{false, revoked ? "revoked key" : "unknown key"};
+    return transport::ZapVerdict{false, verdict};
   });
   return {};
 }

@@ -460,6 +460,7 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   for (const auto& [k, v] : scheduler_.counters().all()) counters[k] += v;
   counters["zap_admitted"] = zap_->admitted();
   counters["zap_refused"] = zap_->refused();
+  counters["zap_refusals_unrecorded"] = zapGate_->unrecorded();
   counters["write_queue"] = writer_->queued();
   auto checkpoints = writer_->checkpoints();
   counters["wal_checkpoints"] = checkpoints.done;

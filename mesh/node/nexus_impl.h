@@ -335,6 +335,8 @@ class NexusImpl {
   std::unordered_map<std::string, store::Role> accepted_;
 
   std::unique_ptr<transport::ZapHandler> zap_;
+  // Refusals of unknown keys: the ZAP thread decides with it, the loop reads its count.
+  std::shared_ptr<transport::RefusalGate> zapGate_ = std::make_shared<transport::RefusalGate>();
   std::unique_ptr<store::StoreWriter> writer_;
   // The loop's wait, filled by run(); every send on a socket it watches goes through sendTo() or
   // flushWrites(), which tell it (Poller's contract; before run() it watches nothing).

@@ -86,7 +86,13 @@ util::Status KeyStore::recordRefusal(const crypto::PublicKey& key, Role wantedRo
   if (!st) return st.error();
   st->bindText(1, key.z85()).bindText(2, key.fingerprint()).bindText(3, roleName(wantedRole))
       .bind(4, nowMs).bindText(5, address);
-  return st->run();
+  if (auto s = st->run(); !s) return s;
+  auto trim = db_.prepare(
+      "DELETE FROM keys WHERE state = 'pending' AND public_key IN (SELECT public_key FROM keys "
+      "WHERE state = 'pending' ORDER BY updated_ms DESC LIMIT -1 OFFSET ?1)");
+  if (!trim) return trim.error();
+  trim->bind(1, kMaxPending);
+  return trim->run();
 }
 
 util::Status KeyStore::revoke(const crypto::PublicKey& key, std::int64_t nowMs) {

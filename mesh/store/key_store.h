@@ -43,7 +43,10 @@ class KeyStore {
   // Adds or re-accepts a key with a role (operator action).
   util::Status accept(const crypto::PublicKey& key, Role role, const std::string& comment, std::int64_t nowMs);
   // Records a refused unknown key as pending (role = the port it tried); counts repeat refusals.
-  // Keys already accepted or revoked keep their state.
+  // Keys already accepted or revoked keep their state. At most kMaxPending keys stay pending: a
+  // new one beyond that replaces the one refused longest ago (a flood of made-up keys cannot
+  // grow the table).
+  static constexpr int kMaxPending = 1000;
   util::Status recordRefusal(const crypto::PublicKey& key, Role wantedRole, const std::string& address,
                              std::int64_t nowMs);
   util::Status revoke(const crypto::PublicKey& key, std::int64_t nowMs);

@@ -112,4 +112,25 @@ void ZapHandler::run(zmq::socket_t rep, zmq::socket_t control) {
   }
 }
 
+RefusalGate::Decision RefusalGate::admit(const std::string& key, std::int64_t nowMs) {
+  if (windowStartMs_ == INT64_MIN || nowMs - windowStartMs_ >= limits_.windowMs) {
+    windowStartMs_ = nowMs;
+    writes_ = lines_ = 0;
+    if (recent_.size() > limits_.recentMax) recent_.clear();
+  }
+  auto it = recent_.find(key);
+  Decision d;
+  d.record = (it == recent_.end() || nowMs - it->second >= limits_.windowMs) && writes_ < limits_.writes;
+  d.log = d.record && lines_ < limits_.lines;
+  if (d.record) {
+    recent_[key] = nowMs;  // only recorded keys: one held back may be recorded when there is room
+    ++writes_;
+  } else {
+    ++unrecorded_;
+  }
+  if (d.log) ++lines_;
+  else ++unlogged_;
+  return d;
+}
+
 }  // namespace mesh::transport

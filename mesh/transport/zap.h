@@ -12,9 +12,13 @@
 #pragma once
 
 #include <atomic>
+#include <climits>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <thread>
+#include <unordered_map>
+#include <utility>
 #include <zmq.hpp>
 
 #include "mesh/crypto/keys.h"
@@ -34,6 +38,42 @@ struct ZapVerdict {
 };
 
 using Authorizer = std::function<ZapVerdict(const ZapRequest&)>;
+
+// RefusalGate: how much work refusals of unknown keys may make. Each costs the nexus a
+// synchronous write (the key becomes pending) and a log line, and anyone who can reach a port
+// can make up keys. Per window of `windowMs`, at most `writes` refusals are recorded and `lines`
+// logged, one key at most once per window; the rest are counted. Remembers at most `recentMax`
+// keys (it forgets them all when it has more, at a window's start).
+// Thread rule: owned by the ZAP thread's Authorizer; not thread-safe (the count is atomic).
+class RefusalGate {
+ public:
+  struct Limits {
+    std::int64_t windowMs = 10'000;
+    int writes = 100;
+    int lines = 20;
+    std::size_t recentMax = 4096;
+  };
+  struct Decision {
+    bool record = false;  // write the refusal to the key table
+    bool log = false;     // write a log line (only with record)
+  };
+  RefusalGate() = default;
+  explicit RefusalGate(Limits limits) : limits_(limits) {}
+
+  Decision admit(const std::string& key, std::int64_t nowMs);
+  // Refusals not logged since the last call (for the next line's "N more"), then zero.
+  std::uint64_t takeUnlogged() { return std::exchange(unlogged_, 0); }
+  // Refusals neither recorded nor logged so far (any thread may read).
+  std::uint64_t unrecorded() const { return unrecorded_.load(); }
+
+ private:
+  Limits limits_;
+  std::int64_t windowStartMs_ = INT64_MIN;
+  int writes_ = 0, lines_ = 0;
+  std::uint64_t unlogged_ = 0;
+  std::unordered_map<std::string, std::int64_t> recent_;  // key -> when it was last recorded
+  std::atomic<std::uint64_t> unrecorded_{0};
+};
 
 class ZapHandler {
  public:

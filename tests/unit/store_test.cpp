@@ -98,6 +98,27 @@ TEST_CASE("keys move from pending to accepted to revoked") {
   CHECK_FALSE(keys.revoke(crypto::KeyPair::generate().publicKey, 15).ok());
 }
 
+TEST_CASE("at most KeyStore::kMaxPending keys stay pending; accepted ones are never trimmed") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  KeyStore keys(*db);
+  auto accepted = crypto::KeyPair::generate();
+  REQUIRE(keys.accept(accepted.publicKey, Role::kNode, "", 1).ok());
+  auto oldest = crypto::KeyPair::generate();
+  REQUIRE(keys.recordRefusal(oldest.publicKey, Role::kClient, "127.0.0.1", 2).ok());
+  REQUIRE(db->exec("BEGIN").ok());
+  for (int i = 0; i < KeyStore::kMaxPending + 4; ++i) {
+    REQUIRE(keys.recordRefusal(crypto::KeyPair::generate().publicKey, Role::kClient, "127.0.0.1", 10 + i).ok());
+  }
+  REQUIRE(db->exec("COMMIT").ok());
+  auto pending = keys.list(KeyState::kPending);
+  REQUIRE(pending.ok());
+  CHECK(pending->size() == static_cast<std::size_t>(KeyStore::kMaxPending));
+  CHECK_FALSE(keys.find(oldest.publicKey)->has_value());  // refused longest ago: replaced
+  CHECK((*keys.find(accepted.publicKey))->state == KeyState::kAccepted);
+}
+
 TEST_CASE("resolving an ambiguous or unknown fingerprint is an error") {
   TempDb t;
   auto db = Db::open(t.path);

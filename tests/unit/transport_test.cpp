@@ -14,6 +14,7 @@
 
 using namespace mesh;
 using transport::HandshakeResult;
+using transport::RefusalGate;
 
 namespace {
 struct Server {
@@ -257,4 +258,25 @@ TEST_CASE("the poller watches plain file descriptors beside sockets") {
   poller.reset();
   CHECK(poller.size() == 0);
   ::close(fd);
+}
+
+TEST_CASE("RefusalGate records and logs made-up keys up to its limits per window, each key once") {
+  RefusalGate gate({1000, 3, 2, 100});
+  auto a = gate.admit("a", 0);
+  CHECK(a.record);
+  CHECK(a.log);
+  CHECK_FALSE(gate.admit("a", 10).record);  // the same key again in the window
+  auto b = gate.admit("b", 20);
+  CHECK(b.record);
+  CHECK(b.log);
+  auto c = gate.admit("c", 30);
+  CHECK(c.record);
+  CHECK_FALSE(c.log);  // over the line limit
+  CHECK_FALSE(gate.admit("d", 40).record);  // over the write limit
+  CHECK(gate.unrecorded() == 2);
+  CHECK(gate.takeUnlogged() == 3);
+  CHECK(gate.takeUnlogged() == 0);
+  // A new window: the limits start again, and "a" may be recorded once more.
+  CHECK(gate.admit("a", 1000).log);
+  CHECK(gate.admit("d", 1001).record);
 }
