@@ -198,6 +198,18 @@ int keysCommand(const CliCommand& cmd) {
     } else if (rec->firstSeenMs < 0) {
       return usageError("this key has not tried to connect yet: give its --role (node, client or admin)");
     }
+    if (rec->state == store::KeyState::kAccepted && rec->role != role) {
+      // Usually a key used on the wrong port, or a spore's key used as a client's: changing the
+      // role would shut out whoever uses it now, so it takes a deliberate revoke first.
+      return fail(util::err(key->fingerprint() + " is already accepted as " + store::roleName(rec->role) +
+                                "; to make it a " + store::roleName(role) + " key, revoke it first (mesh keys revoke " +
+                                key->fingerprint() + "), then accept it again",
+                            kExitUsage));
+    }
+    if (rec->state == store::KeyState::kAccepted) {
+      std::printf("%s is already accepted as %s\n", key->fingerprint().c_str(), store::roleName(role));
+      return 0;
+    }
     if (auto s = keys.accept(*key, role, cmd.comment, clock.wallMs()); !s) return fail(s.error());
     std::printf("accepted %s as %s\n", key->fingerprint().c_str(), store::roleName(role));
     return 0;

@@ -68,8 +68,10 @@ util::Result<std::unique_ptr<Client>> Client::connect(zmq::context_t& ctx, const
       return c;
     case transport::HandshakeResult::kRefused:
       return util::err("the nexus at " + options.endpoint + " refused this client's key " +
-                           c->keys_.publicKey.fingerprint() + ": on the nexus host run `mesh keys accept " +
-                           c->keys_.publicKey.fingerprint() + " --role client`",
+                           c->keys_.publicKey.fingerprint() + ": if the key is new, on the nexus host run `mesh keys accept " +
+                           c->keys_.publicKey.fingerprint() + " --role client`; if it is accepted already, check that " +
+                           options.endpoint + " is the nexus's client port (7701 by default, not the node port) and " +
+                           "that the key's role is client or admin (`mesh keys list` on the nexus host)",
                        kExitUnreachable);
     case transport::HandshakeResult::kFailed:
       return util::err("the handshake with " + options.endpoint + " failed (" + detail +

@@ -865,8 +865,11 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
         if (handshake == transport::HandshakeResult::kTimedOut) poller_.drained(polled_.monitorAt);
       }
       if (handshake == transport::HandshakeResult::kRefused) {
-        MESH_ERROR("nexus %s refused this spore's key %s: on the nexus host run `mesh keys accept %s`",
-                   endpoint_.c_str(), keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str());
+        MESH_ERROR("nexus %s refused this spore's key %s: if the key is new, on the nexus host run `mesh keys "
+                   "accept %s`; if it is accepted already, check that %s is the nexus's node port (7700 by default, "
+                   "not the client port) and that the key's role is node (`mesh keys list` on the nexus host)",
+                   endpoint_.c_str(), keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str(),
+                   endpoint_.c_str());
       } else if (handshake == transport::HandshakeResult::kFailed) {
         // A wrong pinned key fails the Curve handshake: say so instead of waiting in silence.
         counters_.add("handshake_failures");

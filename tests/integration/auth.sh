@@ -25,8 +25,17 @@ node=$(awk '$1 == "node" { print $2 }' "$T/c/nexus/endpoints")
 extra_pids+=($!)
 wait_until 15 "the impostor spore to be refused" grep -q "refused this spore's key" "$T/impostor.log"
 mesh nodes | grep -q impostor && fail "a client key joined as a node"
-# A node key cannot act as a client.
+# A node key cannot act as a client; the refusal says to check the port and the role.
 expect_rc 3 env MESH_KEY="$T/c/spore-1/spore.key" mesh status
+grep -q "check that .* is the nexus's client port" "$T/err" || fail "no port/role hint: $(cat "$T/err")"
+# Following the first half of that advice does not silently turn the spore's key into a client's.
+spore_fp=$(mesh keys fingerprint "$T/c/spore-1/spore.key.pub")
+expect_rc 2 mesh keys accept "$spore_fp" --role client
+grep -q "already accepted as node.*revoke it first" "$T/err" || fail "role change not explained: $(cat "$T/err")"
+mesh keys list | grep "${spore_fp}" | grep -q node || fail "the spore's key changed role"
+expect_rc 0 mesh keys accept "$spore_fp"
+grep -q "already accepted as node" "$T/out" || fail "re-accepting an accepted key: $(cat "$T/out")"
+mesh nodes | grep -q spore-1 || fail "the spore was dropped"
 # Revoking a key shuts it out at its next connection.
 expect_rc 0 mesh keys revoke "$fp"
 expect_rc 3 env MESH_KEY="$T/stranger.key" mesh status
