@@ -139,12 +139,7 @@ Result<ReleaseKey> ReleaseKey::load(const std::string& path) {
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return err("cannot inspect " + path + ": " + errnoText(errno));
   if (!S_ISREG(st.st_mode)) return err(path + " is not a regular file: give the release key file");
-  if ((st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return err("release key " + path + " has mode " + mode +
-               ": the group or others can access it; run chmod 600 " + path);
-  }
+  // What the file is first (a public key given by mistake is the usual error), then its mode.
   WipedBuffer<512> buf;
   auto got = preadAll(fd.get(), buf.bytes, sizeof buf.bytes, 0, path);
   if (!got) return got.error();
@@ -155,7 +150,13 @@ Result<ReleaseKey> ReleaseKey::load(const std::string& path) {
   if (!splitKeyText({buf.bytes, *got}, kSecretHeader, &b64) ||
       !decodeBase64Exact(b64, seedBytes, kSeedBytes)) {
     return err(path + " is not a release secret key file (expected the line '" +
-               std::string(kSecretHeader) + "' then 32 bytes in base64)");
+               std::string(kSecretHeader) + "' then 32 bytes in base64; the .pub file is the public half)");
+  }
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return err("release key " + path + " has mode " + mode +
+               ": the group or others can access it; run chmod 600 " + path);
   }
   ReleaseKey key;
   std::array<unsigned char, kPublicKeyBytes> pk{};

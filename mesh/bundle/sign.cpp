@@ -93,6 +93,9 @@ Result<SignedBundle> signBundle(const std::string& dir, const SignOptions& optio
     if (i > 0 && m.handlers[i - 1] == h) return err("handler " + h + " is listed twice");
     const auto& execs = tree->topLevelExecutables;
     if (std::find(execs.begin(), execs.end(), h) == execs.end()) {
+      struct stat st {};
+      if (::lstat((dir + "/" + h).c_str(), &st) != 0) return err("handler " + h + ": there is no file " + dir + "/" + h);
+      if (!S_ISREG(st.st_mode)) return err("handler " + h + ": " + dir + "/" + h + " is not a regular file");
       return err("handler " + h + " is not an executable file at the top of " + dir +
                  ": run chmod +x " + dir + "/" + h);
     }

@@ -103,16 +103,21 @@ util::Status saveKeyPair(const std::string& path, const KeyPair& pair) {
 util::Result<KeyPair> loadKeyPair(const std::string& path) {
   struct stat st{};
   if (stat(path.c_str(), &st) != 0) return util::err("cannot read key file " + path + ": " + std::strerror(errno));
-  if (st.st_mode & 077) {
-    return util::err("key file " + path + " can be read by other users: run chmod 600 " + path);
-  }
+  // What the file is first (a .pub file given by mistake is the usual error), then its mode.
   auto text = util::readFile(path, 4096);
   if (!text) return text.error();
   auto pub = PublicKey::fromZ85(field(*text, "public-key"));
   auto sec = SecretKey::fromZ85(field(*text, "secret-key"));
+  const bool publicOnly = field(*text, "secret-key").empty();
   sodium_memzero(text->data(), text->size());
   if (!pub) return util::err("key file " + path + ": " + pub.error().message);
-  if (!sec) return util::err("key file " + path + " has no valid secret-key line");
+  if (!sec) {
+    return util::err("key file " + path + " has no valid secret-key line" +
+                     (publicOnly ? ": it is a public key; give the key pair file (without .pub)" : ""));
+  }
+  if (st.st_mode & 077) {
+    return util::err("key file " + path + " can be read by other users: run chmod 600 " + path);
+  }
   // The public key must belong to the secret key, or the handshake fails in confusing ways.
   char derived[41];
   if (zmq_curve_public(derived, sec->z85()) != 0 || pub->z85() != std::string(derived, 40)) {

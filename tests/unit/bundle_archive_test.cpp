@@ -177,6 +177,10 @@ TEST_CASE("signing refuses bad names, versions, expiry and handlers that are not
   auto r = signBundle(tmp / "src", o, key, tmp / "b");
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().message.find("chmod +x") != std::string::npos);
+  o.handlers = {"nothere"};  // no such file: said so, not sent to chmod
+  r = signBundle(tmp / "src", o, key, tmp / "b");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("there is no file") != std::string::npos);
   o.handlers = {"run"};
   CHECK(signBundle(tmp / "src", o, key, tmp / "b").ok());
   CHECK_FALSE(signBundle(tmp / "missing", options(1), key, tmp / "b").ok());

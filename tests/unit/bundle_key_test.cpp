@@ -48,6 +48,11 @@ TEST_CASE("a secret key file readable by the group or others is refused with chm
   CHECK_FALSE(ReleaseKey::load(tmp / "release.key").ok());
   REQUIRE(::chmod((tmp / "release.key").c_str(), 0600) == 0);
   CHECK(ReleaseKey::load(tmp / "release.key").ok());
+  // The public half given by mistake is named for what it is, not sent to chmod.
+  auto pub = ReleaseKey::load(tmp / "release.key.pub");
+  REQUIRE_FALSE(pub.ok());
+  CHECK(pub.error().message.find("is not a release secret key file") != std::string::npos);
+  CHECK(pub.error().message.find("chmod") == std::string::npos);
 }
 
 TEST_CASE("saving a release key never overwrites an existing file") {

@@ -57,6 +57,11 @@ TEST_CASE("a secret key file readable by others is refused") {
   auto loaded = crypto::loadKeyPair(dir + "/k");
   REQUIRE_FALSE(loaded.ok());
   CHECK(loaded.error().message.find("chmod 600") != std::string::npos);
+  // A .pub file (mode 0644) given for a key pair: named for what it is, not sent to chmod.
+  auto pub = crypto::loadKeyPair(dir + "/k.pub");
+  REQUIRE_FALSE(pub.ok());
+  CHECK(pub.error().message.find("it is a public key") != std::string::npos);
+  CHECK(pub.error().message.find("chmod") == std::string::npos);
   std::system(("rm -rf " + dir).c_str());
 }
 
