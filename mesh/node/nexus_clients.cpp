@@ -132,6 +132,22 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
                      ? "no spore is connected, so no handler '" + handler + "' is offered: start a spore first"
                      : "no live spore offers handler '" + handler + "' (offered: " + list + ")");
     }
+    if (!s.requiredTags.empty()) {
+      // As for the handler: a batch no live spore could run would wait in silence.
+      bool served = false;
+      for (const auto& [id, n] : scheduler_.nodes()) {
+        served = served || (n.info.handlers.count(handler) &&
+                            std::all_of(s.requiredTags.begin(), s.requiredTags.end(),
+                                        [&](const std::string& t) { return n.info.tags.count(t) > 0; }));
+      }
+      if (!served) {
+        std::string want;
+        for (const auto& t : s.requiredTags) want += (want.empty() ? "" : ",") + t;
+        return bad(proto::Error::Code::UNKNOWN_HANDLER, "no live spore that offers handler '" + handler +
+                                                            "' has the tags " + want +
+                                                            " (a spore gets tags with --tags; see mesh nodes)");
+      }
+    }
     auto mr = spec.getMapreduce();
     if (mr.getStage() == proto::MapReduce::Stage::REDUCE) {
       return bad(proto::Error::Code::BAD_REQUEST, "a reduce stage is started by the nexus, not submitted");
