@@ -1,9 +1,12 @@
 #include "mesh/config/config.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -25,6 +28,34 @@ util::Error usage(const std::string& what, const std::string& program) {
   return util::err(what + " (see `" + program + " --help`)", 2);
 }
 
+// Boost reads "-1" into an unsigned option as its largest value (`--limit -1` meant no limit,
+// `--slots -1` four billion): a value of an unsigned option may not start with '-'.
+util::Status refuseNegatives(const po::parsed_options& parsed, const po::options_description& all,
+                             const std::string& program) {
+  for (const auto& o : parsed.options) {
+    const auto* d = all.find_nothrow(o.string_key, false);
+    if (!d) continue;
+    const po::value_semantic* v = d->semantic().get();
+    bool isUnsigned = dynamic_cast<const po::typed_value<unsigned>*>(v) ||
+                      dynamic_cast<const po::typed_value<unsigned long>*>(v) ||
+                      dynamic_cast<const po::typed_value<unsigned long long>*>(v);
+    for (const auto& token : o.value) {
+      if (isUnsigned && !token.empty() && token[0] == '-') {
+        return usage("--" + o.string_key + " takes a whole number of 0 or more, not " + token, program);
+      }
+    }
+  }
+  return {};
+}
+
+// A message from a config file may quote its bytes: keep them printable.
+std::string printable(std::string text) {
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+  }
+  return text;
+}
+
 // Parses argv and then the --config file (command line wins), notify()ing at the end.
 util::Status parseInto(int argc, const char* const* argv, const po::options_description& all,
                        const po::positional_options_description* positional, po::variables_map& vm,
@@ -33,16 +64,23 @@ util::Status parseInto(int argc, const char* const* argv, const po::options_desc
     po::command_line_parser parser(argc, argv);
     parser.options(all);
     if (positional) parser.positional(*positional);
-    po::store(parser.run(), vm);
+    po::parsed_options fromArgs = parser.run();
+    if (auto s = refuseNegatives(fromArgs, all, program); !s) return s;
+    po::store(fromArgs, vm);
     if (vm.count("config") && !vm.count("help")) {
       std::string path = vm["config"].as<std::string>();
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) return usage("cannot read config file " + path + ": " + std::strerror(errno), program);
+      if (!S_ISREG(st.st_mode)) return usage("config file " + path + " is not a regular file", program);
       std::ifstream in(path);
       if (!in) return usage("cannot read config file " + path, program);
-      po::store(po::parse_config_file(in, all), vm);
+      po::parsed_options fromFile = po::parse_config_file(in, all);
+      if (auto s = refuseNegatives(fromFile, all, program); !s) return util::err("config file " + path + ": " + s.error().message, 2);
+      po::store(fromFile, vm);
     }
     if (!vm.count("help")) po::notify(vm);
   } catch (const po::error& e) {
-    return usage(e.what(), program);
+    return usage(printable(e.what()), program);
   }
   return {};
 }
@@ -94,7 +132,7 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
       ("missed-beats", po::value<int>(&c.missedBeats)->default_value(3), "declare a spore dead after this many silent intervals")
       ("weights", po::value<std::string>()->default_value("0.4,0.3,0.3"), "load score weights: cpu,mem,in-flight")
       ("max-prefetch", po::value<std::uint32_t>(&c.scheduler.maxPrefetch)->default_value(256), "most tasks queued on a spore beyond its slots")
-      ("default-timeout", po::value<std::string>()->default_value("1h"), "task timeout when a batch gives none")
+      ("default-timeout", po::value<std::string>()->default_value("1h"), "task timeout when a batch gives none (more than 0)")
       ("default-attempts", po::value<unsigned>()->default_value(3), "attempts when a batch gives none")
       ("quarantine-after", po::value<unsigned>()->default_value(3), "quarantine a task after its spore dies under it this often")
       ("max-payload", po::value<std::string>()->default_value("16M"), "largest task payload accepted")
@@ -133,15 +171,24 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
   c.heartbeatMs = *hb;
   auto to = durationOption(vm, "default-timeout", 3'600'000);
   if (!to) return to.error();
+  if (*to <= 0) return usage("--default-timeout must be more than 0 (30d, say, for practically none)", "nexus");
   c.scheduler.defaultTimeoutMs = static_cast<std::uint32_t>(std::min<std::int64_t>(*to, UINT32_MAX));
-  c.scheduler.defaultMaxAttempts = static_cast<std::uint8_t>(std::clamp(vm["default-attempts"].as<unsigned>(), 1u, 255u));
-  c.scheduler.quarantineAfter = static_cast<std::uint8_t>(std::clamp(vm["quarantine-after"].as<unsigned>(), 1u, 255u));
+  for (const char* name : {"default-attempts", "quarantine-after"}) {
+    unsigned n = vm[name].as<unsigned>();
+    if (n < 1 || n > 255) return usage(std::string("--") + name + " must be 1-255", "nexus");
+  }
+  c.scheduler.defaultMaxAttempts = static_cast<std::uint8_t>(vm["default-attempts"].as<unsigned>());
+  c.scheduler.quarantineAfter = static_cast<std::uint8_t>(vm["quarantine-after"].as<unsigned>());
   auto payload = sizeOption(vm, "max-payload", c.maxPayloadBytes);
   if (!payload) return payload.error();
   c.maxPayloadBytes = *payload;
   auto frame = sizeOption(vm, "max-frame", c.maxFrameBytes);
   if (!frame) return frame.error();
   c.maxFrameBytes = *frame;
+  if (c.maxPayloadBytes > c.maxFrameBytes / 2) {
+    return usage("--max-payload must be at most half of --max-frame (a payload travels in one message, with others)",
+                 "nexus");
+  }
   auto weights = util::splitList(vm["weights"].as<std::string>(), ',');
   if (weights.size() != 3) return usage("--weights takes three numbers: cpu,mem,in-flight", "nexus");
   try {
@@ -270,7 +317,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("handler", po::value<std::string>(&c.submit.handler), "handler that runs each task (echo, sha256, sleep, fail, or a program)")
       ("priority", po::value<unsigned>(&c.submit.priority)->default_value(0), "0-255, higher runs first")
       ("requires", po::value<std::vector<std::string>>(), "tags a spore must have, e.g. gpu (comma-separated)")
-      ("task-timeout", po::value<std::string>(), "per-attempt timeout of each task, e.g. 30s (default: the nexus's)")
+      ("task-timeout", po::value<std::string>(), "per-attempt timeout of each task, e.g. 30s (default or 0: the nexus's)")
       ("attempts", po::value<unsigned>(&c.submit.attempts)->default_value(0), "attempts per task (default: the nexus's)")
       ("label", po::value<std::string>(&c.submit.label), "a name for the batch")
       ("lines", po::value<std::string>(&c.submit.linesFrom), "one task per line of FILE (- for stdin)")

@@ -238,9 +238,10 @@ class ProgressPrinter {
       if (p.finished) std::fprintf(stderr, "\n");
     } else if (p.finished || now - lastLine_ >= 2000) {
       lastLine_ = now;
-      std::fprintf(stderr, "batch %" PRIu64 ": %" PRIu64 "/%" PRIu64 " done, %" PRIu64 " ok, %" PRIu64 " failed, %" PRIu64
+      std::string cancelled = p.cancelled ? ", " + std::to_string(p.cancelled) + " cancelled" : "";
+      std::fprintf(stderr, "batch %" PRIu64 ": %" PRIu64 "/%" PRIu64 " done, %" PRIu64 " ok, %" PRIu64 " failed%s, %" PRIu64
                            " running, %" PRIu64 " queued (%.1fs)\n",
-                   p.batch, done, p.total, p.succeeded, p.failed, p.running, p.queued, secs);
+                   p.batch, done, p.total, p.succeeded, p.failed, cancelled.c_str(), p.running, p.queued, secs);
     }
   }
 
@@ -355,8 +356,9 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   auto batch = (*client)->submit(o, source);
   if (!batch) return fail(batch.error());
   if (s.results) {
-    // stdout carries the results alone; the batch id still reaches a person (or a log).
-    if (!cmd.quiet) std::fprintf(stderr, "batch %" PRIu64 "\n", *batch);
+    // stdout carries the results alone; the batch id still reaches a person (or a log), with
+    // -q too: -q silences progress, and without the id a script could not look the batch up.
+    std::fprintf(stderr, "batch %" PRIu64 "\n", *batch);
   } else if (cmd.client.json) {
     std::printf("{\"batch\":%" PRIu64 "}\n", *batch);
   } else {

@@ -2,7 +2,7 @@
 # Random bytes to every port, and malformed messages from peers with accepted keys, crash
 # nothing: the nexus counts them and keeps running batches.
 . "$(dirname "$0")/lib.sh"
-up --spores 2 --nexus-args "--max-frame 16M"
+up --spores 2 --nexus-args "--max-frame 16M --max-payload 8M"
 nexus_pid=$(awk '$1 == "nexus" { p = $2 } END { print p }' "$T/c/pids")
 for port in $(awk '{ sub(/.*:/, "", $2); print $2 }' "$T/c/nexus/endpoints"); do
   for i in 1 2 3; do

@@ -17,6 +17,9 @@ cmp -s "$T/out" <(mesh results "$batch") || fail "submit --results and mesh resu
 # --json and --raw as for `mesh results`; a failed task: exit 1, its error in the output.
 mesh submit --handler echo --lines "$T/small" --results --json 2>/dev/null | grep -c '"status":"ok"' | grep -qx 3 || fail "--json rows wrong"
 [ "$(mesh submit --handler echo --lines "$T/small" --results --raw 2>/dev/null)" = "alphabetagamma" ] || fail "--raw output wrong"
+# -q silences progress, not the batch id (a script needs it to look the batch up).
+mesh submit --handler echo --lines "$T/small" --results -q > /dev/null 2> "$T/err" || fail "submit --results -q failed"
+grep -qx 'batch [0-9]*' "$T/err" || fail "-q lost the batch id: $(cat "$T/err")"
 printf 'boom\n' > "$T/boom"
 expect_rc 1 mesh submit --handler fail --lines "$T/boom" --attempts 1 --results -q
 mesh submit --handler fail --lines "$T/boom" --attempts 1 --results -q > "$T/failed" || true

@@ -99,3 +99,37 @@ TEST_CASE("the CLI splits command words from arguments") {
   REQUIRE(help.ok());
   CHECK(help->help.find("Exit codes") != std::string::npos);
 }
+
+TEST_CASE("a negative number for an unsigned option is refused, not wrapped to its largest value") {
+  auto r = parse(parseCli, {"mesh", "results", "1", "--limit", "-1"});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == 2);
+  CHECK(r.error().message.find("--limit takes a whole number of 0 or more, not -1") != std::string::npos);
+  CHECK_FALSE(parse(parseSpore, {"spore", "--data-dir", "/tmp/x", "--nexus-key", "k", "--slots", "-2"}).ok());
+  // Free text that starts with '-' is still text.
+  CHECK(parse(parseCli, {"mesh", "submit", "--handler", "echo", "--lines", "-", "--label", "-5"}).ok());
+  const char* path = "/tmp/mesh-config-negative.conf";
+  {
+    std::ofstream f(path);
+    f << "data-dir = /srv/mesh\nmax-queued = -1\n";
+  }
+  auto fromFile = parse(parseNexus, {"nexus", "--config", path});
+  std::remove(path);
+  REQUIRE_FALSE(fromFile.ok());
+  CHECK(fromFile.error().message.find("--max-queued takes a whole number") != std::string::npos);
+}
+
+TEST_CASE("nexus limits that cannot work are refused instead of clamped or accepted") {
+  CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "/tmp/x", "--default-attempts", "0"}).ok());
+  CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "/tmp/x", "--quarantine-after", "256"}).ok());
+  CHECK_FALSE(parse(parseNexus, {"nexus", "--data-dir", "/tmp/x", "--default-timeout", "0"}).ok());
+  auto r = parse(parseNexus, {"nexus", "--data-dir", "/tmp/x", "--max-payload", "100M", "--max-frame", "1M"});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("--max-payload must be at most half of --max-frame") != std::string::npos);
+}
+
+TEST_CASE("a config file that is a directory is refused, not read as empty") {
+  auto r = parse(parseNexus, {"nexus", "--data-dir", "/tmp/x", "--config", "/tmp"});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("is not a regular file") != std::string::npos);
+}
