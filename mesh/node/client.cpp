@@ -1,6 +1,9 @@
 #include "mesh/node/client.h"
 
+#include <algorithm>
 #include <deque>
+#include <map>
+#include <optional>
 
 #include "mesh/transport/sockets.h"
 #include "mesh/util/clock.h"
@@ -164,9 +167,11 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
   }
   std::uint64_t batch = 0, accepted = 0, sealRequest = 0;
   std::deque<std::uint64_t> inFlight;  // request ids of chunks not yet acknowledged
+  std::size_t largest = 0;             // bytes of the largest chunk sent
   auto send = [&](const std::vector<std::string>& tasks, bool seal) {
     std::size_t bytes = 0;
     for (const auto& t : tasks) bytes += t.size() + 16;
+    largest = std::max(largest, bytes);
     wire::Encoder e(nextRequestId(), static_cast<unsigned>(bytes / 8 + 256));
     auto s = e.body().initSubmit();
     s.setBatch(batch);
@@ -197,17 +202,32 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
     inFlight.push_back(e.envelope().getRequestId());
     sendFrame(e.finish(), zmq::send_flags::none);
   };
+  // Replies can overtake each other: a refusal leaves at once, an ack after its commit. One for
+  // a later chunk waits here until its turn.
+  std::map<std::uint64_t, wire::Decoded> early;
   auto awaitAck = [&]() -> util::Status {
     const auto& clock = util::systemClock();
     std::int64_t deadline = clock.monotonicMs() + options_.timeoutMs;
     while (clock.monotonicMs() < deadline) {
-      auto reply = receive(deadline - clock.monotonicMs());
-      if (!reply) {
-        if (reply.error().code == kExitUnreachable) break;
-        return reply.error();
+      std::optional<wire::Decoded> got;
+      if (auto it = inFlight.empty() ? early.end() : early.find(inFlight.front()); it != early.end()) {
+        got.emplace(std::move(it->second));
+        early.erase(it);
+      } else {
+        auto reply = receive(deadline - clock.monotonicMs());
+        if (!reply) {
+          if (reply.error().code == kExitUnreachable) break;
+          return reply.error();
+        }
+        got.emplace(std::move(*reply));
       }
+      auto& reply = got;
       std::uint64_t id = reply->envelope().getRequestId();
-      if (inFlight.empty() || id != inFlight.front()) continue;
+      if (inFlight.empty()) continue;
+      if (id != inFlight.front()) {
+        if (std::find(inFlight.begin(), inFlight.end(), id) != inFlight.end()) early.emplace(id, std::move(*reply));
+        continue;
+      }
       inFlight.pop_front();
       if (reply->which() == proto::Envelope::Body::ERROR) {
         std::string msg(wire::view(reply->envelope().getBody().getError().getMessage()));
@@ -220,8 +240,14 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
       if (onChunk) onChunk(accepted);
       return {};
     }
+    // libzmq drops a message over the nexus's --max-frame with the connection, unanswered.
+    std::string hint = largest > kChunkBytes * 8
+                           ? " (a message of " + std::to_string(largest >> 20) + " MiB was sent: the nexus drops messages "
+                             "over its --max-frame, 64M by default, without an answer; a payload must stay under its "
+                             "--max-payload, 16M by default)"
+                           : "";
     return util::err("no answer from the nexus within " + std::to_string(options_.timeoutMs) + " ms while submitting" +
-                         (batch ? " (batch " + std::to_string(batch) + " stays open and incomplete)" : ""),
+                         (batch ? " (batch " + std::to_string(batch) + " stays open and incomplete)" : "") + hint,
                      kExitUnreachable);
   };
   send(chunk, !hasMore);

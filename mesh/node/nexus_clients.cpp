@@ -86,11 +86,16 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
   }
   std::vector<std::string_view> views;
   views.reserve(payloads.size());
+  // The index in the batch, as `mesh results` numbers its tasks (an append continues a batch).
+  std::uint64_t base = 0;
+  if (submit.getBatch() != 0) {
+    if (const routing::Batch* open = scheduler_.batch(submit.getBatch())) base = open->total + open->pendingAdds;
+  }
   for (auto p : payloads) {
     views.push_back(wire::view(p));
     if (views.back().size() > config_.maxPayloadBytes) {
       return bad(proto::Error::Code::TOO_LARGE,
-                 "task " + std::to_string(views.size() - 1) + " has a payload of " +
+                 "task " + std::to_string(base + views.size() - 1) + " has a payload of " +
                      std::to_string(views.back().size()) + " bytes, over the nexus limit of " +
                      std::to_string(config_.maxPayloadBytes) + " (--max-payload)");
     }

@@ -18,6 +18,10 @@ expect_rc 1 sh -c 'echo "bad name!" > '"$T"'/h; echo x | mesh submit --handler "
 head -c 5000 /dev/zero | tr '\0' 'a' > "$T/big"
 expect_rc 1 mesh submit --handler echo --files "$T/big"
 grep -q "over the nexus limit" "$T/err" || fail "payload limit not explained: $(cat "$T/err")"
+# In a later chunk, the task is named by its index in the batch, not in its chunk.
+{ seq 1 30000; cat "$T/big"; echo; } > "$T/mixed"
+expect_rc 1 mesh submit --handler echo --lines "$T/mixed"
+grep -q "task 30000 has a payload of 5000 bytes" "$T/err" || fail "wrong task index: $(cat "$T/err")"
 expect_rc 1 mesh wait 999999
 grep -q "no batch 999999" "$T/err" || fail "unknown batch not explained"
 expect_rc 1 mesh task 999999
