@@ -146,7 +146,7 @@ int keysCommand(const CliCommand& cmd) {
   if (sub == "fingerprint") {
     if (cmd.args.size() != 1) return usageError("keys fingerprint takes one key file (or z85 key)");
     auto key = crypto::loadPublicKey(cmd.args[0]);
-    if (!key) return fail(key.error());
+    if (!key) return fail(util::err(key.error().message, kExitUsage));  // bad input, as for accept
     if (cmd.client.json) {
       std::printf("{\"public_key\":%s,\"fingerprint\":%s}\n", util::jsonString(key->z85()).c_str(),
                   util::jsonString(key->fingerprint()).c_str());
@@ -186,7 +186,12 @@ int keysCommand(const CliCommand& cmd) {
     auto key = crypto::PublicKey::fromZ85(rec->publicKey);
     if (!key) return fail(key.error());
     if (sub == "revoke") {
-      if (auto s = keys.revoke(*key, clock.wallMs()); !s) return fail(s.error());
+      if (auto s = keys.revoke(*key, clock.wallMs()); !s) {
+        // An unknown key is bad input, as an unknown fingerprint prefix is (exit 2).
+        auto known = keys.find(*key);
+        if (known && !*known) return fail(util::err(s.error().message, kExitUsage));
+        return fail(s.error());
+      }
       std::printf("revoked %s\n", key->fingerprint().c_str());
       return 0;
     }

@@ -38,6 +38,10 @@ grep -q "already accepted as node" "$T/out" || fail "re-accepting an accepted ke
 mesh nodes | grep -q spore-1 || fail "the spore was dropped"
 # Revoking a key shuts it out at its next connection.
 expect_rc 0 mesh keys revoke "$fp"
+# Bad key arguments are usage errors (exit 2), whatever form they take.
+mesh keys gen "$T/never.key" > /dev/null
+expect_rc 2 mesh keys revoke "$T/never.key.pub"
+expect_rc 2 mesh keys fingerprint "$T/no-such-file"
 expect_rc 3 env MESH_KEY="$T/stranger.key" mesh status
 # A wrong nexus key (a man in the middle) fails the handshake.
 mesh keys gen "$T/fake-nexus.key" > /dev/null
