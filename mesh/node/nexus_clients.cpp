@@ -543,7 +543,8 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
   }
   if (!*row) {
     replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
-               "no task " + std::to_string(taskId) + (taskId >= nextTaskId_ ? "" : " (not yet committed?)"));
+               "no task " + std::to_string(taskId) +
+                   " (task ids run across batches, not from 1 in each: `mesh results BATCH --json` shows them)");
     return;
   }
   const store::TaskRow& t = **row;

@@ -25,6 +25,7 @@ grep -q "task 30000 has a payload of 5000 bytes" "$T/err" || fail "wrong task in
 expect_rc 1 mesh wait 999999
 grep -q "no batch 999999" "$T/err" || fail "unknown batch not explained"
 expect_rc 1 mesh task 999999
+grep -q "no task 999999 (task ids run across batches" "$T/err" || fail "unknown task not explained: $(cat "$T/err")"
 expect_rc 3 env MESH_NEXUS=tcp://127.0.0.1:1 mesh status --timeout 1s
 grep -q "cannot reach the nexus" "$T/err" || fail "unreachable nexus not explained: $(cat "$T/err")"
 expect_rc 2 env MESH_KEY= mesh status
