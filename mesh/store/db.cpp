@@ -6,7 +6,13 @@ namespace mesh::store {
 
 namespace {
 constexpr std::size_t kIdlePerSql = 4;  // a few of each: nested uses of one statement are rare
+
+// "SQLite (FILE): message": an operator with several databases needs to know which one failed.
+std::string sqliteError(sqlite3* db, const std::string& message) {
+  const char* file = db ? sqlite3_db_filename(db, "main") : nullptr;
+  return file && *file ? "SQLite (" + std::string(file) + "): " + message : "SQLite: " + message;
 }
+}  // namespace
 
 StatementCache::~StatementCache() {
   for (auto& [sql, stmts] : idle) {
@@ -81,7 +87,7 @@ util::Result<bool> Statement::step() {
   int rc = sqlite3_step(stmt_);
   if (rc == SQLITE_ROW) return true;
   if (rc == SQLITE_DONE) return false;
-  return util::err(std::string("SQLite: ") + sqlite3_errmsg(db_));
+  return util::err(sqliteError(db_, sqlite3_errmsg(db_)));
 }
 
 util::Status Statement::run() {
@@ -166,7 +172,7 @@ util::Status Db::exec(const std::string& sql) {
   if (rc != SQLITE_OK) {
     std::string text = message ? message : sqlite3_errstr(rc);
     sqlite3_free(message);
-    return util::err("SQLite: " + text);
+    return util::err(sqliteError(db_, text));
   }
   return {};
 }

@@ -583,3 +583,13 @@ TEST_CASE("a version 3 database learns each batch's range of payload segments") 
   REQUIRE(ranges.ok());
   CHECK(*ranges == std::vector<std::pair<std::uint64_t, std::uint64_t>>{{1, 3}});
 }
+
+TEST_CASE("SQLite errors name the database file") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  auto s = db->exec("SELECT * FROM no_such_table");
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.error().message.find("SQLite (") != std::string::npos);
+  CHECK(s.error().message.find(t.path.substr(t.path.rfind('/') + 1)) != std::string::npos);
+}
