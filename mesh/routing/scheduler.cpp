@@ -277,14 +277,19 @@ double Scheduler::score(const Node& n) const {
          w.inFlight * std::min(1.0, n.inFlight / 10.0);
 }
 
-std::uint32_t Scheduler::credit(const Node& n) const {
-  std::uint64_t prefetch = n.info.slots;
-  if (n.avgTaskUs > 0) {
-    double p = std::ceil(n.info.slots * static_cast<double>(config_.prefetchTargetUs) / n.avgTaskUs);
-    prefetch = static_cast<std::uint64_t>(std::clamp(p, 1.0, static_cast<double>(config_.maxPrefetch)));
-  }
-  std::uint64_t limit = n.info.slots + prefetch;
+std::uint32_t Scheduler::prefetch(const Node& n, const Batch& b) const {
+  if (b.avgTaskUs <= 0) return 1;  // nothing measured yet: assume long tasks
+  double p = std::ceil(n.info.slots * static_cast<double>(config_.prefetchTargetUs) / b.avgTaskUs);
+  return static_cast<std::uint32_t>(std::clamp(p, 1.0, static_cast<double>(std::max<std::uint32_t>(1, config_.maxPrefetch))));
+}
+
+std::uint32_t Scheduler::credit(const Node& n, const Batch& b) const {
+  std::uint64_t limit = std::uint64_t{n.info.slots} + prefetch(n, b);
   return limit > n.inFlight ? static_cast<std::uint32_t>(limit - n.inFlight) : 0;
+}
+
+std::uint32_t Scheduler::freeSlots(const Node& n) const {
+  return n.info.slots > n.inFlight ? n.info.slots - n.inFlight : 0;
 }
 
 std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
@@ -339,7 +344,7 @@ bool Scheduler::eligible(const Node& n, const Batch& b) const {
   return true;
 }
 
-Node* Scheduler::pickNode(const Batch& b, NodeId avoid) {
+Node* Scheduler::pickNode(const Batch& b, NodeId avoid, bool prefetch, const std::set<NodeId>& reserved) {
   Node* best = nullptr;
   Node* second = nullptr;
   auto better = [&](const Node* x, const Node* y) {
@@ -350,7 +355,7 @@ Node* Scheduler::pickNode(const Batch& b, NodeId avoid) {
     return x->id < y->id;
   };
   for (auto& [id, n] : nodes_) {
-    if (!eligible(n, b) || credit(n) == 0) continue;
+    if ((prefetch ? credit(n, b) : freeSlots(n)) == 0 || reserved.count(id) || !eligible(n, b)) continue;
     if (better(&n, best)) {
       second = best;
       best = &n;
@@ -392,68 +397,87 @@ std::string Scheduler::explainBlocked(const Batch& b) const {
 
 // ---- the work ------------------------------------------------------------------------------
 
+// Two passes over the priority levels: the first fills free slots only, the second tops nodes
+// up to their prefetch. So no node is given a task beyond its slots while an eligible node has
+// a free one, and the prefetch of one batch is sized by that batch's own task time.
 std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t nowWallMs) {
   std::map<NodeId, std::vector<Task*>> out;
-  auto anyCredit = [&] {
-    for (auto& [id, n] : nodes_) {
-      if (credit(n) > 0) return true;
+  for (bool prefetchPass : {false, true}) {
+    // A cheap upper bound of the room left: a node without it takes nothing in this pass.
+    const std::uint32_t most = std::max<std::uint32_t>(1, config_.maxPrefetch);
+    std::uint32_t widest = 0;
+    for (auto level = active_.begin(); prefetchPass && level != active_.end() && widest < most; ++level) {
+      for (Batch* b : level->second) widest = std::max(widest, b->avgTaskUs > 0 ? most : 1u);
     }
-    return false;
-  };
-  for (auto level = active_.begin(); level != active_.end();) {
-    auto& turn = level->second;
-    std::size_t blockedInARow = 0;
-    while (!turn.empty() && blockedInARow < turn.size()) {
-      if (!anyCredit()) break;
-      Batch* b = turn.front();
-      turn.pop_front();
-      Task* head = frontTask(*b);
-      if (!head) {
-        inActive_.erase(b);
-        continue;
+    auto anyRoom = [&] {
+      for (auto& [id, n] : nodes_) {
+        if (std::uint64_t{n.info.slots} + widest > n.inFlight) return true;
       }
-      Node* n = pickNode(*b, head->lastNode);
-      if (!n) {
-        b->blockedWhy = explainBlocked(*b);
-        turn.push_back(b);
-        ++blockedInARow;
-        continue;
+      return false;
+    };
+    // Nodes on which a batch of a higher priority waits for room: lower priorities keep off.
+    std::set<NodeId> reserved;
+    for (auto level = active_.begin(); level != active_.end() && anyRoom();) {
+      auto& turn = level->second;
+      std::size_t blockedInARow = 0;
+      while (!turn.empty() && blockedInARow < turn.size()) {
+        if (!anyRoom()) break;
+        Batch* b = turn.front();
+        turn.pop_front();
+        Task* head = frontTask(*b);
+        if (!head) {
+          inActive_.erase(b);
+          continue;
+        }
+        Node* n = pickNode(*b, head->lastNode, prefetchPass, reserved);
+        if (!n) {
+          if (prefetchPass) b->blockedWhy = explainBlocked(*b);
+          turn.push_back(b);
+          ++blockedInARow;
+          continue;
+        }
+        b->blockedWhy.clear();
+        blockedInARow = 0;
+        std::uint32_t room = prefetchPass ? credit(*n, *b) : freeSlots(*n);
+        std::uint32_t take = std::min(room, std::max<std::uint32_t>(1, config_.dispatchChunk));
+        auto& list = out[n->id];
+        for (std::uint32_t i = 0; i < take; ++i) {
+          Task* t = frontTask(*b);
+          if (!t) break;
+          if (i > 0 && t->lastNode == n->id) break;  // its own turn will steer it elsewhere
+          b->ready.pop_front();
+          --b->queued;
+          --queuedTotal_;
+          t->state = Task::State::kRunning;
+          t->node = n->id;
+          ++t->attempts;
+          t->assignedWallMs = nowWallMs;
+          t->deadlineMono = nowMono + b->spec.timeoutMs + config_.deadlineGraceMs;
+          deadlines_.insert({t->deadlineMono, t->id});
+          n->running.insert(t->id);
+          ++n->inFlight;
+          ++b->running;
+          ++runningTotal_;
+          list.push_back(t);
+        }
+        if (b->queued > 0) {
+          turn.push_back(b);
+        } else {
+          inActive_.erase(b);
+        }
       }
-      b->blockedWhy.clear();
-      blockedInARow = 0;
-      std::uint32_t take = std::min(credit(*n), config_.dispatchChunk);
-      auto& list = out[n->id];
-      for (std::uint32_t i = 0; i < take; ++i) {
-        Task* t = frontTask(*b);
-        if (!t) break;
-        if (i > 0 && t->lastNode == n->id) break;  // its own turn will steer it elsewhere
-        b->ready.pop_front();
-        --b->queued;
-        --queuedTotal_;
-        t->state = Task::State::kRunning;
-        t->node = n->id;
-        ++t->attempts;
-        t->assignedWallMs = nowWallMs;
-        t->deadlineMono = nowMono + b->spec.timeoutMs + config_.deadlineGraceMs;
-        deadlines_.insert({t->deadlineMono, t->id});
-        n->running.insert(t->id);
-        ++n->inFlight;
-        ++b->running;
-        ++runningTotal_;
-        list.push_back(t);
+      // What is left at this level waits for room on the nodes that could run it.
+      for (Batch* b : turn) {
+        for (auto& [id, n] : nodes_) {
+          if (eligible(n, *b)) reserved.insert(id);
+        }
       }
-      if (b->queued > 0) {
-        turn.push_back(b);
+      if (turn.empty()) {
+        level = active_.erase(level);
       } else {
-        inActive_.erase(b);
+        ++level;
       }
     }
-    if (turn.empty()) {
-      level = active_.erase(level);
-    } else {
-      ++level;
-    }
-    if (!anyCredit()) break;
   }
   std::vector<Assignment> result;
   for (auto& [node, tasks] : out) {
@@ -567,9 +591,10 @@ void Scheduler::onReport(NodeId from, Report&& report, std::int64_t nowMono, std
   Task& t = *it->second;
   bool current = t.state == Task::State::kRunning && t.node == from && t.attempts == report.attempt;
   Node* n = node(from);
-  if (n && (report.status == Status::kOk || report.status == Status::kFailed)) {
+  if (report.status == Status::kOk || report.status == Status::kFailed) {
+    Batch& b = *t.batch;
     double d = static_cast<double>(std::max<std::uint64_t>(1, report.durationUs));
-    n->avgTaskUs = n->avgTaskUs <= 0 ? d : 0.9 * n->avgTaskUs + 0.1 * d;
+    b.avgTaskUs = b.avgTaskUs <= 0 ? d : 0.9 * b.avgTaskUs + 0.1 * d;
   }
   if (!current) {
     if (report.status != Status::kOk) {

@@ -6,13 +6,18 @@
 //
 // Rules (DESIGN.md section 5):
 // - A node is eligible for a batch when it is alive, offers the batch's handler, has every
-//   required tag, and has credit: slots + prefetch - in_flight > 0, where in_flight is counted
-//   here, never taken from the node's word. Prefetch is sized in time (about `prefetchTargetUs`
-//   of work per slot, by the node's measured task duration) and capped at `maxPrefetch`, so
-//   long tasks get no more than one extra and microsecond tasks get enough to fill the pipe.
+//   required tag, and has credit for the batch: slots + prefetch - in_flight > 0, where
+//   in_flight is counted here, never taken from the node's word. Prefetch is sized in time by
+//   the batch's own measured task duration (about `prefetchTargetUs` of work per slot), capped
+//   at `maxPrefetch`, so long tasks get no more than one extra and microsecond tasks get enough
+//   to fill the pipe. A batch with no measured task yet counts as long: one extra.
+// - A dispatch round fills free slots first: no node gets a prefetched task while a free slot
+//   of an eligible node is left (every level of priority, then the prefetch, again by priority).
 // - Among eligible nodes: lowest load score 0.4 cpu + 0.3 mem + 0.3 min(1, in_flight/10)
-//   (weights configurable); a retried task avoids the node it last failed on when it can.
-// - Highest priority first; FIFO within a batch; batches of equal priority take turns.
+//   (weights configurable), scored again for every turn; a retried task avoids the node it last
+//   failed on when it can.
+// - Highest priority first; FIFO within a batch; batches of equal priority take turns. A node
+//   on which a batch waits for credit takes no task of a lower priority meanwhile.
 // - A failed attempt is retried with exponential backoff until maxAttempts; a task whose node
 //   dies under it is re-queued at once, and quarantined after `quarantineAfter` such deaths.
 // - First final result wins; anything later for the same task is a counted duplicate.
@@ -115,6 +120,7 @@ struct Batch {
   bool sealed = false;
   bool cancelled = false;
   std::uint64_t running = 0, waiting = 0;
+  double avgTaskUs = 0;  // EWMA of its tasks' reported durations; 0 = none measured yet
   // Final results produced in memory, and of those, the ones the store has committed.
   std::uint64_t succeeded = 0, failed = 0, cancelledCount = 0;
   std::uint64_t durableSucceeded = 0, durableFailed = 0, durableCancelled = 0;
@@ -140,7 +146,6 @@ struct Node {
   double cpuPct = 0, memPct = 0;
   std::uint32_t inFlight = 0;
   std::unordered_set<std::uint64_t> running;
-  double avgTaskUs = 0;     // EWMA of reported durations; 0 = not measured yet
   std::uint64_t done = 0;
 };
 
@@ -241,7 +246,13 @@ class Scheduler {
   Node* node(NodeId id);
   const std::map<NodeId, Node>& nodes() const { return nodes_; }
   double score(const Node& n) const;
-  std::uint32_t credit(const Node& n) const;
+  // Tasks of the batch the node may hold beyond its slots: ceil(slots * prefetchTargetUs /
+  // the batch's average task time) in [1, maxPrefetch]; 1 while the batch has none measured.
+  std::uint32_t prefetch(const Node& n, const Batch& b) const;
+  // How many more tasks of the batch the node may be given: slots + prefetch - in_flight, or 0.
+  std::uint32_t credit(const Node& n, const Batch& b) const;
+  // slots - in_flight, or 0.
+  std::uint32_t freeSlots(const Node& n) const;
   // Tasks (id, attempt) the node reports as still running after a reconnect or a nexus
   // restart: those still queued are assigned back to it under the attempt it runs, with a
   // fresh deadline. Returns the ids it must drop (done, or running elsewhere meanwhile).
@@ -270,7 +281,9 @@ class Scheduler {
   void enqueueFront(Task& t);
   void makeActive(Batch& b);
   Task* frontTask(Batch& b);
-  Node* pickNode(const Batch& b, NodeId avoid);
+  // The best node with room for the batch: a free slot (prefetch false) or credit (true), and
+  // not in `reserved`.
+  Node* pickNode(const Batch& b, NodeId avoid, bool prefetch, const std::set<NodeId>& reserved);
   bool eligible(const Node& n, const Batch& b) const;
   // nodeLost: the attempt ended because its node went away (re-queue at once, no backoff);
   // charge: count that loss toward quarantine.
