@@ -277,11 +277,13 @@ double Scheduler::score(const Node& n) const {
          w.inFlight * std::min(1.0, n.inFlight / 10.0);
 }
 
-std::uint32_t Scheduler::prefetch(const Node& n, const Batch& b) const {
-  if (b.avgTaskUs <= 0) return 1;  // nothing measured yet: assume long tasks
-  double p = std::ceil(n.info.slots * static_cast<double>(config_.prefetchTargetUs) / b.avgTaskUs);
+std::uint32_t Scheduler::prefetchFor(std::uint16_t slots, double avgTaskUs) const {
+  if (avgTaskUs <= 0) return 1;  // nothing measured yet: assume long tasks
+  double p = std::ceil(slots * static_cast<double>(config_.prefetchTargetUs) / avgTaskUs);
   return static_cast<std::uint32_t>(std::clamp(p, 1.0, static_cast<double>(std::max<std::uint32_t>(1, config_.maxPrefetch))));
 }
+
+std::uint32_t Scheduler::prefetch(const Node& n, const Batch& b) const { return prefetchFor(n.info.slots, b.avgTaskUs); }
 
 std::uint32_t Scheduler::credit(const Node& n, const Batch& b) const {
   std::uint64_t limit = std::uint64_t{n.info.slots} + prefetch(n, b);
@@ -403,15 +405,18 @@ std::string Scheduler::explainBlocked(const Batch& b) const {
 std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t nowWallMs) {
   std::map<NodeId, std::vector<Task*>> out;
   for (bool prefetchPass : {false, true}) {
-    // A cheap upper bound of the room left: a node without it takes nothing in this pass.
-    const std::uint32_t most = std::max<std::uint32_t>(1, config_.maxPrefetch);
-    std::uint32_t widest = 0;
-    for (auto level = active_.begin(); prefetchPass && level != active_.end() && widest < most; ++level) {
-      for (Batch* b : level->second) widest = std::max(widest, b->avgTaskUs > 0 ? most : 1u);
+    // The largest room any queued batch can have on a node is that of the batch with the
+    // shortest measured tasks: a node without it takes nothing in this pass.
+    double shortest = 0;
+    for (auto level = active_.begin(); prefetchPass && level != active_.end(); ++level) {
+      for (Batch* b : level->second) {
+        if (b->avgTaskUs > 0 && (shortest <= 0 || b->avgTaskUs < shortest)) shortest = b->avgTaskUs;
+      }
     }
     auto anyRoom = [&] {
       for (auto& [id, n] : nodes_) {
-        if (std::uint64_t{n.info.slots} + widest > n.inFlight) return true;
+        std::uint64_t most = n.info.slots + (prefetchPass ? prefetchFor(n.info.slots, shortest) : 0);
+        if (most > n.inFlight) return true;
       }
       return false;
     };

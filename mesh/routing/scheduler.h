@@ -278,6 +278,8 @@ class Scheduler {
   std::size_t deadlinesTracked() const { return deadlines_.size(); }
 
  private:
+  // The prefetch of a node with `slots` for tasks of `avgTaskUs` (0: not measured).
+  std::uint32_t prefetchFor(std::uint16_t slots, double avgTaskUs) const;
   void enqueueFront(Task& t);
   void makeActive(Batch& b);
   Task* frontTask(Batch& b);
