@@ -81,7 +81,20 @@ constexpr std::uint64_t kEarlyIdWindow = 4096;
 constexpr std::int64_t kCommitHoldMinUs = 100;
 constexpr std::int64_t kCommitHoldMaxUs = 1000;
 
+// A hello's lists (protocol section 3.3, `hello`): longer ones are refused as malformed.
+constexpr std::size_t kHelloHandlersMax = 10000;
+constexpr std::size_t kHelloTagsMax = 256;
+constexpr std::size_t kHelloTasksMax = 65536;  // `running`
+
 using Which = proto::Envelope::Body::Which;
+
+// A hello read once into plain values (NexusImpl::readHello).
+struct HelloFields {
+  std::string name, foundBy, softwareVersion;
+  std::uint16_t slots = 0;
+  std::vector<std::string> handlers, tags;
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> running;  // task id, attempt
+};
 
 struct NodeConn {
   routing::NodeId id = routing::kNoNode;
@@ -257,6 +270,8 @@ class NexusImpl {
   void onNodeMessage(const std::string& routingId, zmq::message_t& body);
   void onHello(const std::string& routingId, const std::string& key, zmq::message_t& frame,
                proto::Hello::Reader hello);
+  // What is wrong with the hello, or nothing; `out` is filled as far as it was read.
+  std::optional<std::string> readHello(proto::Hello::Reader hello, HelloFields& out);
   void onResults(routing::NodeId from, proto::Results::Reader results);
   void onClientMessage(const std::string& routingId, zmq::message_t& body);
   void serveClient(const std::string& routingId, const std::string& key, std::uint64_t requestId,
@@ -353,6 +368,7 @@ class NexusImpl {
   std::unordered_map<std::uint64_t, InlineResults> inline_;  // watched batches' results so far
   std::size_t inlineBytes_ = 0;
   util::LogThrottle storeLog_{clock_};  // failed writes (a full disk): one line a minute
+  util::LogThrottle nodeLog_{clock_, 10'000};  // refused node messages: a line per kind each 10 s
   std::map<std::uint64_t, JobLink> jobLinks_;  // map batch -> its reduce stage
 
   std::uint64_t nextBatchId_ = 1;

@@ -96,20 +96,55 @@ void NexusImpl::onResults(routing::NodeId from, proto::Results::Reader message) 
   }
 }
 
+// Reads a hello into plain values, each list once (every read of a Cap'n Proto list counts
+// against the message's traversal limit: reading one again per element made a hello with a few
+// dozen running ids throw half-way through registering its node), and checks it whole. Returns
+// what is wrong with it, or nothing.
+std::optional<std::string> NexusImpl::readHello(proto::Hello::Reader hello, HelloFields& out) {
+  try {
+    out.name = std::string(wire::view(hello.getName()));
+    if (out.name.empty() || out.name.size() > 128) return "name of " + std::to_string(out.name.size()) + " bytes (1-128)";
+    out.slots = hello.getSlots();
+    if (out.slots == 0 || out.slots > 4096) return std::to_string(out.slots) + " slots (1-4096)";
+    auto handlers = hello.getHandlers();
+    auto tags = hello.getTags();
+    auto running = hello.getRunning();
+    auto attempts = hello.getRunningAttempts();
+    if (handlers.size() > kHelloHandlersMax) return std::to_string(handlers.size()) + " handlers (at most 10000)";
+    if (tags.size() > kHelloTagsMax) return std::to_string(tags.size()) + " tags (at most 256)";
+    if (running.size() > kHelloTasksMax) return std::to_string(running.size()) + " running tasks (at most 65536)";
+    if (attempts.size() > running.size()) return "more running attempts than running tasks";
+    out.foundBy = bundle::printable(wire::view(hello.getFoundBy()), 16);
+    out.softwareVersion = bundle::printable(wire::view(hello.getSoftwareVersion()), 128);
+    out.handlers.reserve(handlers.size());
+    for (auto h : handlers) out.handlers.emplace_back(wire::view(h));
+    out.tags.reserve(tags.size());
+    for (auto t : tags) out.tags.emplace_back(wire::view(t));
+    out.running.reserve(running.size());
+    for (unsigned i = 0; i < running.size(); ++i) {
+      out.running.emplace_back(running[i], i < attempts.size() ? attempts[i] : 0);
+    }
+  } catch (const kj::Exception& e) {
+    return std::string("unreadable: ") + e.getDescription().cStr();
+  }
+  return std::nullopt;
+}
+
 void NexusImpl::onHello(const std::string& routingId, const std::string& key, zmq::message_t&,
                         proto::Hello::Reader hello) {
-  std::string name(wire::view(hello.getName()));
-  if (name.empty() || name.size() > 128 || hello.getSlots() == 0 || hello.getSlots() > 4096 ||
-      hello.getHandlers().size() > 10000 || hello.getTags().size() > 256) {
+  // Everything is read and checked before anything changes: a bad hello changes nothing.
+  HelloFields f;
+  if (auto bad = readHello(hello, f)) {
     counters_.add("bad_hellos");
-    MESH_WARN("refused a malformed hello from node %s", fingerprintOf(key).c_str());
-    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "malformed hello"));
+    if (auto held = nodeLog_.admit("bad_hello")) {
+      MESH_WARN("refused a malformed hello from node %s: %s%s", fingerprintOf(key).c_str(), bad->c_str(),
+                util::heldBack(*held).c_str());
+    }
+    sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "malformed hello: " + *bad));
     return;
   }
-  std::vector<std::string> helloHandlers;
-  for (auto h : hello.getHandlers()) helloHandlers.emplace_back(wire::view(h));
   if (auto same = conns_.find(routingId);
-      same != conns_.end() && same->second.key == key && same->second.handlers == helloHandlers) {
+      same != conns_.end() && same->second.key == key && same->second.handlers == f.handlers) {
     // A repeated hello on a live connection (several messages were refused at once): the node is
     // already registered, so only welcome it again. (A hello with other handlers, after a bundle
     // install or rollback, registers the node again below; its running tasks are adopted.)
@@ -129,31 +164,28 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
   conn.routingId = routingId;
   conn.key = key;
   conn.fingerprint = fingerprintOf(key);
-  conn.name = name;
-  conn.foundBy = std::string(wire::view(hello.getFoundBy()));
-  conn.softwareVersion = std::string(wire::view(hello.getSoftwareVersion()));
-  conn.slots = hello.getSlots();
-  for (auto h : hello.getHandlers()) conn.handlers.emplace_back(wire::view(h));
-  for (auto t : hello.getTags()) conn.tags.emplace_back(wire::view(t));
+  conn.name = f.name;
+  conn.foundBy = std::move(f.foundBy);
+  conn.softwareVersion = std::move(f.softwareVersion);
+  conn.slots = f.slots;
+  conn.handlers = std::move(f.handlers);
+  conn.tags = std::move(f.tags);
   conn.lastSeenMono = clock_.monotonicMs();
   conn.connectedWallMs = clock_.wallMs();
   routing::NodeInfo info;
   info.key = key;
-  info.name = name;
+  info.name = f.name;
   info.slots = conn.slots;
   info.tags.insert(conn.tags.begin(), conn.tags.end());
   info.handlers.insert(conn.handlers.begin(), conn.handlers.end());
+  // The scheduler's node and its route are made together: a node without a route would hold
+  // tasks that are never sent.
   conn.id = scheduler_.addNode(std::move(info));
-  std::vector<std::pair<std::uint64_t, std::uint8_t>> running;
-  auto attempts = hello.getRunningAttempts();
-  for (unsigned i = 0; i < hello.getRunning().size(); ++i) {
-    running.emplace_back(hello.getRunning()[i], i < attempts.size() ? attempts[i] : 0);
-  }
-  auto unknown = scheduler_.adoptRunning(conn.id, running, clock_.monotonicMs());
   nodeRoute_[conn.id] = routingId;
-  MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there", name.c_str(),
-            conn.fingerprint.c_str(), conn.slots, conn.handlers.size(), running.size() - unknown.size());
-  conns_[routingId] = std::move(conn);
+  auto& stored = conns_[routingId] = std::move(conn);
+  auto unknown = scheduler_.adoptRunning(stored.id, f.running, clock_.monotonicMs());
+  MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there", f.name.c_str(),
+            stored.fingerprint.c_str(), stored.slots, stored.handlers.size(), f.running.size() - unknown.size());
   sendWelcome(routingId);
   if (!unknown.empty()) {
     wire::Encoder cancel(0, 64 + unknown.size());
@@ -161,7 +193,7 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
     for (unsigned i = 0; i < unknown.size(); ++i) ids.set(i, unknown[i]);
     sendTo(nodeSocket_, routingId, cancel.finish());
   }
-  publish(proto::Event::Kind::NODE_JOINED, 0, name, "");
+  publish(proto::Event::Kind::NODE_JOINED, 0, f.name, "");
 }
 
 void NexusImpl::sendWelcome(const std::string& routingId) {

@@ -10,7 +10,14 @@ void NexusImpl::dispatch() {
   auto assignments = scheduler_.dispatch(clock_.monotonicMs(), clock_.wallMs());
   for (auto& a : assignments) {
     auto route = nodeRoute_.find(a.node);
-    if (route == nodeRoute_.end()) continue;
+    if (route == nodeRoute_.end()) {
+      // A node the scheduler has but the nexus cannot reach (a bug: nodes and routes are made and
+      // dropped together). Its tasks would wait for their timeout: they go back to the queue now.
+      counters_.add("nodes_without_route");
+      MESH_ERROR("node %u has no route (a bug): its %zu tasks go back to the queue", a.node, a.tasks.size());
+      scheduler_.removeNode(a.node, clock_.wallMs(), "no route to it", /*nodeFault=*/false);
+      continue;
+    }
     std::size_t start = 0;
     bool failed = false;
     while (start < a.tasks.size() && !failed) {
@@ -384,6 +391,17 @@ void NexusImpl::timers() {
     for (auto id : dead) {
       counters_.add("heartbeats_missed");
       dropNode(id, "no heartbeat for " + std::to_string(silentLimit) + " ms");
+    }
+    // Nodes and routes are made and dropped together; should a node ever be left without its
+    // route (a bug), its tasks go back to the queue instead of waiting for their timeout.
+    std::vector<routing::NodeId> unreachable;
+    for (const auto& [id, n] : scheduler_.nodes()) {
+      if (!nodeRoute_.count(id)) unreachable.push_back(id);
+    }
+    for (auto id : unreachable) {
+      counters_.add("nodes_without_route");
+      MESH_ERROR("node %u has no route (a bug): dropped, its tasks go back to the queue", id);
+      scheduler_.removeNode(id, clock_.wallMs(), "no route to it", /*nodeFault=*/false);
     }
   }
   if (now >= nextProgress_) {

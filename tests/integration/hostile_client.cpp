@@ -7,6 +7,14 @@
 // Mode fetchflood:NAME:VERSION (node port): says hello, then asks ROUNDS times for a MiB of
 // that bundle (the first MiB, then the first and second in turn) without reading a reply, and stays connected for SEED seconds (a
 // spore that floods bundle fetches must not grow the nexus's send queue).
+//
+// Crafted node-port conversations (ROUNDS and SEED as below); each prints what the nexus
+// answered on stdout ("welcome", "error CODE MESSAGE", "silent") and exits 0:
+//   hello:NAME:N       a hello naming N running tasks (ids from 10^12 on); stays SEED seconds.
+//   forge:ID,ID,...    results (attempt 1, ok, output FORGED) for these task ids, without a hello.
+//   helloforge:NAME:ID,ID,...  the same after a hello (the ids are not in its running list).
+//   beat:NAME:CPU      a hello, then SEED seconds of heartbeats with cpuPct CPU (nan, inf, -5, ...).
+//   bundles:NAME:N     a hello, then bundle reports for N different names; stays SEED seconds.
 #include <capnp/any.h>
 #include <capnp/schema.h>
 
@@ -15,6 +23,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "mesh/crypto/keys.h"
 #include "mesh/transport/sockets.h"
@@ -92,6 +101,130 @@ std::string badSubmits(int which) {
   return bytesOf(e.finish());
 }
 
+// The first reply within `ms`, as "welcome", "error CODE MESSAGE", another kind's number, or "silent".
+std::string awaitReply(zmq::socket_t& s, int ms) {
+  zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+  for (int waited = 0; waited < ms; waited += 50) {
+    zmq::poll(&item, 1, std::chrono::milliseconds(50));
+    if (!(item.revents & ZMQ_POLLIN)) continue;
+    zmq::message_t m;
+    if (!s.recv(m, zmq::recv_flags::dontwait)) continue;
+    auto d = wire::decode(std::move(m), wire::Limits{});
+    if (!d) continue;
+    if (d->which() == proto::Envelope::Body::WELCOME) return "welcome";
+    if (d->which() == proto::Envelope::Body::ERROR) {
+      auto e = d->envelope().getBody().getError();
+      return "error " + std::to_string(static_cast<unsigned>(e.getCode())) + " " + std::string(wire::view(e.getMessage()));
+    }
+    if (d->which() == proto::Envelope::Body::HEARTBEAT) continue;
+    return "kind " + std::to_string(static_cast<unsigned>(d->which()));
+  }
+  return "silent";
+}
+
+std::string helloWith(const std::string& name, std::uint64_t running) {
+  wire::Encoder e(1, 64 + running);
+  auto h = e.body().initHello();
+  h.setName(name);
+  h.setSlots(2);
+  h.initHandlers(1).set(0, "hostile-only");  // never given work
+  auto ids = h.initRunning(static_cast<unsigned>(running));
+  auto attempts = h.initRunningAttempts(static_cast<unsigned>(running));
+  for (unsigned i = 0; i < running; ++i) {
+    ids.set(i, 1'000'000'000'000ull + i);
+    attempts.set(i, 1);
+  }
+  return bytesOf(e.finish());
+}
+
+std::string forgedResults(const std::string& idList) {
+  std::vector<std::uint64_t> ids;
+  for (std::size_t at = 0; at < idList.size();) {
+    auto comma = idList.find(',', at);
+    if (comma == std::string::npos) comma = idList.size();
+    ids.push_back(std::strtoull(idList.substr(at, comma - at).c_str(), nullptr, 10));
+    at = comma + 1;
+  }
+  wire::Encoder e(6);
+  auto r = e.body().initResults().initResults(static_cast<unsigned>(ids.size()));
+  for (unsigned i = 0; i < ids.size(); ++i) {
+    r[i].setId(ids[i]);
+    r[i].setAttempt(1);
+    r[i].setStatus(proto::TaskStatus::OK);
+    r[i].setOutput(wire::asData("FORGED"));
+  }
+  return bytesOf(e.finish());
+}
+
+// Runs a crafted node-port conversation (see the header); returns the exit code.
+int conversation(zmq::socket_t& s, const std::string& mode, int seconds) {
+  auto first = mode.find(':');
+  auto second = mode.find(':', first + 1);
+  std::string kind = mode.substr(0, first);
+  std::string name = mode.substr(first + 1, second == std::string::npos ? std::string::npos : second - first - 1);
+  std::string arg = second == std::string::npos ? "" : mode.substr(second + 1);
+  auto say = [](const std::string& what) { std::printf("%s\n", what.c_str()); std::fflush(stdout); };
+  auto stay = [&] {
+    for (int i = 0; i < seconds * 10; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      zmq::message_t m;
+      while (s.recv(m, zmq::recv_flags::dontwait)) {
+      }
+    }
+  };
+  if (kind == "forge") {
+    s.send(zmq::buffer(forgedResults(name)), zmq::send_flags::none);
+    say(awaitReply(s, 5000));
+    return 0;
+  }
+  if (kind == "hello") {
+    s.send(zmq::buffer(helloWith(name, std::strtoull(arg.c_str(), nullptr, 10))), zmq::send_flags::none);
+    say(awaitReply(s, 5000));
+    stay();
+    return 0;
+  }
+  s.send(zmq::buffer(helloWith(name, 0)), zmq::send_flags::none);
+  std::string welcome = awaitReply(s, 5000);
+  say(welcome);
+  if (welcome != "welcome") return 0;
+  if (kind == "helloforge") {
+    s.send(zmq::buffer(forgedResults(arg)), zmq::send_flags::none);
+    say(awaitReply(s, 1000));
+    return 0;
+  }
+  if (kind == "beat") {
+    float cpu = std::strtof(arg.c_str(), nullptr);
+    for (int i = 0; i < seconds * 5; ++i) {
+      wire::Encoder e(0, 32);
+      auto hb = e.body().initHeartbeat();
+      hb.setCpuPct(cpu);
+      hb.setMemPct(cpu);
+      s.send(e.finish(), zmq::send_flags::none);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      zmq::message_t m;
+      while (s.recv(m, zmq::recv_flags::dontwait)) {
+      }
+    }
+    return 0;
+  }
+  if (kind == "bundles") {
+    unsigned n = static_cast<unsigned>(std::strtoul(arg.c_str(), nullptr, 10));
+    for (unsigned i = 0; i < n; ++i) {
+      wire::Encoder e(0, 32);
+      auto r = e.body().initBundleReport();
+      r.setName("junk-" + std::to_string(i));
+      r.setVersion(1);
+      r.setEvent("running");
+      r.setRunning(1);
+      s.send(e.finish(), zmq::send_flags::none);
+    }
+    stay();
+    return 0;
+  }
+  std::fprintf(stderr, "hostile_client: unknown mode %s\n", kind.c_str());
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -119,6 +252,9 @@ int main(int argc, char** argv) {
     return s;
   };
   zmq::socket_t s = fresh();
+  for (const char* mode : {"hello:", "forge:", "helloforge:", "beat:", "bundles:"}) {
+    if (port.rfind(mode, 0) == 0) return conversation(s, port, std::atoi(argv[6]));
+  }
   if (port.rfind("fetchflood:", 0) == 0) {
     auto colon = port.rfind(':');
     std::string name = port.substr(11, colon - 11);
