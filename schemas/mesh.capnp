@@ -79,6 +79,7 @@ struct Hello {
   foundBy @7 :Text;            # "seed" or "beacon"
   pid @8 :UInt32;
   runningAttempts @9 :List(UInt8);  # the attempt number of each task in `running`
+  done @10 :List(UInt64);      # tasks finished here whose results it sends after the welcome
 }
 
 struct Welcome {

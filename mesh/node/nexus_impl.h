@@ -84,7 +84,7 @@ constexpr std::int64_t kCommitHoldMaxUs = 1000;
 // A hello's lists (protocol section 3.3, `hello`): longer ones are refused as malformed.
 constexpr std::size_t kHelloHandlersMax = 10000;
 constexpr std::size_t kHelloTagsMax = 256;
-constexpr std::size_t kHelloTasksMax = 65536;  // `running`
+constexpr std::size_t kHelloTasksMax = 65536;  // `running`, `done`
 
 using Which = proto::Envelope::Body::Which;
 
@@ -94,6 +94,7 @@ struct HelloFields {
   std::uint16_t slots = 0;
   std::vector<std::string> handlers, tags;
   std::vector<std::pair<std::uint64_t, std::uint8_t>> running;  // task id, attempt
+  std::vector<std::uint64_t> done;
 };
 
 struct NodeConn {

@@ -31,10 +31,17 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
   }
   if (it == conns_.end()) {
     // Not (or no longer) known: a spore we declared lost (it was stopped or cut off), or one
-    // that has not said hello to this nexus since it restarted. Its results still count (the
-    // first result for a task wins; later ones are counted duplicates), then it must say hello.
+    // that has not said hello to this nexus since it restarted. Nothing it sends counts before
+    // its hello (results from a connection that is no node could name any task); a spore
+    // sends its results again after the welcome, their tasks named in the hello's `done`.
     counters_.add("messages_before_hello");
-    if (decoded->which() == Which::RESULTS) onResults(routing::kNoNode, bodyReader.getResults());
+    if (decoded->which() == Which::RESULTS) {
+      counters_.add("results_before_hello");
+      if (auto held = nodeLog_.admit("before_hello")) {
+        MESH_WARN("refused results from node %s (%s) before its hello%s", fingerprintOf(key).c_str(),
+                  address.c_str(), util::heldBack(*held).c_str());
+      }
+    }
     sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::HELLO_FIRST, "hello first"));
     return;
   }
@@ -81,6 +88,7 @@ void NexusImpl::onResults(routing::NodeId from, proto::Results::Reader message) 
   std::int64_t nowMono = clock_.monotonicMs(), nowWall = clock_.wallMs();
   auto results = message.getResults();
   counters_.add("results_received", results.size());
+  const std::uint64_t unassignedBefore = scheduler_.counters().get("results_unassigned");
   for (auto r : results) {
     routing::Report rep;
     rep.task = r.getId();
@@ -93,6 +101,16 @@ void NexusImpl::onResults(routing::NodeId from, proto::Results::Reader message) 
     rep.startedMs = r.getStartedMs();
     rep.durationUs = r.getDurationUs();
     scheduler_.onReport(from, std::move(rep), nowMono, nowWall);
+  }
+  auto unassigned = scheduler_.counters().get("results_unassigned") - unassignedBefore;
+  if (unassigned > 0) {
+    if (auto held = nodeLog_.admit("unassigned")) {
+      auto c = nodeRoute_.find(from);
+      auto conn = c == nodeRoute_.end() ? conns_.end() : conns_.find(c->second);
+      MESH_WARN("dropped %llu results from node %s for tasks never assigned to it%s",
+                static_cast<unsigned long long>(unassigned), conn == conns_.end() ? "?" : conn->second.name.c_str(),
+                util::heldBack(*held).c_str());
+    }
   }
 }
 
@@ -110,10 +128,12 @@ std::optional<std::string> NexusImpl::readHello(proto::Hello::Reader hello, Hell
     auto tags = hello.getTags();
     auto running = hello.getRunning();
     auto attempts = hello.getRunningAttempts();
+    auto done = hello.getDone();
     if (handlers.size() > kHelloHandlersMax) return std::to_string(handlers.size()) + " handlers (at most 10000)";
     if (tags.size() > kHelloTagsMax) return std::to_string(tags.size()) + " tags (at most 256)";
     if (running.size() > kHelloTasksMax) return std::to_string(running.size()) + " running tasks (at most 65536)";
     if (attempts.size() > running.size()) return "more running attempts than running tasks";
+    if (done.size() > kHelloTasksMax) return std::to_string(done.size()) + " done tasks (at most 65536)";
     out.foundBy = bundle::printable(wire::view(hello.getFoundBy()), 16);
     out.softwareVersion = bundle::printable(wire::view(hello.getSoftwareVersion()), 128);
     out.handlers.reserve(handlers.size());
@@ -124,6 +144,8 @@ std::optional<std::string> NexusImpl::readHello(proto::Hello::Reader hello, Hell
     for (unsigned i = 0; i < running.size(); ++i) {
       out.running.emplace_back(running[i], i < attempts.size() ? attempts[i] : 0);
     }
+    out.done.reserve(done.size());
+    for (auto id : done) out.done.push_back(id);
   } catch (const kj::Exception& e) {
     return std::string("unreadable: ") + e.getDescription().cStr();
   }
@@ -150,6 +172,7 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
     // install or rollback, registers the node again below; its running tasks are adopted.)
     counters_.add("repeated_hellos");
     same->second.lastSeenMono = clock_.monotonicMs();
+    scheduler_.adoptDone(same->second.id, f.done);
     sendWelcome(routingId);
     return;
   }
@@ -184,6 +207,7 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
   nodeRoute_[conn.id] = routingId;
   auto& stored = conns_[routingId] = std::move(conn);
   auto unknown = scheduler_.adoptRunning(stored.id, f.running, clock_.monotonicMs());
+  scheduler_.adoptDone(stored.id, f.done);
   MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there", f.name.c_str(),
             stored.fingerprint.c_str(), stored.slots, stored.handlers.size(), f.running.size() - unknown.size());
   sendWelcome(routingId);

@@ -44,6 +44,13 @@ constexpr std::int64_t kBundleCheckEveryMs = 10'000;    // ask the nexus for its
 constexpr std::int64_t kFetchStallMs = 10'000;          // re-ask chunks unanswered this long
 constexpr std::size_t kInstantPayloadMax = 16u << 10;  // built-ins this small may run on the loop
 constexpr std::size_t kInstantQueueMax = 2;            // ... when no more than this is queued
+// Results sent lately are kept (at most this many, this many output bytes, and for a few
+// heartbeats) and sent again after the next welcome when the nexus refuses a message with
+// "hello first" or the connection is closed: the nexus may have refused or never got them.
+constexpr std::size_t kResendMax = 4096;
+constexpr std::size_t kResendBytesMax = 8u << 20;
+// The ids a hello may name in `running` and in `done` (the nexus refuses longer lists).
+constexpr std::size_t kHelloTasksMax = 65536;
 
 // A bundle the nexus serves, as announced in Welcome or a BundleList.
 struct BundleOffer {
@@ -252,6 +259,11 @@ class SporeImpl {
   std::unordered_map<std::uint64_t, Job> reassigned_;
   std::int64_t lastHelloMono_ = -1000000;
   std::vector<Done> outbox_;
+  // Results sent lately, with the time they were sent (see kResendMax).
+  std::deque<std::pair<std::int64_t, Done>> sentLately_;
+  std::size_t sentLatelyBytes_ = 0;
+  // Puts the results sent lately back in the outbox, to go again after the next welcome.
+  void resendLately();
   unsigned running_ = 0;
 
   // Signed bundles (enabled by --trust): the installer owns DATA_DIR/bundles.
@@ -468,6 +480,7 @@ void SporeImpl::connect(std::int64_t now) {
 
 void SporeImpl::disconnect() {
   ++socketsChanged_;
+  resendLately();  // a closed socket drops what it still held
   watch_.reset();
   if (events_) events_.close();
   if (connected_) dealer_.close();
@@ -486,14 +499,21 @@ void SporeImpl::sendHello() {
   auto names = registry_.snapshot()->names();
   auto handlers = h.initHandlers(static_cast<unsigned>(names.size()));
   for (unsigned i = 0; i < names.size(); ++i) handlers.set(i, names[i]);
-  auto running = h.initRunning(static_cast<unsigned>(jobs_.size()));
-  auto attempts = h.initRunningAttempts(static_cast<unsigned>(jobs_.size()));
+  unsigned held = static_cast<unsigned>(std::min(jobs_.size(), kHelloTasksMax));
+  auto running = h.initRunning(held);
+  auto attempts = h.initRunningAttempts(held);
   unsigned i = 0;
   for (const auto& [id, job] : jobs_) {
+    if (i == held) break;
     running.set(i, id);
     attempts.set(i, job.attempt);
     ++i;
   }
+  // The results waiting to be sent after the welcome: their tasks may be unknown to this nexus
+  // as ours (it restarted, or gave them up), and it takes their results only from a spore that
+  // held them or names them here.
+  auto done = h.initDone(static_cast<unsigned>(std::min(outbox_.size(), kHelloTasksMax)));
+  for (unsigned d = 0; d < done.size(); ++d) done.set(d, outbox_[d].id);
   lastHelloMono_ = clock_.monotonicMs();
   h.setAdvertise(config_.advertise);
   h.setFoundBy(foundBy_);
@@ -586,7 +606,11 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
       std::string message(wire::view(e.getMessage()));
       std::int64_t now = clock_.monotonicMs();
       if (e.getCode() == proto::Error::Code::HELLO_FIRST) {
-        // Several messages may be refused at once: one hello answers them all.
+        // The nexus does not know this connection (it restarted, or declared us lost): what we
+        // sent lately may have been refused, so it goes again after the welcome, and nothing
+        // is sent before it. Several messages may be refused at once: one hello answers them all.
+        welcomed_ = false;
+        resendLately();
         if (now - lastHelloMono_ >= 1000) {
           counters_.add("rehello");
           sendHello();
@@ -772,7 +796,30 @@ void SporeImpl::flushResults() {
     }
     start = end;
   }
+  std::int64_t now = clock_.monotonicMs();
+  for (std::size_t i = 0; i < start; ++i) {
+    sentLatelyBytes_ += outbox_[i].output.size() + outbox_[i].error.size();
+    sentLately_.emplace_back(now, std::move(outbox_[i]));
+  }
   outbox_.erase(outbox_.begin(), outbox_.begin() + static_cast<std::ptrdiff_t>(start));
+  std::int64_t keepMs = heartbeatMs_ * (missedBeats_ + 2);
+  while (!sentLately_.empty() && (sentLately_.size() > kResendMax || sentLatelyBytes_ > kResendBytesMax ||
+                                  now - sentLately_.front().first > keepMs)) {
+    sentLatelyBytes_ -= sentLately_.front().second.output.size() + sentLately_.front().second.error.size();
+    sentLately_.pop_front();
+  }
+}
+
+void SporeImpl::resendLately() {
+  if (sentLately_.empty()) return;
+  counters_.add("results_resent", sentLately_.size());
+  std::vector<Done> again;
+  again.reserve(sentLately_.size() + outbox_.size());
+  for (auto& [at, d] : sentLately_) again.push_back(std::move(d));
+  for (auto& d : outbox_) again.push_back(std::move(d));
+  outbox_ = std::move(again);
+  sentLately_.clear();
+  sentLatelyBytes_ = 0;
 }
 
 void SporeImpl::heartbeat(std::int64_t now) {

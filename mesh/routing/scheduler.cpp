@@ -167,6 +167,7 @@ std::uint64_t Scheduler::withdraw(std::uint64_t batchId) {
       --queuedTotal_;
     }
     tasks_.erase(id);
+    formerHolders_.erase(id);
   }
   // Results and attempts of its tasks that ended already, not yet taken by the caller.
   auto& fx = effects_;
@@ -305,7 +306,7 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
       continue;
     }
     auto it = tasks_.find(tid);
-    if (it == tasks_.end() || it->second->state != Task::State::kQueued) {
+    if (it == tasks_.end() || it->second->state != Task::State::kQueued || !eligible(*n, *it->second->batch)) {
       unknown.push_back(tid);
       continue;
     }
@@ -326,6 +327,31 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
     counters_.add("tasks_adopted");
   }
   return unknown;
+}
+
+void Scheduler::adoptDone(NodeId id, const std::vector<std::uint64_t>& reported) {
+  const Node* n = node(id);
+  if (!n) return;
+  for (auto tid : reported) {
+    auto it = tasks_.find(tid);
+    if (it == tasks_.end() || !eligible(*n, *it->second->batch)) continue;
+    addFormerHolder(tid, id);
+    counters_.add("tasks_done_adopted");
+  }
+}
+
+void Scheduler::addFormerHolder(std::uint64_t task, NodeId id) {
+  const Node* n = node(id);
+  if (!n) return;
+  auto& keys = formerHolders_[task];
+  if (std::find(keys.begin(), keys.end(), n->info.key) == keys.end()) keys.push_back(n->info.key);
+}
+
+bool Scheduler::heldBefore(std::uint64_t task, NodeId id) const {
+  auto it = formerHolders_.find(task);
+  auto n = nodes_.find(id);
+  if (it == formerHolders_.end() || n == nodes_.end()) return false;
+  return std::find(it->second.begin(), it->second.end(), n->second.info.key) != it->second.end();
 }
 
 bool Scheduler::handlerOffered(const std::string& handler) const {
@@ -529,6 +555,7 @@ void Scheduler::finish(Task& t, Status status, std::string output, std::string e
   if (status == Status::kOk) ++b.succeeded;
   else if (status == Status::kCancelled) ++b.cancelledCount;
   else ++b.failed;
+  if (!formerHolders_.empty()) formerHolders_.erase(t.id);
   tasks_.erase(t.id);  // t is gone from here on
   if (b.sealed && b.succeeded + b.failed + b.cancelledCount == b.total) effects_.finishedBatches.push_back(b.id);
 }
@@ -537,6 +564,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
                            std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge) {
   NodeId node = t.node;
   std::string nodeLabel = nodeName(node);
+  addFormerHolder(t.id, node);  // its late result still counts
   detachFromNode(t);
   Batch& b = *t.batch;
   if (nodeLost) ++t.nodesLost;
@@ -594,7 +622,13 @@ void Scheduler::onReport(NodeId from, Report&& report, std::int64_t nowMono, std
     return;
   }
   Task& t = *it->second;
-  bool current = t.state == Task::State::kRunning && t.node == from && t.attempts == report.attempt;
+  bool holder = t.state == Task::State::kRunning && t.node == from;
+  if (!holder && !heldBefore(t.id, from)) {
+    // Never assigned to the sender: a forged result, or one for a task it does not hold.
+    counters_.add("results_unassigned");
+    return;
+  }
+  bool current = holder && t.attempts == report.attempt;
   Node* n = node(from);
   if (report.status == Status::kOk || report.status == Status::kFailed) {
     Batch& b = *t.batch;

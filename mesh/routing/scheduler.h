@@ -258,11 +258,18 @@ class Scheduler {
   // fresh deadline. Returns the ids it must drop (done, or running elsewhere meanwhile).
   std::vector<std::uint64_t> adoptRunning(NodeId id, const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks,
                                           std::int64_t nowMono);
+  // Tasks the node finished while it was away from this nexus (a nexus restart, a lost
+  // connection), whose results it sends after its hello: their results are accepted from it
+  // like late results (see onReport). Tasks it is not eligible for are ignored.
+  void adoptDone(NodeId id, const std::vector<std::uint64_t>& tasks);
   // Does any live node offer this handler?
   bool handlerOffered(const std::string& handler) const;
 
   // ---- the work
   std::vector<Assignment> dispatch(std::int64_t nowMono, std::int64_t nowWallMs);
+  // A result is taken only from the node running the task's current attempt, or (a late
+  // result) from a node with the key of one that ran an earlier attempt in this run or
+  // reported it done (adoptDone); any other is dropped and counted (results_unassigned).
   void onReport(NodeId from, Report&& report, std::int64_t nowMono, std::int64_t nowWallMs);
   // Moves due retries back to their queues and expires attempts past their deadline.
   void tick(std::int64_t nowMono, std::int64_t nowWallMs);
@@ -312,6 +319,11 @@ class Scheduler {
   // attempt runs (added at dispatch or adoption, removed when the attempt ends), so memory stays
   // proportional to the tasks in flight, not to the tasks finished within one timeout.
   std::set<std::pair<std::int64_t, std::uint64_t>> deadlines_;
+  // Keys of the nodes that ran an ended attempt of a task that has not finished (or reported it
+  // done): the senders whose late results count. Entries only for such tasks, dropped with them.
+  std::unordered_map<std::uint64_t, std::vector<std::string>> formerHolders_;
+  void addFormerHolder(std::uint64_t task, NodeId node);
+  bool heldBefore(std::uint64_t task, NodeId node) const;
   Effects effects_;
   util::Counters counters_;
   std::uint64_t queuedTotal_ = 0;

@@ -380,8 +380,10 @@ TEST_CASE("the first result wins and a late duplicate is dropped") {
   NodeId b = s.addNode(nodeInfo("b", 1));
   auto as = s.dispatch(0, 0);
   REQUIRE(assignedTo(as, b) == 1);
-  // The "dead" node comes back with a valid result: it is the first, so it wins.
-  s.onReport(a, ok(100, 1), 0, 0);
+  // The "dead" node comes back (a new hello, the same key) with a valid result: it ran an
+  // earlier attempt, and its result is the first, so it wins.
+  NodeId a2 = s.addNode(nodeInfo("a", 1));
+  s.onReport(a2, ok(100, 1), 0, 0);
   auto fx = s.takeEffects();
   REQUIRE(fx.finals.size() == 1);
   REQUIRE(fx.cancels.size() == 1);
@@ -512,4 +514,52 @@ TEST_CASE("progress counts only what the store has committed") {
   CHECK(s.progress(b).succeeded == 2);
   s.forget(1);
   CHECK(s.batch(1) == nullptr);
+}
+
+TEST_CASE("a result for a task never assigned to the sender is dropped and counted") {
+  Scheduler s(SchedulerConfig{});
+  NodeId plain = s.addNode(nodeInfo("plain", 1));
+  batchOf(s, 1, spec("echo", 0, {"gpu"}), 2, 100);  // no node has gpu: both stay queued
+  batchOf(s, 2, spec(), 3, 200);
+  auto as = s.dispatch(0, 0);
+  REQUIRE(assignedTo(as, plain) == 2);  // 200 and 201 (one slot, one prefetched); 202 queued
+  s.onReport(plain, ok(100, 1), 0, 0);  // needs a tag it lacks
+  s.onReport(plain, ok(202, 1), 0, 0);  // queued, never sent to it
+  NodeId other = s.addNode(nodeInfo("other", 1));
+  s.onReport(other, ok(200, 1), 0, 0);  // running on another node
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.empty());
+  CHECK(fx.cancels.empty());
+  CHECK(s.counters().get("results_unassigned") == 3);
+  CHECK(s.task(100)->state == Task::State::kQueued);
+  CHECK(s.task(200)->node == plain);
+  // The node running it may report it.
+  s.onReport(plain, ok(200, 1), 0, 0);
+  CHECK(s.takeEffects().finals.size() == 1);
+}
+
+TEST_CASE("a task a node finished while away is accepted from it after adoptDone, and only then") {
+  Scheduler s(SchedulerConfig{});
+  batchOf(s, 1, spec(), 2, 100);
+  batchOf(s, 2, spec("echo", 0, {"gpu"}), 1, 300);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  s.adoptDone(a, {100, 300, 999});  // 300 needs gpu; 999 does not exist
+  CHECK(s.counters().get("tasks_done_adopted") == 1);
+  s.onReport(a, ok(100, 1), 0, 0);
+  s.onReport(a, ok(300, 1), 0, 0);
+  s.onReport(a, ok(101, 1), 0, 0);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].task == 100);
+  CHECK(s.counters().get("results_unassigned") == 2);
+  CHECK(s.queuedTotal() == 2);
+}
+
+TEST_CASE("a reconnecting node cannot adopt a task it is not eligible for") {
+  Scheduler s(SchedulerConfig{});
+  batchOf(s, 1, spec("echo", 0, {"gpu"}), 1, 100);
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  auto unknown = s.adoptRunning(a, {{100, 1}}, 0);
+  CHECK(unknown == std::vector<std::uint64_t>{100});
+  CHECK(s.task(100)->state == Task::State::kQueued);
 }

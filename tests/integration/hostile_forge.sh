@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# An accepted node key cannot record results for tasks it was never given: results sent before
+# a hello are refused ("hello first") and not processed; after a hello, results for tasks
+# queued (that need a tag it lacks) or running on another spore are dropped and counted.
+. "$(dirname "$0")/lib.sh"
+up --spores 1 --slots 2
+node=$(awk '$1 == "node" { print $2 }' "$T/c/nexus/endpoints")
+hc=$MESH_BUILD/tests/integration/hostile_client
+mesh keys gen "$T/forger.key" > /dev/null
+mesh keys accept "$T/forger.key.pub" --role node > /dev/null
+queued=$(seq 1 5 | mesh submit --handler echo --requires gpu --lines -)
+running=$(printf '3000\n3000\n' | mesh submit --handler sleep --lines -)
+ids() { sql "SELECT id FROM tasks WHERE batch = $1 ORDER BY id" | paste -sd, -; }
+stored() { [ "$(sql 'SELECT COUNT(*) FROM tasks')" -eq 7 ]; }
+wait_until 10 "the tasks to be stored" stored
+both="$(ids "$queued"),$(ids "$running")"
+# Without a hello.
+expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/forger.key" "forge:$both" 0 0
+grep -q '^error 7 hello first' "$T/out" || fail "forged results without a hello got '$(cat "$T/out")'"
+wait_until 10 "the refused results to be counted" sh -c "[ \$(mesh status --json | grep -o '\"results_before_hello\":[0-9]*' | cut -d: -f2) -ge 1 ]"
+# After a hello (the tasks are not in its running list, nor done).
+expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/forger.key" "helloforge:forger:$both" 0 0
+[ "$(head -1 "$T/out")" = welcome ] || fail "the forger's hello got '$(cat "$T/out")'"
+wait_until 10 "7 results dropped as unassigned" sh -c "[ \$(mesh status --json | grep -o '\"results_unassigned\":[0-9]*' | cut -d: -f2) -ge 7 ]"
+[ "$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $queued")" -eq 0 ] ||
+  fail "a forged result was recorded: $(mesh results "$queued")"
+expect_rc 0 timeout 60 mesh wait "$running"
+expect_rc 0 mesh results "$running"
+! grep -q FORGED "$T/out" || fail "a forged result was recorded: $(cat "$T/out")"
+[ "$(grep -c $'\tok\t' "$T/out")" -eq 2 ] || fail "the running tasks did not finish ok: $(cat "$T/out")"
+note "results_before_hello=$(counter results_before_hello) results_unassigned=$(counter results_unassigned)"
