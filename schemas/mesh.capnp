@@ -63,6 +63,7 @@ struct Error {
     unknownHandler @5;  # no live spore has announced this handler
     internal @6;        # a bug or a storage failure on the nexus; see its log
     helloFirst @7;      # node port: this connection has not said hello (to this nexus run)
+    keyInUse @8;        # node port: hello refused, another live connection has this key
   }
 }
 

@@ -107,6 +107,10 @@ struct NodeConn {
   std::uint16_t slots = 0;
   std::int64_t lastSeenMono = 0;
   std::int64_t connectedWallMs = 0;
+  // When a hello with this connection's key from another connection was last refused (-1:
+  // never); if this one has sent nothing since when the newcomer tries again, it is presumed
+  // dead and replaced.
+  std::int64_t keyConflictMono = -1;
   // Bundle fetches of this connection, per bundle name: a spore asks for chunks in order, so
   // the offsets it asks for show how far it has read; what was served beyond that is queued.
   struct Fetch {
@@ -269,7 +273,7 @@ class NexusImpl {
   bool drainNodes();
   bool drainClients();
   void onNodeMessage(const std::string& routingId, zmq::message_t& body);
-  void onHello(const std::string& routingId, const std::string& key, zmq::message_t& frame,
+  void onHello(const std::string& routingId, const std::string& key, const std::string& address,
                proto::Hello::Reader hello);
   // What is wrong with the hello, or nothing; `out` is filled as far as it was read.
   std::optional<std::string> readHello(proto::Hello::Reader hello, HelloFields& out);

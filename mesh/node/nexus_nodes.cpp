@@ -25,8 +25,7 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
   auto bodyReader = env.getBody();
   auto it = conns_.find(routingId);
   if (decoded->which() == Which::HELLO) {
-    onHello(routingId, key, body, bodyReader.getHello());
-    if (auto c = conns_.find(routingId); c != conns_.end()) c->second.address = address;
+    onHello(routingId, key, address, bodyReader.getHello());
     return;
   }
   if (it == conns_.end()) {
@@ -152,7 +151,7 @@ std::optional<std::string> NexusImpl::readHello(proto::Hello::Reader hello, Hell
   return std::nullopt;
 }
 
-void NexusImpl::onHello(const std::string& routingId, const std::string& key, zmq::message_t&,
+void NexusImpl::onHello(const std::string& routingId, const std::string& key, const std::string& address,
                         proto::Hello::Reader hello) {
   // Everything is read and checked before anything changes: a bad hello changes nothing.
   HelloFields f;
@@ -172,12 +171,39 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
     // install or rollback, registers the node again below; its running tasks are adopted.)
     counters_.add("repeated_hellos");
     same->second.lastSeenMono = clock_.monotonicMs();
+    same->second.address = address;
     scheduler_.adoptDone(same->second.id, f.done);
     sendWelcome(routingId);
     return;
   }
-  // One connection per key: a new hello replaces whatever that key had. That is a reconnection,
-  // not a failure: its tasks go back to the queue (or are adopted below) without being charged.
+  // One connection per key. While the key's connection is alive, a hello from another one is
+  // refused: two spores with one key (a copied data dir, a cloned image) would otherwise
+  // displace each other for ever. Once the old connection has stayed silent since such a
+  // refusal, for longer than a heartbeat, it is presumed dead (the spore restarted) and the
+  // retry replaces it: a restarted spore is back within about its retry interval.
+  std::int64_t now = clock_.monotonicMs();
+  for (auto& [rid, c] : conns_) {
+    if (c.key != key || rid == routingId) continue;
+    bool alive = now - c.lastSeenMono <= config_.heartbeatMs * config_.missedBeats;
+    bool silentSinceRefusal =
+        c.keyConflictMono >= 0 && c.lastSeenMono <= c.keyConflictMono && now - c.lastSeenMono > config_.heartbeatMs;
+    if (!alive || silentSinceRefusal) continue;
+    c.keyConflictMono = now;
+    counters_.add("node_key_conflicts");
+    if (auto held = nodeLog_.admit("key_conflict:" + key)) {
+      MESH_WARN("refused a hello from node %s (%s): key %s is already connected from spore %s at %s; give each "
+                "spore its own data dir / key%s",
+                f.name.c_str(), address.c_str(), c.fingerprint.c_str(), c.name.c_str(),
+                c.address.c_str(), util::heldBack(*held).c_str());
+    }
+    sendTo(nodeSocket_, routingId,
+           wire::encodeError(0, proto::Error::Code::KEY_IN_USE,
+                             "key " + c.fingerprint + " is already connected from another spore (" + c.name + " at " +
+                                 c.address + "): give each spore its own data dir / key"));
+    return;
+  }
+  // A new hello replaces whatever that key had. That is a reconnection, not a failure: its
+  // tasks go back to the queue (or are adopted below) without being charged.
   std::vector<routing::NodeId> replaced;
   for (const auto& [rid, c] : conns_) {
     if (c.key == key || rid == routingId) replaced.push_back(c.id);
@@ -187,6 +213,7 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, zm
   conn.routingId = routingId;
   conn.key = key;
   conn.fingerprint = fingerprintOf(key);
+  conn.address = address;
   conn.name = f.name;
   conn.foundBy = std::move(f.foundBy);
   conn.softwareVersion = std::move(f.softwareVersion);

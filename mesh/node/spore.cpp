@@ -615,6 +615,17 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
           counters_.add("rehello");
           sendHello();
         }
+      } else if (e.getCode() == proto::Error::Code::KEY_IN_USE) {
+        // Another spore is connected with this key (a copied data dir): retry with backoff,
+        // first after two heartbeats, so that a live holder has beaten meanwhile and a dead one
+        // (this spore before a restart) has not, and the nexus replaces it.
+        std::int64_t delay = std::max(backoffMs_, 2 * heartbeatMs_);
+        counters_.add("key_in_use");
+        MESH_ERROR("nexus %s refused this spore's hello: %s; retrying in %lld ms", endpoint_.c_str(),
+                   bundle::printable(message, 300).c_str(), static_cast<long long>(delay));
+        disconnect();
+        reconnectAtMono_ = now + delay;
+        backoffMs_ = std::min<std::int64_t>(backoffMs_ * 2, 32000);
       } else if (e.getCode() == proto::Error::Code::FORBIDDEN) {
         MESH_ERROR("nexus %s no longer accepts this spore's key %s (%s): reconnecting in %lld ms",
                    endpoint_.c_str(), keys_.publicKey.fingerprint().c_str(), message.c_str(),
