@@ -1,6 +1,8 @@
 // The nexus's node port: hello, heartbeats, results, welcome, dropping a node.
 #include "mesh/node/nexus_impl.h"
 
+#include <cmath>
+
 namespace mesh::node {
 
 // ---- node port -------------------------------------------------------------------------------
@@ -55,8 +57,20 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
   conn.lastSeenMono = clock_.monotonicMs();
   switch (decoded->which()) {
     case Which::HEARTBEAT: {
+      // The beat counts for liveness (above) whatever it says; its load figures feed the load
+      // score only when they are percentages (a NaN would break pickNode's ordering).
       auto hb = bodyReader.getHeartbeat();
-      scheduler_.updateLoad(conn.id, hb.getCpuPct(), hb.getMemPct());
+      float cpu = hb.getCpuPct(), mem = hb.getMemPct();
+      auto percent = [](float v) { return std::isfinite(v) && v >= 0.0f && v <= 100.0f; };
+      if (!percent(cpu) || !percent(mem)) {
+        counters_.add("bad_heartbeats");
+        if (auto held = nodeLog_.admit("bad_heartbeat")) {
+          MESH_WARN("ignored the load of a heartbeat from node %s: cpu %g %%, mem %g %% (0-100)%s", conn.name.c_str(),
+                    static_cast<double>(cpu), static_cast<double>(mem), util::heldBack(*held).c_str());
+        }
+        break;
+      }
+      scheduler_.updateLoad(conn.id, cpu, mem);
       break;
     }
     case Which::RESULTS:

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 
 namespace mesh::util {
@@ -114,6 +116,13 @@ void appendJsonString(std::string& out, std::string_view text) {
     }
   }
   out.push_back('"');
+}
+
+std::string jsonNumber(double value, int decimals) {
+  if (!std::isfinite(value)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", std::clamp(decimals, 0, 17), value);
+  return buf;
 }
 
 std::string jsonString(std::string_view text) {

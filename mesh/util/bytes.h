@@ -22,6 +22,9 @@ bool isUtf8(std::string_view text);
 // Appends `text` as a JSON string literal (with quotes) to `out`. Precondition: isUtf8(text).
 void appendJsonString(std::string& out, std::string_view text);
 std::string jsonString(std::string_view text);
+// `value` as a JSON number with `decimals` digits after the point; JSON has no NaN or
+// infinity, so those are written as null.
+std::string jsonNumber(double value, int decimals);
 
 // The whole text as a decimal number: digits only, no sign, no overflow. False otherwise.
 bool parseU64(std::string_view text, std::uint64_t* out);

@@ -1,5 +1,8 @@
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <limits>
+
 #include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -52,6 +55,9 @@ TEST_CASE("UTF-8 validation refuses overlongs, surrogates and truncation") {
 
 TEST_CASE("JSON strings escape quotes, backslashes and control characters") {
   CHECK(jsonString("a\"b\\c\nd\x01") == "\"a\\\"b\\\\c\\nd\\u0001\"");
+  CHECK(jsonNumber(12.345, 1) == "12.3");
+  CHECK(jsonNumber(std::nan(""), 1) == "null");
+  CHECK(jsonNumber(-std::numeric_limits<double>::infinity(), 3) == "null");
 }
 
 TEST_CASE("sizes and durations parse with units and refuse garbage") {
