@@ -277,6 +277,23 @@ void NexusImpl::onBundleReport(const NodeConn& conn, proto::BundleReport::Reader
     counters_.add("bad_bundle_reports");
     return;
   }
+  auto known = sporeBundles_.find(name);
+  if (known == sporeBundles_.end() || !known->second.count(conn.key)) {
+    // A new name for this spore: a spore reports the bundles it has, which are the nexus's
+    // (or were, before a nexus lost them), so more names than that are junk that would grow
+    // the nexus's memory without end.
+    std::size_t held = 0;
+    for (const auto& [n, bySpore] : sporeBundles_) held += bySpore.count(conn.key);
+    if (held >= bundles_.size() + kSporeBundlesSlack) {
+      counters_.add("bundle_reports_over_limit");
+      if (auto h = nodeLog_.admit("bundle_reports:" + conn.key)) {
+        MESH_WARN("dropped a report of bundle %s from spore %s: it reported %zu bundle names already (at most %zu)%s",
+                  name.c_str(), conn.name.c_str(), held, bundles_.size() + kSporeBundlesSlack,
+                  util::heldBack(*h).c_str());
+      }
+      return;
+    }
+  }
   SporeBundle& s = sporeBundles_[name][conn.key];
   s.spore = conn.name;
   s.fingerprint = conn.fingerprint;

@@ -63,6 +63,8 @@ constexpr std::uint64_t kFetchRestarts = 8;            // fetches of one bundle 
 constexpr std::size_t kMaxUploads = 4;                 // publishes in progress at once
 constexpr std::int64_t kUploadIdleMs = 60'000;         // an upload silent this long is dropped
 constexpr std::size_t kPublishRefusalsKept = 20;
+// Bundle names one spore may report beyond the bundles the nexus serves (onBundleReport).
+constexpr std::size_t kSporeBundlesSlack = 16;
 // The results that ride with a small batch's last Progress (protocol section 4.9).
 constexpr std::size_t kInlineRowsMax = 1000;           // per batch: one result page
 constexpr std::size_t kInlineBatchBytes = 256u << 10;  // per batch: outputs, errors, node names
