@@ -180,6 +180,7 @@ struct SubmitAck {
   firstTask @1 :UInt64;        # the tasks of this chunk have ids firstTask .. firstTask+count-1
   firstIndex @2 :UInt64;       # and indexes firstIndex .. within their batch
   count @3 :UInt32;
+  warning @4 :Text;            # something the submitter should know, e.g. no live spore can run it yet
 }
 
 struct Watch {

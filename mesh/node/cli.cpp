@@ -360,6 +360,9 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   o.watch = s.wait || s.results;  // the wait listens to the progress its submit asked for
   auto batch = (*client)->submit(o, source);
   if (!batch) return fail(batch.error());
+  if (!(*client)->submitWarning().empty()) {
+    std::fprintf(stderr, "mesh: batch %" PRIu64 ": %s\n", *batch, (*client)->submitWarning().c_str());
+  }
   if (s.results) {
     // stdout carries the results alone; the batch id still reaches a person (or a log), with
     // -q too: -q silences progress, and without the id a script could not look the batch up.

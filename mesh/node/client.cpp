@@ -156,6 +156,7 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
     }
     return true;
   };
+  submitWarning_.clear();
   std::vector<std::string> chunk, next;
   auto more = readChunk(chunk);
   if (!more) return more.error();
@@ -235,6 +236,7 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
       }
       if (reply->which() != proto::Envelope::Body::SUBMIT_ACK) return util::err("unexpected reply to a submit", kExitFailed);
       auto ack = reply->envelope().getBody().getSubmitAck();
+      if (ack.hasWarning() && submitWarning_.empty()) submitWarning_ = std::string(wire::view(ack.getWarning()));
       batch = ack.getBatch();
       accepted += ack.getCount();
       if (onChunk) onChunk(accepted);

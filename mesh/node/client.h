@@ -80,6 +80,8 @@ class Client {
   // acknowledged chunk with the number of tasks accepted so far. Returns the batch id.
   util::Result<std::uint64_t> submit(const BatchOptions& options, const PayloadSource& payloads,
                                      const std::function<void(std::uint64_t)>& onChunk = {});
+  // What the nexus warned about the last submit (SubmitAck.warning), or empty.
+  const std::string& submitWarning() const { return submitWarning_; }
 
   // Waits until the batch finishes, calling onProgress for each update. Survives a nexus
   // restart (re-asks every second while nothing arrives); gives up after `patienceMs` of
@@ -101,6 +103,7 @@ class Client {
   const crypto::PublicKey& publicKey() const { return keys_.publicKey; }
 
  private:
+  std::string submitWarning_;
   Client(zmq::context_t& ctx, ClientOptions options) : ctx_(ctx), options_(std::move(options)) {}
   util::Result<wire::Decoded> receive(std::int64_t timeoutMs);
   void sendFrame(zmq::message_t&& frame, zmq::send_flags flags);

@@ -138,7 +138,8 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
                      : "no live spore offers handler '" + handler + "' (offered: " + list + ")");
     }
     if (!s.requiredTags.empty()) {
-      // As for the handler: a batch no live spore could run would wait in silence.
+      // Unlike an unknown handler this is allowed (a tagged spore may join later), but a batch
+      // no live spore can run must not wait in silence: the ack says so.
       bool served = false;
       for (const auto& [id, n] : scheduler_.nodes()) {
         served = served || (n.info.handlers.count(handler) &&
@@ -148,9 +149,9 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
       if (!served) {
         std::string want;
         for (const auto& t : s.requiredTags) want += (want.empty() ? "" : ",") + t;
-        return bad(proto::Error::Code::UNKNOWN_HANDLER, "no live spore that offers handler '" + handler +
-                                                            "' has the tags " + want +
-                                                            " (a spore gets tags with --tags; see mesh nodes)");
+        ps.warning = "no live spore that offers handler '" + handler + "' has the tags " + want +
+                     ": its tasks wait until one joins (a spore gets tags with --tags; see mesh nodes)";
+        counters_.add("submits_unservable");
       }
     }
     auto mr = spec.getMapreduce();

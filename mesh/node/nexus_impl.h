@@ -171,6 +171,7 @@ struct InlineResults {
 
 // A submit chunk waiting for its commit.
 struct PendingSubmit {
+  std::string warning;  // goes with the ack (SubmitAck.warning)
   std::string routingId;
   std::uint64_t requestId = 0;
   std::uint64_t batch = 0;

@@ -197,6 +197,7 @@ void NexusImpl::onCommits() {
         ack.setFirstTask(ps.firstId);
         ack.setFirstIndex(ps.firstIndex);
         ack.setCount(ps.count);
+        if (!ps.warning.empty()) ack.setWarning(ps.warning);
         sendTo(clientSocket_, ps.routingId, e.finish());
         if (ps.watch) {
           counters_.add("watches_with_submit");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A task requiring `gpu` runs only on the spore tagged gpu; one requiring a tag no live spore
-# has is refused; one whose only spore left stays pending and `mesh task` says why.
+# A task requiring `gpu` runs only on the spore tagged gpu; one requiring a tag nobody has is
+# accepted with a warning, stays pending, and `mesh task` says why.
 . "$(dirname "$0")/lib.sh"
 up --spores 2
 "$cluster" add-spore "$T/c" gpu-box --tags gpu
@@ -8,16 +8,14 @@ batch=$(seq 1 200 | mesh submit --handler echo --requires gpu --lines -)
 expect_rc 0 timeout 60 mesh wait "$batch"
 mesh results "$batch" --json > "$T/r"
 [ "$(grep -c '"node":"gpu-box"' "$T/r")" -eq 200 ] || fail "a gpu task ran elsewhere: $(grep -v gpu-box "$T/r" | head -2)"
-# A requirement no live spore meets is refused at once, as an unknown handler is.
-expect_rc 1 sh -c "echo x | mesh submit --handler echo --requires tpu --lines -"
-grep -q "no live spore that offers handler 'echo' has the tags tpu" "$T/err" || fail "tpu not explained: $(cat "$T/err")"
-# One whose only spore goes away waits, and `mesh task` says why.
-pending=$(echo 600000 | mesh submit --handler sleep --requires gpu --lines - --json | grep -o '[0-9]*')
+# A requirement no live spore meets is accepted (such a spore may join later), with a warning.
+pending=$(echo x | mesh submit --handler echo --requires tpu --lines - --json 2> "$T/warn" | grep -o '[0-9]*')
+grep -q "batch $pending: no live spore that offers handler 'echo' has the tags tpu: its tasks wait" "$T/warn" ||
+  fail "no warning for an unmatched requirement: $(cat "$T/warn")"
 task=$(sql "SELECT id FROM tasks WHERE batch = $pending")
-wait_until 10 "the gpu task to start" sh -c "mesh task $task --json | grep -q '\"state\":\"running\"'"
-"$cluster" stop "$T/c" gpu-box KILL
-wait_until 20 "mesh task to explain the wait" sh -c "mesh task $task | grep -q 'why: no live spore has tag(s) gpu'"
-mesh task "$task" --json | grep -q '"state":"queued"' || fail "the gpu task is not queued again: $(mesh task "$task" --json)"
+first=$(mesh task "$task" --json)
+echo "$first" | grep -q '"state":"queued"' || fail "the tpu task is not queued: $first"
+wait_until 10 "mesh task to explain the wait" sh -c "mesh task $task | grep -q 'why: no live spore has tag(s) tpu'"
 mesh status --json | grep -q "\"batch\":$pending,[^}]*\"queued\":1" || fail "status does not show the pending task"
 # The ack comes after the commit: while another process holds SQLite's write lock the cancel
 # cannot be stored, so `mesh cancel` must not return; once the lock goes, it returns and the
