@@ -365,10 +365,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   if (vm.count("words")) words = vm["words"].as<std::vector<std::string>>();
   if (!vm.count("help") && words.empty()) return usage("no command given", "mesh");
   if (vm.count("help")) {
-    out.help = helpText(
-        "mesh: the Hive Mesh command line.\n\n"
-        "Usage: mesh COMMAND [options]\n\n"
-        "Commands:\n"
+    const std::string commands =
         "  submit --handler H (--lines FILE|- | --files F...)  submit a batch, print its id\n"
         "  wait BATCH                 wait for a batch (progress on a terminal); exit 0 if all succeeded\n"
         "  results BATCH              print each task's result in submission order (exit 4 if\n"
@@ -387,10 +384,42 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  bundle sign DIR --name N --version V --key release.key [--expires 30d] -o FILE\n"
         "                             sign a directory of handler programs into a bundle\n"
         "  bundle publish FILE        upload a signed bundle (admin key); spores install it\n"
-        "  bundles                    each bundle's version on each spore, refusals, rollbacks\n\n"
+        "  bundles                    each bundle's version on each spore, refusals, rollbacks\n\n";
+    const std::string exits =
         "Exit codes: 0 success, 1 some tasks failed, 2 usage error, 3 cannot reach or\n"
-        "authenticate to the nexus, 4 `results` of a batch that has not finished.\n",
-        visible);
+        "authenticate to the nexus, 4 `results` of a batch that has not finished.\n";
+    // `mesh COMMAND --help`: that command's lines and the options it reads; `mesh --help`: all.
+    std::string command = words.empty() ? "" : words[0];
+    if (!command.empty() && (command == "keys" || command == "bundle") && words.size() > 1) command += " " + words[1];
+    auto linesOf = [&](const std::string& name) {
+      std::string lines;
+      bool in = false;
+      std::istringstream all(commands);
+      for (std::string line; std::getline(all, line);) {
+        bool continuation = line.rfind("                             ", 0) == 0;
+        if (!continuation) in = !name.empty() && line.rfind("  " + name, 0) == 0 &&
+                                (line.size() == name.size() + 2 || line[name.size() + 2] == ' ');
+        if (in) lines += line + "\n";
+      }
+      return lines;
+    };
+    std::string lines = linesOf(command);
+    if (lines.empty() && !words.empty()) lines = linesOf(words[0]);  // `keys pending`: every keys line
+    if (lines.empty()) {
+      out.help = helpText("mesh: the Hive Mesh command line.\n\nUsage: mesh COMMAND [options]\n\nCommands:\n" + commands +
+                              "\n" + exits,
+                          visible);
+      return out;
+    }
+    po::options_description mine;
+    mine.add(global);
+    const std::string first = words[0];
+    if (first == "submit") mine.add(submit).add(other);
+    if (first == "wait" || first == "results") mine.add(other);
+    if (first == "mapreduce") mine.add(mr).add(submit);
+    if (first == "keys") mine.add(keys);
+    if (first == "bundle") mine.add(bundle);
+    out.help = helpText("Usage:\n" + lines + "\n" + exits + "\n(`mesh --help` lists every command)\n", mine);
     return out;
   }
   std::size_t nWords = (words[0] == "keys" || words[0] == "bundle") ? 2 : 1;

@@ -133,3 +133,22 @@ TEST_CASE("a config file that is a directory is refused, not read as empty") {
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().message.find("is not a regular file") != std::string::npos);
 }
+
+TEST_CASE("mesh COMMAND --help shows that command and the options it reads; mesh --help shows all") {
+  auto sub = parse(parseCli, {"mesh", "submit", "--help"});
+  REQUIRE(sub.ok());
+  REQUIRE_FALSE(sub->help.empty());
+  CHECK(sub->help.find("submit --handler H") != std::string::npos);
+  CHECK(sub->help.find("--requires") != std::string::npos);
+  CHECK(sub->help.find("--mapper") == std::string::npos);
+  CHECK(sub->help.find("keys gen") == std::string::npos);
+  auto keys = parse(parseCli, {"mesh", "keys", "accept", "--help"});
+  REQUIRE(keys.ok());
+  CHECK(keys->help.find("keys accept FP") != std::string::npos);
+  CHECK(keys->help.find("--role") != std::string::npos);
+  CHECK(keys->help.find("keys revoke") == std::string::npos);
+  auto all = parse(parseCli, {"mesh", "--help"});
+  REQUIRE(all.ok());
+  CHECK(all->help.find("--mapper") != std::string::npos);
+  CHECK(all->help.find("keys revoke") != std::string::npos);
+}
