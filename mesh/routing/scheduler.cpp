@@ -595,7 +595,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
   a.node = nodeLabel;
   a.assignedMs = t.assignedWallMs;
   a.endedMs = nowWallMs;
-  a.outcome = nodeLost ? (charge ? "node lost" : "node reconnected") : statusName(status);
+  a.outcome = nodeLost ? (charge ? "node lost" : "node left") : statusName(status);  // left: not its fault (the reason is in error)
   a.error = error;
   a.nodeLost = nodeLost && charge;
   effects_.attempts.push_back(std::move(a));

@@ -351,7 +351,7 @@ TEST_CASE("a reconnection re-queues tasks without charging them toward quarantin
   auto fx = s.takeEffects();
   CHECK(fx.finals.empty());
   REQUIRE(fx.attempts.size() == 5);
-  CHECK(fx.attempts[0].outcome == "node reconnected");
+  CHECK(fx.attempts[0].outcome == "node left");
   CHECK_FALSE(fx.attempts[0].nodeLost);
   CHECK(s.counters().get("nodes_lost") == 0);
   CHECK(s.task(100) != nullptr);
