@@ -247,7 +247,7 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
   conn.id = scheduler_.addNode(std::move(info));
   nodeRoute_[conn.id] = routingId;
   auto& stored = conns_[routingId] = std::move(conn);
-  auto unknown = scheduler_.adoptRunning(stored.id, f.running, clock_.monotonicMs());
+  auto unknown = scheduler_.adoptRunning(stored.id, f.running, clock_.monotonicMs(), clock_.wallMs());
   scheduler_.adoptDone(stored.id, f.done);
   MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there", f.name.c_str(),
             stored.fingerprint.c_str(), stored.slots, stored.handlers.size(), f.running.size() - unknown.size());

@@ -297,7 +297,7 @@ std::uint32_t Scheduler::freeSlots(const Node& n) const {
 
 std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
                                                    const std::vector<std::pair<std::uint64_t, std::uint8_t>>& reported,
-                                                   std::int64_t nowMono) {
+                                                   std::int64_t nowMono, std::int64_t nowWallMs) {
   std::vector<std::uint64_t> unknown;
   Node* n = node(id);
   for (auto [tid, attempt] : reported) {
@@ -318,6 +318,7 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
     t.state = Task::State::kRunning;
     t.node = id;
     if (attempt > t.attempts) t.attempts = attempt;
+    if (nowWallMs > 0) t.assignedWallMs = nowWallMs;  // the real assign time went with the connection
     t.deadlineMono = nowMono + t.batch->spec.timeoutMs + config_.deadlineGraceMs;
     deadlines_.insert({t.deadlineMono, t.id});
     n->running.insert(tid);
@@ -653,6 +654,9 @@ void Scheduler::onReport(NodeId from, Report&& report, std::int64_t nowMono, std
       --queuedTotal_;
     }
     if (n) ++n->done;
+    // After a nexus restart the task's own count starts at 0: the attempt that ran is the
+    // spore's word (at least one ran).
+    t.attempts = std::max<std::uint8_t>({t.attempts, report.attempt, std::uint8_t{1}});
     finish(t, Status::kOk, std::move(report.output), "", nowWallMs, report.startedMs, report.durationUs, from);
     return;
   }

@@ -255,9 +255,10 @@ class Scheduler {
   std::uint32_t freeSlots(const Node& n) const;
   // Tasks (id, attempt) the node reports as still running after a reconnect or a nexus
   // restart: those still queued are assigned back to it under the attempt it runs, with a
-  // fresh deadline. Returns the ids it must drop (done, or running elsewhere meanwhile).
+  // fresh deadline, and the adoption (nowWallMs, when given) as their assign time. Returns the
+  // ids it must drop (done, or running elsewhere meanwhile).
   std::vector<std::uint64_t> adoptRunning(NodeId id, const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks,
-                                          std::int64_t nowMono);
+                                          std::int64_t nowMono, std::int64_t nowWallMs = 0);
   // Tasks the node finished while it was away from this nexus (a nexus restart, a lost
   // connection), whose results it sends after its hello: their results are accepted from it
   // like late results (see onReport). Tasks it is not eligible for are ignored.

@@ -14,6 +14,10 @@ wait_until 20 "24 tasks in flight on each spore" in_flight_24
 "$cluster" restart-nexus "$T/c"
 expect_rc 0 timeout 90 mesh wait "$batch" --quiet
 store_check "$batch" $total
+# Results that came back across the restart keep the spore that ran them and a real attempt.
+mesh results "$batch" --json > "$T/results"
+! grep -q '"attempts":0' "$T/results" || fail "a result recorded attempt 0: $(grep '"attempts":0' "$T/results" | head -1)"
+! grep -q '"node":""' "$T/results" || fail "a result has no node: $(grep '"node":""' "$T/results" | head -1)"
 ! grep -q 'traversal' "$T/c/nexus.log" || fail "the nexus hit the traversal limit: $(grep traversal "$T/c/nexus.log" | head -1)"
 grep -q 'tasks still running there' "$T/c/nexus.log" || fail "no spore rejoined"
 adopted=$(grep -o '; [0-9]* tasks still running there' "$T/c/nexus.log" | awk '{ s += $2 } END { print s + 0 }')

@@ -551,8 +551,22 @@ TEST_CASE("a task a node finished while away is accepted from it after adoptDone
   auto fx = s.takeEffects();
   REQUIRE(fx.finals.size() == 1);
   CHECK(fx.finals[0].task == 100);
+  CHECK(fx.finals[0].node == "a");      // named by the sender's hello
+  CHECK(fx.finals[0].attempts == 1);    // the spore's attempt, not the restarted nexus's 0
   CHECK(s.counters().get("results_unassigned") == 2);
   CHECK(s.queuedTotal() == 2);
+}
+
+TEST_CASE("an adopted task's assign time is its adoption") {
+  Scheduler s(SchedulerConfig{});
+  batchOf(s, 1, spec(), 1, 100);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  CHECK(s.adoptRunning(a, {{100, 2}}, 0, 1'700'000'123'456).empty());
+  s.onReport(a, ok(100, 2), 0, 1'700'000'124'000);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].assignedMs == 1'700'000'123'456);
+  CHECK(fx.finals[0].attempts == 2);
 }
 
 TEST_CASE("a reconnecting node cannot adopt a task it is not eligible for") {
