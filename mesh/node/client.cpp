@@ -210,19 +210,18 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
     const auto& clock = util::systemClock();
     std::int64_t deadline = clock.monotonicMs() + options_.timeoutMs;
     while (clock.monotonicMs() < deadline) {
-      std::optional<wire::Decoded> got;
+      std::optional<wire::Decoded> reply;
       if (auto it = inFlight.empty() ? early.end() : early.find(inFlight.front()); it != early.end()) {
-        got.emplace(std::move(it->second));
+        reply.emplace(std::move(it->second));
         early.erase(it);
       } else {
-        auto reply = receive(deadline - clock.monotonicMs());
-        if (!reply) {
-          if (reply.error().code == kExitUnreachable) break;
-          return reply.error();
+        auto got = receive(deadline - clock.monotonicMs());
+        if (!got) {
+          if (got.error().code == kExitUnreachable) break;
+          return got.error();
         }
-        got.emplace(std::move(*reply));
+        reply.emplace(std::move(*got));
       }
-      auto& reply = got;
       std::uint64_t id = reply->envelope().getRequestId();
       if (inFlight.empty()) continue;
       if (id != inFlight.front()) {
