@@ -163,7 +163,8 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
   if (!set.results.empty()) {
     auto st = db_.prepare(
         "INSERT OR IGNORE INTO results(task, status, output, error, attempts, node, assigned_ms, "
-        "started_ms, finished_ms, duration_us) VALUES(?,?,?,?,?,?,?,?,?,?)");
+        "started_ms, finished_ms, duration_us) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10 "
+        "WHERE EXISTS(SELECT 1 FROM tasks WHERE id = ?1)");
     if (!st) return st.error();
     for (const auto& r : set.results) {
       st->bind(1, static_cast<std::int64_t>(r.task)).bind(2, r.status).bindBlobStatic(3, r.output)
@@ -176,7 +177,7 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
   if (!set.attempts.empty()) {
     auto st = db_.prepare(
         "INSERT OR IGNORE INTO attempts(task, attempt, node, assigned_ms, ended_ms, outcome, error, node_lost) "
-        "VALUES(?,?,?,?,?,?,?,?)");
+        "SELECT ?1,?2,?3,?4,?5,?6,?7,?8 WHERE EXISTS(SELECT 1 FROM tasks WHERE id = ?1)");
     if (!st) return st.error();
     for (const auto& a : set.attempts) {
       st->bind(1, static_cast<std::int64_t>(a.task)).bind(2, a.attempt).bindText(3, a.node)

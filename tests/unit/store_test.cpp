@@ -238,6 +238,46 @@ TEST_CASE("a failed write set leaves nothing behind") {
   CHECK(*tasks.maxTaskId() == 1);
 }
 
+// A batch dispatched before its commit can have its results in a later write set than its
+// tasks. When the tasks' set fails (a full disk) and a smaller later one succeeds, the results
+// must not be stored without their tasks.
+TEST_CASE("results and attempts of tasks that were never stored are not written") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  std::shared_ptr<std::vector<std::string>> keep;
+  REQUIRE(tasks.apply(batchWithTasks(1, 10, {"a"}, &keep)).ok());
+  WriteSet set;
+  ResultRecord r;
+  r.status = 0;
+  r.attempts = 1;
+  r.node = "n1";
+  r.task = 10;
+  set.results.push_back(r);
+  r.task = 11;  // no such task
+  set.results.push_back(r);
+  AttemptRecord a;
+  a.attempt = 1;
+  a.node = "n1";
+  a.outcome = "failed";
+  a.task = 10;
+  set.attempts.push_back(a);
+  a.task = 11;
+  set.attempts.push_back(a);
+  REQUIRE(tasks.apply(set).ok());
+  auto count = [&](const char* sql) {
+    auto st = db->prepare(sql);
+    REQUIRE(st.ok());
+    REQUIRE(*st->step());
+    return st->getInt(0);
+  };
+  CHECK(count("SELECT count(*) FROM results") == 1);
+  CHECK(count("SELECT count(*) FROM results WHERE task = 10") == 1);
+  CHECK(count("SELECT count(*) FROM attempts") == 1);
+  CHECK(count("SELECT count(*) FROM attempts WHERE task = 10") == 1);
+}
+
 TEST_CASE("the writer thread commits queued sets and reports their tickets") {
   TempDb t;
   auto ctx = zmq::context_t();
