@@ -277,7 +277,6 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
     std::int64_t now = clock_.monotonicMs();
     std::int64_t wake = std::min({nextHeartbeat_, nextProgress_, nextKeyCheck_, now + 250});
     if (auto d = scheduler_.nextDeadline()) wake = std::min(wake, *d);
-    if (!retryWrites_.empty()) wake = std::min(wake, retryAtMono_);
     if (beacon_) wake = std::min(wake, beacon_->sendIfDue());
     std::int64_t timeoutUs = std::max<std::int64_t>(0, wake - now) * 1000;
     if (holdSinceUs_ >= 0) timeoutUs = std::min(timeoutUs, holdLeftUs());

@@ -399,8 +399,6 @@ class NexusImpl {
   std::unique_ptr<store::WriteSet> current_ = std::make_unique<store::WriteSet>();
   TicketInfo currentInfo_;
   std::map<std::uint64_t, TicketInfo> tickets_;
-  std::vector<std::pair<std::unique_ptr<store::WriteSet>, TicketInfo>> retryWrites_;
-  std::int64_t retryAtMono_ = 0;
 
   std::int64_t startedMono_ = 0;
   std::int64_t nextHeartbeat_ = 0, nextProgress_ = 0, nextKeyCheck_ = 0;

@@ -145,14 +145,6 @@ bool NexusImpl::holdingWrites() {
 }
 
 void NexusImpl::flushWrites(bool force) {
-  if (!retryWrites_.empty() && clock_.monotonicMs() >= retryAtMono_) {
-    for (auto& [set, info] : retryWrites_) {
-      std::uint64_t ticket = writer_->submit(std::move(set));
-      tickets_[ticket] = std::move(info);
-    }
-    retryWrites_.clear();
-    poller_.touched(writer_->socket());
-  }
   if (current_->empty() && currentInfo_.submits.empty() && currentInfo_.finishing.empty() &&
       currentInfo_.cancels.empty()) {
     return;
@@ -167,7 +159,7 @@ void NexusImpl::flushWrites(bool force) {
 void NexusImpl::onCommits() {
   while (auto notice = writer_->receive()) {
     counters_.add("group_commits");
-    commitUsAverage_ += (notice->commitUs - commitUsAverage_) / 8;
+    if (!notice->committed.empty()) commitUsAverage_ += (notice->commitUs - commitUsAverage_) / 8;
     for (std::uint64_t ticket : notice->committed) {
       auto it = tickets_.find(ticket);
       if (it == tickets_.end()) continue;
@@ -237,19 +229,15 @@ void NexusImpl::onCommits() {
         owners_.erase(batch);
       }
     }
-    for (std::size_t i = 0; i < notice->failed.size(); ++i) {
-      auto [ticket, error] = notice->failed[i];
+    for (const auto& [ticket, error] : notice->failed) {
       auto it = tickets_.find(ticket);
       if (it == tickets_.end()) continue;
-      TicketInfo info = std::move(it->second);
-      tickets_.erase(it);
+      TicketInfo& info = it->second;  // stays: the writer writes the rest of the set later
       counters_.add("store_errors");
       if (auto n = storeLog_.admit("write")) {
         MESH_ERROR("a write to %s failed: %s; submits are refused, results are kept and written again%s",
                    dbPath_.c_str(), error.c_str(), util::heldBack(*n).c_str());
       }
-      auto& set = notice->failedSets[i];
-      // Refuse the submits it carried; keep results and attempts to write again later.
       for (auto& ps : info.submits) {
         if (!ps.early) pendingSubmitTasks_ -= ps.count;
         if (ps.early) {
@@ -271,25 +259,14 @@ void NexusImpl::onCommits() {
         replyError(ps.routingId, ps.requestId, proto::Error::Code::INTERNAL,
                    "the nexus could not store the batch (" + error + "); nothing was accepted: retry");
       }
-      if (!withdrawnIds_.empty()) dropWithdrawn(*current_);
-      // The refused chunks' batch updates (total, sealed) must not be written either.
-      std::set<std::uint64_t> refused;
-      for (auto& ps : info.submits) refused.insert(ps.batch);
       info.submits.clear();
-      set->newBatches.clear();
-      set->chunks.clear();
-      set->updates.erase(std::remove_if(set->updates.begin(), set->updates.end(),
-                                        [&](const store::BatchUpdate& u) { return u.total && refused.count(u.batch); }),
-                         set->updates.end());
-      dropWithdrawn(*set);
-      if (!set->results.empty() || !set->attempts.empty() || !set->updates.empty()) {
-        retryWrites_.emplace_back(std::move(set), std::move(info));
-        retryAtMono_ = clock_.monotonicMs() + 1000;
-      }
+      // What the withdrawn tasks report from now on is not written (the store would skip it
+      // anyway: a result is written only with its task).
+      if (!withdrawnIds_.empty()) dropWithdrawn(*current_);
     }
   }
   // Once no write set from before a withdrawal is left, its ranges have nothing more to filter.
-  if (!withdrawnIds_.empty() && tickets_.empty() && retryWrites_.empty()) withdrawnIds_.clear();
+  if (!withdrawnIds_.empty() && tickets_.empty()) withdrawnIds_.clear();
 }
 
 void NexusImpl::startReduce(const store::BatchRecord& map) {

@@ -231,7 +231,7 @@ std::optional<CommitNotice> StoreWriter::receive() {
   zmq::message_t m;
   if (!socket_.recv(m, zmq::recv_flags::dontwait)) return std::nullopt;
   auto notice = takePointer<CommitNotice>(m);
-  answered_ += notice->committed.size() + notice->failed.size();
+  answered_ += notice->committed.size();  // a failed set is held and committed later
   return std::move(*notice);
 }
 
@@ -259,6 +259,25 @@ void StoreWriter::collectPayloadSegments(TaskStore& store, const PayloadLog& log
   }
 }
 
+namespace {
+// What of a failed set is written again: its results, attempts and batch updates. Its batches
+// and tasks are not (the nexus refuses those submits), nor the totals of the batches they grew.
+void keepForRetry(WriteSet& set) {
+  std::vector<std::uint64_t> refused;
+  for (const auto& b : set.newBatches) refused.push_back(b.id);
+  for (const auto& c : set.chunks) refused.push_back(c.batch);
+  set.newBatches.clear();
+  set.chunks.clear();
+  set.updates.erase(std::remove_if(set.updates.begin(), set.updates.end(),
+                                   [&](const BatchUpdate& u) {
+                                     return u.total && std::find(refused.begin(), refused.end(), u.batch) != refused.end();
+                                   }),
+                    set.updates.end());
+}
+
+bool carriesSubmit(const WriteSet& set) { return !set.newBatches.empty() || !set.chunks.empty(); }
+}  // namespace
+
 void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> payloads, std::string payloadDir) {
   zmq::socket_t pipe(ctx_, zmq::socket_type::pair);
   pipe.set(zmq::sockopt::sndhwm, 0);
@@ -267,48 +286,98 @@ void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> p
   const auto& clock = util::systemClock();
   std::int64_t lastGcMs = -1;
   bool stopping = false;
+  // What is left of failed sets, oldest first. Nothing handed over later is written before it.
+  std::vector<std::unique_ptr<Job>> held;
+  std::int64_t retryAtMs = 0;
   while (!stopping) {
     std::vector<std::unique_ptr<Job>> jobs;
     zmq::message_t m;
     try {
-      if (!pipe.recv(m)) continue;
+      if (held.empty()) {
+        if (!pipe.recv(m)) continue;
+        jobs.push_back(takePointer<Job>(m));
+      } else {  // wake for the next try too
+        zmq::pollitem_t item{pipe.handle(), 0, ZMQ_POLLIN, 0};
+        zmq::poll(&item, 1, std::chrono::milliseconds(std::max<std::int64_t>(0, retryAtMs - clock.monotonicMs())));
+      }
     } catch (const zmq::error_t& e) {
       if (e.num() == ETERM) return;
       continue;
     }
-    jobs.push_back(takePointer<Job>(m));
-    // Take everything else that is waiting: one transaction for all of it.
+    // Take everything that is waiting: one transaction for all of it.
     while (jobs.size() < 4096 && pipe.recv(m, zmq::recv_flags::dontwait)) jobs.push_back(takePointer<Job>(m));
     auto notice = std::make_unique<CommitNotice>();
-    std::vector<const WriteSet*> sets;
     std::vector<Job*> work;
+    bool submits = false;
     for (auto& j : jobs) {
       if (!j->set) {
         stopping = true;
         continue;
       }
-      sets.push_back(j->set.get());
+      submits = submits || carriesSubmit(*j->set);
       work.push_back(j.get());
     }
-    if (sets.empty()) continue;
+    // A failed set's remainder: reported failed (its submits are refused), written later, and
+    // reported committed then. So is every set behind it, untried.
+    auto hold = [&](Job& j, const std::string& error) {
+      notice->failed.emplace_back(j.ticket, error);
+      keepForRetry(*j.set);
+      held.push_back(std::make_unique<Job>(std::move(j)));
+    };
     std::int64_t start = clock.monotonicUs();
+    if (!held.empty() && !stopping && !submits && clock.monotonicMs() < retryAtMs) {
+      // Results only, before the next try: they join the held sets, untried.
+      for (Job* j : work) held.push_back(std::make_unique<Job>(std::move(*j)));
+      continue;
+    }
+    if (work.empty() && held.empty()) continue;
+    std::vector<const WriteSet*> sets;
+    for (const auto& h : held) sets.push_back(h->set.get());
+    for (Job* j : work) sets.push_back(j->set.get());
     util::Status s = store.applyAll(sets);
+    std::string error;
     if (s) {
+      for (const auto& h : held) notice->committed.push_back(h->ticket);
       for (Job* j : work) notice->committed.push_back(j->ticket);
+      if (!held.empty()) MESH_INFO("wrote %zu write sets that had failed earlier", held.size());
+      held.clear();
     } else {
       if (auto n = checkpointer_->writerLog.admit("group commit")) {  // a full disk fails every one
         MESH_ERROR("group commit of %zu sets failed (%s); writing them one by one%s", sets.size(),
                    s.error().message.c_str(), util::heldBack(*n).c_str());
       }
+      error = s.error().message;
+      bool blocked = work.empty();  // the held sets alone: they just failed
+      if (!held.empty() && !blocked) {
+        std::vector<const WriteSet*> old;
+        for (const auto& h : held) old.push_back(h->set.get());
+        if (auto o = store.applyAll(old); o) {
+          for (const auto& h : held) notice->committed.push_back(h->ticket);
+          held.clear();
+        } else {
+          blocked = true;
+          error = o.error().message;
+        }
+      }
       for (Job* j : work) {
+        if (blocked) {
+          hold(*j, error + " (not tried: an earlier write waits to be written again)");
+          continue;
+        }
         util::Status one = store.apply(*j->set);
         if (one) {
           notice->committed.push_back(j->ticket);
         } else {
-          notice->failed.emplace_back(j->ticket, one.error().message);
-          notice->failedSets.push_back(std::move(j->set));
+          blocked = true;
+          error = one.error().message;
+          hold(*j, error);
         }
       }
+      if (!held.empty()) retryAtMs = clock.monotonicMs() + options_.retryMs;
+    }
+    if (stopping && !held.empty()) {
+      MESH_ERROR("stopping with %zu write sets not written (%s): their tasks run again at the next start",
+                 held.size(), error.c_str());
     }
     notice->commitUs = clock.monotonicUs() - start;
     // Between groups nothing refers to bytes not yet committed: a safe time to collect.

@@ -3,8 +3,12 @@
 // (synchronous=FULL), and answers with a Commit notice. So the loop never blocks on fsync, and
 // the more work arrives, the more each commit carries.
 //
-// If a group fails, each set is retried on its own so one bad set cannot hold back the others;
-// a set that still fails is reported as failed (the nexus decides: refuse a submit, retry results).
+// If a group fails, its sets are written one by one up to the first that fails. That set, and
+// every one behind it (untried), is reported failed: the nexus refuses the submits it carried.
+// The writer keeps the rest of it (results, attempts, batch updates) and writes it before
+// anything handed over later, a second later or with the next submit, and reports the ticket
+// committed then. So a set is never durable before one handed over ahead of it: a batch's
+// `finished` is not stored while some of its results wait to be written again.
 //
 // WAL checkpoints (copying committed pages from the WAL into the database file, and that
 // file's fsync) run on a second thread with its own connection, woken each time the WAL has
@@ -54,12 +58,16 @@ struct WriterOptions {
   // At most this often, after a commit, delete the payload segments no unfinished batch needs
   // (payload_log.h). The first commit after a start always looks.
   std::int64_t payloadGcMs = 60'000;
+  // After a failed write, what is left of the failed sets is tried again this much later (or
+  // at once with the next submit, for which a client waits).
+  std::int64_t retryMs = 1000;
 };
 
 struct CommitNotice {
   std::vector<std::uint64_t> committed;  // tickets now durable, in order
-  std::vector<std::pair<std::uint64_t, std::string>> failed;  // ticket, error
-  std::vector<std::unique_ptr<WriteSet>> failedSets;  // handed back, for the nexus to retry
+  // Tickets whose sets failed, with the error: their submits are refused; the rest of each set
+  // is kept by the writer, and the ticket comes back in `committed` once that is written.
+  std::vector<std::pair<std::uint64_t, std::string>> failed;
   std::int64_t commitUs = 0;
 };
 

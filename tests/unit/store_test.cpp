@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <algorithm>
 #include <functional>
+#include <map>
 
 #include "mesh/store/db.h"
 #include "mesh/store/schema.h"
@@ -278,30 +280,111 @@ TEST_CASE("results and attempts of tasks that were never stored are not written"
   CHECK(count("SELECT count(*) FROM attempts WHERE task = 10") == 1);
 }
 
+namespace {
+// Collects the writer's notices until `done` holds (at most 10 s).
+struct Notices {
+  std::vector<std::uint64_t> committed;
+  std::map<std::uint64_t, std::string> failed;
+  bool collect(StoreWriter& writer, const std::function<bool()>& done) {
+    std::int64_t deadline = util::systemClock().monotonicMs() + 10000;
+    while (!done() && util::systemClock().monotonicMs() < deadline) {
+      zmq::pollitem_t item{writer.socket().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(50));
+      while (auto n = writer.receive()) {
+        for (auto c : n->committed) committed.push_back(c);
+        for (auto& f : n->failed) failed[f.first] = f.second;
+      }
+    }
+    return done();
+  }
+  bool isCommitted(std::uint64_t t) const { return std::count(committed.begin(), committed.end(), t) == 1; }
+};
+
+std::unique_ptr<WriteSet> resultOf(std::uint64_t task) {
+  auto set = std::make_unique<WriteSet>();
+  ResultRecord r;
+  r.task = task;
+  r.attempts = 1;
+  r.node = "n1";
+  set->results.push_back(r);
+  return set;
+}
+
+std::int64_t countRows(const std::string& path, const char* sql) {
+  auto db = Db::open(path);
+  REQUIRE(db.ok());
+  auto st = db->prepare(sql);
+  REQUIRE(st.ok());
+  REQUIRE(*st->step());
+  return st->getInt(0);
+}
+}  // namespace
+
 TEST_CASE("the writer thread commits queued sets and reports their tickets") {
   TempDb t;
   auto ctx = zmq::context_t();
   { auto db = Db::open(t.path); REQUIRE(db.ok()); }
-  auto writer = StoreWriter::start(ctx, t.path);
+  WriterOptions options;
+  options.retryMs = 100;
+  auto writer = StoreWriter::start(ctx, t.path, options);
   REQUIRE(writer.ok());
   std::shared_ptr<std::vector<std::string>> keep1, keep2;
   auto t1 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(1, 1, {"a", "b"}, &keep1)));
   auto t2 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(1, 10, {"dup"}, &keep2)));  // fails
-  std::vector<std::uint64_t> committed, failed;
-  std::int64_t deadline = util::systemClock().monotonicMs() + 10000;
-  while (committed.size() + failed.size() < 2 && util::systemClock().monotonicMs() < deadline) {
-    zmq::pollitem_t item{(*writer)->socket().handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, std::chrono::milliseconds(100));
-    while (auto n = (*writer)->receive()) {
-      for (auto c : n->committed) committed.push_back(c);
-      for (auto& f : n->failed) failed.push_back(f.first);
-      CHECK(n->failedSets.size() == n->failed.size());
-    }
+  Notices n;
+  REQUIRE(n.collect(**writer, [&] { return n.committed.size() + n.failed.size() >= 2; }));
+  CHECK(n.isCommitted(t1));
+  REQUIRE(n.failed.count(t2) == 1);
+  CHECK(n.failed[t2].find("UNIQUE") != std::string::npos);
+  // What is left of the failed set (nothing: its batch and task are refused) is written later,
+  // and its ticket is answered then.
+  REQUIRE(n.collect(**writer, [&] { return n.isCommitted(t2); }));
+  CHECK((*writer)->queued() == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 2);
+}
+
+// A set that fails leaves its results with the writer, which writes them before anything
+// handed over later: no set is durable before one handed over ahead of it (a batch's
+// `finished` must not be stored while some of its results wait).
+TEST_CASE("a failed set's results are written later, and nothing handed over after it first") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  WriterOptions options;
+  options.retryMs = 400;
+  auto writer = StoreWriter::start(ctx, t.path, options);
+  REQUIRE(writer.ok());
+  std::shared_ptr<std::vector<std::string>> keep1, keep2, keep3;
+  auto t1 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(1, 1, {"a", "b", "c"}, &keep1)));
+  Notices n;
+  REQUIRE(n.collect(**writer, [&] { return n.isCommitted(t1); }));
+  // A set with a refused batch (its id is taken) and a result of task 1: the batch is refused,
+  // the result kept.
+  auto bad = std::make_unique<WriteSet>(batchWithTasks(1, 10, {"dup"}, &keep2));
+  bad->results = resultOf(1)->results;
+  BatchUpdate total;
+  total.batch = 1;
+  total.total = 99;  // the refused chunk's total: never written
+  bad->updates.push_back(total);
+  auto t2 = (*writer)->submit(std::move(bad));
+  REQUIRE(n.collect(**writer, [&] { return n.failed.count(t2) == 1; }));
+  // Results handed over now wait behind it, untried.
+  auto t3 = (*writer)->submit(resultOf(2));
+  usleep(100'000);
+  CHECK(countRows(t.path, "SELECT count(*) FROM results") == 0);
+  // A submit does not wait for the next try: it goes with the held sets at once.
+  auto t4 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(2, 20, {"d"}, &keep3)));
+  auto t5 = (*writer)->submit(resultOf(3));
+  REQUIRE(n.collect(**writer, [&] { return n.isCommitted(t5); }));
+  std::vector<std::uint64_t> order;
+  for (auto c : n.committed) {
+    if (c != t1) order.push_back(c);
   }
-  REQUIRE(committed.size() == 1);
-  CHECK(committed[0] == t1);
-  REQUIRE(failed.size() == 1);
-  CHECK(failed[0] == t2);
+  CHECK(order == std::vector<std::uint64_t>{t2, t3, t4, t5});
+  CHECK(n.failed.size() == 1);
+  CHECK(countRows(t.path, "SELECT count(*) FROM results") == 3);
+  CHECK(countRows(t.path, "SELECT total FROM batches WHERE id = 1") == 3);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 4);
   CHECK((*writer)->queued() == 0);
 }
 
