@@ -54,7 +54,7 @@ std::string isoTime(std::int64_t ms) {
   time_t secs = static_cast<time_t>(ms / 1000);
   tm utc{};
   gmtime_r(&secs, &utc);
-  char buf[40];
+  char buf[96];  // room for any year the int holds
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900, utc.tm_mon + 1,
                 utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms % 1000));
   return buf;
@@ -551,8 +551,13 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (t.getWhy().size()) std::printf("why: %s\n", std::string(wire::view(t.getWhy())).c_str());
   std::printf("%s  submitted\n", isoTime(t.getSubmittedMs()).c_str());
   for (auto a : t.getAttempts()) {
-    std::printf("%s  attempt %u assigned to %s\n", isoTime(a.getAssignedMs()).c_str(), a.getNumber(),
-                std::string(wire::view(a.getNode())).c_str());
+    if (a.getAssignedMs() > 0) {
+      std::printf("%s  attempt %u assigned to %s\n", isoTime(a.getAssignedMs()).c_str(), a.getNumber(),
+                  std::string(wire::view(a.getNode())).c_str());
+    } else {  // it ran across a nexus restart: the nexus that assigned it kept no time
+      std::printf("%*s  attempt %u assigned to %s before a nexus restart (time not recorded)\n", 24, "", a.getNumber(),
+                  std::string(wire::view(a.getNode())).c_str());
+    }
     if (a.getStartedMs() > 0) std::printf("%s  attempt %u started\n", isoTime(a.getStartedMs()).c_str(), a.getNumber());
     if (a.getEndedMs() > 0) {
       std::string err(wire::view(a.getError()));

@@ -40,7 +40,8 @@ zmq::socket_t makeServerSocket(zmq::context_t& ctx, zmq::socket_type type,
   s.set(zmq::sockopt::curve_secretkey, serverKeys.secretKey.z85());
   s.set(zmq::sockopt::zap_domain, zapDomain);
   int enforce = 1;
-  s.setsockopt(kZapEnforceDomain, &enforce, sizeof enforce);
+  // Not among cppzmq's typed options (a draft option until libzmq 4.3.x): the C API.
+  if (zmq_setsockopt(s.handle(), kZapEnforceDomain, &enforce, sizeof enforce) != 0) throw zmq::error_t();
   if (type == zmq::socket_type::router) {
     s.set(zmq::sockopt::router_mandatory, 1);
   }
