@@ -254,6 +254,10 @@ struct StatusReply {
   running @6 :UInt64;
   batches @7 :List(BatchSummary);   # batches not finished, and the latest finished ones
   counters @8 :List(Counter);
+  maxPayloadBytes @9 :UInt64;  # --max-payload: the largest payload of one task in a Submit
+  maxFrameBytes @10 :UInt64;   # --max-frame: the largest message it takes (a larger one is
+                               # dropped with its connection, unanswered). Both 0 from a nexus
+                               # older than these fields: unknown.
 }
 
 struct NodeInfo {

@@ -370,7 +370,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  wait BATCH                 wait for a batch (progress on a terminal); exit 0 if all succeeded\n"
         "  results BATCH              print each task's result in submission order (exit 4 if\n"
         "                             the batch has not finished: the results so far)\n"
-        "  status                     the nexus: nodes, queues, batches, counters\n"
+        "  status                     the nexus: nodes, queues, batches, counters, limits\n"
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
         "  task TASK                  one task's timeline, and why it waits if it does\n"
         "  cancel BATCH               stop a batch: queued tasks never run, running ones are killed\n"

@@ -426,7 +426,9 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                       ",\"uptime_ms\":" + std::to_string(s.getUptimeMs()) +
                       ",\"nodes_alive\":" + std::to_string(s.getNodesAlive()) +
                       ",\"slots\":" + std::to_string(s.getSlotsTotal()) + ",\"queued\":" + std::to_string(s.getQueued()) +
-                      ",\"running\":" + std::to_string(s.getRunning()) + ",\"batches\":[";
+                      ",\"running\":" + std::to_string(s.getRunning()) +
+                      ",\"max_payload_bytes\":" + std::to_string(s.getMaxPayloadBytes()) +
+                      ",\"max_frame_bytes\":" + std::to_string(s.getMaxFrameBytes()) + ",\"batches\":[";
     bool first = true;
     for (auto b : s.getBatches()) {
       auto p = b.getProgress();
@@ -454,6 +456,10 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
               std::string(wire::view(s.getSoftwareVersion())).c_str(), s.getUptimeMs() / 1000);
   std::printf("spores %u alive, %u slots; tasks %" PRIu64 " queued, %" PRIu64 " running\n", s.getNodesAlive(),
               s.getSlotsTotal(), s.getQueued(), s.getRunning());
+  if (s.getMaxPayloadBytes() > 0) {
+    std::printf("limits: payload %" PRIu64 " bytes per task (--max-payload), message %" PRIu64 " bytes (--max-frame)\n",
+                s.getMaxPayloadBytes(), s.getMaxFrameBytes());
+  }
   std::printf("\n%-8s %-12s %-10s %4s %9s %9s %9s %9s %8s  %s\n", "BATCH", "HANDLER", "LABEL", "PRIO", "TOTAL", "OK",
               "FAILED", "RUNNING", "QUEUED", "STATE");
   for (auto b : s.getBatches()) {

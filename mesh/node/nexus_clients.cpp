@@ -449,6 +449,10 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   s.setSlotsTotal(slots);
   s.setQueued(scheduler_.queuedTotal());
   s.setRunning(scheduler_.runningTotal());
+  // So that a client can keep to them: libzmq drops a message over the frame limit with its
+  // connection, unanswered.
+  s.setMaxPayloadBytes(config_.maxPayloadBytes);
+  s.setMaxFrameBytes(config_.maxFrameBytes);
   std::vector<std::uint64_t> shown;
   for (const auto& [id, b] : scheduler_.batches()) shown.push_back(id);
   auto recent = readStore_->recentBatches(5);
