@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
@@ -324,6 +325,7 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   std::ifstream file;
   std::istream* in = nullptr;
   std::size_t nextFile = 0;
+  std::vector<std::uint64_t> fileSizes;
   if (!s.linesFrom.empty()) {
     if (s.linesFrom == "-") {
       in = &std::cin;
@@ -338,7 +340,10 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     };
   } else {
     for (const auto& f : s.files) {
-      if (access(f.c_str(), R_OK) != 0) return usageError("cannot read " + f);
+      struct stat st {};
+      if (access(f.c_str(), R_OK) != 0 || stat(f.c_str(), &st) != 0) return usageError("cannot read " + f);
+      if (S_ISDIR(st.st_mode)) return usageError(f + " is a directory (--files takes files, one task each)");
+      fileSizes.push_back(static_cast<std::uint64_t>(st.st_size));  // 0 for a pipe: read to its end
     }
     source = [&](std::string* out) -> util::Result<bool> {
       if (nextFile >= s.files.size()) return false;
@@ -350,6 +355,22 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   }
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
+  if (!fileSizes.empty() && *std::max_element(fileSizes.begin(), fileSizes.end()) > kAskLimitsAbove) {
+    // A file too large for the nexus is refused by its size, before any file is read or sent.
+    auto limits = (*client)->limits();
+    if (!limits) return fail(limits.error());
+    std::string why;
+    std::size_t over = 0;
+    for (std::size_t i = 0; i < fileSizes.size(); ++i) {
+      std::string w = payloadRefusal(i, fileSizes[i], *limits, s.files[i]);
+      if (w.empty()) continue;
+      if (over++ == 0) why = w;
+    }
+    if (over > 0) {
+      if (over > 1) why += "; " + std::to_string(over - 1) + " more of the files are over the limit too";
+      return fail(util::err(why + ": nothing was submitted", kExitFailed));
+    }
+  }
   BatchOptions o;
   o.handler = s.handler;
   o.priority = static_cast<std::uint8_t>(s.priority);
@@ -622,6 +643,7 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   std::uint64_t job = m.job;
   std::vector<std::string> inputs;       // the files, read whole
   std::vector<std::string_view> chunks;  // line-aligned pieces of them, copied one at a time on submit
+  std::vector<std::size_t> chunkInput;   // the input of each chunk (an index into cmd.args)
   if (job == 0) {
     if (m.mapper.empty() || m.reducer.empty()) return usageError("mapreduce needs --mapper and --reducer");
     if (m.reducers < 1 || m.reducers > 10000) return usageError("--reducers must be 1-10000");
@@ -640,11 +662,29 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
       inputs.push_back(std::move(*data));
       // A chunk never spans two inputs.
       std::string_view whole = inputs.back();
-      for (auto [b, e] : exec::chunkLines(whole, m.chunkBytes)) chunks.push_back(whole.substr(b, e - b));
+      for (auto [b, e] : exec::chunkLines(whole, m.chunkBytes)) {
+        chunks.push_back(whole.substr(b, e - b));
+        chunkInput.push_back(inputs.size() - 1);
+      }
     }
   }
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
+  auto longest = std::max_element(chunks.begin(), chunks.end(),
+                                  [](std::string_view a, std::string_view b) { return a.size() < b.size(); });
+  if (longest != chunks.end() && longest->size() > kAskLimitsAbove) {
+    // A map task too large for the nexus is refused here, before the job is submitted.
+    auto limits = (*client)->limits();
+    if (!limits) return fail(limits.error());
+    for (std::size_t i = 0; i < chunks.size(); ++i) {
+      const std::string& input = cmd.args[chunkInput[i]];
+      std::string why = payloadRefusal(i, chunks[i].size(), *limits, "a chunk of " + (input == "-" ? "stdin" : input));
+      if (why.empty()) continue;
+      return fail(util::err(why + ": give a smaller --chunk-size (a single line longer than the limit cannot be split); "
+                                  "nothing was submitted",
+                            kExitFailed));
+    }
+  }
   if (job == 0) {
     BatchOptions o;
     o.handler = m.mapper;

@@ -140,69 +140,32 @@ util::Result<wire::Decoded> Client::call(wire::Encoder& request) {
                    kExitUnreachable);
 }
 
+std::string payloadRefusal(std::uint64_t index, std::uint64_t bytes, const NexusLimits& limits, const std::string& name) {
+  if (limits.maxPayloadBytes == 0 || bytes <= limits.maxPayloadBytes) return "";
+  std::string frame = limits.maxFrameBytes ? " of " + std::to_string(limits.maxFrameBytes) : "";
+  return "task " + std::to_string(index) + (name.empty() ? "" : " (" + name + ")") + " has a payload of " +
+         std::to_string(bytes) + " bytes, over the nexus limit of " + std::to_string(limits.maxPayloadBytes) +
+         " (the nexus's --max-payload, which can be raised to half its --max-frame" + frame + ")";
+}
+
+util::Result<NexusLimits> Client::limits() {
+  if (limits_) return *limits_;
+  wire::Encoder e(nextRequestId(), 64);
+  e.body().setStatusRequest();
+  auto reply = call(e);
+  if (!reply) return reply.error();
+  if (reply->which() != proto::Envelope::Body::STATUS_REPLY) return util::err("unexpected reply to a status request", kExitFailed);
+  auto s = reply->envelope().getBody().getStatusReply();
+  limits_ = NexusLimits{s.getMaxPayloadBytes(), s.getMaxFrameBytes()};
+  return *limits_;
+}
+
 util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const PayloadSource& payloads,
                                            const std::function<void(std::uint64_t)>& onChunk) {
-  // Read one chunk ahead so the last chunk can carry the seal.
-  auto readChunk = [&](std::vector<std::string>& out) -> util::Result<bool> {
-    out.clear();
-    std::size_t bytes = 0;
-    while (out.size() < kChunkTasks && bytes < kChunkBytes) {
-      std::string p;
-      auto more = payloads(&p);
-      if (!more) return more.error();
-      if (!*more) return false;
-      bytes += p.size();
-      out.push_back(std::move(p));
-    }
-    return true;
-  };
   submitWarning_.clear();
-  std::vector<std::string> chunk, next;
-  auto more = readChunk(chunk);
-  if (!more) return more.error();
-  bool hasMore = *more;
-  if (hasMore) {
-    auto m2 = readChunk(next);
-    if (!m2) return m2.error();
-    hasMore = *m2 || !next.empty();
-  }
   std::uint64_t batch = 0, accepted = 0, sealRequest = 0;
   std::deque<std::uint64_t> inFlight;  // request ids of chunks not yet acknowledged
-  std::size_t largest = 0;             // bytes of the largest chunk sent
-  auto send = [&](const std::vector<std::string>& tasks, bool seal) {
-    std::size_t bytes = 0;
-    for (const auto& t : tasks) bytes += t.size() + 16;
-    largest = std::max(largest, bytes);
-    wire::Encoder e(nextRequestId(), static_cast<unsigned>(bytes / 8 + 256));
-    auto s = e.body().initSubmit();
-    s.setBatch(batch);
-    if (batch == 0) {
-      auto spec = s.initSpec();
-      spec.setHandler(options.handler);
-      spec.setPriority(options.priority);
-      auto tags = spec.initRequires(static_cast<unsigned>(options.requiredTags.size()));
-      for (unsigned i = 0; i < options.requiredTags.size(); ++i) tags.set(i, options.requiredTags[i]);
-      spec.setTimeoutMs(options.timeoutMs);
-      spec.setMaxAttempts(options.maxAttempts);
-      spec.setLabel(options.label);
-      if (options.mapStage) {
-        auto mr = spec.initMapreduce();
-        mr.setStage(proto::MapReduce::Stage::MAP);
-        mr.setPartitions(options.partitions);
-        mr.setCombiner(options.combiner);
-        mr.setReducer(options.reducer);
-      }
-    }
-    auto list = s.initPayloads(static_cast<unsigned>(tasks.size()));
-    for (unsigned i = 0; i < tasks.size(); ++i) list.set(i, wire::asData(tasks[i]));
-    s.setSeal(seal);
-    if (seal && options.watch) {
-      s.setWatch(true);
-      sealRequest = e.envelope().getRequestId();
-    }
-    inFlight.push_back(e.envelope().getRequestId());
-    sendFrame(e.finish(), zmq::send_flags::none);
-  };
+  std::size_t largest = 0;             // bytes of the largest message sent
   // Replies can overtake each other: a refusal leaves at once, an ack after its commit. One for
   // a later chunk waits here until its turn.
   std::map<std::uint64_t, wire::Decoded> early;
@@ -241,8 +204,9 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
       if (onChunk) onChunk(accepted);
       return {};
     }
-    // libzmq drops a message over the nexus's --max-frame with the connection, unanswered.
-    std::string hint = largest > kChunkBytes * 8
+    // libzmq drops a message over the nexus's --max-frame with the connection, unanswered. A
+    // nexus that states its limits never gets one; an older one may have.
+    std::string hint = largest > kChunkBytes * 8 && !(limits_ && limits_->maxFrameBytes)
                            ? " (a message of " + std::to_string(largest >> 20) + " MiB was sent: the nexus drops messages "
                              "over its --max-frame, 64M by default, without an answer; a payload must stay under its "
                              "--max-payload, 16M by default)"
@@ -251,17 +215,121 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
                          (batch ? " (batch " + std::to_string(batch) + " stays open and incomplete)" : "") + hint,
                      kExitUnreachable);
   };
-  send(chunk, !hasMore);
-  if (auto s = awaitAck(); !s) return s.error();  // the first chunk gives us the batch id
+  // Reads the next chunk, and refuses a payload the nexus would refuse (or drop unanswered)
+  // before it is sent. The limits are asked when a payload over kAskLimitsAbove comes, after the
+  // acks in flight have been taken (the status reply is the only one call() keeps).
+  std::uint64_t read = 0;  // payloads read so far: the index of the next one in the batch
+  auto readChunk = [&](std::vector<std::string>& out) -> util::Result<bool> {
+    out.clear();
+    std::size_t bytes = 0;
+    std::uint64_t first = read;
+    bool more = true, large = false;
+    while (out.size() < kChunkTasks && bytes < kChunkBytes) {
+      std::string p;
+      auto got = payloads(&p);
+      if (!got) return got.error();
+      if (!*got) {
+        more = false;
+        break;
+      }
+      bytes += p.size();
+      large = large || p.size() > kAskLimitsAbove;
+      out.push_back(std::move(p));
+    }
+    read += out.size();
+    if (large && !limits_) {
+      while (!inFlight.empty()) {
+        if (auto s = awaitAck(); !s) return s.error();
+      }
+      if (auto l = limits(); !l) return l.error();
+    }
+    if (limits_ && limits_->maxPayloadBytes) {
+      for (std::size_t i = 0; i < out.size(); ++i) {
+        if (out[i].size() <= limits_->maxPayloadBytes) continue;
+        std::string why = payloadRefusal(first + i, out[i].size(), *limits_);
+        // Before the first ack (the first two chunks are read before anything is sent) there is
+        // no batch yet.
+        return util::err(batch ? why : why + ": nothing was submitted", kExitFailed);
+      }
+    }
+    return more;
+  };
+  auto send = [&](const std::vector<std::string>& tasks, std::size_t begin, std::size_t end, std::size_t bytes,
+                  bool seal) {
+    largest = std::max(largest, bytes);
+    wire::Encoder e(nextRequestId(), static_cast<unsigned>(bytes / 8 + 256));
+    auto s = e.body().initSubmit();
+    s.setBatch(batch);
+    if (batch == 0) {
+      auto spec = s.initSpec();
+      spec.setHandler(options.handler);
+      spec.setPriority(options.priority);
+      auto tags = spec.initRequires(static_cast<unsigned>(options.requiredTags.size()));
+      for (unsigned i = 0; i < options.requiredTags.size(); ++i) tags.set(i, options.requiredTags[i]);
+      spec.setTimeoutMs(options.timeoutMs);
+      spec.setMaxAttempts(options.maxAttempts);
+      spec.setLabel(options.label);
+      if (options.mapStage) {
+        auto mr = spec.initMapreduce();
+        mr.setStage(proto::MapReduce::Stage::MAP);
+        mr.setPartitions(options.partitions);
+        mr.setCombiner(options.combiner);
+        mr.setReducer(options.reducer);
+      }
+    }
+    auto list = s.initPayloads(static_cast<unsigned>(end - begin));
+    for (std::size_t i = begin; i < end; ++i) list.set(static_cast<unsigned>(i - begin), wire::asData(tasks[i]));
+    s.setSeal(seal);
+    if (seal && options.watch) {
+      s.setWatch(true);
+      sealRequest = e.envelope().getRequestId();
+    }
+    inFlight.push_back(e.envelope().getRequestId());
+    sendFrame(e.finish(), zmq::send_flags::none);
+  };
+  // Sends a chunk: as one message, or as several when the nexus's --max-frame is known and
+  // the chunk could pass it (a small --max-frame, or the payload that made us ask). Up to
+  // kWindow messages are in flight; the first one alone until its ack gives the batch id.
+  auto sendChunk = [&](const std::vector<std::string>& tasks, bool seal) -> util::Status {
+    std::size_t budget = limits_ && limits_->maxFrameBytes ? limits_->maxFrameBytes / 4 * 3 : SIZE_MAX;
+    std::size_t begin = 0;
+    do {
+      if (batch == 0 && !inFlight.empty()) {
+        if (auto s = awaitAck(); !s) return s;
+      }
+      std::size_t end = begin, bytes = 0;
+      while (end < tasks.size() && (end == begin || bytes + tasks[end].size() + 16 <= budget)) {
+        bytes += tasks[end].size() + 16;
+        ++end;
+      }
+      send(tasks, begin, end, bytes, seal && end == tasks.size());
+      begin = end;
+      while (inFlight.size() >= kWindow) {
+        if (auto s = awaitAck(); !s) return s;
+      }
+    } while (begin < tasks.size());
+    return {};
+  };
+  // Read one chunk ahead so the last chunk can carry the seal.
+  std::vector<std::string> chunk, next;
+  auto more = readChunk(chunk);
+  if (!more) return more.error();
+  bool hasMore = *more;
+  if (hasMore) {
+    auto m2 = readChunk(next);
+    if (!m2) return m2.error();
+    hasMore = *m2 || !next.empty();
+  }
+  if (auto s = sendChunk(chunk, !hasMore); !s) return s.error();
+  if (batch == 0 && !inFlight.empty()) {
+    if (auto s = awaitAck(); !s) return s.error();  // the first chunk gives us the batch id
+  }
   while (hasMore) {
     chunk.swap(next);
     auto m = readChunk(next);
     if (!m) return m.error();
     hasMore = *m || !next.empty();
-    send(chunk, !hasMore);
-    while (inFlight.size() >= kWindow) {
-      if (auto s = awaitAck(); !s) return s.error();
-    }
+    if (auto s = sendChunk(chunk, !hasMore); !s) return s.error();
   }
   while (!inFlight.empty()) {
     if (auto s = awaitAck(); !s) return s.error();

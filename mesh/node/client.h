@@ -66,6 +66,23 @@ struct ProgressView {
 // Supplies payloads in order; returns false when there are no more.
 using PayloadSource = std::function<util::Result<bool>(std::string* payload)>;
 
+// The nexus's size limits, from its StatusReply. 0: unknown (a nexus older than those fields).
+struct NexusLimits {
+  std::uint64_t maxPayloadBytes = 0;  // the largest payload of one task (--max-payload)
+  std::uint64_t maxFrameBytes = 0;    // the largest message it takes (--max-frame)
+};
+
+// A payload larger than this makes Client::submit ask the nexus's limits (once per Client)
+// before it sends the payload. A smaller one goes unasked: the nexus refuses it with an answer
+// if it must, and an ordinary submit costs no extra round trip.
+constexpr std::uint64_t kAskLimitsAbove = 1u << 20;
+
+// Why a payload of `bytes` for task `index` cannot go to a nexus with `limits`, in one line that
+// names the limit and the option that raises it; empty when it can (or the limit is unknown).
+// `name`, when given, says where the task came from (a file name).
+std::string payloadRefusal(std::uint64_t index, std::uint64_t bytes, const NexusLimits& limits,
+                           const std::string& name = "");
+
 class Client {
  public:
   // Connects and completes the Curve handshake, or fails with code 3 and a message that says
@@ -78,6 +95,8 @@ class Client {
 
   // Submits a batch in chunks (pipelined), sealing it at the end. Calls onChunk after each
   // acknowledged chunk with the number of tasks accepted so far. Returns the batch id.
+  // A payload over the nexus's --max-payload is refused here, before it is sent (code 1), when
+  // the limits are known: they are asked (limits()) when a payload over kAskLimitsAbove comes.
   util::Result<std::uint64_t> submit(const BatchOptions& options, const PayloadSource& payloads,
                                      const std::function<void(std::uint64_t)>& onChunk = {});
   // What the nexus warned about the last submit (SubmitAck.warning), or empty.
@@ -98,6 +117,10 @@ class Client {
   // there, unless onRow stopped early).
   util::Status results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow,
                        bool* finished = nullptr);
+
+  // The nexus's limits: asked once with a statusRequest, then remembered. Never call it while
+  // requests of this Client are unanswered (it reads only its own reply and drops the others).
+  util::Result<NexusLimits> limits();
 
   std::uint64_t nextRequestId() { return ++requestId_; }
   const crypto::PublicKey& publicKey() const { return keys_.publicKey; }
@@ -120,6 +143,7 @@ class Client {
   // The last Progress of the last batch wait() saw finish, when it carried every result.
   std::uint64_t finishedBatch_ = 0;
   std::optional<wire::Decoded> finishedProgress_;
+  std::optional<NexusLimits> limits_;  // once asked
 };
 
 ProgressView progressView(proto::Progress::Reader p);
