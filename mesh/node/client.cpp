@@ -17,6 +17,8 @@ constexpr std::size_t kChunkTasks = 10000;
 // 8 MiB; 512 KiB and a window of 8 were no better: docs/benchmarks.md).
 constexpr std::size_t kChunkBytes = 1u << 20;
 constexpr std::size_t kWindow = 4;  // chunks in flight
+// How long the cancel of a batch whose submit failed may take: the user has waited already.
+constexpr std::int64_t kCancelPatienceMs = 3000;
 }  // namespace
 
 const char* taskStatusName(proto::TaskStatus s) {
@@ -112,7 +114,9 @@ void Client::sendFrame(zmq::message_t&& frame, zmq::send_flags flags) {
   poller_.touched(socket_);
 }
 
-util::Result<wire::Decoded> Client::call(wire::Encoder& request) {
+util::Result<wire::Decoded> Client::call(wire::Encoder& request) { return call(request, options_.timeoutMs); }
+
+util::Result<wire::Decoded> Client::call(wire::Encoder& request, std::int64_t timeoutMs) {
   std::uint64_t id = request.envelope().getRequestId();
   if (id == 0) {
     id = nextRequestId();
@@ -120,7 +124,7 @@ util::Result<wire::Decoded> Client::call(wire::Encoder& request) {
   }
   sendFrame(request.finish(), zmq::send_flags::none);
   const auto& clock = util::systemClock();
-  std::int64_t deadline = clock.monotonicMs() + options_.timeoutMs;
+  std::int64_t deadline = clock.monotonicMs() + timeoutMs;
   for (;;) {
     std::int64_t left = deadline - clock.monotonicMs();
     if (left <= 0) break;
@@ -135,8 +139,7 @@ util::Result<wire::Decoded> Client::call(wire::Encoder& request) {
     }
     return reply;
   }
-  return util::err("no answer from the nexus at " + options_.endpoint + " within " +
-                       std::to_string(options_.timeoutMs) + " ms",
+  return util::err("no answer from the nexus at " + options_.endpoint + " within " + std::to_string(timeoutMs) + " ms",
                    kExitUnreachable);
 }
 
@@ -160,10 +163,32 @@ util::Result<NexusLimits> Client::limits() {
   return *limits_;
 }
 
+util::Error Client::abandon(std::uint64_t batch, std::uint64_t accepted, util::Error error) {
+  std::string id = std::to_string(batch);
+  std::string first = "its first " + std::to_string(accepted) + (accepted == 1 ? " task was" : " tasks were") +
+                      " accepted before this failure";
+  wire::Encoder e(nextRequestId(), 32);
+  e.body().setCancelBatch(batch);
+  auto reply = call(e, std::min(options_.timeoutMs, kCancelPatienceMs));
+  if (reply && reply->which() == proto::Envelope::Body::CANCEL_ACK) {
+    error.message += "; batch " + id + " was cancelled: " + first;
+  } else if (!reply && reply.error().code == kExitUnreachable) {
+    error.message += "; batch " + id + " stays open (" + first + ") and could not be cancelled: the nexus did not answer; "
+                     "cancel it with `mesh cancel " + id + "`";
+  } else {
+    error.message += "; batch " + id + " stays open (" + first + "): cancelling it failed (" +
+                     (reply ? std::string("unexpected reply") : reply.error().message) + "); cancel it with `mesh cancel " +
+                     id + "`";
+  }
+  return error;
+}
+
 util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const PayloadSource& payloads,
                                            const std::function<void(std::uint64_t)>& onChunk) {
   submitWarning_.clear();
   std::uint64_t batch = 0, accepted = 0, sealRequest = 0;
+  // Once the batch exists, a failure leaves it open and incomplete: cancel it.
+  auto failed = [&](util::Error e) -> util::Error { return batch ? abandon(batch, accepted, std::move(e)) : e; };
   std::deque<std::uint64_t> inFlight;  // request ids of chunks not yet acknowledged
   std::size_t largest = 0;             // bytes of the largest message sent
   // Replies can overtake each other: a refusal leaves at once, an ack after its commit. One for
@@ -211,8 +236,7 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
                              "over its --max-frame, 64M by default, without an answer; a payload must stay under its "
                              "--max-payload, 16M by default)"
                            : "";
-    return util::err("no answer from the nexus within " + std::to_string(options_.timeoutMs) + " ms while submitting" +
-                         (batch ? " (batch " + std::to_string(batch) + " stays open and incomplete)" : "") + hint,
+    return util::err("no answer from the nexus within " + std::to_string(options_.timeoutMs) + " ms while submitting" + hint,
                      kExitUnreachable);
   };
   // Reads the next chunk, and refuses a payload the nexus would refuse (or drop unanswered)
@@ -248,7 +272,7 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
         if (out[i].size() <= limits_->maxPayloadBytes) continue;
         std::string why = payloadRefusal(first + i, out[i].size(), *limits_);
         // Before the first ack (the first two chunks are read before anything is sent) there is
-        // no batch yet.
+        // no batch yet; after it, the caller cancels the batch and says so.
         return util::err(batch ? why : why + ": nothing was submitted", kExitFailed);
       }
     }
@@ -320,19 +344,19 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
     if (!m2) return m2.error();
     hasMore = *m2 || !next.empty();
   }
-  if (auto s = sendChunk(chunk, !hasMore); !s) return s.error();
+  if (auto s = sendChunk(chunk, !hasMore); !s) return failed(s.error());
   if (batch == 0 && !inFlight.empty()) {
-    if (auto s = awaitAck(); !s) return s.error();  // the first chunk gives us the batch id
+    if (auto s = awaitAck(); !s) return failed(s.error());  // the batch id, before anything can fail
   }
   while (hasMore) {
     chunk.swap(next);
     auto m = readChunk(next);
-    if (!m) return m.error();
+    if (!m) return failed(m.error());
     hasMore = *m || !next.empty();
-    if (auto s = sendChunk(chunk, !hasMore); !s) return s.error();
+    if (auto s = sendChunk(chunk, !hasMore); !s) return failed(s.error());
   }
   while (!inFlight.empty()) {
-    if (auto s = awaitAck(); !s) return s.error();
+    if (auto s = awaitAck(); !s) return failed(s.error());
   }
   if (sealRequest != 0) {
     watchedBatch_ = batch;

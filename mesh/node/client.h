@@ -97,6 +97,9 @@ class Client {
   // acknowledged chunk with the number of tasks accepted so far. Returns the batch id.
   // A payload over the nexus's --max-payload is refused here, before it is sent (code 1), when
   // the limits are known: they are asked (limits()) when a payload over kAskLimitsAbove comes.
+  // When the submit fails after its batch exists (a later chunk refused or too large, the nexus
+  // silent, `payloads` failing), the incomplete batch is cancelled, and the error says so, or
+  // says that it stays open and how to cancel it when the cancel got no answer.
   util::Result<std::uint64_t> submit(const BatchOptions& options, const PayloadSource& payloads,
                                      const std::function<void(std::uint64_t)>& onChunk = {});
   // What the nexus warned about the last submit (SubmitAck.warning), or empty.
@@ -129,6 +132,9 @@ class Client {
   std::string submitWarning_;
   Client(zmq::context_t& ctx, ClientOptions options) : ctx_(ctx), options_(std::move(options)) {}
   util::Result<wire::Decoded> receive(std::int64_t timeoutMs);
+  util::Result<wire::Decoded> call(wire::Encoder& request, std::int64_t timeoutMs);
+  // The error of a submit that failed after its batch was opened, with the cancel's outcome.
+  util::Error abandon(std::uint64_t batch, std::uint64_t accepted, util::Error error);
   void sendFrame(zmq::message_t&& frame, zmq::send_flags flags);
 
   zmq::context_t& ctx_;

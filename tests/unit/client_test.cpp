@@ -239,11 +239,12 @@ TEST_CASE("a payload over the nexus limit is refused before it is sent, and no b
   CHECK(batch.error().code == node::kExitFailed);
   CHECK(has(batch.error().message, "task 3 has a payload of 2097152 bytes, over the nexus limit of 1048576"));
   CHECK(has(batch.error().message, "bytes, over the nexus limit of 1048576 (the nexus's --max-payload, which can be raised to half its --max-frame of 4194304): nothing was submitted"));
+  CHECK(!has(batch.error().message, "cancel"));
   nexus.stop();
   CHECK(nexus.kinds() == std::vector<Which>{Which::STATUS_REQUEST});
 }
 
-TEST_CASE("a large payload in a later chunk: the acks in flight, out of order, are taken before the limits are asked") {
+TEST_CASE("a large payload in a later chunk: the acks in flight, out of order, are taken before the limits are asked, and the batch is cancelled") {
   Fixture f;
   FakeNexus::Rules rules{1u << 20, 4u << 20};
   rules.reverseAcks = true;
@@ -255,13 +256,75 @@ TEST_CASE("a large payload in a later chunk: the acks in flight, out of order, a
   REQUIRE(!batch);
   CHECK(batch.error().code == node::kExitFailed);
   CHECK(has(batch.error().message, "task 50000 has a payload of 2097152 bytes"));
+  CHECK(has(batch.error().message, "; batch 7 was cancelled: its first 40000 tasks were accepted before this failure"));
   CHECK(progress == std::vector<std::uint64_t>{10000, 20000, 30000, 40000});
   nexus.stop();
   auto kinds = nexus.kinds();
-  REQUIRE(kinds.size() == 5);
+  REQUIRE(kinds.size() == 6);
   CHECK(std::count(kinds.begin(), kinds.begin() + 4, Which::SUBMIT) == 4);
   CHECK(kinds[4] == Which::STATUS_REQUEST);
+  CHECK(kinds[5] == Which::CANCEL_BATCH);
   CHECK(nexus.seen[1].batch == kBatch);  // appends name the batch the first ack gave
+}
+
+TEST_CASE("a later chunk refused by the nexus ends the submit with the batch cancelled") {
+  Fixture f;
+  FakeNexus::Rules rules;
+  rules.refuseChunk = 2;
+  FakeNexus nexus(f.ctx, rules);
+  auto client = f.connect(nexus);
+  auto batch = client->submit(echo(), source(35000));
+  REQUIRE(!batch);
+  CHECK(batch.error().code == node::kExitFailed);
+  CHECK(has(batch.error().message, "batch 7: chunk 2 refused; batch 7 was cancelled: its first 20000 tasks were accepted"));
+  nexus.stop();
+  CHECK(nexus.count(Which::CANCEL_BATCH) == 1);
+  CHECK(nexus.count(Which::STATUS_REQUEST) == 0);
+  CHECK(nexus.kinds().back() == Which::CANCEL_BATCH);
+}
+
+TEST_CASE("a payload source that fails after the batch was opened cancels it and keeps its error code") {
+  Fixture f;
+  FakeNexus nexus(f.ctx, {});
+  auto client = f.connect(nexus);
+  auto batch = client->submit(echo(), source(100000, 0, 0, 25000));
+  REQUIRE(!batch);
+  CHECK(batch.error().code == node::kExitUsage);
+  CHECK(has(batch.error().message, "cannot read input 3; batch 7 was cancelled: its first 10000 tasks were accepted"));
+  nexus.stop();
+  CHECK(nexus.count(Which::CANCEL_BATCH) == 1);
+}
+
+TEST_CASE("a failure before the batch was opened cancels nothing") {
+  Fixture f;
+  FakeNexus::Rules rules;
+  rules.refuseChunk = 0;
+  FakeNexus nexus(f.ctx, rules);
+  auto client = f.connect(nexus);
+  auto batch = client->submit(echo(), source(10));
+  REQUIRE(!batch);
+  CHECK(batch.error().message == "chunk 0 refused");
+  auto batch2 = client->submit(echo(), source(100000, 0, 0, 15000));  // fails while reading ahead
+  REQUIRE(!batch2);
+  CHECK(batch2.error().message == "cannot read input 3");
+  nexus.stop();
+  CHECK(nexus.count(Which::CANCEL_BATCH) == 0);
+}
+
+TEST_CASE("a nexus that falls silent mid-way: the error says the batch stays open and how to cancel it") {
+  Fixture f;
+  FakeNexus::Rules rules;
+  rules.silentFromChunk = 1;
+  FakeNexus nexus(f.ctx, rules);
+  auto client = f.connect(nexus, 300);
+  auto batch = client->submit(echo(), source(25000));
+  REQUIRE(!batch);
+  CHECK(batch.error().code == node::kExitUnreachable);
+  CHECK(has(batch.error().message, "no answer from the nexus within 300 ms while submitting; batch 7 stays open "
+                                   "(its first 10000 tasks were accepted before this failure) and could not be "
+                                   "cancelled: the nexus did not answer; cancel it with `mesh cancel 7`"));
+  nexus.stop();
+  CHECK(nexus.count(Which::CANCEL_BATCH) == 1);
 }
 
 TEST_CASE("a nexus that does not state its limits gets large payloads as before, and is asked once") {
