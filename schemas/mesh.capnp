@@ -203,6 +203,7 @@ struct Progress {
   # With `finished` only, and only for a small batch whose watcher was registered before its
   # results came in: every final result, in index order (then results.size() == total).
   # Otherwise empty: page them with FetchResults.
+  stage @12 :UInt8;            # 0 a plain batch, 1 the map stage of a job, 2 a reduce stage
 }
 
 struct FetchResults {

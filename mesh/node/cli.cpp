@@ -709,6 +709,19 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     std::fprintf(stderr, "job %" PRIu64 ": %zu map tasks, %u reducers (resume with: mesh mapreduce --job %" PRIu64
                          " --output DIR)\n", job, next, m.reducers, job);
   }
+  if (m.job != 0) {
+    // Resuming: say at once when the batch is not a job, instead of after waiting for it.
+    auto now = (*client)->progress(job);
+    if (!now) return fail(now.error());
+    if (now->stage != 1) {
+      return fail(util::err("batch " + std::to_string(job) +
+                                (now->stage == 2 ? " is the reduce stage of a job: give the job's id (its map batch, "
+                                                   "`mesh status` lists it)"
+                                                 : " is not a map-reduce job (it was made by mesh submit): follow it "
+                                                   "with `mesh wait " + std::to_string(job) + "`"),
+                            kExitUsage));
+    }
+  }
   ProgressPrinter mapPrinter(cmd.quiet);
   if (!cmd.quiet) std::fprintf(stderr, "map stage (batch %" PRIu64 "):\n", job);
   auto mp = (*client)->wait(job, std::ref(mapPrinter), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));

@@ -47,6 +47,7 @@ ProgressView progressView(proto::Progress::Reader p) {
   v.finished = p.getFinished();
   v.nextBatch = p.getNextBatch();
   v.note = std::string(wire::view(p.getNote()));
+  v.stage = p.getStage();
   return v;
 }
 
@@ -363,6 +364,15 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
     watchedRequest_ = sealRequest;
   }
   return batch;
+}
+
+util::Result<ProgressView> Client::progress(std::uint64_t batch) {
+  wire::Encoder e(nextRequestId(), 32);
+  e.body().initWatch().setBatch(batch);
+  auto reply = call(e);
+  if (!reply) return reply.error();
+  if (reply->which() != proto::Envelope::Body::PROGRESS) return util::err("unexpected reply to a watch", kExitFailed);
+  return progressView(reply->envelope().getBody().getProgress());
 }
 
 util::Result<ProgressView> Client::wait(std::uint64_t batch, const std::function<void(const ProgressView&)>& onProgress,

@@ -61,6 +61,7 @@ struct ProgressView {
   bool sealed = false, finished = false;
   std::uint64_t nextBatch = 0;  // a map stage: its reduce batch
   std::string note;             // why a job stopped early
+  std::uint8_t stage = 0;       // 0 a plain batch, 1 a job's map stage, 2 a reduce stage
 };
 
 // Supplies payloads in order; returns false when there are no more.
@@ -105,6 +106,8 @@ class Client {
   // What the nexus warned about the last submit (SubmitAck.warning), or empty.
   const std::string& submitWarning() const { return submitWarning_; }
 
+  // The batch's progress now (one Watch answered; an unknown batch is an error with code 1).
+  util::Result<ProgressView> progress(std::uint64_t batch);
   // Waits until the batch finishes, calling onProgress for each update. Survives a nexus
   // restart (re-asks every second while nothing arrives); gives up after `patienceMs` of
   // silence with code 3. After a submit with BatchOptions::watch it listens to the progress

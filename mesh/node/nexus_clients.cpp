@@ -253,23 +253,25 @@ void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId
   out.setFailed(p.failed);
   out.setCancelled(p.cancelled);
   out.setFinished(p.finished);
+  // Only map-reduce stages get a next batch or a note; a batch still in memory needs no read.
+  const routing::Batch* b = scheduler_.batch(batchId);
   auto link = jobLinks_.find(batchId);
-  if (link != jobLinks_.end()) {
+  bool linked = link != jobLinks_.end();
+  if (linked) {
     out.setNextBatch(link->second.next);
     out.setNote(link->second.note);
-  } else if (p.finished && mayHaveLink(batchId)) {
-    auto rec = readStore_->batch(batchId);
-    if (rec && *rec) {
-      out.setNextBatch((*rec)->nextBatch.value_or(0));
-      out.setNote((*rec)->note);
-    }
   }
-}
-
-// Only map-reduce stages get a next batch or a note; a plain batch still in memory needs no read.
-bool NexusImpl::mayHaveLink(std::uint64_t batchId) {
-  routing::Batch* b = scheduler_.batch(batchId);
-  return b == nullptr || b->spec.mrStage != 0;
+  if (b) {
+    out.setStage(b->spec.mrStage);
+    if (linked || !p.finished || b->spec.mrStage == 0) return;
+  }
+  auto rec = readStore_->batch(batchId);
+  if (!rec || !*rec) return;
+  out.setStage((*rec)->mrStage);
+  if (!linked && p.finished) {
+    out.setNextBatch((*rec)->nextBatch.value_or(0));
+    out.setNote((*rec)->note);
+  }
 }
 
 bool NexusImpl::batchFinished(std::uint64_t batchId) {

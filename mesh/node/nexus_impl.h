@@ -337,7 +337,6 @@ class NexusImpl {
   // without counting its results.
   bool batchFinished(std::uint64_t batchId);
   std::optional<routing::Progress> progressOf(std::uint64_t batchId);
-  bool mayHaveLink(std::uint64_t batchId);
   std::optional<store::Role> roleOf(const std::string& key);
 
   zmq::context_t& ctx_;

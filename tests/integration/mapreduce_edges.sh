@@ -35,4 +35,21 @@ expect_rc 2 mesh mapreduce --mapper echo --reducer echo --output "$T/o4" "$T/spa
 printf '#!/bin/sh\nexit 3\n' > "$T/bad"
 expect_rc 1 timeout 60 mesh mapreduce --mapper fail --reducer echo --attempts 1 --output "$T/o5" "$T/spaces"
 grep -q "map tasks failed" "$T/err" || fail "map failure not explained: $(cat "$T/err")"
-note "empty, huge, binary, spaced keys and failures behave as documented"
+# Resuming a job with --job fetches the same result; --job with a batch that is not a job's id
+# is refused at once (not after waiting for that batch to finish).
+expect_rc 0 timeout 60 mesh mapreduce --mapper mapper --reducer reducer --reducers 2 --output "$T/o7" "$T/in1" "$T/in2" "$T/in3"
+job=$(grep -o '^job [0-9]*' "$T/err" | cut -d' ' -f2)
+[ -n "$job" ] || fail "mapreduce did not name its job: $(cat "$T/err")"
+expect_rc 0 timeout 60 mesh mapreduce --job "$job" --output "$T/o8"
+cat "$T"/o8/part-* | LC_ALL=C sort | cmp -s - "$T/multi.expected" || fail "resuming job $job: $(cat "$T"/o8/part-*)"
+reduce=$(sql "SELECT next_batch FROM batches WHERE id = $job")
+expect_rc 2 timeout 10 mesh mapreduce --job "$reduce" --output "$T/o9"
+grep -q "is the reduce stage of a job" "$T/err" || fail "--job with a reduce stage: $(cat "$T/err")"
+plain=$(printf '3000\n3000\n3000\n3000\n3000\n3000\n' | mesh submit --handler sleep --lines -)
+start=$SECONDS
+expect_rc 2 timeout 10 mesh mapreduce --job "$plain" --output "$T/o9"
+grep -q "is not a map-reduce job" "$T/err" || fail "--job with a plain batch: $(cat "$T/err")"
+[ $((SECONDS - start)) -le 2 ] || fail "--job with a running plain batch waited $((SECONDS - start)) s before refusing"
+expect_rc 1 timeout 10 mesh mapreduce --job 99999 --output "$T/o9"
+grep -q "no batch 99999" "$T/err" || fail "--job with an unknown batch: $(cat "$T/err")"
+note "empty, huge, binary, spaced keys, failures and --job behave as documented"
