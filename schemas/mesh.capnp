@@ -105,6 +105,7 @@ struct TaskRun {
   payload @3 :Data;
   timeoutMs @4 :UInt32;        # 0: no deadline
   mapreduce @5 :MapReduce;     # stage none: run the handler on the payload as is
+  priority @6 :UInt8;          # the batch's: a spore starts its queued tasks highest first
 }
 
 # Map-reduce (the Hadoop Streaming contract, docs/protocol.md): a map task runs the mapper (and

@@ -36,6 +36,7 @@ void NexusImpl::dispatch() {
         out.setHandler(t->batch->spec.handler);
         out.setPayload(wire::asData(t->payload));
         out.setTimeoutMs(t->batch->spec.timeoutMs);
+        out.setPriority(t->batch->spec.priority);
         const auto& spec = t->batch->spec;
         if (spec.mrStage != 0) {
           auto mr = out.initMapreduce();
