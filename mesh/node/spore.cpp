@@ -21,6 +21,7 @@
 #include "mesh/exec/mapreduce.h"
 #include "mesh/exec/serve.h"
 #include "mesh/node/common.h"
+#include "mesh/routing/run_queue.h"
 #include "mesh/transport/inproc.h"
 #include "mesh/transport/poller.h"
 #include "mesh/transport/sockets.h"
@@ -80,6 +81,7 @@ struct BundleTrial {
 struct Job {
   std::uint64_t id = 0;
   std::uint8_t attempt = 0;
+  std::uint8_t priority = 0;  // the batch's; queued jobs start highest first
   std::string handler;
   std::string payload;
   std::uint32_t timeoutMs = 0;
@@ -99,13 +101,15 @@ struct Done {
   std::uint64_t durationUs = 0;
 };
 
-// Messages between the loop and a worker: ownership of a heap object, sent as its pointer.
+// Messages between the loop and a worker: ownership of a heap object, sent as its pointer,
+// except the loop's recall (an empty message): give back the jobs of your run not yet started.
 struct WorkBatch {
-  std::vector<Job> jobs;  // empty: stop
+  std::vector<Job> jobs;  // one priority only (a RunQueue run); empty: stop
 };
 struct DoneBatch {
   std::vector<Done> done;
-  bool idle = false;  // the worker finished its WorkBatch
+  std::vector<Job> returned;  // recalled: the jobs of the run it did not start, in their order
+  bool idle = false;          // the worker finished (or gave back the rest of) its WorkBatch
 };
 
 using transport::pointerMessage;
@@ -246,8 +250,20 @@ class SporeImpl {
 
   std::vector<std::thread> threads_;
   std::vector<zmq::socket_t> pipes_;
-  std::vector<bool> busy_;
-  std::deque<Job> queue_;
+  // What each worker holds: a run of one priority; `left` counts its jobs without a result yet.
+  // A worker whose run has jobs of a lower priority than a queued one is recalled once: at its
+  // next report (within about 1 ms, or after the job it runs) it gives back what it has not
+  // started, so a queued job of a higher priority waits for at most one job per slot.
+  struct WorkerRun {
+    bool busy = false;
+    std::uint8_t priority = 0;
+    std::size_t left = 0;
+    bool recalled = false;
+  };
+  std::vector<WorkerRun> workers_;
+  void recallRuns();
+  void takeBack(std::vector<Job>&& returned);
+  routing::RunQueue<Job> queue_;  // not started, not in a worker's run
   struct JobRef {
     std::uint8_t attempt = 0;
     std::shared_ptr<std::atomic<bool>> cancel;
@@ -336,7 +352,7 @@ util::Status SporeImpl::start() {
     pipe.set(zmq::sockopt::rcvhwm, 0);
     pipe.bind(endpoint);
     pipes_.push_back(std::move(pipe));
-    busy_.push_back(false);
+    workers_.emplace_back();
     threads_.emplace_back([this, i, endpoint] { workerLoop(i, endpoint); });
   }
   return {};
@@ -418,6 +434,7 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
     } catch (const zmq::error_t&) {
       return;
     }
+    if (m.size() == 0) continue;  // a recall that came after the run had ended
     auto work = takePointer<WorkBatch>(m);
     if (work->jobs.empty()) return;
     auto out = std::make_unique<DoneBatch>();
@@ -429,6 +446,24 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
       // Long tasks report at once; microsecond tasks travel together.
       bool last = i + 1 == work->jobs.size();
       if (!last && (t1 - lastFlushUs > 1000 || out->done.size() >= 256)) {
+        // At each report, a recall from the loop (jobs of a higher priority wait) ends the run
+        // here: the jobs not started go back with this report. A run is only ever sent to an
+        // idle worker, so the only other message that can come meanwhile is the stop.
+        zmq::message_t recall;
+        bool recalled = false;
+        try {
+          recalled = pipe.recv(recall, zmq::recv_flags::dontwait).has_value();
+        } catch (const zmq::error_t&) {
+          return;
+        }
+        if (recalled && recall.size() != 0) {
+          takePointer<WorkBatch>(recall);  // the stop
+          return;
+        }
+        if (recalled) {
+          for (std::size_t j = i + 1; j < work->jobs.size(); ++j) out->returned.push_back(std::move(work->jobs[j]));
+          break;
+        }
         try {
           pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
         } catch (const zmq::error_t&) {
@@ -668,6 +703,7 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
     job.handler = std::string(wire::view(t.getHandler()));
     job.payload = std::string(wire::view(t.getPayload()));
     job.timeoutMs = t.getTimeoutMs();
+    job.priority = t.getPriority();
     if (t.hasMapreduce()) {
       auto mr = t.getMapreduce();
       job.stage = mr.getStage();
@@ -690,7 +726,7 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
       continue;
     }
     jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
-    queue_.push_back(std::move(job));
+    queue_.push(job.priority, std::move(job));
   }
   feedWorkers();
 }
@@ -703,14 +739,13 @@ void SporeImpl::onCancel(proto::CancelTasks::Reader cancel) {
     it->second.cancel->store(true);
     counters_.add("tasks_cancelled");
   }
-  // Queued ones never start: drop them now (the nexus no longer wants their result).
-  queue_.erase(std::remove_if(queue_.begin(), queue_.end(),
-                              [&](const Job& j) {
-                                if (!j.cancel->load()) return false;
-                                jobs_.erase(j.id);
-                                return true;
-                              }),
-               queue_.end());
+  // Queued ones never start: drop them now (the nexus no longer wants their result). Those in a
+  // worker's run are skipped by the worker, or dropped if it gives them back (takeBack).
+  queue_.removeIf([&](const Job& j) {
+    if (!j.cancel->load()) return false;
+    jobs_.erase(j.id);
+    return true;
+  });
 }
 
 bool SporeImpl::isInstant(const Job& job) const {
@@ -724,36 +759,88 @@ void SporeImpl::feedWorkers() {
   // here, on the loop, instead of paying two thread hand-offs to a worker and back (~0.12 ms
   // of a one-task batch in the development VM). With a worker busy or more work queued, the
   // workers run everything, in parallel.
+  // Only the job that is next in priority order runs here (with nothing running, it is the
+  // queue's front), so the fast path keeps the order.
   while (running_ == 0 && !queue_.empty() && queue_.size() <= kInstantQueueMax && isInstant(queue_.front())) {
-    Job job = std::move(queue_.front());
-    queue_.pop_front();
+    Job job = std::move(queue_.takeRun(1).front());
     ++running_;
     counters_.add("tasks_run_inline");
     onDone(execute(job, nullptr));
   }
   unsigned idle = 0;
-  for (bool b : busy_) idle += b ? 0 : 1;
-  for (unsigned w = 0; w < busy_.size() && !queue_.empty(); ++w) {
-    if (busy_[w]) continue;
+  for (const auto& w : workers_) idle += w.busy ? 0 : 1;
+  for (unsigned w = 0; w < workers_.size() && !queue_.empty(); ++w) {
+    if (workers_[w].busy) continue;
     // Share what is queued among the idle workers; short tasks go in runs, long ones one by one.
+    // A run holds jobs of the highest queued priority only.
     std::size_t take = std::max<std::size_t>(1, std::min<std::size_t>(64, queue_.size() / std::max(1u, idle)));
     auto batch = std::make_unique<WorkBatch>();
-    for (std::size_t i = 0; i < take && !queue_.empty(); ++i) {
-      batch->jobs.push_back(std::move(queue_.front()));
-      queue_.pop_front();
-    }
+    batch->jobs = queue_.takeRun(take);
     running_ += static_cast<unsigned>(batch->jobs.size());
-    busy_[w] = true;
+    workers_[w] = WorkerRun{true, batch->jobs.front().priority, batch->jobs.size(), false};
     --idle;
     pipes_[w].send(pointerMessage(std::move(batch)), zmq::send_flags::none);
+    poller_.touched(pipes_[w]);
+  }
+  recallRuns();
+}
+
+void SporeImpl::recallRuns() {
+  if (queue_.empty()) return;
+  // Left queued with every worker busy: recall runs of a lower priority that have jobs not yet
+  // started, the lowest first, no more than there are jobs of the top priority waiting (counting
+  // the recalls already on their way).
+  std::uint8_t top = queue_.topPriority();
+  std::size_t waiting = queue_.topCount(), outstanding = 0;
+  std::vector<unsigned> candidates;
+  for (unsigned w = 0; w < workers_.size(); ++w) {
+    const auto& run = workers_[w];
+    if (!run.busy) continue;
+    if (run.recalled) {
+      ++outstanding;
+    } else if (run.priority < top && run.left > 1) {
+      candidates.push_back(w);
+    }
+  }
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [&](unsigned a, unsigned b) { return workers_[a].priority < workers_[b].priority; });
+  for (unsigned w : candidates) {
+    if (outstanding >= waiting) break;
+    workers_[w].recalled = true;
+    ++outstanding;
+    counters_.add("runs_recalled");
+    pipes_[w].send(zmq::message_t(), zmq::send_flags::none);
     poller_.touched(pipes_[w]);
   }
 }
 
 void SporeImpl::onWorker(unsigned index, zmq::message_t& frame) {
   auto done = takePointer<DoneBatch>(frame);
+  auto& run = workers_[index];
+  run.left -= std::min(run.left, done->done.size());
   for (auto& d : done->done) onDone(std::move(d));
-  if (done->idle) busy_[index] = false;
+  if (!done->returned.empty()) takeBack(std::move(done->returned));
+  if (done->idle) run = WorkerRun{};
+}
+
+void SporeImpl::takeBack(std::vector<Job>&& returned) {
+  counters_.add("tasks_given_back", returned.size());
+  std::vector<Job> again;
+  std::uint8_t priority = returned.front().priority;
+  for (auto& job : returned) {
+    if (job.cancel->load()) {
+      // Cancelled while in the run: ends here as the worker would have ended it (not reported).
+      Done d;
+      d.id = job.id;
+      d.attempt = job.attempt;
+      d.status = proto::TaskStatus::CANCELLED;
+      onDone(std::move(d));
+      continue;
+    }
+    --running_;
+    again.push_back(std::move(job));
+  }
+  queue_.pushFront(priority, std::move(again));
 }
 
 void SporeImpl::onDone(Done&& d) {
@@ -772,7 +859,7 @@ void SporeImpl::onDone(Done&& d) {
     Job job = std::move(next->second);
     reassigned_.erase(next);
     jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
-    queue_.push_back(std::move(job));  // fed to a worker at the end of this turn
+    queue_.push(job.priority, std::move(job));  // fed to a worker at the end of this turn
   }
   if (cancelled) return;  // the nexus asked us to stop it; it does not want the result
   outbox_.push_back(std::move(d));
