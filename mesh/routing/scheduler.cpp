@@ -288,7 +288,25 @@ std::uint32_t Scheduler::prefetch(const Node& n, const Batch& b) const { return 
 
 std::uint32_t Scheduler::credit(const Node& n, const Batch& b) const {
   std::uint64_t limit = std::uint64_t{n.info.slots} + prefetch(n, b);
-  return limit > n.inFlight ? static_cast<std::uint32_t>(limit - n.inFlight) : 0;
+  std::uint32_t before = ahead(n, b.spec.priority);
+  return limit > before ? static_cast<std::uint32_t>(limit - before) : 0;
+}
+
+std::uint32_t Scheduler::ahead(const Node& n, std::uint8_t priority) const {
+  std::uint32_t atOrAbove = 0, below = 0;
+  for (auto [p, count] : n.inFlightByPriority) (p >= priority ? atOrAbove : below) += count;
+  return atOrAbove + std::min<std::uint32_t>(below, n.info.slots);
+}
+
+void Scheduler::hold(Node& n, const Task& t) {
+  ++n.inFlight;
+  ++n.inFlightByPriority[t.batch->spec.priority];
+}
+
+void Scheduler::release(Node& n, const Task& t) {
+  if (n.inFlight > 0) --n.inFlight;
+  auto it = n.inFlightByPriority.find(t.batch->spec.priority);
+  if (it != n.inFlightByPriority.end() && --it->second == 0) n.inFlightByPriority.erase(it);
 }
 
 std::uint32_t Scheduler::freeSlots(const Node& n) const {
@@ -322,7 +340,7 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
     t.deadlineMono = nowMono + t.batch->spec.timeoutMs + config_.deadlineGraceMs;
     deadlines_.insert({t.deadlineMono, t.id});
     n->running.insert(tid);
-    ++n->inFlight;
+    hold(*n, t);
     ++t.batch->running;
     ++runningTotal_;
     counters_.add("tasks_adopted");
@@ -432,28 +450,29 @@ std::string Scheduler::explainBlocked(const Batch& b) const {
 std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t nowWallMs) {
   std::map<NodeId, std::vector<Task*>> out;
   for (bool prefetchPass : {false, true}) {
-    // The largest room any queued batch can have on a node is that of the batch with the
-    // shortest measured tasks: a node without it takes nothing in this pass.
+    // The largest room any queued batch of a level (or a lower one) can have on a node is that
+    // of the batch with the shortest measured tasks, at the level's priority (a lower one has
+    // as many tasks ahead of it or more): a node without it takes nothing from the level on.
     double shortest = 0;
     for (auto level = active_.begin(); prefetchPass && level != active_.end(); ++level) {
       for (Batch* b : level->second) {
         if (b->avgTaskUs > 0 && (shortest <= 0 || b->avgTaskUs < shortest)) shortest = b->avgTaskUs;
       }
     }
-    auto anyRoom = [&] {
+    auto anyRoom = [&](std::uint8_t priority) {
       for (auto& [id, n] : nodes_) {
         std::uint64_t most = n.info.slots + (prefetchPass ? prefetchFor(n.info.slots, shortest) : 0);
-        if (most > n.inFlight) return true;
+        if (most > (prefetchPass ? ahead(n, priority) : n.inFlight)) return true;
       }
       return false;
     };
     // Nodes on which a batch of a higher priority waits for room: lower priorities keep off.
     std::set<NodeId> reserved;
-    for (auto level = active_.begin(); level != active_.end() && anyRoom();) {
+    for (auto level = active_.begin(); level != active_.end() && anyRoom(level->first);) {
       auto& turn = level->second;
       std::size_t blockedInARow = 0;
       while (!turn.empty() && blockedInARow < turn.size()) {
-        if (!anyRoom()) break;
+        if (!anyRoom(level->first)) break;
         Batch* b = turn.front();
         turn.pop_front();
         Task* head = frontTask(*b);
@@ -487,7 +506,7 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
           t->deadlineMono = nowMono + b->spec.timeoutMs + config_.deadlineGraceMs;
           deadlines_.insert({t->deadlineMono, t->id});
           n->running.insert(t->id);
-          ++n->inFlight;
+          hold(*n, *t);
           ++b->running;
           ++runningTotal_;
           list.push_back(t);
@@ -523,7 +542,7 @@ void Scheduler::detachFromNode(Task& t) {
   deadlines_.erase({t.deadlineMono, t.id});
   if (Node* n = node(t.node)) {
     n->running.erase(t.id);
-    if (n->inFlight > 0) --n->inFlight;
+    release(*n, t);
   }
   --t.batch->running;
   --runningTotal_;

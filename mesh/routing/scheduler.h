@@ -6,8 +6,11 @@
 //
 // Rules (DESIGN.md section 5):
 // - A node is eligible for a batch when it is alive, offers the batch's handler, has every
-//   required tag, and has credit for the batch: slots + prefetch - in_flight > 0, where
-//   in_flight is counted here, never taken from the node's word. Prefetch is sized in time by
+//   required tag, and has credit for the batch: slots + prefetch - ahead > 0, where ahead counts
+//   the tasks in flight on the node (counted here, never taken from the node's word) that would
+//   start before the batch's next one: those of its priority or higher, and of the lower ones
+//   at most `slots` (they may be running; the spore starts its queued tasks by priority, so
+//   it runs the batch's before any lower one still queued there). Prefetch is sized in time by
 //   the batch's own measured task duration (about `prefetchTargetUs` of work per slot), capped
 //   at `maxPrefetch`, so long tasks get no more than one extra and microsecond tasks get enough
 //   to fill the pipe. A batch with no measured task yet counts as long: one extra.
@@ -145,6 +148,7 @@ struct Node {
   NodeInfo info;
   double cpuPct = 0, memPct = 0;
   std::uint32_t inFlight = 0;
+  std::map<std::uint8_t, std::uint32_t> inFlightByPriority;  // the same by batch priority; no zeros
   std::unordered_set<std::uint64_t> running;
   std::uint64_t done = 0;
 };
@@ -249,8 +253,11 @@ class Scheduler {
   // Tasks of the batch the node may hold beyond its slots: ceil(slots * prefetchTargetUs /
   // the batch's average task time) in [1, maxPrefetch]; 1 while the batch has none measured.
   std::uint32_t prefetch(const Node& n, const Batch& b) const;
-  // How many more tasks of the batch the node may be given: slots + prefetch - in_flight, or 0.
+  // How many more tasks of the batch the node may be given: slots + prefetch - ahead, or 0,
+  // where ahead = in flight at the batch's priority or higher + min(slots, in flight below it).
   std::uint32_t credit(const Node& n, const Batch& b) const;
+  // The tasks in flight on the node that would start before a new task of `priority` there.
+  std::uint32_t ahead(const Node& n, std::uint8_t priority) const;
   // slots - in_flight, or 0.
   std::uint32_t freeSlots(const Node& n) const;
   // Tasks (id, attempt) the node reports as still running after a reconnect or a nexus
@@ -302,6 +309,9 @@ class Scheduler {
   void finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
               std::int64_t startedMs, std::uint64_t durationUs, NodeId node);
   void detachFromNode(Task& t);
+  // Counts a task in (hold) or out of (release) the node's in flight.
+  static void hold(Node& n, const Task& t);
+  static void release(Node& n, const Task& t);
   std::string nodeName(NodeId id) const;
   std::string explainBlocked(const Batch& b) const;
 

@@ -197,14 +197,19 @@ TEST_CASE("a batch with no measured task is prefetched as long tasks, whatever i
   CHECK(s.node(n)->inFlight == 3);
 }
 
-TEST_CASE("a higher priority batch submitted after a long low one is assigned at the next free room") {
+TEST_CASE("a higher priority batch submitted after a long low one is assigned at once, then at the next free room") {
   Scheduler s(SchedulerConfig{});
   NodeId n = s.addNode(nodeInfo("n", 2));
   runShortBatch(s, 1, 200, 1, 5);  // warm-up: echo tasks of a few microseconds
   batchOf(s, 2, spec("sleep", 0), 40, 1000);
   s.dispatch(0, 0);
   batchOf(s, 3, spec("sleep", 200), 2, 2000);
-  CHECK(s.dispatch(0, 0).empty());  // no room: slots + 1 in flight
+  // slots + 1 low tasks in flight, one of them queued on the node: the spore starts the high
+  // task before it, so the high batch has room for its prefetch of one at once.
+  auto first = s.dispatch(0, 0);
+  REQUIRE(assignedTo(first, n) == 1);
+  CHECK(first[0].tasks[0]->batch->id == 3);
+  CHECK(s.node(n)->inFlight == 4);
   std::vector<std::uint64_t> order;  // batch of each task as it is assigned
   std::uint64_t nextLow = 1000;
   for (int round = 0; round < 50 && s.queuedTotal() + s.runningTotal() > 0; ++round) {
@@ -223,10 +228,10 @@ TEST_CASE("a higher priority batch submitted after a long low one is assigned at
       for (auto* t : a.tasks) order.push_back(t->batch->id);
     }
   }
-  REQUIRE(order.size() == 37 + 2);
-  // The high tasks take the first two rooms after they were submitted.
+  REQUIRE(order.size() == 37 + 1);
+  // The other high task takes the first room after that.
   CHECK(order[0] == 3);
-  CHECK(order[1] == 3);
+  CHECK(order[1] == 2);
 }
 
 TEST_CASE("a node on which a higher priority batch waits for room takes no lower priority task") {
@@ -236,18 +241,73 @@ TEST_CASE("a node on which a higher priority batch waits for room takes no lower
   Batch& low = batchOf(s, 1, spec("echo", 0), 100, 1);
   low.avgTaskUs = 1000;
   REQUIRE(assignedTo(s.dispatch(0, 0), n) == 12);
-  // High: nothing measured, prefetch 1: it has room once the node is below 3 in flight.
-  batchOf(s, 2, spec("sleep", 9), 1, 500);
+  // High: nothing measured, prefetch 1. The low tasks count against it only up to the slots
+  // (the spore starts the high one before the low ones queued there): its first task goes at
+  // once, its second when the node has 1 high + at most 1 low in flight.
+  batchOf(s, 2, spec("sleep", 9), 2, 500);
+  auto first = s.dispatch(0, 0);
+  REQUIRE(assignedTo(first, n) == 1);
+  CHECK(first[0].tasks[0]->batch->id == 2);
   std::uint64_t id = 1;
-  for (int i = 0; i < 9; ++i) {
+  for (int i = 0; i < 10; ++i) {
     s.onReport(n, ok(id++, 1), 0, 0);
     CHECK(s.dispatch(0, 0).empty());  // the low batch does not take the room back
   }
-  s.onReport(n, ok(id++, 1), 0, 0);  // 2 in flight
+  s.onReport(n, ok(id++, 1), 0, 0);  // 1 low, 1 high in flight
   auto as = s.dispatch(0, 0);
   REQUIRE(assignedTo(as, n) >= 1);
   CHECK(as[0].tasks[0]->batch->id == 2);  // then the low batch may fill the prefetch again
   CHECK(s.node(n)->inFlight == 12);
+}
+
+TEST_CASE("tasks of a lower priority count against a higher one's room only up to the slots") {
+  Scheduler s(SchedulerConfig{});
+  NodeId n = s.addNode(nodeInfo("n", 2));
+  Batch& low = batchOf(s, 1, spec("echo", 0), 100, 1);
+  low.avgTaskUs = 1000;  // a prefetch of 10
+  REQUIRE(assignedTo(s.dispatch(0, 0), n) == 12);
+  batchOf(s, 2, spec("sleep", 9), 1, 500);
+  REQUIRE(assignedTo(s.dispatch(0, 0), n) == 1);
+  const Node& node = *s.node(n);
+  CHECK(node.inFlight == 13);
+  CHECK(s.ahead(node, 0) == 13);   // every task in flight
+  CHECK(s.ahead(node, 9) == 3);    // its own, and the two low ones that may be running
+  CHECK(s.ahead(node, 5) == 3);    // the same
+  CHECK(s.ahead(node, 255) == 2);  // the low ones that may be running, whatever else is queued
+  // A batch between them, measured short: a prefetch of 10 on top of the 2 slots, less those 3.
+  Batch& mid = batchOf(s, 3, spec("echo", 5), 10, 800);
+  mid.avgTaskUs = 1000;
+  CHECK(s.credit(node, mid) == 9);
+  // Everything ends: the counts by priority go with it.
+  for (int round = 0; round < 300 && s.queuedTotal() + s.runningTotal() > 0; ++round) {
+    for (auto& a : s.dispatch(0, 0)) {
+      for (auto* t : a.tasks) s.onReport(a.node, ok(t->id, t->attempts), 0, 0);
+    }
+    std::vector<std::uint64_t> running(node.running.begin(), node.running.end());
+    for (auto id : running) s.onReport(n, ok(id, s.task(id)->attempts), 0, 0);
+  }
+  CHECK(node.inFlight == 0);
+  CHECK(node.inFlightByPriority.empty());
+}
+
+TEST_CASE("a lost node's tasks leave no count by priority behind") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  batchOf(s, 1, spec("echo", 0), 20, 1).avgTaskUs = 1000;  // a prefetch of 10 on 2 slots, 5 on 1
+  batchOf(s, 2, spec("echo", 7), 1, 100);
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 1 + 11);
+  CHECK(s.node(a)->inFlightByPriority == std::map<std::uint8_t, std::uint32_t>{{0, 11}, {7, 1}});
+  s.removeNode(a, 0, "test");
+  NodeId b = s.addNode(nodeInfo("b", 1));
+  auto as = s.dispatch(0, 0);
+  REQUIRE(assignedTo(as, b) == 1 + 5);
+  CHECK(as[0].tasks[0]->batch->id == 2);
+  CHECK(s.node(b)->inFlightByPriority == std::map<std::uint8_t, std::uint32_t>{{0, 5}, {7, 1}});
+  s.cancel(*s.batch(2), 0);
+  CHECK(s.node(b)->inFlightByPriority == std::map<std::uint8_t, std::uint32_t>{{0, 5}});
+  s.cancel(*s.batch(1), 0);
+  CHECK(s.node(b)->inFlightByPriority.empty());
+  CHECK(s.node(b)->inFlight == 0);
 }
 
 TEST_CASE("higher priority batches are dispatched first") {
