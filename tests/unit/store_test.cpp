@@ -310,6 +310,16 @@ std::unique_ptr<WriteSet> resultOf(std::uint64_t task) {
   return set;
 }
 
+// A writer on a fresh database whose failed sets are tried again after `retryMs`.
+std::unique_ptr<StoreWriter> startWriter(zmq::context_t& ctx, const TempDb& t, std::int64_t retryMs) {
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  WriterOptions options;
+  options.retryMs = retryMs;
+  auto writer = StoreWriter::start(ctx, t.path, options);
+  REQUIRE(writer.ok());
+  return std::move(*writer);
+}
+
 std::int64_t countRows(const std::string& path, const char* sql) {
   auto db = Db::open(path);
   REQUIRE(db.ok());
@@ -323,23 +333,19 @@ std::int64_t countRows(const std::string& path, const char* sql) {
 TEST_CASE("the writer thread commits queued sets and reports their tickets") {
   TempDb t;
   auto ctx = zmq::context_t();
-  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
-  WriterOptions options;
-  options.retryMs = 100;
-  auto writer = StoreWriter::start(ctx, t.path, options);
-  REQUIRE(writer.ok());
+  auto writer = startWriter(ctx, t, 100);
   std::shared_ptr<std::vector<std::string>> keep1, keep2;
-  auto t1 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(1, 1, {"a", "b"}, &keep1)));
-  auto t2 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(1, 10, {"dup"}, &keep2)));  // fails
+  auto t1 = writer->submit(std::make_unique<WriteSet>(batchWithTasks(1, 1, {"a", "b"}, &keep1)));
+  auto t2 = writer->submit(std::make_unique<WriteSet>(batchWithTasks(1, 10, {"dup"}, &keep2)));  // fails
   Notices n;
-  REQUIRE(n.collect(**writer, [&] { return n.committed.size() + n.failed.size() >= 2; }));
+  REQUIRE(n.collect(*writer, [&] { return n.committed.size() + n.failed.size() >= 2; }));
   CHECK(n.isCommitted(t1));
   REQUIRE(n.failed.count(t2) == 1);
   CHECK(n.failed[t2].find("UNIQUE") != std::string::npos);
   // What is left of the failed set (nothing: its batch and task are refused) is written later,
   // and its ticket is answered then.
-  REQUIRE(n.collect(**writer, [&] { return n.isCommitted(t2); }));
-  CHECK((*writer)->queued() == 0);
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t2); }));
+  CHECK(writer->queued() == 0);
   CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 2);
 }
 
@@ -349,15 +355,11 @@ TEST_CASE("the writer thread commits queued sets and reports their tickets") {
 TEST_CASE("a failed set's results are written later, and nothing handed over after it first") {
   TempDb t;
   auto ctx = zmq::context_t();
-  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
-  WriterOptions options;
-  options.retryMs = 400;
-  auto writer = StoreWriter::start(ctx, t.path, options);
-  REQUIRE(writer.ok());
+  auto writer = startWriter(ctx, t, 400);
   std::shared_ptr<std::vector<std::string>> keep1, keep2, keep3;
-  auto t1 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(1, 1, {"a", "b", "c"}, &keep1)));
+  auto t1 = writer->submit(std::make_unique<WriteSet>(batchWithTasks(1, 1, {"a", "b", "c"}, &keep1)));
   Notices n;
-  REQUIRE(n.collect(**writer, [&] { return n.isCommitted(t1); }));
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t1); }));
   // A set with a refused batch (its id is taken) and a result of task 1: the batch is refused,
   // the result kept.
   auto bad = std::make_unique<WriteSet>(batchWithTasks(1, 10, {"dup"}, &keep2));
@@ -366,16 +368,16 @@ TEST_CASE("a failed set's results are written later, and nothing handed over aft
   total.batch = 1;
   total.total = 99;  // the refused chunk's total: never written
   bad->updates.push_back(total);
-  auto t2 = (*writer)->submit(std::move(bad));
-  REQUIRE(n.collect(**writer, [&] { return n.failed.count(t2) == 1; }));
+  auto t2 = writer->submit(std::move(bad));
+  REQUIRE(n.collect(*writer, [&] { return n.failed.count(t2) == 1; }));
   // Results handed over now wait behind it, untried.
-  auto t3 = (*writer)->submit(resultOf(2));
+  auto t3 = writer->submit(resultOf(2));
   usleep(100'000);
   CHECK(countRows(t.path, "SELECT count(*) FROM results") == 0);
   // A submit does not wait for the next try: it goes with the held sets at once.
-  auto t4 = (*writer)->submit(std::make_unique<WriteSet>(batchWithTasks(2, 20, {"d"}, &keep3)));
-  auto t5 = (*writer)->submit(resultOf(3));
-  REQUIRE(n.collect(**writer, [&] { return n.isCommitted(t5); }));
+  auto t4 = writer->submit(std::make_unique<WriteSet>(batchWithTasks(2, 20, {"d"}, &keep3)));
+  auto t5 = writer->submit(resultOf(3));
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t5); }));
   std::vector<std::uint64_t> order;
   for (auto c : n.committed) {
     if (c != t1) order.push_back(c);
@@ -385,7 +387,7 @@ TEST_CASE("a failed set's results are written later, and nothing handed over aft
   CHECK(countRows(t.path, "SELECT count(*) FROM results") == 3);
   CHECK(countRows(t.path, "SELECT total FROM batches WHERE id = 1") == 3);
   CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 4);
-  CHECK((*writer)->queued() == 0);
+  CHECK(writer->queued() == 0);
 }
 
 namespace {
