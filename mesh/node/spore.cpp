@@ -45,6 +45,11 @@ constexpr std::int64_t kBundleCheckEveryMs = 10'000;    // ask the nexus for its
 constexpr std::int64_t kFetchStallMs = 10'000;          // re-ask chunks unanswered this long
 constexpr std::size_t kInstantPayloadMax = 16u << 10;  // built-ins this small may run on the loop
 constexpr std::size_t kInstantQueueMax = 2;            // ... when no more than this is queued
+// A handler one of whose tasks took this long counts as slow for its next kSlowMemory tasks:
+// its tasks go to workers one by one, not in runs (runs are for microsecond tasks; a slow task
+// in one holds back the results of the tasks before it and the start of those after it).
+constexpr std::uint64_t kSlowTaskUs = 1000;
+constexpr std::uint32_t kSlowMemory = 256;
 // Results sent lately are kept (at most this many, this many output bytes, and for a few
 // heartbeats) and sent again after the next welcome when the nexus refuses a message with
 // "hello first" or the connection is closed: the nexus may have refused or never got them.
@@ -264,6 +269,9 @@ class SporeImpl {
   void recallRuns();
   void takeBack(std::vector<Job>&& returned);
   routing::RunQueue<Job> queue_;  // not started, not in a worker's run
+  std::unordered_map<std::string, std::uint32_t> slowLeft_;  // handler -> tasks it stays slow for
+  bool isSlow(const Job& job) const { return slowLeft_.count(job.handler) > 0; }
+  void noteDuration(const std::string& handler, std::uint64_t durationUs);
   struct JobRef {
     std::uint8_t attempt = 0;
     std::shared_ptr<std::atomic<bool>> cancel;
@@ -771,11 +779,12 @@ void SporeImpl::feedWorkers() {
   for (const auto& w : workers_) idle += w.busy ? 0 : 1;
   for (unsigned w = 0; w < workers_.size() && !queue_.empty(); ++w) {
     if (workers_[w].busy) continue;
-    // Share what is queued among the idle workers; short tasks go in runs, long ones one by one.
-    // A run holds jobs of the highest queued priority only.
+    // Share what is queued among the idle workers; short tasks go in runs, those of a handler
+    // seen slow lately one by one. A run holds jobs of the highest queued priority only.
     std::size_t take = std::max<std::size_t>(1, std::min<std::size_t>(64, queue_.size() / std::max(1u, idle)));
     auto batch = std::make_unique<WorkBatch>();
-    batch->jobs = queue_.takeRun(take);
+    batch->jobs = isSlow(queue_.front()) ? queue_.takeRun(1)
+                                         : queue_.takeRun(take, [this](const Job& j) { return isSlow(j); });
     running_ += static_cast<unsigned>(batch->jobs.size());
     workers_[w] = WorkerRun{true, batch->jobs.front().priority, batch->jobs.size(), false};
     --idle;
@@ -843,6 +852,16 @@ void SporeImpl::takeBack(std::vector<Job>&& returned) {
   queue_.pushFront(priority, std::move(again));
 }
 
+void SporeImpl::noteDuration(const std::string& handler, std::uint64_t durationUs) {
+  // The microsecond built-ins keep their runs: one of them over kSlowTaskUs was preempted.
+  if (handler == "echo" || handler == "sha256" || handler == "fail") return;
+  if (durationUs >= kSlowTaskUs) {
+    slowLeft_[handler] = kSlowMemory;
+  } else if (auto slow = slowLeft_.find(handler); slow != slowLeft_.end() && --slow->second == 0) {
+    slowLeft_.erase(slow);
+  }
+}
+
 void SporeImpl::onDone(Done&& d) {
   --running_;
   auto it = jobs_.find(d.id);
@@ -853,7 +872,10 @@ void SporeImpl::onDone(Done&& d) {
     noteTaskFailure(it->second.handler);
   }
   if (it != jobs_.end() && !cancelled) d.attempt = std::max(d.attempt, it->second.attempt);
-  if (it != jobs_.end()) jobs_.erase(it);
+  if (it != jobs_.end()) {
+    noteDuration(it->second.handler, d.durationUs);
+    jobs_.erase(it);
+  }
   if (auto next = reassigned_.find(d.id); next != reassigned_.end()) {
     // The attempt the nexus sent while this one was being stopped: its turn now.
     Job job = std::move(next->second);

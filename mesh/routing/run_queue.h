@@ -59,16 +59,22 @@ class RunQueue {
   // Takes up to `most` items (at least one when not empty) from the front, all of the top
   // priority: a run never mixes priorities.
   std::vector<T> takeRun(std::size_t most) {
+    return takeRun(most, [](const T&) { return false; });
+  }
+  // The same, ending the run before any item after the first for which `stopBefore` is true.
+  template <class Pred>
+  std::vector<T> takeRun(std::size_t most, Pred stopBefore) {
     std::vector<T> run;
     if (empty()) return run;
     auto level = levels_.begin();
     std::size_t n = std::min(std::max<std::size_t>(1, most), level->second.size());
     run.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
+      if (i > 0 && stopBefore(level->second.front())) break;
       run.push_back(std::move(level->second.front()));
       level->second.pop_front();
     }
-    size_ -= n;
+    size_ -= run.size();
     if (level->second.empty()) levels_.erase(level);
     return run;
   }
