@@ -384,16 +384,6 @@ class NexusImpl {
   std::uint64_t durableTaskIdMax_ = 0;  // the highest task id known committed
   std::int64_t holdSinceUs_ = -1;       // when the current write set began to wait (commit hold)
   std::int64_t commitUsAverage_ = 300;  // the writer's commit time, a running average
-  // Task ids [first, end) of batches withdrawn after their commit failed, while write sets that
-  // may carry their results are still in flight.
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> withdrawnIds_;
-  bool withdrawn(std::uint64_t task) const {
-    for (const auto& [first, end] : withdrawnIds_) {
-      if (task >= first && task < end) return true;
-    }
-    return false;
-  }
-  void dropWithdrawn(store::WriteSet& set);
 
   std::unique_ptr<store::WriteSet> current_ = std::make_unique<store::WriteSet>();
   TicketInfo currentInfo_;

@@ -106,19 +106,6 @@ void NexusImpl::collectEffects() {
   }
 }
 
-// Results and attempts of withdrawn tasks are not written: their tasks were never stored.
-void NexusImpl::dropWithdrawn(store::WriteSet& set) {
-  if (withdrawnIds_.empty()) return;
-  std::size_t before = set.results.size();
-  set.results.erase(std::remove_if(set.results.begin(), set.results.end(),
-                                   [&](const store::ResultRecord& r) { return withdrawn(r.task); }),
-                    set.results.end());
-  set.attempts.erase(std::remove_if(set.attempts.begin(), set.attempts.end(),
-                                    [&](const store::AttemptRecord& a) { return withdrawn(a.task); }),
-                     set.attempts.end());
-  counters_.add("results_withdrawn", before - set.results.size());
-}
-
 std::int64_t NexusImpl::holdLeftUs() const {
   if (holdSinceUs_ < 0) return 0;
   std::int64_t budget = std::clamp(commitUsAverage_, kCommitHoldMinUs, kCommitHoldMaxUs);
@@ -242,12 +229,12 @@ void NexusImpl::onCommits() {
       for (auto& ps : info.submits) {
         if (!ps.early) pendingSubmitTasks_ -= ps.count;
         if (ps.early) {
-          // Its tasks may be running or done: take them back, results and all.
+          // Its tasks may be running or done: take them back. Their results already queued for
+          // the store are skipped there (a result is written only with its task).
           scheduler_.withdraw(ps.batch);
           counters_.add("tasks_withdrawn", ps.count);  // ended ones too: none of them was stored
           owners_.erase(ps.batch);
           dropInline(ps.batch);
-          withdrawnIds_.emplace_back(ps.firstId, ps.firstId + ps.count);
           MESH_WARN("batch %llu withdrawn: its %u tasks were dispatched before the failed commit",
                     static_cast<unsigned long long>(ps.batch), ps.count);
         } else if (routing::Batch* b = scheduler_.batch(ps.batch)) {
@@ -261,13 +248,8 @@ void NexusImpl::onCommits() {
                    "the nexus could not store the batch (" + error + "); nothing was accepted: retry");
       }
       info.submits.clear();
-      // What the withdrawn tasks report from now on is not written (the store would skip it
-      // anyway: a result is written only with its task).
-      if (!withdrawnIds_.empty()) dropWithdrawn(*current_);
     }
   }
-  // Once no write set from before a withdrawal is left, its ranges have nothing more to filter.
-  if (!withdrawnIds_.empty() && tickets_.empty()) withdrawnIds_.clear();
 }
 
 void NexusImpl::startReduce(const store::BatchRecord& map) {

@@ -49,6 +49,8 @@ constexpr std::size_t kInstantQueueMax = 2;            // ... when no more than 
 // its tasks go to workers one by one, not in runs (runs are for microsecond tasks; a slow task
 // in one holds back the results of the tasks before it and the start of those after it).
 constexpr std::uint64_t kSlowTaskUs = 1000;
+// The built-ins that take microseconds (a long sha256 payload aside): echo, sha256, fail.
+bool microBuiltin(const std::string& handler) { return handler == "echo" || handler == "sha256" || handler == "fail"; }
 constexpr std::uint32_t kSlowMemory = 256;
 // Results sent lately are kept (at most this many, this many output bytes, and for a few
 // heartbeats) and sent again after the next welcome when the nexus refuses a message with
@@ -758,7 +760,7 @@ void SporeImpl::onCancel(proto::CancelTasks::Reader cancel) {
 
 bool SporeImpl::isInstant(const Job& job) const {
   if (job.stage != proto::MapReduce::Stage::NONE || job.payload.size() > kInstantPayloadMax) return false;
-  if (job.handler != "echo" && job.handler != "sha256" && job.handler != "fail") return false;
+  if (!microBuiltin(job.handler)) return false;
   return registry_.snapshot()->where(job.handler) == "builtin";  // built-ins are never shadowed
 }
 
@@ -854,7 +856,7 @@ void SporeImpl::takeBack(std::vector<Job>&& returned) {
 
 void SporeImpl::noteDuration(const std::string& handler, std::uint64_t durationUs) {
   // The microsecond built-ins keep their runs: one of them over kSlowTaskUs was preempted.
-  if (handler == "echo" || handler == "sha256" || handler == "fail") return;
+  if (microBuiltin(handler)) return;
   if (durationUs >= kSlowTaskUs) {
     slowLeft_[handler] = kSlowMemory;
   } else if (auto slow = slowLeft_.find(handler); slow != slowLeft_.end() && --slow->second == 0) {
