@@ -322,6 +322,9 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("label", po::value<std::string>(&c.submit.label), "a name for the batch")
       ("lines", po::value<std::string>(&c.submit.linesFrom), "one task per line of FILE (- for stdin)")
       ("files", po::value<std::vector<std::string>>()->multitoken(), "one task per file, the file's bytes as payload")
+      ("files-from", po::value<std::string>(&c.submit.filesFrom),
+       "one task per file listed in LIST (- for stdin), one path per line, as --files")
+      ("null,0", po::bool_switch(&c.submit.null), "--files-from: the paths end with NUL, not newline (find -print0)")
       ("wait", po::bool_switch(&c.submit.wait), "wait for the batch to finish (like `mesh wait`)")
       ("results", po::bool_switch(&c.submit.results),
        "wait, then print the results as `mesh results` does (the batch id goes to stderr)");
@@ -366,7 +369,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   if (!vm.count("help") && words.empty()) return usage("no command given", "mesh");
   if (vm.count("help")) {
     const std::string commands =
-        "  submit --handler H (--lines FILE|- | --files F...)  submit a batch, print its id\n"
+        "  submit --handler H (--lines FILE|- | --files F... | --files-from LIST|-)\n"
+        "                             submit a batch, print its id\n"
         "  wait BATCH                 wait for a batch (progress on a terminal); exit 0 if all succeeded\n"
         "  results BATCH              print each task's result in submission order (exit 4 if\n"
         "                             the batch has not finished: the results so far)\n"

@@ -90,6 +90,8 @@ struct SubmitOptions {
   std::string label;
   std::string linesFrom;             // "--lines": a file or "-"
   std::vector<std::string> files;    // "--files"
+  std::string filesFrom;             // "--files-from": a file listing paths, or "-"
+  bool null = false;                 // "--null": that list is NUL-separated (find -print0)
   bool wait = false;
   bool results = false;  // print the results once the batch finishes (implies wait)
 };

@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 
 #include <sys/stat.h>
 
@@ -48,6 +50,28 @@ util::Result<std::uint64_t> parseId(const std::vector<std::string>& args, const 
     return util::err(std::string("'") + s + "' is not a " + what + " id", kExitUsage);
   }
   return std::stoull(s);
+}
+
+// --files-from: the paths in LIST (a file, or - for stdin), each ended by `end` ('\n', or NUL for
+// --null); empty entries are skipped. A path with a newline in it needs --null.
+util::Result<std::vector<std::string>> readFileList(const std::string& list, char end) {
+  std::string text;
+  if (list == "-") {
+    text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    if (std::cin.bad()) return util::err("cannot read the list of files from stdin", kExitUsage);
+  } else {
+    auto read = util::readFile(list);
+    if (!read) return util::err("cannot read the list of files " + list + ": " + read.error().message, kExitUsage);
+    text = std::move(*read);
+  }
+  std::vector<std::string> paths;
+  for (std::size_t at = 0; at < text.size();) {
+    std::size_t stop = text.find(end, at);
+    if (stop == std::string::npos) stop = text.size();
+    if (stop > at) paths.emplace_back(text, at, stop - at);
+    at = stop + 1;
+  }
+  return paths;
 }
 
 std::string isoTime(std::int64_t ms) {
@@ -318,8 +342,16 @@ int finishWait(const CliCommand& cmd, const ProgressView& p) {
 int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   const auto& s = cmd.submit;
   if (s.handler.empty()) return usageError("submit needs --handler NAME");
-  if (s.linesFrom.empty() == s.files.empty()) return usageError("submit needs exactly one of --lines FILE|- and --files F...");
+  int sources = !s.linesFrom.empty() + !s.files.empty() + !s.filesFrom.empty();
+  if (sources != 1) return usageError("submit needs exactly one of --lines FILE|-, --files F... and --files-from LIST|-");
   if (!cmd.args.empty()) return usageError("unexpected argument '" + cmd.args[0] + "' (use --files for files)");
+  if (s.null && s.filesFrom.empty()) return usageError("--null is for --files-from (a list of paths that end with NUL)");
+  std::vector<std::string> files = s.files;
+  if (!s.filesFrom.empty()) {
+    auto listed = readFileList(s.filesFrom, s.null ? '\0' : '\n');
+    if (!listed) return fail(listed.error());
+    files = std::move(*listed);  // none: an empty batch, as --lines of an empty input
+  }
   if (s.timeoutMs < 0 || s.timeoutMs > UINT32_MAX) return usageError("--task-timeout is out of range");
   PayloadSource source;
   std::ifstream file;
@@ -339,15 +371,17 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
       return true;
     };
   } else {
-    for (const auto& f : s.files) {
+    for (const auto& f : files) {
       struct stat st {};
-      if (access(f.c_str(), R_OK) != 0 || stat(f.c_str(), &st) != 0) return usageError("cannot read " + f);
+      if (access(f.c_str(), R_OK) != 0 || stat(f.c_str(), &st) != 0) {
+        return usageError("cannot read " + f + ": " + std::strerror(errno));
+      }
       if (S_ISDIR(st.st_mode)) return usageError(f + " is a directory (--files takes files, one task each)");
       fileSizes.push_back(static_cast<std::uint64_t>(st.st_size));  // 0 for a pipe: read to its end
     }
     source = [&](std::string* out) -> util::Result<bool> {
-      if (nextFile >= s.files.size()) return false;
-      auto data = util::readFile(s.files[nextFile++], 1ull << 30);
+      if (nextFile >= files.size()) return false;
+      auto data = util::readFile(files[nextFile++], 1ull << 30);
       if (!data) return util::err(data.error().message, kExitUsage);
       *out = std::move(*data);
       return true;
@@ -362,7 +396,7 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     std::string why;
     std::size_t over = 0;
     for (std::size_t i = 0; i < fileSizes.size(); ++i) {
-      std::string w = payloadRefusal(i, fileSizes[i], *limits, s.files[i]);
+      std::string w = payloadRefusal(i, fileSizes[i], *limits, files[i]);
       if (w.empty()) continue;
       if (over++ == 0) why = w;
     }
