@@ -64,6 +64,7 @@ struct Error {
     internal @6;        # a bug or a storage failure on the nexus; see its log
     helloFirst @7;      # node port: this connection has not said hello (to this nexus run)
     keyInUse @8;        # node port: hello refused, another live connection has this key
+    alreadyFinished @9; # cancelBatch of a batch that has finished: nothing was cancelled
   }
 }
 
@@ -205,6 +206,8 @@ struct Progress {
   # results came in: every final result, in index order (then results.size() == total).
   # Otherwise empty: page them with FetchResults.
   stage @12 :UInt8;            # 0 a plain batch, 1 the map stage of a job, 2 a reduce stage
+  batchCancelled @13 :Bool;    # the batch was cancelled (cancelBatch), whatever its tasks'
+                               # results: it may have no cancelled task (all had ended)
 }
 
 struct FetchResults {
@@ -230,6 +233,7 @@ struct ResultPage {
   end @3 :Bool;                # no index at or after nextIndex can have a result yet
   finished @4 :Bool;           # the batch had finished (every result committed) before this
                                # page was read: with end, the batch's results are all there
+  batchCancelled @5 :Bool;     # the batch was cancelled (as Progress.batchCancelled)
 }
 
 struct Counter {

@@ -377,7 +377,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  status                     the nexus: nodes, queues, batches, counters, limits\n"
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
         "  task TASK                  one task's timeline, and why it waits if it does\n"
-        "  cancel BATCH               stop a batch: queued tasks never run, running ones are killed\n"
+        "  cancel BATCH               stop a batch: queued tasks never run, running ones are killed;\n"
+        "                             it reads cancelled from then on (exit 5: it had finished)\n"
         "  mapreduce --mapper M --reducer R [--combiner C] --reducers N --output DIR INPUT...\n"
         "                             map-reduce files across the mesh (Hadoop Streaming contract)\n"
         "  keys gen FILE              make a Curve key pair (FILE, FILE.pub); --release: a bundle key\n"
@@ -390,8 +391,9 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  bundle publish FILE        upload a signed bundle (admin key); spores install it\n"
         "  bundles                    each bundle's version on each spore, refusals, rollbacks\n\n";
     const std::string exits =
-        "Exit codes: 0 success, 1 some tasks failed, 2 usage error, 3 cannot reach or\n"
-        "authenticate to the nexus, 4 `results` of a batch that has not finished.\n";
+        "Exit codes: 0 success, 1 some tasks failed or the batch was cancelled, 2 usage error,\n"
+        "3 cannot reach or authenticate to the nexus, 4 `results` of a batch that has not\n"
+        "finished, 5 `cancel` of a batch that had finished (nothing was cancelled).\n";
     // `mesh COMMAND --help`: that command's lines and the options it reads; `mesh --help`: all.
     std::string command = words.empty() ? "" : words[0];
     if (!command.empty() && (command == "keys" || command == "bundle") && words.size() > 1) command += " " + words[1];

@@ -263,15 +263,17 @@ class ProgressPrinter {
       std::string bar(static_cast<std::size_t>(filled), '#');
       bar.resize(static_cast<std::size_t>(width), '.');
       std::fprintf(stderr, "\r[%s] %" PRIu64 "/%" PRIu64 "%s  ok %" PRIu64 "  failed %" PRIu64 "  running %" PRIu64
-                           "  queued %" PRIu64 "  %.1fs ",
-                   bar.c_str(), done, p.total, p.sealed ? "" : "+", p.succeeded, p.failed, p.running, p.queued, secs);
+                           "  queued %" PRIu64 "  %.1fs%s ",
+                   bar.c_str(), done, p.total, p.sealed ? "" : "+", p.succeeded, p.failed, p.running, p.queued, secs,
+                   p.batchCancelled ? "  cancelled" : "");
       if (p.finished) std::fprintf(stderr, "\n");
     } else if (p.finished || now - lastLine_ >= 2000) {
       lastLine_ = now;
       std::string cancelled = p.cancelled ? ", " + std::to_string(p.cancelled) + " cancelled" : "";
-      std::fprintf(stderr, "batch %" PRIu64 ": %" PRIu64 "/%" PRIu64 " done, %" PRIu64 " ok, %" PRIu64 " failed%s, %" PRIu64
+      std::fprintf(stderr, "batch %" PRIu64 "%s: %" PRIu64 "/%" PRIu64 " done, %" PRIu64 " ok, %" PRIu64 " failed%s, %" PRIu64
                            " running, %" PRIu64 " queued (%.1fs)\n",
-                   p.batch, done, p.total, p.succeeded, p.failed, cancelled.c_str(), p.running, p.queued, secs);
+                   p.batch, p.batchCancelled ? " (cancelled)" : "", done, p.total, p.succeeded, p.failed,
+                   cancelled.c_str(), p.running, p.queued, secs);
     }
   }
 
@@ -282,7 +284,8 @@ class ProgressPrinter {
 };
 
 // Prints a batch's results (`mesh results`, `mesh submit --results`): one line per task,
-// --json objects, or --raw outputs. Returns 1 if any task did not succeed.
+// --json objects, or --raw outputs. Returns 1 if any task did not succeed or the batch was
+// cancelled, 4 if it has not finished.
 int printResults(Client& client, const CliCommand& cmd, std::uint64_t batch) {
   std::uint64_t printed = 0;
   bool anyFailed = false;
@@ -314,8 +317,8 @@ int printResults(Client& client, const CliCommand& cmd, std::uint64_t batch) {
     }
     return true;
   };
-  bool finished = false;
-  auto s = client.results(batch, onRow, &finished);
+  bool finished = false, cancelled = false;
+  auto s = client.results(batch, onRow, &finished, &cancelled);
   std::fwrite(out.data(), 1, out.size(), stdout);
   std::fflush(stdout);
   if (!s) return fail(s.error());
@@ -327,14 +330,28 @@ int printResults(Client& client, const CliCommand& cmd, std::uint64_t batch) {
                  batch, printed, batch);
     return kExitUnfinished;
   }
+  if (cancelled) {
+    // Even if every row is ok: these are not all the tasks the batch was meant to have.
+    std::fprintf(stderr, "mesh: batch %" PRIu64 " was cancelled: these are the results of the tasks it had when it "
+                         "was cancelled (those the cancel stopped show as cancelled)\n", batch);
+    return kExitFailed;
+  }
   return anyFailed ? kExitFailed : 0;
 }
 
+// The end of `mesh wait` and `mesh submit --wait`: 0 only for a batch that finished with every
+// task succeeded; 1 for failed tasks, and for a cancelled batch even if the cancel found every
+// task it had done (a submit cut short, or stopped by `mesh cancel`: not a clean success).
 int finishWait(const CliCommand& cmd, const ProgressView& p) {
   if (cmd.client.json) {
     std::printf("{\"batch\":%" PRIu64 ",\"total\":%" PRIu64 ",\"succeeded\":%" PRIu64 ",\"failed\":%" PRIu64
-                ",\"cancelled\":%" PRIu64 ",\"finished\":%s}\n",
-                p.batch, p.total, p.succeeded, p.failed, p.cancelled, p.finished ? "true" : "false");
+                ",\"cancelled\":%" PRIu64 ",\"finished\":%s,\"state\":\"%s\"}\n",
+                p.batch, p.total, p.succeeded, p.failed, p.cancelled, p.finished ? "true" : "false", batchState(p));
+  }
+  if (p.batchCancelled) {
+    std::fprintf(stderr, "mesh: batch %" PRIu64 " was cancelled: %" PRIu64 " of its %" PRIu64 " tasks succeeded\n", p.batch,
+                 p.succeeded, p.total);
+    return kExitFailed;
   }
   return p.failed == 0 && p.cancelled == 0 ? 0 : kExitFailed;
 }
@@ -448,7 +465,7 @@ int waitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     if (!p) return fail(p.error());
     if (!p->note.empty()) std::fprintf(stderr, "mesh: job %" PRIu64 ": %s\n", batch, p->note.c_str());
     // A map-reduce job: the map stage is done; follow it into its reduce stage.
-    if (p->nextBatch == 0 || p->failed || p->cancelled) return finishWait(cmd, *p);
+    if (p->nextBatch == 0 || p->failed || p->cancelled || p->batchCancelled) return finishWait(cmd, *p);
     if (!cmd.quiet && !cmd.client.json) {
       std::fprintf(stderr, "map stage %" PRIu64 " done; reduce stage is batch %" PRIu64 "\n", batch, p->nextBatch);
     }
@@ -494,7 +511,8 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
              ",\"queued\":" + std::to_string(p.getQueued()) + ",\"running\":" + std::to_string(p.getRunning()) +
              ",\"succeeded\":" + std::to_string(p.getSucceeded()) + ",\"failed\":" + std::to_string(p.getFailed()) +
              ",\"cancelled\":" + std::to_string(p.getCancelled()) +
-             ",\"finished\":" + (p.getFinished() ? "true" : "false") + "}";
+             ",\"finished\":" + (p.getFinished() ? "true" : "false") + ",\"state\":\"" + batchState(progressView(p)) +
+             "\"}";
       first = false;
     }
     out += "],\"counters\":{";
@@ -522,7 +540,7 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     std::printf("%-8" PRIu64 " %-12s %-10s %4u %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %8" PRIu64 "  %s\n",
                 b.getId(), std::string(wire::view(b.getHandler())).c_str(), std::string(wire::view(b.getLabel())).c_str(),
                 b.getPriority(), p.getTotal(), p.getSucceeded(), p.getFailed(), p.getRunning(), p.getQueued(),
-                p.getFinished() ? (p.getCancelled() ? "cancelled" : "finished") : (p.getSealed() ? "running" : "open"));
+                batchState(progressView(p)));
   }
   std::printf("\ncounters:\n");
   for (auto c : s.getCounters()) {

@@ -48,7 +48,15 @@ ProgressView progressView(proto::Progress::Reader p) {
   v.nextBatch = p.getNextBatch();
   v.note = std::string(wire::view(p.getNote()));
   v.stage = p.getStage();
+  // A cancelled task comes only from a cancel of its batch: so says a nexus older than the flag.
+  v.batchCancelled = p.getBatchCancelled() || v.cancelled > 0;
   return v;
+}
+
+const char* batchState(const ProgressView& p) {
+  if (p.batchCancelled) return p.finished ? "cancelled" : "cancelling";
+  if (p.finished) return "finished";
+  return p.sealed ? "running" : "open";
 }
 
 util::Result<std::unique_ptr<Client>> Client::connect(zmq::context_t& ctx, const ClientOptions& options) {
@@ -136,7 +144,9 @@ util::Result<wire::Decoded> Client::call(wire::Encoder& request, std::int64_t ti
     }
     if (reply->envelope().getRequestId() != id) continue;  // a stale progress message
     if (reply->which() == proto::Envelope::Body::ERROR) {
-      return util::err(std::string(wire::view(reply->envelope().getBody().getError().getMessage())), kExitFailed);
+      auto error = reply->envelope().getBody().getError();
+      return util::err(std::string(wire::view(error.getMessage())),
+                       error.getCode() == proto::Error::Code::ALREADY_FINISHED ? kExitFinishedAlready : kExitFailed);
     }
     return reply;
   }
@@ -173,6 +183,11 @@ util::Error Client::abandon(std::uint64_t batch, std::uint64_t accepted, util::E
   auto reply = call(e, std::min(options_.timeoutMs, kCancelPatienceMs));
   if (reply && reply->which() == proto::Envelope::Body::CANCEL_ACK) {
     error.message += "; batch " + id + " was cancelled: " + first;
+  } else if (!reply && reply.error().code == kExitFinishedAlready) {
+    // Its sealing chunk was stored after all (its ack was what failed to come), and every task
+    // has a result: the batch is complete.
+    error.message += "; batch " + id + " was not cancelled: every task of it was accepted and has a result (`mesh results " +
+                     id + "`)";
   } else if (!reply && reply.error().code == kExitUnreachable) {
     error.message += "; batch " + id + " stays open (" + first + ") and could not be cancelled: the nexus did not answer; "
                      "cancel it with `mesh cancel " + id + "`";
@@ -430,10 +445,12 @@ util::Result<ProgressView> Client::wait(std::uint64_t batch, const std::function
 }
 
 util::Status Client::results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow,
-                             bool* finished) {
+                             bool* finished, bool* cancelled) {
   if (finished) *finished = false;
+  if (cancelled) *cancelled = false;
   if (finishedProgress_ && finishedBatch_ == batch) {
     if (finished) *finished = true;
+    if (cancelled) *cancelled = progressView(finishedProgress_->envelope().getBody().getProgress()).batchCancelled;
     for (auto r : finishedProgress_->envelope().getBody().getProgress().getResults()) {
       if (!onRow(r)) break;
     }
@@ -453,6 +470,7 @@ util::Status Client::results(std::uint64_t batch, const std::function<bool(proto
     auto rows = reply->envelope().getBody().getResultPage();
     // The first page's answer holds for the rest: a batch finished then cannot change after.
     if (finished && page == 0) *finished = rows.getFinished();
+    if (cancelled && page == 0) *cancelled = rows.getBatchCancelled();
     for (auto r : rows.getRows()) {
       if (!onRow(r)) return {};
     }

@@ -1,7 +1,8 @@
 // The client API: what the `mesh` CLI (and any C++ program) uses to talk to a nexus.
 //
 // Errors carry an exit code in Error::code: 3 when the nexus cannot be reached or refuses this
-// client's key, 1 when the nexus answered with an error, 2 for bad input detected here.
+// client's key, 1 when the nexus answered with an error (5 when that error is alreadyFinished:
+// a cancel of a batch that has finished), 2 for bad input detected here.
 //
 // Thread rule: a Client (and its socket) belongs to the thread that made it.
 //
@@ -30,6 +31,7 @@ constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
 constexpr int kExitUnfinished = 4;  // `mesh results` of a batch that has not finished
+constexpr int kExitFinishedAlready = 5;  // `mesh cancel` of a batch that has finished: not cancelled
 
 struct ClientOptions {
   std::string endpoint;        // the nexus client port, tcp://HOST:7701
@@ -59,6 +61,9 @@ struct BatchOptions {
 struct ProgressView {
   std::uint64_t batch = 0, total = 0, queued = 0, running = 0, succeeded = 0, failed = 0, cancelled = 0;
   bool sealed = false, finished = false;
+  // The batch was cancelled (`mesh cancel`, or a submit that failed part-way). It may have no
+  // cancelled task: the cancel ends only the tasks that had not ended. Not a clean success.
+  bool batchCancelled = false;
   std::uint64_t nextBatch = 0;  // a map stage: its reduce batch
   std::string note;             // why a job stopped early
   std::uint8_t stage = 0;       // 0 a plain batch, 1 a job's map stage, 2 a reduce stage
@@ -120,9 +125,10 @@ class Client {
   // Progress: those are used, without a round trip. Otherwise reads them page by page
   // (FetchResults); a batch still running gives the results that exist so far. `finished`, when
   // given, says whether the batch had finished before its results were read (then they are all
-  // there, unless onRow stopped early).
+  // there, unless onRow stopped early). `cancelled`, when given, says whether the batch had
+  // been cancelled then: its results are not all those its submitter meant to have.
   util::Status results(std::uint64_t batch, const std::function<bool(proto::ResultRow::Reader)>& onRow,
-                       bool* finished = nullptr);
+                       bool* finished = nullptr, bool* cancelled = nullptr);
 
   // The nexus's limits: asked once with a statusRequest, then remembered. Never call it while
   // requests of this Client are unanswered (it reads only its own reply and drops the others).
@@ -156,6 +162,10 @@ class Client {
 };
 
 ProgressView progressView(proto::Progress::Reader p);
+// The batch's state in one word, as `mesh status` and the --json outputs show it: "open" (not
+// sealed), "running", "finished" (every task has a result; the batch was not cancelled),
+// "cancelling" (cancelled; the ends of its tasks not yet all written), "cancelled".
+const char* batchState(const ProgressView& p);
 const char* taskStatusName(proto::TaskStatus s);
 
 }  // namespace mesh::node

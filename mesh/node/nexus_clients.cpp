@@ -253,6 +253,7 @@ void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId
   out.setFailed(p.failed);
   out.setCancelled(p.cancelled);
   out.setFinished(p.finished);
+  out.setBatchCancelled(p.batchCancelled);
   // Only map-reduce stages get a next batch or a note; a batch still in memory needs no read.
   const routing::Batch* b = scheduler_.batch(batchId);
   auto link = jobLinks_.find(batchId);
@@ -274,13 +275,15 @@ void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId
   }
 }
 
-bool NexusImpl::batchFinished(std::uint64_t batchId) {
+NexusImpl::BatchEnd NexusImpl::batchEnd(std::uint64_t batchId) {
   if (routing::Batch* b = scheduler_.batch(batchId)) {
-    if (b->spec.mrStage == 1 && !jobLinks_.count(batchId)) return false;  // as progressOf says
-    return scheduler_.progress(*b).finished;
+    // As progressOf says: a map stage is finished once its reduce stage is linked.
+    bool finished = !(b->spec.mrStage == 1 && !jobLinks_.count(batchId)) && scheduler_.progress(*b).finished;
+    return {finished, b->cancelled};
   }
   auto rec = readStore_->batch(batchId);  // one row, not the count progressOf makes
-  return rec && *rec && (*rec)->finishedMs.has_value();
+  if (!rec || !*rec) return {};
+  return {(*rec)->finishedMs.has_value(), (*rec)->cancelledMs.has_value()};
 }
 
 std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
@@ -302,6 +305,7 @@ std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
   p.failed = counts->failed;
   p.cancelled = counts->cancelled;
   p.finished = (*rec)->finishedMs.has_value();
+  p.batchCancelled = (*rec)->cancelledMs.has_value();
   return p;
 }
 
@@ -399,7 +403,7 @@ void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t reque
   counters_.add("result_pages");
   std::uint32_t limit = std::clamp<std::uint32_t>(req.getLimit(), 1, kResultPageMax);
   // Asked before the rows are read: a batch finished by then has every result committed.
-  bool finished = batchFinished(req.getBatch());
+  BatchEnd end = batchEnd(req.getBatch());
   auto rows = readStore_->resultsPage(req.getBatch(), req.getFromIndex(), static_cast<int>(limit));
   if (!rows) {
     MESH_ERROR("reading results failed: %s", rows.error().message.c_str());
@@ -435,7 +439,8 @@ void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t reque
   }
   page.setNextIndex(next);
   page.setEnd(n == rows->size() && rows->size() < limit);
-  page.setFinished(finished);
+  page.setFinished(end.finished);
+  page.setBatchCancelled(end.cancelled);
   sendTo(clientSocket_, routingId, e.finish());
 }
 
@@ -617,17 +622,48 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
 void NexusImpl::onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId,
                          std::uint64_t batchId) {
   routing::Batch* b = scheduler_.batch(batchId);
-  auto owner = owners_.find(batchId);
-  if (!b) {
-    auto p = progressOf(batchId);
-    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
-               p ? "batch " + std::to_string(batchId) + " has finished already" : "no batch " + std::to_string(batchId));
-    return;
-  }
   auto role = roleOf(key);
-  if (owner != owners_.end() && owner->second != key && (!role || *role != store::Role::kAdmin)) {
+  auto mayCancel = [&](const std::string& ownerKey) {
+    if (ownerKey.empty() || ownerKey == key || (role && *role == store::Role::kAdmin)) return true;
     replyError(routingId, requestId, proto::Error::Code::FORBIDDEN,
                "batch " + std::to_string(batchId) + " belongs to another client (an admin key can cancel it)");
+    return false;
+  };
+  auto finishedAlready = [&](const std::string& what) {
+    replyError(routingId, requestId, proto::Error::Code::ALREADY_FINISHED,
+               "batch " + std::to_string(batchId) + " has finished already (" + what +
+                   "): nothing was cancelled; its results stand (mesh results " + std::to_string(batchId) + ")");
+  };
+  if (!b) {
+    // Not in memory: finished (every batch that is not is loaded at start), or unknown.
+    auto rec = readStore_->batch(batchId);
+    if (!rec) {
+      replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading the batch failed; see the nexus log");
+    } else if (!*rec) {
+      replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(batchId));
+    } else if ((*rec)->cancelledMs) {
+      // Cancelled already, and that is durable: a second cancel changes nothing and succeeds,
+      // as it does while the batch is still in memory.
+      if (!mayCancel((*rec)->clientKey)) return;
+      wire::Encoder e(requestId, 32);
+      auto ack = e.body().initCancelAck();
+      ack.setBatch(batchId);
+      ack.setCancelled(0);
+      sendTo(clientSocket_, routingId, e.finish());
+    } else {
+      finishedAlready("every one of its " + std::to_string((*rec)->total) + " tasks has a result");
+    }
+    return;
+  }
+  auto owner = owners_.find(batchId);
+  if (!mayCancel(owner == owners_.end() ? std::string() : owner->second)) return;
+  if (!b->cancelled && b->sealed && !b->sealPending && b->pendingAdds == 0 &&
+      b->succeeded + b->failed + b->cancelledCount >= b->total) {
+    // Sealed, and every task has its final result (some may still be being written): there is
+    // nothing left to stop and nothing can be added, so the batch is complete, not cancelled.
+    // Refused as for a batch whose end is committed, so that the answer does not depend on
+    // whether the last commit came before the cancel.
+    finishedAlready("every one of its " + std::to_string(b->total) + " tasks has a result");
     return;
   }
   std::int64_t now = clock_.wallMs();

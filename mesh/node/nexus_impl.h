@@ -334,8 +334,11 @@ class NexusImpl {
                   const std::string& message);
   void fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p);
   // Whether the batch has finished (every result committed), as progressOf(...).finished says,
-  // without counting its results.
-  bool batchFinished(std::uint64_t batchId);
+  // and whether it was cancelled, without counting its results. Both false for an unknown batch.
+  struct BatchEnd {
+    bool finished = false, cancelled = false;
+  };
+  BatchEnd batchEnd(std::uint64_t batchId);
   std::optional<routing::Progress> progressOf(std::uint64_t batchId);
   std::optional<store::Role> roleOf(const std::string& key);
 

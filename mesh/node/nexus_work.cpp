@@ -203,10 +203,11 @@ void NexusImpl::onCommits() {
         routing::Batch* b = scheduler_.batch(batch);
         if (!b) continue;
         auto p = scheduler_.progress(*b);
-        MESH_INFO("batch %llu finished: %llu succeeded, %llu failed, %llu cancelled",
-                  static_cast<unsigned long long>(batch), static_cast<unsigned long long>(p.succeeded),
-                  static_cast<unsigned long long>(p.failed), static_cast<unsigned long long>(p.cancelled));
-        publish(proto::Event::Kind::BATCH_FINISHED, batch, "", "");
+        MESH_INFO("batch %llu finished%s: %llu succeeded, %llu failed, %llu cancelled",
+                  static_cast<unsigned long long>(batch), b->cancelled ? " (cancelled)" : "",
+                  static_cast<unsigned long long>(p.succeeded), static_cast<unsigned long long>(p.failed),
+                  static_cast<unsigned long long>(p.cancelled));
+        publish(proto::Event::Kind::BATCH_FINISHED, batch, "", b->cancelled ? "cancelled" : "");
         if (b->spec.mrStage == 1) {
           auto rec = readStore_->batch(batch);
           if (rec && *rec) startReduce(**rec);

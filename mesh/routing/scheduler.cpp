@@ -208,6 +208,7 @@ Progress Scheduler::progress(const Batch& b) const {
   p.failed = b.durableFailed;
   p.cancelled = b.durableCancelled;
   p.finished = b.sealed && b.durableDone() >= b.total;
+  p.batchCancelled = b.cancelled;
   return p;
 }
 

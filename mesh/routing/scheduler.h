@@ -94,6 +94,7 @@ struct BatchSpec {
 struct Progress {
   std::uint64_t total = 0, queued = 0, running = 0, succeeded = 0, failed = 0, cancelled = 0;
   bool sealed = false, finished = false;
+  bool batchCancelled = false;  // the batch was cancelled, even if the cancel ended no task
 };
 
 struct Batch;

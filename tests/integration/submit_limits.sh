@@ -63,7 +63,7 @@ grep -q "; batch [0-9]* was cancelled: its first 20000 tasks were accepted befor
 b=$(grep -o 'batch [0-9]* was cancelled' "$T/err" | awk '{ print $2 }')
 # It finishes as cancelled: mesh wait, mesh status and the store agree.
 expect_rc 1 timeout 30 mesh wait "$b" --json
-grep -q "{\"batch\":$b,\"total\":20000,\"succeeded\":0,\"failed\":0,\"cancelled\":20000,\"finished\":true}" "$T/out" ||
+grep -q "{\"batch\":$b,\"total\":20000,\"succeeded\":0,\"failed\":0,\"cancelled\":20000,\"finished\":true,\"state\":\"cancelled\"}" "$T/out" ||
   fail "batch $b did not finish as cancelled: $(cat "$T/out")"
 mesh status | awk -v b="$b" '$1 == b { print $NF }' | grep -qx cancelled || fail "mesh status does not show batch $b cancelled"
 [ "$(sql "SELECT sealed, cancelled_ms IS NOT NULL, finished_ms IS NOT NULL, total FROM batches WHERE id = $b")" = "1|1|1|20000" ] ||

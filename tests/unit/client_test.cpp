@@ -30,6 +30,7 @@ class FakeNexus {
     int refuseChunk = -1;                        // refuse the submit of this chunk (0-based), tooLarge
     int silentFromChunk = -1;                    // answer no submit from this chunk on, and no cancel
     bool reverseAcks = false;                    // hold each odd chunk's ack until the next chunk's
+    bool finishedAlready = false;                // refuse cancels: the batch has finished
   };
   struct Request {
     Which kind;
@@ -133,7 +134,11 @@ class FakeNexus {
           break;
         }
         case Which::CANCEL_BATCH: {
-          if (rules_.silentFromChunk >= 0) break;
+          if (rules_.silentFromChunk >= 0 && !rules_.finishedAlready) break;
+          if (rules_.finishedAlready) {
+            send(rid, wire::encodeError(requestId, proto::Error::Code::ALREADY_FINISHED, "batch 7 has finished already"));
+            break;
+          }
           wire::Encoder e(requestId, 32);
           auto a = e.body().initCancelAck();
           a.setBatch(d->envelope().getBody().getCancelBatch());
@@ -325,6 +330,48 @@ TEST_CASE("a nexus that falls silent mid-way: the error says the batch stays ope
                                    "cancelled: the nexus did not answer; cancel it with `mesh cancel 7`"));
   nexus.stop();
   CHECK(nexus.count(Which::CANCEL_BATCH) == 1);
+}
+
+TEST_CASE("a submit whose last ack did not come, for a batch that has finished: not cancelled, and says so") {
+  Fixture f;
+  FakeNexus::Rules rules;
+  rules.silentFromChunk = 1;  // the sealing chunk was stored, its ack lost
+  rules.finishedAlready = true;
+  FakeNexus nexus(f.ctx, rules);
+  auto client = f.connect(nexus, 300);
+  auto batch = client->submit(echo(), source(15000));
+  REQUIRE(!batch);
+  CHECK(batch.error().code == node::kExitUnreachable);
+  CHECK(has(batch.error().message, "while submitting; batch 7 was not cancelled: every task of it was accepted and "
+                                   "has a result (`mesh results 7`)"));
+  nexus.stop();
+  CHECK(nexus.count(Which::CANCEL_BATCH) == 1);
+}
+
+TEST_CASE("a cancelled batch reads cancelled, even when its cancel ended no task") {
+  node::ProgressView p;
+  p.total = p.succeeded = 3;
+  CHECK(std::string(node::batchState(p)) == "open");
+  p.sealed = true;
+  CHECK(std::string(node::batchState(p)) == "running");
+  p.finished = true;
+  CHECK(std::string(node::batchState(p)) == "finished");
+  p.batchCancelled = true;
+  CHECK(std::string(node::batchState(p)) == "cancelled");
+  p.finished = false;
+  CHECK(std::string(node::batchState(p)) == "cancelling");
+  // From a nexus older than Progress.batchCancelled: a cancelled task says the batch was cancelled.
+  wire::Encoder e(1, 32);
+  auto out = e.body().initProgress();
+  out.setTotal(3);
+  out.setSucceeded(2);
+  out.setCancelled(1);
+  out.setSealed(true);
+  out.setFinished(true);
+  auto frame = e.finish();
+  auto d = wire::decode(std::move(frame), wire::Limits{});
+  REQUIRE(d);
+  CHECK(std::string(node::batchState(node::progressView(d->envelope().getBody().getProgress()))) == "cancelled");
 }
 
 TEST_CASE("a nexus that does not state its limits gets large payloads as before, and is asked once") {

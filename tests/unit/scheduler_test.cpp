@@ -505,6 +505,29 @@ TEST_CASE("cancelling a batch ends every task and tells nodes to stop running on
   CHECK(s.dispatch(0, 0).empty());
 }
 
+TEST_CASE("an open batch cancelled after all its tasks succeeded ends none, and its progress says cancelled") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 4));
+  Batch& b = s.addBatch(1, spec());
+  for (int i = 0; i < 3; ++i) s.addTask(b, 100 + i, i, "p");
+  for (auto& as : s.dispatch(0, 0)) {
+    for (auto* t : as.tasks) s.onReport(a, ok(t->id, 1), 0, 0);
+  }
+  CHECK(s.takeEffects().finals.size() == 3);
+  CHECK_FALSE(s.progress(b).batchCancelled);
+  s.seal(b, 3);  // as the nexus seals an open batch before it cancels it
+  CHECK(s.cancel(b, 0) == 0);
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.empty());
+  CHECK(fx.finishedBatches == std::vector<std::uint64_t>{1});
+  for (int i = 0; i < 3; ++i) s.markDurable(1, Status::kOk, 1);
+  auto p = s.progress(b);
+  CHECK(p.finished);
+  CHECK(p.batchCancelled);
+  CHECK(p.cancelled == 0);
+  CHECK(p.succeeded == 3);
+}
+
 TEST_CASE("withdrawing a batch drops its tasks and their results without a trace") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 2));  // 2 slots plus prefetch: some run, some stay queued
