@@ -74,6 +74,10 @@ util::Result<std::vector<std::string>> readFileList(const std::string& list, cha
   return paths;
 }
 
+// A time for --json: milliseconds since the epoch, or null when it is unknown or does not apply
+// (the wire says 0: an attempt assigned before a nexus restart, a task not finished, ...).
+std::string jsonTime(std::int64_t ms) { return ms > 0 ? std::to_string(ms) : "null"; }
+
 std::string isoTime(std::int64_t ms) {
   if (ms <= 0) return "-";
   time_t secs = static_cast<time_t>(ms / 1000);
@@ -606,15 +610,15 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                       ",\"index\":" + std::to_string(t.getIndex()) + ",\"handler\":" + util::jsonString(wire::view(t.getHandler())) +
                       ",\"state\":" + util::jsonString(wire::view(t.getState())) +
                       ",\"priority\":" + std::to_string(t.getPriority()) + ",\"requires\":" + util::jsonString(tags) +
-                      ",\"submitted_ms\":" + std::to_string(t.getSubmittedMs()) +
-                      ",\"finished_ms\":" + std::to_string(t.getFinishedMs()) + ",\"why\":" + util::jsonString(wire::view(t.getWhy())) + ",";
+                      ",\"submitted_ms\":" + jsonTime(t.getSubmittedMs()) +
+                      ",\"finished_ms\":" + jsonTime(t.getFinishedMs()) + ",\"why\":" + util::jsonString(wire::view(t.getWhy())) + ",";
     appendBytes(out, "output", wire::view(t.getOutput()));
     out += ",\"error\":" + util::jsonString(wire::view(t.getError())) + ",\"attempts\":[";
     bool first = true;
     for (auto a : t.getAttempts()) {
       out += std::string(first ? "" : ",") + "{\"attempt\":" + std::to_string(a.getNumber()) +
-             ",\"node\":" + util::jsonString(wire::view(a.getNode())) + ",\"assigned_ms\":" + std::to_string(a.getAssignedMs()) +
-             ",\"started_ms\":" + std::to_string(a.getStartedMs()) + ",\"ended_ms\":" + std::to_string(a.getEndedMs()) +
+             ",\"node\":" + util::jsonString(wire::view(a.getNode())) + ",\"assigned_ms\":" + jsonTime(a.getAssignedMs()) +
+             ",\"started_ms\":" + jsonTime(a.getStartedMs()) + ",\"ended_ms\":" + jsonTime(a.getEndedMs()) +
              ",\"outcome\":" + util::jsonString(wire::view(a.getOutcome())) +
              ",\"error\":" + util::jsonString(wire::view(a.getError())) + "}";
       first = false;
@@ -629,6 +633,7 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   std::printf("state: %s\n", std::string(wire::view(t.getState())).c_str());
   if (t.getWhy().size()) std::printf("why: %s\n", std::string(wire::view(t.getWhy())).c_str());
   std::printf("%s  submitted\n", isoTime(t.getSubmittedMs()).c_str());
+  bool endShown = false;  // the final result was shown as the end of an attempt
   for (auto a : t.getAttempts()) {
     if (a.getAssignedMs() > 0) {
       std::printf("%s  attempt %u assigned to %s\n", isoTime(a.getAssignedMs()).c_str(), a.getNumber(),
@@ -642,9 +647,17 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
       std::string err(wire::view(a.getError()));
       std::printf("%s  attempt %u ended: %s%s%s\n", isoTime(a.getEndedMs()).c_str(), a.getNumber(),
                   std::string(wire::view(a.getOutcome())).c_str(), err.empty() ? "" : ": ", escaped(err).c_str());
+      endShown = a.getEndedMs() == t.getFinishedMs() && a.getOutcome() == t.getState();
     } else {
       std::printf("%*s  attempt %u %s\n", 24, "", a.getNumber(), std::string(wire::view(a.getOutcome())).c_str());
     }
+  }
+  if (t.getFinishedMs() > 0 && !endShown) {
+    // Ended by no attempt of its own: cancelled before it ran or while it waited to retry, or
+    // its payload lost.
+    std::string err(wire::view(t.getError()));
+    std::printf("%s  %s%s%s\n", isoTime(t.getFinishedMs()).c_str(), std::string(wire::view(t.getState())).c_str(),
+                err.empty() ? "" : ": ", escaped(err).c_str());
   }
   if (t.getFinishedMs() > 0) {
     std::printf("output: %s\n", escaped(wire::view(t.getOutput())).c_str());

@@ -572,7 +572,13 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
   for (unsigned i = 0; i < t.batchRecord.requiredTags.size(); ++i) req.set(i, t.batchRecord.requiredTags[i]);
   info.setSubmittedMs(t.batchRecord.submittedMs);
   std::size_t extra = (live && live->state == routing::Task::State::kRunning) ? 1 : 0;
-  std::size_t final = t.result ? 1 : 0;
+  // The final result is an attempt of its own only if an attempt produced it: not for a task
+  // that never ran (cancelled while queued, payload lost), nor for one cancelled while it
+  // waited to retry (its last attempt is in `attempts` already). Those show no attempt that
+  // was never made, with a node and times of 0; the end is in state, error and finishedMs.
+  bool finalRan = t.result && t.result->attempts > 0 &&
+                  !(t.result->status == static_cast<std::uint8_t>(routing::Status::kCancelled) && t.result->node.empty());
+  std::size_t final = finalRan ? 1 : 0;
   auto attempts = info.initAttempts(static_cast<unsigned>(t.attempts.size() + extra + final));
   unsigned i = 0;
   for (const auto& a : t.attempts) {
@@ -585,14 +591,16 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
     out.setError(a.error);
   }
   if (t.result) {
-    auto out = attempts[i++];
-    out.setNumber(t.result->attempts);
-    out.setNode(t.result->node);
-    out.setAssignedMs(t.result->assignedMs);
-    out.setStartedMs(t.result->startedMs);
-    out.setEndedMs(t.result->finishedMs);
-    out.setOutcome(routing::statusName(static_cast<routing::Status>(t.result->status)));
-    out.setError(t.result->error);
+    if (finalRan) {
+      auto out = attempts[i++];
+      out.setNumber(t.result->attempts);
+      out.setNode(t.result->node);
+      out.setAssignedMs(t.result->assignedMs);
+      out.setStartedMs(t.result->startedMs);
+      out.setEndedMs(t.result->finishedMs);
+      out.setOutcome(routing::statusName(static_cast<routing::Status>(t.result->status)));
+      out.setError(t.result->error);
+    }
     info.setState(routing::statusName(static_cast<routing::Status>(t.result->status)));
     info.setOutput(wire::asData(t.result->output));
     info.setError(t.result->error);

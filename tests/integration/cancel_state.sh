@@ -4,7 +4,8 @@
 # cancel ended none, and after a nexus restart. There are two ways to get there: `mesh cancel`
 # of an open batch, and a submit that fails part-way (the client cancels the batch). A cancel of
 # a batch that has finished is refused with exit code 5 and changes nothing; a second cancel of
-# a cancelled batch is a no-op that succeeds.
+# a cancelled batch is a no-op that succeeds. `mesh task --json` says null, not 0, for a time
+# that is unknown or does not apply.
 . "$(dirname "$0")/lib.sh"
 up --spores 1 --nexus-args "--max-payload 1K"
 
@@ -106,4 +107,34 @@ grep -q '"finished":true,"state":"finished"}' "$T/out" || fail "batch $c after a
 expect_rc 1 mesh cancel 999999
 grep -q "no batch 999999" "$T/err" || fail "cancel of an unknown batch: $(cat "$T/err")"
 
-note "cancelled batches read cancelled before and after a restart"
+# 5. `mesh task --json`: null for times that are unknown or do not apply, never 0.
+no_zero_times() { ! grep -q '_ms":0[,}]' "$1" || fail "a time of 0 in $(cat "$1")"; }
+task_of() { sql "SELECT id FROM tasks WHERE batch = $1"; }
+q=$(echo 5 | mesh submit --handler sleep --requires nosuch --lines - 2> /dev/null)
+mesh task "$(task_of "$q")" --json > "$T/queued.json"
+grep -q '"state":"queued",.*"finished_ms":null,.*"attempts":\[\]' "$T/queued.json" || fail "queued task: $(cat "$T/queued.json")"
+no_zero_times "$T/queued.json"
+expect_rc 0 mesh cancel "$q"
+mesh task "$(task_of "$q")" --json > "$T/never.json"
+grep -q '"state":"cancelled",.*"finished_ms":[1-9][0-9]*,.*"attempts":\[\]' "$T/never.json" ||
+  fail "a task cancelled before it ran: $(cat "$T/never.json")"
+no_zero_times "$T/never.json"
+mesh task "$(task_of "$q")" > "$T/never.txt"
+! grep -q "attempt\|before a nexus restart" "$T/never.txt" || fail "a task that never ran has an attempt: $(cat "$T/never.txt")"
+grep -q "Z  cancelled: cancelled by the client\$" "$T/never.txt" || fail "the end of a task that never ran: $(cat "$T/never.txt")"
+# An attempt that failed (no start time recorded) before the one that ended the task.
+f=$(echo boom | mesh submit --handler fail --attempts 2 --lines -)
+expect_rc 1 timeout 30 mesh wait "$f"
+mesh task "$(task_of "$f")" --json > "$T/failed.json"
+grep -q '{"attempt":1,"node":"spore-1","assigned_ms":[1-9][0-9]*,"started_ms":null,"ended_ms":[1-9][0-9]*,"outcome":"failed"' "$T/failed.json" ||
+  fail "the first attempt of a failed task: $(cat "$T/failed.json")"
+no_zero_times "$T/failed.json"
+# A running attempt: no end yet, and the task has not finished.
+r=$(echo 20000 | mesh submit --handler sleep --lines -)
+wait_until 20 "the sleep task to run" sh -c "mesh task $(task_of "$r") | grep -qx 'state: running'"
+mesh task "$(task_of "$r")" --json > "$T/running.json"
+grep -q '"finished_ms":null,.*"assigned_ms":[1-9][0-9]*,"started_ms":null,"ended_ms":null,"outcome":"running"' "$T/running.json" ||
+  fail "a running task: $(cat "$T/running.json")"
+no_zero_times "$T/running.json"
+expect_rc 0 mesh cancel "$r"
+note "cancelled batches read cancelled before and after a restart; unknown times are null"

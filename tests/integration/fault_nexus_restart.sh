@@ -19,12 +19,16 @@ set -e
 [ "$rc" -eq 0 ] || fail "mesh wait exited $rc across the restart: $(cat "$T/wait.err")"
 store_check "$batch" 4000
 grep -q "recovered 1 unfinished batches" "$T/c/nexus.log" || fail "the nexus did not recover the batch"
-# A task that ended while the nexus was down has no assign time; its timeline says why.
+# A task that ended while the nexus was down has no assign time; its timeline says why, and
+# --json says null (not 0, which reads as 1970).
 late=$(sql "SELECT r.task FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch AND r.assigned_ms = 0 LIMIT 1")
 if [ -n "$late" ]; then
   mesh task "$late" > "$T/late"
   grep -q "assigned to .* before a nexus restart (time not recorded)" "$T/late" || fail "timeline of task $late: $(cat "$T/late")"
   ! grep -q '^-' "$T/late" || fail "timeline of task $late shows a time of '-': $(cat "$T/late")"
+  mesh task "$late" --json > "$T/late.json"
+  grep -q '"assigned_ms":null,"started_ms":[1-9]' "$T/late.json" || fail "--json of task $late: $(cat "$T/late.json")"
+  ! grep -q '_ms":0[,}]' "$T/late.json" || fail "--json of task $late has a time of 0: $(cat "$T/late.json")"
 fi
 # After a start, task ids continue 4096 above the highest stored one: an id the killed nexus may
 # have handed out to a task it dispatched before storing it is never reused.

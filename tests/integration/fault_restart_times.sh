@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A task that ends on its spore while the nexus is down has no recorded assign time: the nexus
+# that assigned it is gone. `mesh task` says so, and `mesh task --json` says "assigned_ms":null
+# (it said 0, which reads as 1970). Made deterministic with one slot and priorities: after the
+# restart the spore's slot is held by a high-priority task, so the finished low-priority one is
+# not sent out again before the spore reports it done.
+. "$(dirname "$0")/lib.sh"
+mkdir "$T/h"
+cat > "$T/h/gate" <<'EOF'
+#!/bin/sh
+# Payload: a file name. Waits for that file (at most 60 s), prints its name and leaves a mark.
+read -r f
+i=0
+while [ ! -e "$f" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+echo "$f"
+echo $$ > "$f.ran"
+EOF
+chmod +x "$T/h/gate"
+up --spores 1 --slots 1 --nexus-args "--heartbeat 300ms" --spore-args "--handlers $T/h"
+task_of() { sql "SELECT id FROM tasks WHERE batch = $1 ORDER BY id LIMIT 1"; }
+in_flight() { mesh nodes --json | grep -q "\"in_flight\":$1,"; }
+ran() { [ -s "$1.ran" ] && ! kill -0 "$(cat "$1.ran")" 2>/dev/null; }
+recorded() { [ "$(sql "SELECT COUNT(*) FROM results WHERE task = $1")" -eq 1 ]; }
+
+low=$(echo "$T/go1" | mesh submit --handler gate --lines -)
+lt=$(task_of "$low")
+wait_until 20 "task $lt to run" in_flight 1
+high=$(printf '%s\n%s\n' "$T/go2" "$T/go2" | mesh submit --handler gate --priority 9 --lines -)
+wait_until 20 "a high-priority task to be sent to the spore" in_flight 2
+"$cluster" kill "$T/c" nexus
+touch "$T/go1"
+wait_until 30 "task $lt to end on the spore" ran "$T/go1"
+"$cluster" restart-nexus "$T/c"
+wait_until 30 "the result of task $lt to be recorded" recorded "$lt"
+[ "$(sql "SELECT assigned_ms FROM results WHERE task = $lt")" = 0 ] ||
+  fail "set-up: task $lt was assigned again after the restart: $(sql "SELECT * FROM results WHERE task = $lt")"
+mesh task "$lt" > "$T/text"
+grep -q "attempt 1 assigned to spore-1 before a nexus restart (time not recorded)" "$T/text" || fail "mesh task $lt: $(cat "$T/text")"
+mesh task "$lt" --json > "$T/json"
+grep -q '"state":"ok",.*"finished_ms":[1-9][0-9]*,.*{"attempt":1,"node":"spore-1","assigned_ms":null,"started_ms":[1-9][0-9]*,"ended_ms":[1-9][0-9]*,"outcome":"ok"' "$T/json" ||
+  fail "mesh task $lt --json: $(cat "$T/json")"
+! grep -q '_ms":0[,}]' "$T/json" || fail "a time of 0: $(cat "$T/json")"
+touch "$T/go2"
+expect_rc 0 timeout 60 mesh wait "$low" --quiet
+expect_rc 0 timeout 60 mesh wait "$high" --quiet
+note "a task that ended while the nexus was down: assigned_ms null"
