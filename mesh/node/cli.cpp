@@ -676,7 +676,7 @@ int cancelCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (!reply) return fail(reply.error());
   auto ack = reply->envelope().getBody().getCancelAck();
   if (cmd.client.json) std::printf("{\"batch\":%" PRIu64 ",\"cancelled\":%" PRIu64 "}\n", ack.getBatch(), ack.getCancelled());
-  else std::printf("batch %" PRIu64 ": %" PRIu64 " tasks cancelled\n", ack.getBatch(), ack.getCancelled());
+  else std::printf("batch %" PRIu64 ": %" PRIu64 " task%s cancelled\n", ack.getBatch(), ack.getCancelled(), ack.getCancelled() == 1 ? "" : "s");
   return 0;
 }
 
