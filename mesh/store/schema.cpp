@@ -92,6 +92,24 @@ UPDATE batches SET
   first_segment = (SELECT MIN(payload_segment) FROM tasks t WHERE t.batch = batches.id),
   last_segment = (SELECT MAX(payload_segment) FROM tasks t WHERE t.batch = batches.id);
 )sql";
+// Version 5: retention (--keep-finished). A finished batch older than the keep duration loses
+// its tasks, results and attempts; its row stays, marked with expired_ms, the range of task ids
+// it had (first_task, last_task: `mesh task ID` names the batch of a removed task) and the
+// final counts of its results (kept_*). purging = 1 while rows of it remain to delete (the
+// store writer deletes them in bounded steps). The partial indexes make "anything to expire?"
+// one index probe.
+const char* kV5 = R"sql(
+ALTER TABLE batches ADD COLUMN expired_ms INTEGER;
+ALTER TABLE batches ADD COLUMN first_task INTEGER;
+ALTER TABLE batches ADD COLUMN last_task INTEGER;
+ALTER TABLE batches ADD COLUMN purging INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN kept_succeeded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN kept_failed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN kept_cancelled INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX batches_expirable ON batches(finished_ms) WHERE finished_ms IS NOT NULL AND expired_ms IS NULL;
+CREATE INDEX batches_purging ON batches(id) WHERE purging = 1;
+CREATE INDEX batches_expired_tasks ON batches(last_task) WHERE expired_ms IS NOT NULL;
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -106,7 +124,7 @@ util::Status migrate(Db& db) {
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
   // Step n brings version n-1 to n, each in its own transaction.
-  const char* steps[] = {kV1, kV2, kV3, kV4};
+  const char* steps[] = {kV1, kV2, kV3, kV4, kV5};
   static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
   for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);

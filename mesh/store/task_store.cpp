@@ -19,7 +19,8 @@ std::string joinTags(const std::vector<std::string>& tags) {
 
 const char* kBatchColumns =
     "id, label, handler, priority, requires, timeout_ms, max_attempts, client_key, submitted_ms, "
-    "sealed, total, cancelled_ms, finished_ms, mr_stage, mr_partitions, mr_combiner, mr_reducer, next_batch, note";
+    "sealed, total, cancelled_ms, finished_ms, mr_stage, mr_partitions, mr_combiner, mr_reducer, next_batch, note, "
+    "expired_ms, first_task, last_task, kept_succeeded, kept_failed, kept_cancelled";
 
 BatchRecord readBatch(const Statement& st, int c = 0) {
   BatchRecord b;
@@ -42,6 +43,12 @@ BatchRecord readBatch(const Statement& st, int c = 0) {
   b.mrReducer = st.getText(c + 16);
   if (!st.isNull(c + 17)) b.nextBatch = static_cast<std::uint64_t>(st.getInt(c + 17));
   b.note = st.getText(c + 18);
+  if (!st.isNull(c + 19)) b.expiredMs = st.getInt(c + 19);
+  if (!st.isNull(c + 20)) b.firstTask = static_cast<std::uint64_t>(st.getInt(c + 20));
+  if (!st.isNull(c + 21)) b.lastTask = static_cast<std::uint64_t>(st.getInt(c + 21));
+  b.keptSucceeded = static_cast<std::uint64_t>(st.getInt(c + 22));
+  b.keptFailed = static_cast<std::uint64_t>(st.getInt(c + 23));
+  b.keptCancelled = static_cast<std::uint64_t>(st.getInt(c + 24));
   return b;
 }
 
@@ -232,7 +239,10 @@ util::Result<std::vector<BatchRecord>> TaskStore::unfinishedBatches() {
 }
 
 util::Result<std::uint64_t> TaskStore::maxTaskId() {
-  auto st = db_.prepare("SELECT COALESCE(MAX(id), 0) FROM tasks");
+  // Expired batches' task rows are gone: their ids must not be handed out again.
+  auto st = db_.prepare(
+      "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM tasks), "
+      "(SELECT COALESCE(MAX(last_task), 0) FROM batches WHERE expired_ms IS NOT NULL))");
   if (!st) return st.error();
   auto row = st->step();
   if (!row) return row.error();
@@ -376,7 +386,8 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
   auto st = db_.prepare(std::string("SELECT t.id, t.batch, t.idx, ") + kResultColumns + ", r.task IS NULL, " +
                         "b.id, b.label, b.handler, b.priority, b.requires, b.timeout_ms, b.max_attempts, "
                         "b.client_key, b.submitted_ms, b.sealed, b.total, b.cancelled_ms, b.finished_ms, "
-                        "b.mr_stage, b.mr_partitions, b.mr_combiner, b.mr_reducer, b.next_batch, b.note"
+                        "b.mr_stage, b.mr_partitions, b.mr_combiner, b.mr_reducer, b.next_batch, b.note, "
+                        "b.expired_ms, b.first_task, b.last_task, b.kept_succeeded, b.kept_failed, b.kept_cancelled"
                         " FROM tasks t JOIN batches b ON b.id = t.batch LEFT JOIN results r ON r.task = t.id "
                         "WHERE t.id = ?");
   if (!st) return st.error();
@@ -409,6 +420,95 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
   });
   if (!s) return s.error();
   return std::optional<TaskRow>(std::move(t));
+}
+
+util::Result<std::optional<BatchRecord>> TaskStore::expiredBatchOfTask(std::uint64_t taskId) {
+  auto st = db_.prepare(std::string("SELECT ") + kBatchColumns +
+                        " FROM batches WHERE expired_ms IS NOT NULL AND last_task >= ?1 AND first_task <= ?1 "
+                        "ORDER BY last_task LIMIT 1");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(taskId));
+  auto row = st->step();
+  if (!row) return row.error();
+  if (!*row) return std::optional<BatchRecord>();
+  return std::optional<BatchRecord>(readBatch(*st));
+}
+
+util::Result<ExpiryStep> TaskStore::expireStep(std::int64_t cutoffMs, std::int64_t nowMs, std::uint32_t maxTasks) {
+  ExpiryStep step;
+  Transaction tx(db_);
+  if (!tx.begun()) return tx.begun().error();
+  {
+    auto st = db_.prepare("SELECT id FROM batches WHERE purging = 1 ORDER BY id LIMIT 1");
+    if (!st) return st.error();
+    auto row = st->step();
+    if (!row) return row.error();
+    if (*row) step.batch = static_cast<std::uint64_t>(st->getInt(0));
+  }
+  if (step.batch == 0) {
+    // Ordered by finished_ms, a job's map batch comes before its reduce batch, and marks it.
+    auto st = db_.prepare(
+        "SELECT b.id, b.next_batch FROM batches b "
+        "WHERE b.finished_ms IS NOT NULL AND b.expired_ms IS NULL AND b.finished_ms <= ?1 AND ("
+        "  b.mr_stage != 1"
+        "  OR (b.next_batch IS NULL AND (b.cancelled_ms IS NOT NULL OR b.note != ''))"
+        "  OR (b.next_batch IS NOT NULL AND EXISTS (SELECT 1 FROM batches r WHERE r.id = b.next_batch"
+        "      AND r.finished_ms IS NOT NULL AND r.finished_ms <= ?1))) "
+        "ORDER BY b.finished_ms LIMIT 1");
+    if (!st) return st.error();
+    st->bind(1, cutoffMs);
+    auto row = st->step();
+    if (!row) return row.error();
+    if (!*row) return step;  // nothing due
+    step.batch = static_cast<std::uint64_t>(st->getInt(0));
+    std::optional<std::uint64_t> reduce;
+    if (!st->isNull(1)) reduce = static_cast<std::uint64_t>(st->getInt(1));
+    st->reset();
+    // Task ids grow with the index within a batch: the first and last index give the range.
+    auto mark = db_.prepare(
+        "UPDATE batches SET expired_ms = ?2, purging = 1, "
+        "first_task = (SELECT id FROM tasks WHERE batch = ?1 ORDER BY idx LIMIT 1), "
+        "last_task = (SELECT id FROM tasks WHERE batch = ?1 ORDER BY idx DESC LIMIT 1) "
+        "WHERE id = ?1 AND expired_ms IS NULL");
+    if (!mark) return mark.error();
+    for (std::optional<std::uint64_t> id : {std::optional<std::uint64_t>(step.batch), reduce}) {
+      if (!id) continue;
+      mark->bind(1, static_cast<std::int64_t>(*id)).bind(2, nowMs);
+      if (auto s = mark->run(); !s) return s.error();
+      mark->reset();
+    }
+    step.marked = true;
+  }
+  const std::string some =
+      "(SELECT id FROM tasks WHERE batch = ?1 ORDER BY idx LIMIT ?2)";
+  {
+    // proto::TaskStatus: ok = 0, cancelled = 5; everything else is a failure once final.
+    auto st = db_.prepare("UPDATE batches SET "
+                          "kept_succeeded = kept_succeeded + (SELECT COUNT(*) FROM results WHERE status = 0 AND task IN " + some + "), "
+                          "kept_cancelled = kept_cancelled + (SELECT COUNT(*) FROM results WHERE status = 5 AND task IN " + some + "), "
+                          "kept_failed = kept_failed + (SELECT COUNT(*) FROM results WHERE status NOT IN (0, 5) AND task IN " + some + ") "
+                          "WHERE id = ?1");
+    if (!st) return st.error();
+    st->bind(1, static_cast<std::int64_t>(step.batch)).bind(2, static_cast<std::int64_t>(maxTasks));
+    if (auto s = st->run(); !s) return s.error();
+  }
+  for (const char* table : {"results WHERE task", "attempts WHERE task", "tasks WHERE id"}) {
+    auto st = db_.prepare(std::string("DELETE FROM ") + table + " IN " + some);
+    if (!st) return st.error();
+    st->bind(1, static_cast<std::int64_t>(step.batch)).bind(2, static_cast<std::int64_t>(maxTasks));
+    if (auto s = st->run(); !s) return s.error();
+    step.rows += static_cast<std::uint64_t>(db_.changes());
+  }
+  step.tasks = static_cast<std::uint64_t>(db_.changes());
+  if (step.tasks < maxTasks) {
+    auto st = db_.prepare("UPDATE batches SET purging = 0 WHERE id = ?1");
+    if (!st) return st.error();
+    st->bind(1, static_cast<std::int64_t>(step.batch));
+    if (auto s = st->run(); !s) return s.error();
+    step.done = true;
+  }
+  if (auto s = tx.commit(); !s) return s.error();
+  return step;
 }
 
 }  // namespace mesh::store

@@ -43,6 +43,11 @@ struct BatchRecord {
   std::string mrReducer;
   std::optional<std::uint64_t> nextBatch;
   std::string note;
+  // Retention (--keep-finished): when the batch's tasks, results and attempts were removed (set
+  // when the removal begins), the task ids it had, and the counts of the results removed so far.
+  std::optional<std::int64_t> expiredMs;
+  std::uint64_t firstTask = 0, lastTask = 0;
+  std::uint64_t keptSucceeded = 0, keptFailed = 0, keptCancelled = 0;
 };
 
 // A run of tasks of one batch with consecutive ids and indexes. The payload views point into
@@ -130,6 +135,15 @@ struct ResultRow {
   ResultRecord result;
 };
 
+// What one expireStep did.
+struct ExpiryStep {
+  std::uint64_t batch = 0;   // the batch it worked on; 0: nothing to expire
+  bool marked = false;       // this step marked it expired (and its job's reduce batch, if any)
+  std::uint64_t tasks = 0;   // task rows deleted (with their results and attempts)
+  std::uint64_t rows = 0;    // rows deleted in all
+  bool done = false;         // nothing of the batch is left to delete
+};
+
 class TaskStore {
  public:
   // log: where payloads of PayloadLog::kMinBytes or more are written (the writer's); without
@@ -162,6 +176,17 @@ class TaskStore {
   // Finished map batches whose reduce stage was never started (a crash in between).
   util::Result<std::vector<BatchRecord>> mapStagesWithoutReduce();
   util::Result<std::optional<TaskRow>> task(std::uint64_t id);
+  // The expired batch whose task ids spanned `taskId` (the task's row is gone), if any.
+  util::Result<std::optional<BatchRecord>> expiredBatchOfTask(std::uint64_t taskId);
+
+  // Retention: one bounded step, in one transaction. Continues a batch whose removal began, or
+  // else marks expired (expired_ms = nowMs) the batch that finished earliest at or before
+  // cutoffMs and may go: a plain or reduce batch; a map batch only once its job has ended (its
+  // reduce batch finished by cutoffMs too, which is then marked with it, or the job stopped at
+  // the map stage: cancelled or a note). Then deletes up to maxTasks of that batch's tasks with
+  // their results and attempts, adding the results' statuses to its kept_* counts. The batch
+  // row stays. Costs one probe of a partial index when nothing is due.
+  util::Result<ExpiryStep> expireStep(std::int64_t cutoffMs, std::int64_t nowMs, std::uint32_t maxTasks);
 
  private:
   util::Status write(const WriteSet& set, const std::vector<PayloadRef>& refs, std::size_t& nextRef);

@@ -237,6 +237,46 @@ std::optional<CommitNotice> StoreWriter::receive() {
 
 std::uint64_t StoreWriter::payloadSegmentsDeleted() const { return segmentsDeleted_.load(); }
 
+StoreWriter::ExpiryCounts StoreWriter::expiry() const {
+  return {batchesExpired_.load(), tasksExpired_.load(), expiryErrors_.load()};
+}
+
+bool StoreWriter::expireSome(TaskStore& store) {
+  if (options_.keepFinishedMs <= 0) return false;
+  const auto& clock = util::systemClock();
+  std::int64_t mono = clock.monotonicMs();
+  if (!expiryPass_) {
+    if (nextExpiryMs_ >= 0 && mono < nextExpiryMs_) return false;
+    expiryPass_ = true;
+    passBatches_ = passTasks_ = 0;
+  }
+  std::int64_t now = clock.wallMs();
+  auto step = store.expireStep(now - options_.keepFinishedMs, now, options_.expiryStepTasks);
+  if (!step) {
+    ++expiryErrors_;
+    if (auto n = checkpointer_->writerLog.admit("expiry")) {
+      MESH_WARN("removing expired batches failed: %s (tried again in %lld s)%s", step.error().message.c_str(),
+                static_cast<long long>(options_.expiryCheckMs / 1000), util::heldBack(*n).c_str());
+    }
+  }
+  if (step && step->batch != 0) {
+    if (step->marked) ++passBatches_;
+    passTasks_ += step->tasks;
+    if (step->marked) ++batchesExpired_;
+    tasksExpired_ += step->tasks;
+    return true;
+  }
+  if (passBatches_ > 0 || passTasks_ > 0) {
+    MESH_INFO("removed %llu tasks (with their results and attempts) of %llu batches finished more than %s ago "
+              "(--keep-finished)",
+              static_cast<unsigned long long>(passTasks_), static_cast<unsigned long long>(passBatches_),
+              options_.keepFinishedText.c_str());
+  }
+  expiryPass_ = false;
+  nextExpiryMs_ = clock.monotonicMs() + options_.expiryCheckMs;
+  return false;
+}
+
 void StoreWriter::collectPayloadSegments(TaskStore& store, const PayloadLog& log, const std::string& dir) {
   auto onDisk = listSegments(dir);
   auto inUse = store.payloadSegmentsInUse();
@@ -294,7 +334,18 @@ void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> p
     zmq::message_t m;
     try {
       if (held.empty()) {
-        if (!pipe.recv(m)) continue;
+        // Retention: one bounded step before the next group (never while failed sets wait).
+        bool more = expireSome(store);
+        long waitMs = -1;
+        if (more) {
+          waitMs = 0;
+        } else if (options_.keepFinishedMs > 0) {
+          waitMs = static_cast<long>(std::max<std::int64_t>(0, nextExpiryMs_ - clock.monotonicMs()));
+        }
+        zmq::pollitem_t item{pipe.handle(), 0, ZMQ_POLLIN, 0};
+        zmq::poll(&item, 1, std::chrono::milliseconds(waitMs));
+        if (!(item.revents & ZMQ_POLLIN)) continue;
+        if (!pipe.recv(m, zmq::recv_flags::dontwait)) continue;
         jobs.push_back(takePointer<Job>(m));
       } else {  // wake for the next try too
         zmq::pollitem_t item{pipe.handle(), 0, ZMQ_POLLIN, 0};

@@ -21,6 +21,13 @@
 // Payloads of PayloadLog::kMinBytes or more go to the payload log beside the database
 // (payload_log.h), synced before the commit that refers to them.
 //
+// Retention (WriterOptions::keepFinishedMs): the writer also deletes the tasks, results and
+// attempts of batches finished longer ago than that (TaskStore::expireStep), in steps of at most
+// expiryStepTasks tasks, each its own transaction, never while failed sets wait to be written
+// again. A pass starts at the first turn after a start and then every expiryCheckMs; while it
+// has work, the writer runs one step before each group commit (so a commit waits for one
+// step at most) and steps back to back while idle.
+//
 // Thread rule: the object belongs to the nexus loop thread (submit, socket, receive); the
 // writer thread owns its own Db connection.
 #pragma once
@@ -61,6 +68,13 @@ struct WriterOptions {
   // After a failed write, what is left of the failed sets is tried again this much later (or
   // at once with the next submit, for which a client waits).
   std::int64_t retryMs = 1000;
+  // Retention: delete the tasks, results and attempts of batches finished longer ago than this
+  // (0: keep everything). Checked once after the start, then every expiryCheckMs.
+  std::int64_t keepFinishedMs = 0;
+  std::int64_t expiryCheckMs = 60'000;
+  std::uint32_t expiryStepTasks = 1000;
+  // For the log line: how the operator wrote the keep duration (e.g. "7d").
+  std::string keepFinishedText;
 };
 
 struct CommitNotice {
@@ -95,16 +109,29 @@ class StoreWriter {
   };
   CheckpointCounts checkpoints() const;
   std::uint64_t payloadSegmentsDeleted() const;
+  struct ExpiryCounts {
+    std::uint64_t batches = 0;  // batches marked expired
+    std::uint64_t tasks = 0;    // task rows deleted
+    std::uint64_t errors = 0;   // failed steps (logged; the next check tries again)
+  };
+  ExpiryCounts expiry() const;
 
  private:
   explicit StoreWriter(zmq::context_t& ctx);
   void run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> payloads, std::string payloadDir);
   void collectPayloadSegments(TaskStore& store, const PayloadLog& log, const std::string& dir);
+  // One expiry step when one is due; returns whether the pass has more to do at once.
+  bool expireSome(TaskStore& store);
 
   zmq::context_t& ctx_;
   std::unique_ptr<Checkpointer> checkpointer_;  // stopped after the writer thread
   WriterOptions options_;
   std::atomic<std::uint64_t> segmentsDeleted_{0};
+  std::atomic<std::uint64_t> batchesExpired_{0}, tasksExpired_{0}, expiryErrors_{0};
+  // The writer thread's: when the next expiry pass starts (-1: at once), and the current pass.
+  std::int64_t nextExpiryMs_ = -1;
+  bool expiryPass_ = false;
+  std::uint64_t passBatches_ = 0, passTasks_ = 0;
   zmq::socket_t socket_;
   std::thread thread_;
   std::uint64_t nextTicket_ = 1;

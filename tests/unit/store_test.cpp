@@ -718,3 +718,162 @@ TEST_CASE("SQLite errors name the database file") {
   CHECK(s.error().message.find("SQLite (") != std::string::npos);
   CHECK(s.error().message.find(t.path.substr(t.path.rfind('/') + 1)) != std::string::npos);
 }
+
+namespace {
+// A finished (or not) batch of `n` tasks from firstId, with a result of `statuses[i]` for the
+// first statuses.size() tasks.
+void addBatch(TaskStore& tasks, std::uint64_t id, std::uint64_t firstId, int n, std::optional<std::int64_t> finishedMs,
+              const std::vector<std::uint8_t>& statuses, std::uint8_t mrStage = 0) {
+  std::shared_ptr<std::vector<std::string>> keep;
+  std::vector<std::string> payloads;
+  for (int i = 0; i < n; ++i) payloads.push_back("p" + std::to_string(i));
+  WriteSet set = batchWithTasks(id, firstId, payloads, &keep);
+  set.newBatches[0].mrStage = mrStage;
+  for (std::size_t i = 0; i < statuses.size(); ++i) {
+    ResultRecord r;
+    r.task = firstId + i;
+    r.status = statuses[i];
+    r.attempts = 1;
+    set.results.push_back(r);
+    AttemptRecord a;
+    a.task = firstId + i;
+    a.attempt = 1;
+    a.outcome = "failed";
+    set.attempts.push_back(a);
+  }
+  if (finishedMs) {
+    BatchUpdate u;
+    u.batch = id;
+    u.finishedMs = finishedMs;
+    set.updates.push_back(u);
+  }
+  REQUIRE(tasks.apply(set).ok());
+}
+
+// Sets one field of a batch row: "next", "cancelled" or "finished".
+void updateBatch(TaskStore& tasks, std::uint64_t batch, const std::string& field, std::int64_t value) {
+  BatchUpdate u;
+  u.batch = batch;
+  if (field == "next") u.nextBatch = static_cast<std::uint64_t>(value);
+  if (field == "cancelled") u.cancelledMs = value;
+  if (field == "finished") u.finishedMs = value;
+  WriteSet set;
+  set.updates.push_back(u);
+  REQUIRE(tasks.apply(set).ok());
+}
+}  // namespace
+
+TEST_CASE("expiry removes only batches finished before the cutoff, in bounded steps, and keeps their rows marked") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  addBatch(tasks, 1, 100, 5, 1000, {0, 0, 0, 3, 5});  // 3 ok, 1 failed, 1 cancelled
+  addBatch(tasks, 2, 200, 2, 5000, {0, 0});           // finished after the cutoff
+  addBatch(tasks, 3, 300, 2, std::nullopt, {0});      // still running
+  addBatch(tasks, 4, 400, 2, 1100, {0, 0}, 1);        // a map stage whose reduce (5) runs
+  addBatch(tasks, 5, 500, 1, std::nullopt, {}, 2);
+  updateBatch(tasks, 4, "next", 5);
+  addBatch(tasks, 6, 600, 1, 1500, {5}, 1);           // a map stage cancelled: its job ended
+  updateBatch(tasks, 6, "cancelled", 1400);
+
+  std::vector<ExpiryStep> steps;
+  for (int i = 0; i < 10; ++i) {
+    auto s = tasks.expireStep(2000, 9000, 2);
+    REQUIRE(s.ok());
+    if (s->batch == 0) break;
+    steps.push_back(*s);
+  }
+  REQUIRE(steps.size() == 4);  // batch 1 in three steps of at most 2 tasks, then batch 6
+  CHECK(steps[0].batch == 1);
+  CHECK(steps[0].marked);
+  CHECK(steps[0].tasks == 2);
+  CHECK(steps[0].rows == 6);  // 2 results, 2 attempts, 2 tasks
+  CHECK_FALSE(steps[0].done);
+  CHECK(steps[1].batch == 1);
+  CHECK_FALSE(steps[1].marked);
+  CHECK(steps[2].batch == 1);
+  CHECK(steps[2].tasks == 1);
+  CHECK(steps[2].done);
+  CHECK(steps[3].batch == 6);
+  CHECK(steps[3].marked);
+  CHECK(steps[3].done);
+
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch IN (1, 6)") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM results WHERE task BETWEEN 100 AND 104 OR task = 600") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM attempts WHERE task BETWEEN 100 AND 104 OR task = 600") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 7);  // batches 2, 3, 4, 5 untouched
+  CHECK(countRows(t.path, "SELECT count(*) FROM results") == 5);
+  CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE expired_ms IS NOT NULL") == 2);
+  CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE purging = 1") == 0);
+
+  auto b1 = tasks.batch(1);
+  REQUIRE(b1.ok());
+  REQUIRE(b1->has_value());
+  CHECK((*b1)->expiredMs == 9000);
+  CHECK((*b1)->finishedMs == 1000);
+  CHECK((*b1)->firstTask == 100);
+  CHECK((*b1)->lastTask == 104);
+  CHECK((*b1)->keptSucceeded == 3);
+  CHECK((*b1)->keptFailed == 1);
+  CHECK((*b1)->keptCancelled == 1);
+  CHECK((*tasks.batch(2))->expiredMs == std::nullopt);
+  CHECK((*tasks.batch(4))->expiredMs == std::nullopt);
+
+  // A removed task names its batch; ids are never handed out again.
+  CHECK_FALSE(tasks.task(102)->has_value());
+  auto of = tasks.expiredBatchOfTask(102);
+  REQUIRE(of.ok());
+  REQUIRE(of->has_value());
+  CHECK((*of)->id == 1);
+  CHECK_FALSE(tasks.expiredBatchOfTask(150)->has_value());
+  CHECK_FALSE(tasks.expiredBatchOfTask(200)->has_value());
+  CHECK(*tasks.maxTaskId() == 600);  // gone from tasks, but handed out: never again
+
+  // The map stage goes with its reduce stage, once that finished before the cutoff too.
+  updateBatch(tasks, 5, "finished", 3000);
+  auto none = tasks.expireStep(2000, 9500, 2);
+  REQUIRE(none.ok());
+  CHECK(none->batch == 0);
+  auto s = tasks.expireStep(4000, 9500, 2);
+  REQUIRE(s.ok());
+  CHECK(s->batch == 4);
+  CHECK(s->marked);
+  CHECK((*tasks.batch(5))->expiredMs == 9500);  // marked with its map stage
+  for (int i = 0; i < 5 && s->batch != 0; ++i) s = tasks.expireStep(4000, 9600, 2);
+  CHECK(s->batch == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch IN (4, 5)") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 4);  // batches 2 and 3
+}
+
+TEST_CASE("the writer expires old batches on its timer and keeps committing") {
+  TempDb t;
+  { auto db = Db::open(t.path); REQUIRE(db.ok()); }
+  WriterOptions options;
+  options.keepFinishedMs = 1000;
+  options.expiryCheckMs = 50;
+  options.expiryStepTasks = 3;
+  options.keepFinishedText = "1s";
+  auto ctx = zmq::context_t();
+  auto started = StoreWriter::start(ctx, t.path, options);
+  REQUIRE(started.ok());
+  auto& writer = **started;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);
+    addBatch(tasks, 1, 1, 10, 1, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0});  // finished long ago
+  }
+  std::shared_ptr<std::vector<std::string>> keep;
+  auto ticket = writer.submit(std::make_unique<WriteSet>(batchWithTasks(2, 100, {"a"}, &keep)));
+  Notices n;
+  REQUIRE(n.collect(writer, [&] { return n.isCommitted(ticket); }));
+  const auto& clock = util::systemClock();
+  std::int64_t deadline = clock.monotonicMs() + 10'000;
+  while (writer.expiry().tasks < 10 && clock.monotonicMs() < deadline) usleep(10'000);
+  CHECK(writer.expiry().batches == 1);
+  CHECK(writer.expiry().tasks == 10);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 1") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE id = 1 AND expired_ms IS NOT NULL") == 1);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 2") == 1);
+}
