@@ -475,9 +475,9 @@ util::Result<ExpiryStep> TaskStore::expireStep(std::int64_t cutoffMs, std::int64
       if (!id) continue;
       mark->bind(1, static_cast<std::int64_t>(*id)).bind(2, nowMs);
       if (auto s = mark->run(); !s) return s.error();
+      step.marked += static_cast<std::uint32_t>(db_.changes());
       mark->reset();
     }
-    step.marked = true;
   }
   const std::string some =
       "(SELECT id FROM tasks WHERE batch = ?1 ORDER BY idx LIMIT ?2)";

@@ -138,7 +138,7 @@ struct ResultRow {
 // What one expireStep did.
 struct ExpiryStep {
   std::uint64_t batch = 0;   // the batch it worked on; 0: nothing to expire
-  bool marked = false;       // this step marked it expired (and its job's reduce batch, if any)
+  std::uint32_t marked = 0;  // batches this step marked expired: it, and its job's reduce batch
   std::uint64_t tasks = 0;   // task rows deleted (with their results and attempts)
   std::uint64_t rows = 0;    // rows deleted in all
   bool done = false;         // nothing of the batch is left to delete

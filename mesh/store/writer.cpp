@@ -260,9 +260,9 @@ bool StoreWriter::expireSome(TaskStore& store) {
     }
   }
   if (step && step->batch != 0) {
-    if (step->marked) ++passBatches_;
+    passBatches_ += step->marked;
     passTasks_ += step->tasks;
-    if (step->marked) ++batchesExpired_;
+    batchesExpired_ += step->marked;
     tasksExpired_ += step->tasks;
     return true;
   }
