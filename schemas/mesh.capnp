@@ -65,6 +65,8 @@ struct Error {
     helloFirst @7;      # node port: this connection has not said hello (to this nexus run)
     keyInUse @8;        # node port: hello refused, another live connection has this key
     alreadyFinished @9; # cancelBatch of a batch that has finished: nothing was cancelled
+    expired @10;        # the batch (or the task's batch) finished, and its tasks and results
+                        # were removed after --keep-finished; the message says when
   }
 }
 
@@ -208,6 +210,9 @@ struct Progress {
   stage @12 :UInt8;            # 0 a plain batch, 1 the map stage of a job, 2 a reduce stage
   batchCancelled @13 :Bool;    # the batch was cancelled (cancelBatch), whatever its tasks'
                                # results: it may have no cancelled task (all had ended)
+  expiredMs @14 :Int64;        # 0, or when the finished batch's tasks and results were removed
+                               # (--keep-finished); the counts stay
+  expiry @15 :Text;            # with expiredMs: one line that says when it finished and was removed
 }
 
 struct FetchResults {

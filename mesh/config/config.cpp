@@ -140,6 +140,10 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
       ("max-queued", po::value<std::uint64_t>(&c.maxQueuedTasks)->default_value(c.maxQueuedTasks), "refuse submissions beyond this many unfinished tasks")
       ("io-threads", po::value<int>(&c.ioThreads)->default_value(c.ioThreads), "ZeroMQ I/O threads, 1-16 (with 2 or more, encryption for spores and for clients runs on different ones)")
       ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error")
+      ("keep-finished", po::value<std::string>(&c.keepFinishedText)->default_value(c.keepFinishedText),
+       "delete a finished batch's tasks, results and attempts this long after it finished (a map-reduce "
+       "job's batches: after the job ended), keeping a one-line record of the batch; 0 keeps everything. "
+       "The database file does not shrink (docs/operations.md, \"Disk space\")")
       ("trust", po::value<std::vector<std::string>>(), "a release public key file whose bundles may be published (repeatable)");
   po::options_description discovery("LAN discovery");
   discovery.add_options()
@@ -169,6 +173,10 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
   auto hb = durationOption(vm, "heartbeat", 1000);
   if (!hb) return hb.error();
   c.heartbeatMs = *hb;
+  auto keep = durationOption(vm, "keep-finished", c.keepFinishedMs);
+  if (!keep) return keep.error();
+  if (*keep < 0) return usage("--keep-finished must be 0 (keep everything) or more", "nexus");
+  c.keepFinishedMs = *keep;
   auto to = durationOption(vm, "default-timeout", 3'600'000);
   if (!to) return to.error();
   if (*to <= 0) return usage("--default-timeout must be more than 0 (30d, say, for practically none)", "nexus");
@@ -373,7 +381,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "                             submit a batch, print its id\n"
         "  wait BATCH                 wait for a batch (progress on a terminal); exit 0 if all succeeded\n"
         "  results BATCH              print each task's result in submission order (exit 4 if\n"
-        "                             the batch has not finished: the results so far)\n"
+        "                             the batch has not finished: the results so far; exit 5 if\n"
+        "                             they were removed after the nexus's --keep-finished)\n"
         "  status                     the nexus: nodes, queues, batches, counters, limits\n"
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
         "  task TASK                  one task's timeline, and why it waits if it does\n"
@@ -393,7 +402,9 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
     const std::string exits =
         "Exit codes: 0 success, 1 some tasks failed or the batch was cancelled, 2 usage error,\n"
         "3 cannot reach or authenticate to the nexus, 4 `results` of a batch that has not\n"
-        "finished, 5 `cancel` of a batch that had finished (nothing was cancelled).\n";
+        "finished, 5 `cancel` of a batch that had finished (nothing was cancelled), 6 `results`\n"
+        "or `task` of a batch whose tasks and results the nexus removed (--keep-finished; `wait`\n"
+        "on such a batch says so and exits 0 or 1 on its kept counts).\n";
     // `mesh COMMAND --help`: that command's lines and the options it reads; `mesh --help`: all.
     std::string command = words.empty() ? "" : words[0];
     if (!command.empty() && (command == "keys" || command == "bundle") && words.size() > 1) command += " " + words[1];

@@ -39,6 +39,10 @@ struct NexusConfig {
   std::string advertise;
   std::string logLevel = "info";
   std::vector<std::string> trust;  // release public key files (--trust): bundles they sign
+  // Retention: a finished batch's tasks, results and attempts are deleted this long after it
+  // (its job) finished; 0 keeps everything. keepFinishedText is how it was written ("7d").
+  std::int64_t keepFinishedMs = 7 * 86'400'000LL;
+  std::string keepFinishedText = "7d";
 };
 
 struct SporeConfig {

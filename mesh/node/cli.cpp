@@ -347,10 +347,13 @@ int printResults(Client& client, const CliCommand& cmd, std::uint64_t batch) {
 // task succeeded; 1 for failed tasks, and for a cancelled batch even if the cancel found every
 // task it had done (a submit cut short, or stopped by `mesh cancel`: not a clean success).
 int finishWait(const CliCommand& cmd, const ProgressView& p) {
+  // A batch whose tasks and results were removed still reports its final counts (and exits on
+  // them as any finished batch does); say that its results are gone.
+  if (p.expiredMs > 0) std::fprintf(stderr, "mesh: %s\n", p.expiry.c_str());
   if (cmd.client.json) {
     std::printf("{\"batch\":%" PRIu64 ",\"total\":%" PRIu64 ",\"succeeded\":%" PRIu64 ",\"failed\":%" PRIu64
-                ",\"cancelled\":%" PRIu64 ",\"finished\":%s,\"state\":\"%s\"}\n",
-                p.batch, p.total, p.succeeded, p.failed, p.cancelled, p.finished ? "true" : "false", batchState(p));
+                ",\"cancelled\":%" PRIu64 ",\"finished\":%s,\"state\":\"%s\",\"expired_ms\":%" PRId64 "}\n",
+                p.batch, p.total, p.succeeded, p.failed, p.cancelled, p.finished ? "true" : "false", batchState(p), p.expiredMs);
   }
   if (p.batchCancelled) {
     std::fprintf(stderr, "mesh: batch %" PRIu64 " was cancelled: %" PRIu64 " of its %" PRIu64 " tasks succeeded\n", p.batch,
@@ -516,7 +519,7 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
              ",\"succeeded\":" + std::to_string(p.getSucceeded()) + ",\"failed\":" + std::to_string(p.getFailed()) +
              ",\"cancelled\":" + std::to_string(p.getCancelled()) +
              ",\"finished\":" + (p.getFinished() ? "true" : "false") + ",\"state\":\"" + batchState(progressView(p)) +
-             "\"}";
+             "\",\"expired_ms\":" + std::to_string(p.getExpiredMs()) + "}";
       first = false;
     }
     out += "],\"counters\":{";

@@ -50,10 +50,13 @@ ProgressView progressView(proto::Progress::Reader p) {
   v.stage = p.getStage();
   // A cancelled task comes only from a cancel of its batch: so says a nexus older than the flag.
   v.batchCancelled = p.getBatchCancelled() || v.cancelled > 0;
+  v.expiredMs = p.getExpiredMs();
+  v.expiry = std::string(wire::view(p.getExpiry()));
   return v;
 }
 
 const char* batchState(const ProgressView& p) {
+  if (p.expiredMs > 0) return "expired";
   if (p.batchCancelled) return p.finished ? "cancelled" : "cancelling";
   if (p.finished) return "finished";
   return p.sealed ? "running" : "open";
@@ -146,7 +149,9 @@ util::Result<wire::Decoded> Client::call(wire::Encoder& request, std::int64_t ti
     if (reply->which() == proto::Envelope::Body::ERROR) {
       auto error = reply->envelope().getBody().getError();
       return util::err(std::string(wire::view(error.getMessage())),
-                       error.getCode() == proto::Error::Code::ALREADY_FINISHED ? kExitFinishedAlready : kExitFailed);
+                       error.getCode() == proto::Error::Code::ALREADY_FINISHED ? kExitFinishedAlready
+                       : error.getCode() == proto::Error::Code::EXPIRED       ? kExitExpired
+                                                                              : kExitFailed);
     }
     return reply;
   }
@@ -428,7 +433,8 @@ util::Result<ProgressView> Client::wait(std::uint64_t batch, const std::function
     auto body = reply->envelope().getBody();
     if (reply->which() == proto::Envelope::Body::ERROR) {
       if (reply->envelope().getRequestId() != watchId) continue;
-      return util::err(std::string(wire::view(body.getError().getMessage())), kExitFailed);
+      return util::err(std::string(wire::view(body.getError().getMessage())),
+                       body.getError().getCode() == proto::Error::Code::EXPIRED ? kExitExpired : kExitFailed);
     }
     if (reply->which() != proto::Envelope::Body::PROGRESS) continue;
     ProgressView v = progressView(body.getProgress());

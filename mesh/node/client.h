@@ -2,7 +2,8 @@
 //
 // Errors carry an exit code in Error::code: 3 when the nexus cannot be reached or refuses this
 // client's key, 1 when the nexus answered with an error (5 when that error is alreadyFinished:
-// a cancel of a batch that has finished), 2 for bad input detected here.
+// a cancel of a batch that has finished; 6 when it is expired: a batch whose tasks and results
+// were removed), 2 for bad input detected here.
 //
 // Thread rule: a Client (and its socket) belongs to the thread that made it.
 //
@@ -32,6 +33,9 @@ constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
 constexpr int kExitUnfinished = 4;  // `mesh results` of a batch that has not finished
 constexpr int kExitFinishedAlready = 5;  // `mesh cancel` of a batch that has finished: not cancelled
+// `mesh results`, `mesh task`: the batch finished and its tasks and results were removed
+// (the nexus's --keep-finished).
+constexpr int kExitExpired = 6;
 
 struct ClientOptions {
   std::string endpoint;        // the nexus client port, tcp://HOST:7701
@@ -67,6 +71,8 @@ struct ProgressView {
   std::uint64_t nextBatch = 0;  // a map stage: its reduce batch
   std::string note;             // why a job stopped early
   std::uint8_t stage = 0;       // 0 a plain batch, 1 a job's map stage, 2 a reduce stage
+  std::int64_t expiredMs = 0;   // its tasks and results were removed then (--keep-finished)
+  std::string expiry;           // with expiredMs: the nexus's one line about it
 };
 
 // Supplies payloads in order; returns false when there are no more.
@@ -164,7 +170,8 @@ class Client {
 ProgressView progressView(proto::Progress::Reader p);
 // The batch's state in one word, as `mesh status` and the --json outputs show it: "open" (not
 // sealed), "running", "finished" (every task has a result; the batch was not cancelled),
-// "cancelling" (cancelled; the ends of its tasks not yet all written), "cancelled".
+// "cancelling" (cancelled; the ends of its tasks not yet all written), "cancelled", "expired"
+// (finished, and its tasks and results removed after the nexus's --keep-finished).
 const char* batchState(const ProgressView& p);
 const char* taskStatusName(proto::TaskStatus s);
 

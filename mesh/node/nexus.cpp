@@ -28,7 +28,12 @@ util::Status NexusImpl::start() {
   payloadReader_ = std::make_unique<store::PayloadReader>(store::PayloadLog::dirFor(dbPath_));
   readStore_ = std::make_unique<store::TaskStore>(readDb_, nullptr, payloadReader_.get());
   if (auto s = openKeys(); !s) return s;
-  auto writer = store::StoreWriter::start(ctx_, dbPath_);
+  store::WriterOptions writerOptions;
+  writerOptions.keepFinishedMs = config_.keepFinishedMs;
+  writerOptions.keepFinishedText = config_.keepFinishedText;
+  // Once a minute, or twice per keep duration when that is shorter (but not more than once a second).
+  writerOptions.expiryCheckMs = std::clamp<std::int64_t>(config_.keepFinishedMs / 2, 1000, 60'000);
+  auto writer = store::StoreWriter::start(ctx_, dbPath_, writerOptions);
   if (!writer) return writer.error();
   writer_ = std::move(*writer);
   if (auto s = openBundles(); !s) return s;

@@ -1,6 +1,8 @@
 // The nexus's client port: submit, watch and progress, results, status, nodes, task, cancel.
 #include "mesh/node/nexus_impl.h"
 
+#include <ctime>
+
 namespace mesh::node {
 
 // ---- client port -----------------------------------------------------------------------------
@@ -269,6 +271,10 @@ void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId
   auto rec = readStore_->batch(batchId);
   if (!rec || !*rec) return;
   out.setStage((*rec)->mrStage);
+  if ((*rec)->expiredMs) {
+    out.setExpiredMs(*(*rec)->expiredMs);
+    out.setExpiry(expiryLine(**rec));
+  }
   if (!linked && p.finished) {
     out.setNextBatch((*rec)->nextBatch.value_or(0));
     out.setNote((*rec)->note);
@@ -301,12 +307,30 @@ std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
   routing::Progress p;
   p.total = (*rec)->total;
   p.sealed = (*rec)->sealed;
-  p.succeeded = counts->succeeded;
-  p.failed = counts->failed;
-  p.cancelled = counts->cancelled;
+  // An expired batch: the counts of the results removed so far, plus those not yet removed.
+  p.succeeded = counts->succeeded + (*rec)->keptSucceeded;
+  p.failed = counts->failed + (*rec)->keptFailed;
+  p.cancelled = counts->cancelled + (*rec)->keptCancelled;
   p.finished = (*rec)->finishedMs.has_value();
   p.batchCancelled = (*rec)->cancelledMs.has_value();
   return p;
+}
+
+std::string NexusImpl::expiryLine(const store::BatchRecord& rec) const {
+  auto iso = [](std::int64_t ms) {
+    time_t secs = static_cast<time_t>(ms / 1000);
+    tm utc{};
+    gmtime_r(&secs, &utc);
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday,
+                  utc.tm_hour, utc.tm_min, utc.tm_sec);
+    return std::string(buf);
+  };
+  std::string keep = config_.keepFinishedMs > 0 ? "for --keep-finished " + config_.keepFinishedText
+                                                 : "now for good (--keep-finished 0), but did not then";
+  return "batch " + std::to_string(rec.id) + " finished at " + iso(rec.finishedMs.value_or(0)) +
+         "; its tasks and results were removed at " + iso(rec.expiredMs.value_or(0)) +
+         " (the nexus keeps finished batches " + keep + ")";
 }
 
 void NexusImpl::onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch) {
@@ -410,6 +434,16 @@ void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t reque
     replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading results failed; see the nexus log");
     return;
   }
+  if (!scheduler_.batch(req.getBatch())) {
+    // Read after the rows: a batch is marked expired in the transaction that starts removing
+    // its rows, so unless it is marked now, the rows read were all there.
+    auto rec = readStore_->batch(req.getBatch());
+    if (rec && *rec && (*rec)->expiredMs) {
+      counters_.add("expired_requests");
+      replyError(routingId, requestId, proto::Error::Code::EXPIRED, expiryLine(**rec));
+      return;
+    }
+  }
   if (rows->empty() && !progressOf(req.getBatch())) {
     replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(req.getBatch()));
     return;
@@ -501,6 +535,10 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   counters["wal_checkpoints_finished_in_line"] = checkpoints.finished;
   counters["wal_checkpoint_errors"] = checkpoints.errors;
   counters["payload_segments_deleted"] = writer_->payloadSegmentsDeleted();
+  auto expiry = writer_->expiry();
+  counters["batches_expired"] = expiry.batches;
+  counters["tasks_expired"] = expiry.tasks;
+  counters["expiry_errors"] = expiry.errors;
   counters["tasks_in_memory"] = scheduler_.tasksInMemory();
   auto cl = s.initCounters(static_cast<unsigned>(counters.size()));
   unsigned i = 0;
@@ -554,6 +592,13 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
     return;
   }
   if (!*row) {
+    auto expired = readStore_->expiredBatchOfTask(taskId);
+    if (expired && *expired) {
+      counters_.add("expired_requests");
+      replyError(routingId, requestId, proto::Error::Code::EXPIRED,
+                 "task " + std::to_string(taskId) + " was in " + expiryLine(**expired));
+      return;
+    }
     replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
                "no task " + std::to_string(taskId) +
                    " (task ids run across batches, not from 1 in each: `mesh results BATCH --json` shows them)");

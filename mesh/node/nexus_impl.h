@@ -341,6 +341,8 @@ class NexusImpl {
   BatchEnd batchEnd(std::uint64_t batchId);
   std::optional<routing::Progress> progressOf(std::uint64_t batchId);
   std::optional<store::Role> roleOf(const std::string& key);
+  // One line for a batch whose tasks and results were removed (--keep-finished).
+  std::string expiryLine(const store::BatchRecord& rec) const;
 
   zmq::context_t& ctx_;
   config::NexusConfig config_;
