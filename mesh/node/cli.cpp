@@ -351,9 +351,12 @@ int finishWait(const CliCommand& cmd, const ProgressView& p) {
   // them as any finished batch does); say that its results are gone.
   if (p.expiredMs > 0) std::fprintf(stderr, "mesh: %s\n", p.expiry.c_str());
   if (cmd.client.json) {
+    // expired_ms only for a batch that has expired.
+    std::string expired = p.expiredMs > 0 ? ",\"expired_ms\":" + std::to_string(p.expiredMs) : std::string();
     std::printf("{\"batch\":%" PRIu64 ",\"total\":%" PRIu64 ",\"succeeded\":%" PRIu64 ",\"failed\":%" PRIu64
-                ",\"cancelled\":%" PRIu64 ",\"finished\":%s,\"state\":\"%s\",\"expired_ms\":%" PRId64 "}\n",
-                p.batch, p.total, p.succeeded, p.failed, p.cancelled, p.finished ? "true" : "false", batchState(p), p.expiredMs);
+                ",\"cancelled\":%" PRIu64 ",\"finished\":%s,\"state\":\"%s\"%s}\n",
+                p.batch, p.total, p.succeeded, p.failed, p.cancelled, p.finished ? "true" : "false", batchState(p),
+                expired.c_str());
   }
   if (p.batchCancelled) {
     std::fprintf(stderr, "mesh: batch %" PRIu64 " was cancelled: %" PRIu64 " of its %" PRIu64 " tasks succeeded\n", p.batch,

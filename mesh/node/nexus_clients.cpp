@@ -326,11 +326,12 @@ std::string NexusImpl::expiryLine(const store::BatchRecord& rec) const {
                   utc.tm_hour, utc.tm_min, utc.tm_sec);
     return std::string(buf);
   };
-  std::string keep = config_.keepFinishedMs > 0 ? "for --keep-finished " + config_.keepFinishedText
-                                                 : "now for good (--keep-finished 0), but did not then";
+  // Keeping everything now (0), this nexus did not remove them: an earlier run with a keep did.
+  std::string keep = config_.keepFinishedMs > 0
+                         ? "the nexus keeps finished batches for --keep-finished " + config_.keepFinishedText
+                         : "by an earlier run of the nexus; it now keeps everything, --keep-finished 0";
   return "batch " + std::to_string(rec.id) + " finished at " + iso(rec.finishedMs.value_or(0)) +
-         "; its tasks and results were removed at " + iso(rec.expiredMs.value_or(0)) +
-         " (the nexus keeps finished batches " + keep + ")";
+         "; its tasks and results were removed at " + iso(rec.expiredMs.value_or(0)) + " (" + keep + ")";
 }
 
 void NexusImpl::onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch) {
