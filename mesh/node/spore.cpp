@@ -96,7 +96,18 @@ struct Job {
   proto::MapReduce::Stage stage = proto::MapReduce::Stage::NONE;
   std::uint32_t partitions = 0;
   std::string combiner;
+  // A microsecond task (quickTask): the worker runs it without reporting first (below).
+  bool quick = false;
 };
+
+// A task that takes microseconds: a built-in echo, sha256 or fail of a payload of at most
+// kInstantPayloadMax bytes, outside map-reduce. Workers report their results every ~1 ms or 256
+// results in a run of such tasks, and before starting any other task, which may be long: no
+// result of a finished task waits for one (a handler's first long task, or a rare one, included).
+bool quickTask(const Job& job) {
+  return job.stage == proto::MapReduce::Stage::NONE && job.payload.size() <= kInstantPayloadMax &&
+         microBuiltin(job.handler);
+}
 
 struct Done {
   std::uint64_t id = 0;
@@ -449,40 +460,53 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
     if (work->jobs.empty()) return;
     auto out = std::make_unique<DoneBatch>();
     std::int64_t lastFlushUs = clock.monotonicUs();
-    for (std::size_t i = 0; i < work->jobs.size(); ++i) {
+    // Passes the results so far to the loop before job `next`, unless the loop has recalled the
+    // run (jobs of a higher priority wait): then the jobs from `next` on go back with the last
+    // report, below. A run is only ever sent to an idle worker, so the only other message that
+    // can come meanwhile is the stop.
+    enum class Report { kSent, kRecalled, kStop };
+    auto report = [&](std::size_t next, std::int64_t nowUs) {
+      zmq::message_t recall;
+      bool recalled = false;
+      try {
+        recalled = pipe.recv(recall, zmq::recv_flags::dontwait).has_value();
+      } catch (const zmq::error_t&) {
+        return Report::kStop;
+      }
+      if (recalled && recall.size() != 0) {
+        takePointer<WorkBatch>(recall);  // the stop
+        return Report::kStop;
+      }
+      if (recalled) {
+        for (std::size_t j = next; j < work->jobs.size(); ++j) out->returned.push_back(std::move(work->jobs[j]));
+        return Report::kRecalled;
+      }
+      try {
+        pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
+      } catch (const zmq::error_t&) {
+        return Report::kStop;
+      }
+      out = std::make_unique<DoneBatch>();
+      lastFlushUs = nowUs;
+      return Report::kSent;
+    };
+    Report r = Report::kSent;
+    for (std::size_t i = 0; i < work->jobs.size() && r == Report::kSent; ++i) {
+      // A task that may be long starts only once the results before it are with the loop: they
+      // would wait for it otherwise (whether its handler is known to be slow or not).
+      if (!work->jobs[i].quick && !out->done.empty()) {
+        r = report(i, clock.monotonicUs());
+        if (r != Report::kSent) break;
+      }
       Done done = execute(work->jobs[i], &serve);
       std::int64_t t1 = clock.monotonicUs();
       out->done.push_back(std::move(done));
-      // Long tasks report at once; microsecond tasks travel together.
+      // Long tasks report at once; microsecond tasks travel together. At each report, a recall
+      // ends the run here.
       bool last = i + 1 == work->jobs.size();
-      if (!last && (t1 - lastFlushUs > 1000 || out->done.size() >= 256)) {
-        // At each report, a recall from the loop (jobs of a higher priority wait) ends the run
-        // here: the jobs not started go back with this report. A run is only ever sent to an
-        // idle worker, so the only other message that can come meanwhile is the stop.
-        zmq::message_t recall;
-        bool recalled = false;
-        try {
-          recalled = pipe.recv(recall, zmq::recv_flags::dontwait).has_value();
-        } catch (const zmq::error_t&) {
-          return;
-        }
-        if (recalled && recall.size() != 0) {
-          takePointer<WorkBatch>(recall);  // the stop
-          return;
-        }
-        if (recalled) {
-          for (std::size_t j = i + 1; j < work->jobs.size(); ++j) out->returned.push_back(std::move(work->jobs[j]));
-          break;
-        }
-        try {
-          pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
-        } catch (const zmq::error_t&) {
-          return;
-        }
-        out = std::make_unique<DoneBatch>();
-        lastFlushUs = t1;
-      }
+      if (!last && (t1 - lastFlushUs > 1000 || out->done.size() >= 256)) r = report(i + 1, t1);
     }
+    if (r == Report::kStop) return;
     out->idle = true;
     try {
       pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
@@ -730,6 +754,7 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
         continue;
       }
     }
+    job.quick = quickTask(job);
     if (held != jobs_.end()) {
       counters_.add("assign_after_stop");
       reassigned_[job.id] = std::move(job);
@@ -759,9 +784,7 @@ void SporeImpl::onCancel(proto::CancelTasks::Reader cancel) {
 }
 
 bool SporeImpl::isInstant(const Job& job) const {
-  if (job.stage != proto::MapReduce::Stage::NONE || job.payload.size() > kInstantPayloadMax) return false;
-  if (!microBuiltin(job.handler)) return false;
-  return registry_.snapshot()->where(job.handler) == "builtin";  // built-ins are never shadowed
+  return job.quick && registry_.snapshot()->where(job.handler) == "builtin";  // built-ins are never shadowed
 }
 
 void SporeImpl::feedWorkers() {
