@@ -47,7 +47,8 @@ constexpr std::size_t kInstantPayloadMax = 16u << 10;  // built-ins this small m
 constexpr std::size_t kInstantQueueMax = 2;            // ... when no more than this is queued
 // A handler one of whose tasks took this long counts as slow for its next kSlowMemory tasks:
 // its tasks go to workers one by one, not in runs (runs are for microsecond tasks; a slow task
-// in one holds back the results of the tasks before it and the start of those after it).
+// in one holds back the start of the tasks after it, though not the results of those before it:
+// see quickTask).
 constexpr std::uint64_t kSlowTaskUs = 1000;
 // The built-ins that take microseconds (a long sha256 payload aside): echo, sha256, fail.
 bool microBuiltin(const std::string& handler) { return handler == "echo" || handler == "sha256" || handler == "fail"; }
@@ -270,8 +271,8 @@ class SporeImpl {
   std::vector<zmq::socket_t> pipes_;
   // What each worker holds: a run of one priority; `left` counts its jobs without a result yet.
   // A worker whose run has jobs of a lower priority than a queued one is recalled once: at its
-  // next report (within about 1 ms, or after the job it runs) it gives back what it has not
-  // started, so a queued job of a higher priority waits for at most one job per slot.
+  // next report (within about 1 ms, or before or after the job it runs) it gives back what it
+  // has not started, so a queued job of a higher priority waits for at most one job per slot.
   struct WorkerRun {
     bool busy = false;
     std::uint8_t priority = 0;
