@@ -464,10 +464,15 @@ void ChildProcess::pump(const Io& io, IoResult& result) {
   };
 
   // The poll loop: feed stdin, drain stdout and stderr, watch for exit; its timeout is the next
-  // deadline (the timeout, the SIGKILL after the grace, the next look at *cancel).
+  // deadline (the timeout, the SIGKILL after the grace, the next look at *cancel, io.onLong).
   bool exitedNow = reaped_;
+  bool onLongDue = io.onLong != nullptr;
   while (!exitedNow && !result.done) {
     std::int64_t now = nowMs();
+    if (onLongDue && now >= io.onLongAtMs) {
+      onLongDue = false;
+      (*io.onLong)();
+    }
     if (result.stop == Stop::kNone && io.cancel != nullptr && io.cancel->load()) {
       terminate(Stop::kCancel, "cancelled", now);
     } else if (result.stop == Stop::kNone && io.timeoutMs > 0 &&
@@ -487,6 +492,7 @@ void ChildProcess::pump(const Io& io, IoResult& result) {
     if (result.stop == Stop::kNone && io.timeoutMs > 0) atMost(io.startMs + io.timeoutMs - now);
     if (result.stop == Stop::kNone && io.cancel != nullptr) atMost(kCancelCheckMs);
     if (sigkillAtMs >= 0) atMost(sigkillAtMs - now);
+    if (onLongDue) atMost(io.onLongAtMs - now);
     if (!pidFd_.valid()) atMost(kWaitidPollMs);
 
     pollfd fds[4];

@@ -59,6 +59,10 @@ class ChildProcess {
     std::uint64_t maxStderrBytes = 4096;  // stderr kept in IoResult::err; the rest is dropped
     // Called when stdout is readable, with the (non-blocking) descriptor; reads what it wants.
     std::function<StdoutStep(int fd)> onStdout;
+    // Optional, borrowed: called once, from the loop, when the monotonic clock reaches
+    // onLongAtMs and the round has not ended.
+    const std::function<void()>* onLong = nullptr;
+    std::int64_t onLongAtMs = 0;
   };
 
   struct IoResult {

@@ -115,6 +115,7 @@ TaskOutput HandlerTable::run(std::string_view name, const TaskInput& input,
     spec.limits.timeoutMs = effective.timeoutMs;
     spec.cancel = effective.cancel;
     if (!handler.serve) return fromRun(name, runProgram(spec));
+    spec.onLong = effective.onLong;
     const std::string handlerName(name);
     if (effective.serve != nullptr)
       return fromRun(name, effective.serve->run(handlerName, spec, effective.taskId,

@@ -39,6 +39,9 @@ struct TaskInput {
   // Optional, borrowed: the calling thread's serve processes (serve.h), used for serve handlers.
   // Null: a serve handler runs the task in a temporary process that is stopped afterwards.
   ServeProcesses* serve = nullptr;
+  // Optional, borrowed: a serve handler's RunSpec::onLong (subprocess.h): called at most once,
+  // on the calling thread, when the task turns out long. Other handlers never call it.
+  const std::function<void()>* onLong = nullptr;
 };
 
 struct TaskOutput {

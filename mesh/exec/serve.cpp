@@ -23,6 +23,7 @@ constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr int kReadsPerWakeup = 16;  // so a flood cannot starve the deadline checks
 
 std::int64_t nowMs() { return util::systemClock().monotonicMs(); }
+constexpr std::int64_t kLongTaskUs = 1000;  // a task that has run this long calls spec.onLong
 
 // What identifies the file a process was started from: a new bundle version is another path,
 // a program rebuilt in place is another inode or modification time.
@@ -250,8 +251,8 @@ void ServeProcesses::stopGently(const std::string& handler, Process& process,
   }
 }
 
-util::Result<ServeProcesses::Process*> ServeProcesses::processFor(const std::string& handler,
-                                                                   const RunSpec& spec) {
+util::Result<ServeProcesses::Process*> ServeProcesses::processFor(
+    const std::string& handler, const RunSpec& spec, const std::function<void()>& beforeBlocking) {
   ProgramFile file = ProgramFile::of(spec.argv.empty() ? std::string() : spec.argv[0]);
   // A process that may not take this task is replaced.
   if (auto it = processes_.find(handler); it != processes_.end()) {
@@ -270,6 +271,7 @@ util::Result<ServeProcesses::Process*> ServeProcesses::processFor(const std::str
       gently = false;
     }
     if (why == nullptr) return &p;
+    beforeBlocking();
     if (gently) {
       stopGently(handler, p, nowMs() + options_.stopWaitMs, why);
     } else {
@@ -278,6 +280,7 @@ util::Result<ServeProcesses::Process*> ServeProcesses::processFor(const std::str
     }
     processes_.erase(it);
   }
+  beforeBlocking();
   RunSpec startSpec = spec;
   startSpec.stdinData = {};
   startSpec.limits.cpuSeconds = 0;  // cumulative per process: the timeout bounds a task
@@ -307,12 +310,20 @@ util::Result<RunOutcome> ServeProcesses::run(const std::string& handler, const R
   const std::int64_t startUs = util::systemClock().monotonicUs();
   const std::string header = "TASK " + std::to_string(taskId) + " " + std::to_string(attempt) +
                              " " + std::to_string(spec.stdinData.size()) + "\n";
+  // spec.onLong, at most once for this task: before a process is stopped or started, before a
+  // broken one is reaped, and from the wait for the reply once the task has run for 1 ms.
+  bool saidLong = spec.onLong == nullptr;
+  const std::function<void()> sayLong = [&saidLong, &spec] {
+    if (saidLong) return;
+    saidLong = true;
+    (*spec.onLong)();
+  };
 
   // A process that exits between two tasks (a handler may recycle itself that way) can be seen
   // alive when the task is sent and gone right after. When it read nothing of the task, the
   // task goes to a fresh process, once.
   for (bool retried = false;; retried = true) {
-    auto found = processFor(handler, spec);
+    auto found = processFor(handler, spec, sayLong);
     if (!found) return found.error();
     Process& process = **found;
     ChildProcess& child = *process.child;
@@ -327,6 +338,10 @@ util::Result<RunOutcome> ServeProcesses::run(const std::string& handler, const R
     io.cancel = spec.cancel;
     io.maxStderrBytes = limits.maxStderrBytes;
     io.onStdout = [&reply](int fd) { return reply.read(fd); };
+    if (!saidLong) {
+      io.onLong = &sayLong;
+      io.onLongAtMs = (startUs + kLongTaskUs + 999) / 1000;  // 1 ms after the start, rounded up
+    }
     ChildProcess::IoResult result;
     child.pump(io, result);
 
@@ -346,6 +361,7 @@ util::Result<RunOutcome> ServeProcesses::run(const std::string& handler, const R
     } else {
       bool untouched = !result.done && result.stop == ChildProcess::Stop::kNone &&
                        process.tasks > 0 && child.stdinUnread() == result.bytesWritten;
+      sayLong();
       int status = child.finish(io, result);
       std::uint64_t tasks = process.tasks;
       processes_.erase(handler);

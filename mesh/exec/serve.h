@@ -42,6 +42,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -73,7 +74,10 @@ class ServeProcesses {
   // the rlimits of spec.limits are used when a process is started (cpuSeconds never is);
   // spec.stdinData is the payload; spec.limits.timeoutMs (0: none), killGraceMs,
   // maxStdoutBytes, maxStderrBytes and spec.cancel apply to this task, the timeout counting from
-  // the call (a start included). Error only when no process could be started (as runProgram).
+  // the call (a start included). spec.onLong, if set, is called once if the task turns out long:
+  // before a process is stopped or started for it, before a broken one is reaped, or 1 to 2 ms
+  // into the wait for its reply; never for a task answered within 1 ms by a running process.
+  // Error only when no process could be started (as runProgram).
   // An answered task is kReplied or kRefused; otherwise the outcome is kSignaled, kBroken (a
   // protocol error, or an exit before the reply), kOutputTooLarge, kTimedOut or kCancelled.
   [[nodiscard]] util::Result<RunOutcome> run(const std::string& handler, const RunSpec& spec,
@@ -91,8 +95,10 @@ class ServeProcesses {
 
  private:
   struct Process;
-  // The process for `handler`, started when there is none or the one there may not be used.
-  util::Result<Process*> processFor(const std::string& handler, const RunSpec& spec);
+  // The process for `handler`, started when there is none or the one there may not be used;
+  // beforeBlocking is called first when one is stopped or started.
+  util::Result<Process*> processFor(const std::string& handler, const RunSpec& spec,
+                                    const std::function<void()>& beforeBlocking);
   // Stops a process that is fine but no longer wanted: EOF, at most until deadlineMs, SIGKILL.
   void stopGently(const std::string& handler, Process& process, std::int64_t deadlineMs,
                   const char* why);

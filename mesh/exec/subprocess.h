@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,6 +52,12 @@ struct RunSpec {
   // Optional, borrowed. When it becomes true the group gets SIGTERM (SIGKILL after the grace
   // period) within 50 ms and the outcome is kCancelled. Already true: nothing is started.
   const std::atomic<bool>* cancel = nullptr;
+  // Optional, borrowed; used by serve handlers only (ServeProcesses::run), never by runProgram.
+  // Called on the calling thread, at most once per task, as soon as the task turns out long:
+  // once it has run for 1 ms (checked to the ms, so within 2 ms), or before a process is started
+  // or stopped for it. A spore's worker hands over the results it holds then, instead of before
+  // every task. It may not throw.
+  const std::function<void()>* onLong = nullptr;
 };
 
 struct RunOutcome {

@@ -103,8 +103,10 @@ struct Job {
 
 // A task that takes microseconds: a built-in echo, sha256 or fail of a payload of at most
 // kInstantPayloadMax bytes, outside map-reduce. Workers report their results every ~1 ms or 256
-// results in a run of such tasks, and before starting any other task, which may be long: no
-// result of a finished task waits for one (a handler's first long task, or a rare one, included).
+// results in a run of such tasks. Any other task may be long, so no result of a finished task
+// waits for it (a handler's first long task, or a rare one, included): the worker reports before
+// it starts, or for a serve handler's task (which takes microseconds when the handler is quick),
+// as soon as the task turns out long (exec::TaskInput::onLong, within 2 ms).
 bool quickTask(const Job& job) {
   return job.stage == proto::MapReduce::Stage::NONE && job.payload.size() <= kInstantPayloadMax &&
          microBuiltin(job.handler);
@@ -127,8 +129,8 @@ struct WorkBatch {
 };
 struct DoneBatch {
   std::vector<Done> done;
-  std::vector<Job> returned;  // recalled: the jobs of the run it did not start, in their order
-  bool idle = false;          // the worker finished (or gave back the rest of) its WorkBatch
+  std::vector<Job> returned;  // recalled: the jobs of the run it will not start, in their order
+  bool idle = false;          // the worker finished its WorkBatch
 };
 
 using transport::pointerMessage;
@@ -206,7 +208,8 @@ class SporeImpl {
   void onWorker(unsigned index, zmq::message_t& frame);
   void onDone(Done&& d);
   // Runs one job in the calling thread (a worker's, or the loop's for instant built-ins).
-  Done execute(Job& job, exec::ServeProcesses* serve);
+  // onLong: optional, borrowed, for a serve handler (exec::TaskInput::onLong).
+  Done execute(Job& job, exec::ServeProcesses* serve, const std::function<void()>* onLong = nullptr);
   bool isInstant(const Job& job) const;
   void feedWorkers();
   void flushResults();
@@ -395,7 +398,7 @@ SporeImpl::~SporeImpl() {
   }
 }
 
-Done SporeImpl::execute(Job& job, exec::ServeProcesses* serve) {
+Done SporeImpl::execute(Job& job, exec::ServeProcesses* serve, const std::function<void()>* onLong) {
   const auto& clock = util::systemClock();
   Done done;
   done.id = job.id;
@@ -412,6 +415,7 @@ Done SporeImpl::execute(Job& job, exec::ServeProcesses* serve) {
     input.timeoutMs = job.timeoutMs;
     input.cancel = job.cancel.get();
     input.serve = serve;
+    input.onLong = onLong;
     exec::TaskOutput result;
     try {
       auto table = registry_.snapshot();
@@ -461,53 +465,63 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
     if (work->jobs.empty()) return;
     auto out = std::make_unique<DoneBatch>();
     std::int64_t lastFlushUs = clock.monotonicUs();
-    // Passes the results so far to the loop before job `next`, unless the loop has recalled the
-    // run (jobs of a higher priority wait): then the jobs from `next` on go back with the last
-    // report, below. A run is only ever sent to an idle worker, so the only other message that
-    // can come meanwhile is the stop.
-    enum class Report { kSent, kRecalled, kStop };
+    // Passes the results so far to the loop, the next job of the run being `next`. If the loop
+    // has recalled the run (jobs of a higher priority wait), the jobs from `next` on go back
+    // with them and the run ends before `next`. A run is only ever sent to an idle worker, so
+    // the only other message that can come meanwhile is the stop: false, the thread returns.
     auto report = [&](std::size_t next, std::int64_t nowUs) {
       zmq::message_t recall;
       bool recalled = false;
       try {
         recalled = pipe.recv(recall, zmq::recv_flags::dontwait).has_value();
       } catch (const zmq::error_t&) {
-        return Report::kStop;
+        return false;
       }
       if (recalled && recall.size() != 0) {
         takePointer<WorkBatch>(recall);  // the stop
-        return Report::kStop;
+        return false;
       }
       if (recalled) {
         for (std::size_t j = next; j < work->jobs.size(); ++j) out->returned.push_back(std::move(work->jobs[j]));
-        return Report::kRecalled;
+        work->jobs.erase(work->jobs.begin() + static_cast<std::ptrdiff_t>(std::min(next, work->jobs.size())),
+                         work->jobs.end());
       }
       try {
         pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
       } catch (const zmq::error_t&) {
-        return Report::kStop;
+        return false;
       }
       out = std::make_unique<DoneBatch>();
       lastFlushUs = nowUs;
-      return Report::kSent;
+      return true;
     };
-    Report r = Report::kSent;
-    for (std::size_t i = 0; i < work->jobs.size() && r == Report::kSent; ++i) {
-      // A task that may be long starts only once the results before it are with the loop: they
-      // would wait for it otherwise (whether its handler is known to be slow or not).
-      if (!work->jobs[i].quick && !out->done.empty()) {
-        r = report(i, clock.monotonicUs());
-        if (r != Report::kSent) break;
+    // A serve handler's task reports the results before it only if it turns out long (it calls
+    // onLong after 1 ms, or before a process start): quick ones cost no hand-off.
+    std::size_t running = 0;
+    bool stop = false;
+    const std::function<void()> onLong = [&] {
+      if (!out->done.empty() && !report(running + 1, clock.monotonicUs())) stop = true;
+    };
+    for (std::size_t i = 0; i < work->jobs.size(); ++i) {
+      Job& job = work->jobs[i];
+      // A task that may be long starts only once the results before it are with the loop, or
+      // (a serve handler's) will hand them over if it turns out long: they would wait for it
+      // otherwise, whether its handler is known to be slow or not.
+      bool watched = false;
+      if (!job.quick && !out->done.empty()) {
+        watched = job.stage == proto::MapReduce::Stage::NONE && registry_.snapshot()->isServe(job.handler);
+        if (!watched && !report(i, clock.monotonicUs())) return;
+        if (i == work->jobs.size()) break;  // recalled
       }
-      Done done = execute(work->jobs[i], &serve);
+      running = i;
+      Done done = execute(job, &serve, watched ? &onLong : nullptr);
+      if (stop) return;
       std::int64_t t1 = clock.monotonicUs();
       out->done.push_back(std::move(done));
-      // Long tasks report at once; microsecond tasks travel together. At each report, a recall
-      // ends the run here.
+      // Long tasks report at once; microsecond tasks travel together.
       bool last = i + 1 == work->jobs.size();
-      if (!last && (t1 - lastFlushUs > 1000 || out->done.size() >= 256)) r = report(i + 1, t1);
+      if (!last && (t1 - lastFlushUs > 1000 || out->done.size() >= 256) && !report(i + 1, t1)) return;
     }
-    if (r == Report::kStop) return;
     out->idle = true;
     try {
       pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
@@ -852,7 +866,7 @@ void SporeImpl::recallRuns() {
 void SporeImpl::onWorker(unsigned index, zmq::message_t& frame) {
   auto done = takePointer<DoneBatch>(frame);
   auto& run = workers_[index];
-  run.left -= std::min(run.left, done->done.size());
+  run.left -= std::min(run.left, done->done.size() + done->returned.size());
   for (auto& d : done->done) onDone(std::move(d));
   if (!done->returned.empty()) takeBack(std::move(done->returned));
   if (done->idle) run = WorkerRun{};

@@ -17,6 +17,7 @@
 
 #include "mesh/exec/serve.h"
 #include "mesh/util/bytes.h"
+#include "mesh/util/clock.h"
 #include "tests/unit/exec_testing.h"
 
 using namespace mesh::exec;
@@ -39,6 +40,7 @@ while read -r verb id attempt n; do
     exit) echo "giving up" >&2; exit 3 ;;
     crash) kill -SEGV $$ ;;
     sleep) sleep 30 ;;
+    nap) sleep 1 ;;
     junk) printf 'hello\n'; continue ;;
     huge) printf 'OK 1000\n'; continue ;;
     long) printf 'OK 000000000000000000000000000000000000000001\n'; continue ;;
@@ -63,6 +65,14 @@ const char* const kEcho = R"(while read -r verb id attempt n; do
   head -c "$n" > payload
   printf 'OK %d\n' "$n"
   cat payload
+done
+)";
+
+// Answers an empty payload with "pong", with shell built-ins only (no process per task): a task
+// takes well under a millisecond on an idle machine.
+const char* const kPong = R"(while read -r verb id attempt n; do
+  [ "$n" = 0 ] || { echo "a payload: $n bytes" >&2; exit 9; }
+  printf 'OK 4\npong'
 done
 )";
 
@@ -410,6 +420,62 @@ TEST_CASE("the processes of a pool die with the thread that started them") {
   CHECK(within(5000, [&] { return !runnable(pid); }));  // PR_SET_PDEATHSIG
   pool.reset();                                          // reaps the zombie
   CHECK(gone(pid));
+}
+
+TEST_CASE("onLong is said before a process starts or a broken one is reaped, and once a task has "
+          "run 1 ms, never for a task answered sooner") {
+  TestDir dir;
+  std::string program = dir.script("h.serve", kHandler);
+  std::string pong = dir.script("pong.serve", kPong);
+  ServeProcesses pool;
+  const auto& clock = mesh::util::systemClock();
+  int calls = 0;
+  std::int64_t saidUs = 0;
+  const std::function<void()> onLong = [&] {
+    ++calls;
+    saidUs = clock.monotonicUs();
+  };
+  std::int64_t startUs = 0, endUs = 0;
+  auto task = [&](std::string_view payload, std::uint64_t id, const std::string& handler = "h") {
+    calls = 0;
+    RunSpec spec = specFor(handler == "h" ? program : pong, dir, payload);
+    spec.onLong = &onLong;
+    startUs = clock.monotonicUs();
+    auto run = pool.run(handler, spec, id, 1);
+    endUs = clock.monotonicUs();
+    REQUIRE(run.ok());
+    return *run;
+  };
+  RunOutcome first = task("ping", 1);  // starts the process
+  CHECK(first.kind == RunOutcome::Kind::kReplied);
+  CHECK(calls == 1);
+  CHECK(saidUs - startUs < first.durationUs);
+  CHECK(task("", 2, "pong").out == "pong");  // starts that one's process
+  CHECK(calls == 1);
+  unsigned quick = 0;
+  for (std::uint64_t id = 3; id < 23; ++id) {
+    RunOutcome run = task("", id, "pong");
+    CHECK(run.out == "pong");
+    CHECK(calls <= 1);
+    if (endUs - startUs < 1000) {  // (a loaded machine may make one slower)
+      CHECK(calls == 0);
+      ++quick;
+    }
+  }
+  MESSAGE(quick << " of 20 tasks were answered within 1 ms");
+  CHECK(quick > 0);
+  RunOutcome nap = task("nap", 30);  // sleeps 1 s
+  CHECK(nap.kind == RunOutcome::Kind::kReplied);
+  CHECK(calls == 1);
+  CHECK(saidUs - startUs >= 1000);
+  CHECK(saidUs - startUs < 500'000);  // well before the reply
+  CHECK(endUs - startUs >= 1'000'000);
+  RunOutcome broken = task("exit", 31);  // exits before it replies
+  CHECK(broken.kind == RunOutcome::Kind::kBroken);
+  CHECK(calls == 1);
+  RunOutcome again = task("ping", 32);  // a new process
+  CHECK(again.kind == RunOutcome::Kind::kReplied);
+  CHECK(calls == 1);
 }
 
 TEST_CASE("without a pool, a serve task runs in a temporary process that is stopped") {
