@@ -203,7 +203,7 @@ class SporeImpl {
  private:
   void workerLoop(unsigned index, std::string endpoint);
   void connect(std::int64_t now);
-  void disconnect();
+  void disconnect(bool stopping = false);
   void sendHello();
   void onNexusMessage(zmq::message_t& frame);
   void onAssign(proto::Assign::Reader assign);
@@ -565,9 +565,11 @@ void SporeImpl::connect(std::int64_t now) {
   sendHello();
 }
 
-void SporeImpl::disconnect() {
+void SporeImpl::disconnect(bool stopping) {
   ++socketsChanged_;
-  resendLately();  // a closed socket drops what it still held
+  // A closed socket drops what it still held: sent again after the next welcome (not at the
+  // stop, where nothing is sent again and counting them as resent would mislead).
+  if (!stopping) resendLately();
   watch_.reset();
   if (events_) events_.close();
   if (connected_) dealer_.close();
@@ -1115,7 +1117,7 @@ void SporeImpl::run(const std::atomic<bool>& stop) {
       MESH_ERROR("internal error in the spore loop (continuing): %s", e.getDescription().cStr());
     }
   }
-  disconnect();
+  disconnect(true);
   // The spore's own counters (bad frames, duplicates, tasks run on the loop, ...) have no other
   // outlet: say them once, at the stop.
   std::string said;

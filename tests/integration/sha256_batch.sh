@@ -48,4 +48,7 @@ b=$(printf 'boom\n' | mesh submit --handler fail --lines - --wait 2>/dev/null ||
 "$cluster" stop "$T/c" spore-2
 inline=$(cat "$T/c/spore-1.log" "$T/c/spore-2.log" | grep -o 'tasks_run_inline=[0-9]*' | cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')
 [ "$inline" -ge 6 ] || fail "the one-task batches did not run on the spores' loops (tasks_run_inline=$inline)"
+# A clean stop sends nothing again: the results sent last are not counted as resent (they were
+# counted at every stop before; the counter is for results sent again after a reconnect).
+! grep -h 'results_resent=' "$T/c/spore-1.log" "$T/c/spore-2.log" || fail "a clean stop counted results as resent"
 note "10000 digests match; submit --wait needed no Watch; $inline small tasks ran on a spore's loop"
