@@ -106,10 +106,11 @@ struct Job {
 
 // A task that takes microseconds: a built-in echo, sha256 or fail of a payload of at most
 // kQuickPayloadMax bytes, outside map-reduce. Workers report their results every ~1 ms or 256
-// results in a run of such tasks. Any other task may be long, so no result of a finished task
-// waits for it (a handler's first long task, or a rare one, included): the worker reports before
-// it starts, or for a serve handler's task (which takes microseconds when the handler is quick),
-// as soon as the task turns out long (exec::TaskInput::onLong, within 2 ms).
+// results in a run of such tasks. Any other task may be long, so neither the results of the
+// tasks before it in its run nor the tasks after it wait for it (a handler's first long task, or
+// a rare one, included): the worker reports and gives the rest of the run back to the loop
+// before it starts, or for a serve handler's task (which takes microseconds when the handler is
+// quick) as soon as the task turns out long (exec::TaskInput::onLong, within 2 ms).
 bool quickTask(const Job& job) {
   return job.stage == proto::MapReduce::Stage::NONE && job.payload.size() <= kQuickPayloadMax &&
          microBuiltin(job.handler);
@@ -132,7 +133,7 @@ struct WorkBatch {
 };
 struct DoneBatch {
   std::vector<Done> done;
-  std::vector<Job> returned;  // recalled: the jobs of the run it will not start, in their order
+  std::vector<Job> returned;  // recalled or given back: the jobs of the run it will not start, in order
   bool idle = false;          // the worker finished its WorkBatch
 };
 
@@ -291,6 +292,15 @@ class SporeImpl {
   routing::RunQueue<Job> queue_;  // not started, not in a worker's run
   std::unordered_map<std::string, std::uint32_t> slowLeft_;  // handler -> tasks it stays slow for
   bool isSlow(const Job& job) const { return slowLeft_.count(job.handler) > 0; }
+  // Runs hold only tasks that may take microseconds: the microsecond built-ins, and serve
+  // handlers' tasks outside map-reduce whose handler was not seen slow lately. Every other task
+  // (a program, a map-reduce stage, `sleep`, a built-in of a large payload) goes to a worker
+  // alone: in a run, the worker would give back the rest of the run before it anyway.
+  bool runsAlone(const Job& job) const {
+    if (job.quick) return false;
+    if (isSlow(job) || job.stage != proto::MapReduce::Stage::NONE) return true;
+    return !registry_.snapshot()->isServe(job.handler);
+  }
   void noteDuration(const std::string& handler, std::uint64_t durationUs);
   struct JobRef {
     std::uint8_t attempt = 0;
@@ -468,11 +478,13 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
     if (work->jobs.empty()) return;
     auto out = std::make_unique<DoneBatch>();
     std::int64_t lastFlushUs = clock.monotonicUs();
-    // Passes the results so far to the loop, the next job of the run being `next`. If the loop
-    // has recalled the run (jobs of a higher priority wait), the jobs from `next` on go back
-    // with them and the run ends before `next`. A run is only ever sent to an idle worker, so
-    // the only other message that can come meanwhile is the stop: false, the thread returns.
-    auto report = [&](std::size_t next, std::int64_t nowUs) {
+    // Passes the results so far to the loop. If the loop has recalled the run (jobs of a higher
+    // priority wait), the jobs from `recallFrom` on go back with them and the run ends there;
+    // otherwise those from `giveBackFrom` on do (npos: none). A run is only ever sent to an idle
+    // worker, so the only other message that can come meanwhile is the stop: false, the thread
+    // returns.
+    constexpr std::size_t npos = std::string::npos;
+    auto report = [&](std::size_t recallFrom, std::size_t giveBackFrom, std::int64_t nowUs) {
       zmq::message_t recall;
       bool recalled = false;
       try {
@@ -484,10 +496,10 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
         takePointer<WorkBatch>(recall);  // the stop
         return false;
       }
-      if (recalled) {
-        for (std::size_t j = next; j < work->jobs.size(); ++j) out->returned.push_back(std::move(work->jobs[j]));
-        work->jobs.erase(work->jobs.begin() + static_cast<std::ptrdiff_t>(std::min(next, work->jobs.size())),
-                         work->jobs.end());
+      std::size_t from = recalled ? recallFrom : giveBackFrom;
+      if (from < work->jobs.size()) {
+        for (std::size_t j = from; j < work->jobs.size(); ++j) out->returned.push_back(std::move(work->jobs[j]));
+        work->jobs.erase(work->jobs.begin() + static_cast<std::ptrdiff_t>(from), work->jobs.end());
       }
       try {
         pipe.send(pointerMessage(std::move(out)), zmq::send_flags::none);
@@ -498,22 +510,25 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
       lastFlushUs = nowUs;
       return true;
     };
-    // A serve handler's task reports the results before it only if it turns out long (it calls
-    // onLong after 1 ms, or before a process start): quick ones cost no hand-off.
+    // A task that may be long (any but a microsecond built-in) holds neither the results before
+    // it nor the jobs after it in the run: before it starts, the worker hands the results to the
+    // loop and gives the rest of the run back (an idle worker takes it). A serve handler's task,
+    // which takes microseconds when the handler is quick, does both only once it turns out long
+    // (onLong: after 1 ms, or before a process start), so quick ones keep their runs.
     std::size_t running = 0;
     bool stop = false;
     const std::function<void()> onLong = [&] {
-      if (!out->done.empty() && !report(running + 1, clock.monotonicUs())) stop = true;
+      if ((!out->done.empty() || running + 1 < work->jobs.size()) &&
+          !report(running + 1, running + 1, clock.monotonicUs())) {
+        stop = true;
+      }
     };
     for (std::size_t i = 0; i < work->jobs.size(); ++i) {
       Job& job = work->jobs[i];
-      // A task that may be long starts only once the results before it are with the loop, or
-      // (a serve handler's) will hand them over if it turns out long: they would wait for it
-      // otherwise, whether its handler is known to be slow or not.
       bool watched = false;
-      if (!job.quick && !out->done.empty()) {
+      if (!job.quick && (!out->done.empty() || i + 1 < work->jobs.size())) {
         watched = job.stage == proto::MapReduce::Stage::NONE && registry_.snapshot()->isServe(job.handler);
-        if (!watched && !report(i, clock.monotonicUs())) return;
+        if (!watched && !report(i, i + 1, clock.monotonicUs())) return;
         if (i == work->jobs.size()) break;  // recalled
       }
       running = i;
@@ -521,9 +536,9 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
       if (stop) return;
       std::int64_t t1 = clock.monotonicUs();
       out->done.push_back(std::move(done));
-      // Long tasks report at once; microsecond tasks travel together.
+      // Microsecond tasks travel together: a report every ~1 ms or 256 results.
       bool last = i + 1 == work->jobs.size();
-      if (!last && (t1 - lastFlushUs > 1000 || out->done.size() >= 256) && !report(i + 1, t1)) return;
+      if (!last && (t1 - lastFlushUs > 1000 || out->done.size() >= 256) && !report(i + 1, npos, t1)) return;
     }
     out->idle = true;
     try {
@@ -825,12 +840,12 @@ void SporeImpl::feedWorkers() {
   for (const auto& w : workers_) idle += w.busy ? 0 : 1;
   for (unsigned w = 0; w < workers_.size() && !queue_.empty(); ++w) {
     if (workers_[w].busy) continue;
-    // Share what is queued among the idle workers; short tasks go in runs, those of a handler
-    // seen slow lately one by one. A run holds jobs of the highest queued priority only.
+    // Share what is queued among the idle workers; short tasks go in runs, the others one by
+    // one (runsAlone). A run holds jobs of the highest queued priority only.
     std::size_t take = std::max<std::size_t>(1, std::min<std::size_t>(64, queue_.size() / std::max(1u, idle)));
     auto batch = std::make_unique<WorkBatch>();
-    batch->jobs = isSlow(queue_.front()) ? queue_.takeRun(1)
-                                         : queue_.takeRun(take, [this](const Job& j) { return isSlow(j); });
+    batch->jobs = runsAlone(queue_.front()) ? queue_.takeRun(1)
+                                            : queue_.takeRun(take, [this](const Job& j) { return runsAlone(j); });
     running_ += static_cast<unsigned>(batch->jobs.size());
     workers_[w] = WorkerRun{true, batch->jobs.front().priority, batch->jobs.size(), false};
     --idle;
