@@ -355,23 +355,31 @@ void Scheduler::adoptDone(NodeId id, const std::vector<std::uint64_t>& reported)
   for (auto tid : reported) {
     auto it = tasks_.find(tid);
     if (it == tasks_.end() || !eligible(*n, *it->second->batch)) continue;
-    addFormerHolder(tid, id);
+    addFormerHolder(tid, id, 0);  // assigned before a restart: when is not known
     counters_.add("tasks_done_adopted");
   }
 }
 
-void Scheduler::addFormerHolder(std::uint64_t task, NodeId id) {
+void Scheduler::addFormerHolder(std::uint64_t task, NodeId id, std::int64_t assignedWallMs) {
   const Node* n = node(id);
   if (!n) return;
-  auto& keys = formerHolders_[task];
-  if (std::find(keys.begin(), keys.end(), n->info.key) == keys.end()) keys.push_back(n->info.key);
+  auto& holders = formerHolders_[task];
+  for (auto& h : holders) {
+    if (h.key != n->info.key) continue;
+    if (assignedWallMs > 0) h.assignedWallMs = assignedWallMs;  // its latest attempt
+    return;
+  }
+  holders.push_back({n->info.key, assignedWallMs});
 }
 
-bool Scheduler::heldBefore(std::uint64_t task, NodeId id) const {
+const Scheduler::FormerHolder* Scheduler::formerHolder(std::uint64_t task, NodeId id) const {
   auto it = formerHolders_.find(task);
   auto n = nodes_.find(id);
-  if (it == formerHolders_.end() || n == nodes_.end()) return false;
-  return std::find(it->second.begin(), it->second.end(), n->second.info.key) != it->second.end();
+  if (it == formerHolders_.end() || n == nodes_.end()) return nullptr;
+  for (const auto& h : it->second) {
+    if (h.key == n->second.info.key) return &h;
+  }
+  return nullptr;
 }
 
 bool Scheduler::handlerOffered(const std::string& handler) const {
@@ -585,7 +593,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
                            std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge) {
   NodeId node = t.node;
   std::string nodeLabel = nodeName(node);
-  addFormerHolder(t.id, node);  // its late result still counts
+  addFormerHolder(t.id, node, t.assignedWallMs);  // its late result still counts
   detachFromNode(t);
   Batch& b = *t.batch;
   if (nodeLost) ++t.nodesLost;
@@ -644,7 +652,8 @@ void Scheduler::onReport(NodeId from, Report&& report, std::int64_t nowMono, std
   }
   Task& t = *it->second;
   bool holder = t.state == Task::State::kRunning && t.node == from;
-  if (!holder && !heldBefore(t.id, from)) {
+  const FormerHolder* former = holder ? nullptr : formerHolder(t.id, from);
+  if (!holder && !former) {
     // Never assigned to the sender: a forged result, or one for a task it does not hold.
     counters_.add("results_unassigned");
     return;
@@ -677,6 +686,10 @@ void Scheduler::onReport(NodeId from, Report&& report, std::int64_t nowMono, std
     // After a nexus restart the task's own count starts at 0: the attempt that ran is the
     // spore's word (at least one ran).
     t.attempts = std::max<std::uint8_t>({t.attempts, report.attempt, std::uint8_t{1}});
+    // Recorded with the assign time of the attempt that ran, not that of the task's current
+    // assignment (a re-send, perhaps to another spore, after it): 0 when it is not known.
+    if (!former) former = formerHolder(t.id, from);
+    t.assignedWallMs = former ? former->assignedWallMs : 0;
     finish(t, Status::kOk, std::move(report.output), "", nowWallMs, report.startedMs, report.durationUs, from);
     return;
   }

@@ -331,11 +331,17 @@ class Scheduler {
   // attempt runs (added at dispatch or adoption, removed when the attempt ends), so memory stays
   // proportional to the tasks in flight, not to the tasks finished within one timeout.
   std::set<std::pair<std::int64_t, std::uint64_t>> deadlines_;
-  // Keys of the nodes that ran an ended attempt of a task that has not finished (or reported it
-  // done): the senders whose late results count. Entries only for such tasks, dropped with them.
-  std::unordered_map<std::uint64_t, std::vector<std::string>> formerHolders_;
-  void addFormerHolder(std::uint64_t task, NodeId node);
-  bool heldBefore(std::uint64_t task, NodeId node) const;
+  // The nodes (by key) that ran an ended attempt of a task that has not finished (or reported it
+  // done): the senders whose late results count, with when their (latest) attempt was assigned
+  // (0: not known, e.g. one reported done after a restart), which a late result of theirs
+  // records. Entries only for such tasks, dropped with them.
+  struct FormerHolder {
+    std::string key;
+    std::int64_t assignedWallMs = 0;
+  };
+  std::unordered_map<std::uint64_t, std::vector<FormerHolder>> formerHolders_;
+  void addFormerHolder(std::uint64_t task, NodeId node, std::int64_t assignedWallMs);
+  const FormerHolder* formerHolder(std::uint64_t task, NodeId node) const;
   Effects effects_;
   util::Counters counters_;
   std::uint64_t queuedTotal_ = 0;

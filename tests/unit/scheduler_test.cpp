@@ -455,6 +455,32 @@ TEST_CASE("the first result wins and a late duplicate is dropped") {
   CHECK(s.node(b)->inFlight == 0);
 }
 
+TEST_CASE("a late result records when its own attempt was assigned, not the re-send's time") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  batchOf(s, 1, spec(), 2, 100);
+  REQUIRE(assignedTo(s.dispatch(0, 1000), a) == 2);  // to a at 1000 (a slot and a prefetch)
+  s.removeNode(a, 0, "silent");
+  NodeId b = s.addNode(nodeInfo("b", 2));
+  REQUIRE(assignedTo(s.dispatch(0, 5000), b) == 2);  // both to b at 5000
+  s.takeEffects();
+  NodeId a2 = s.addNode(nodeInfo("a", 1));
+  s.onReport(a2, ok(100, 1), 0, 6000);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].node == "a");
+  CHECK(fx.finals[0].assignedMs == 1000);
+  // A spore that says in its hello that it finished a task assigned before a nexus restart:
+  // when that was is not known.
+  NodeId c = s.addNode(nodeInfo("c", 1));
+  s.adoptDone(c, {101});
+  s.onReport(c, ok(101, 1), 0, 7000);
+  fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].node == "c");
+  CHECK(fx.finals[0].assignedMs == 0);
+}
+
 TEST_CASE("finished attempts leave no deadline behind") {
   Scheduler s(SchedulerConfig{});
   NodeId n = s.addNode(nodeInfo("n", 4));
