@@ -93,3 +93,15 @@ done_count() {
 at_least_done() { [ "$(done_count "$1")" -ge "$2" ]; }
 
 pid_of() { awk -v n="$1" '$1 == n { p = $2 } END { print p }' "$T/c/pids"; }
+
+# long_task_start BATCH INDEX: the start (ms) of task INDEX of BATCH, once checked that it ran
+# about 3 s (the long task of the tests of runs on a spore). Use as `started=$(long_task_start
+# ...)`: a failed check ends the test.
+long_task_start() {
+  local started us
+  started=$(sql "SELECT r.started_ms FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $1 AND t.idx = $2")
+  us=$(sql "SELECT r.duration_us FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $1 AND t.idx = $2")
+  [ -n "$started" ] && [ "$started" -gt 0 ] || fail "batch $1: no start time for the long task $2"
+  [ "$us" -ge 2900000 ] || fail "batch $1: the long task $2 took $us µs, not about 3 s"
+  echo "$started"
+}

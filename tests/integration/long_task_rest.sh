@@ -12,41 +12,18 @@
 # start (without the give-back, those in its run waited for its 3 s).
 . "$(dirname "$0")/lib.sh"
 mkdir "$T/handlers"
-cat > "$T/handlers/nap.serve" <<'EOF'
-#!/usr/bin/perl
-# A serve handler in Perl (perl-base is in every Debian system; a bash one takes about 1 ms a
-# task, and its handler would count as slow): a task's payload is a number of milliseconds to
-# sleep (0: none); the output is the payload.
-use strict;
-use warnings;
-$| = 1;
-while (my $line = <STDIN>) {
-  my ($word, $id, $attempt, $bytes) = split ' ', $line;
-  exit 2 unless defined $bytes && $word eq 'TASK';
-  my $payload = '';
-  while (length($payload) < $bytes) {
-    my $n = read(STDIN, $payload, $bytes - length($payload), length($payload));
-    exit 2 unless $n;
-  }
-  select(undef, undef, undef, $payload / 1000) if $payload > 0;
-  print 'OK ' . length($payload) . "\n" . $payload;
-}
-EOF
-chmod +x "$T/handlers/nap.serve"
+cp "$(dirname "$0")/nap.serve" "$T/handlers/nap.serve"
 up --spores 1 --slots 3 --spore-args "--handlers $T/handlers"
 
 # none_waited BATCH LONG...: no task after a long one (index LONG), up to the next long one, has
 # its result recorded more than 1 s after the long one started.
 none_waited() {
-  local batch=$1 long next long_started long_us waited lag
+  local batch=$1 long next long_started waited lag
   shift
   local longs=("$@" 1000000) i
   for ((i = 0; i < $#; i++)); do
   long=${longs[i]} next=${longs[i + 1]}
-  long_started=$(sql "SELECT r.started_ms FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch AND t.idx = $long")
-  long_us=$(sql "SELECT r.duration_us FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch AND t.idx = $long")
-  [ -n "$long_started" ] && [ "$long_started" -gt 0 ] || fail "batch $batch: no start time for the long task $long"
-  [ "$long_us" -ge 2900000 ] || fail "batch $batch: the long task $long took $long_us µs, not about 3 s"
+  long_started=$(long_task_start "$batch" "$long")
   waited=$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch \
                 AND t.idx > $long AND t.idx < $next AND r.finished_ms > $long_started + 1000")
   [ "$waited" -eq 0 ] || fail "batch $batch: $waited short tasks after the long task $long reached the nexus more than 1 s after it started"

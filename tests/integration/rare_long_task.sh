@@ -6,38 +6,22 @@
 # 1. The built-in `sleep`, never seen slow here: 300 tasks of 0 ms, one of 3,000 ms, 300 of 0 ms,
 #    one of 3,000 ms, 10 of 0 ms. The first long task comes in a run after short ones; so may the
 #    second (`sleep` counts as slow for only 256 tasks after the first).
-# 2. A serve handler `nap` (a bash process fed many tasks) whose tasks take well under 1 ms but
-#    the rare one (fewer than one in 256) that sleeps 3 s: 400 short, one long, 5 short.
+# 2. A serve handler `nap` (nap.serve, a Perl process fed many tasks) whose tasks take well under
+#    1 ms but the rare one (fewer than one in 256) that sleeps 3 s: 400 short, one long, 5 short.
 # Every short task before a long one has its result at the nexus within 1 s of the long task's
 # start (without the fix, the short ones in its run waited for its 3 s).
 . "$(dirname "$0")/lib.sh"
 mkdir "$T/handlers"
-cat > "$T/handlers/nap.serve" <<'EOF'
-#!/bin/bash
-# A serve handler: a task's payload is a number of milliseconds to sleep (0: none); the output
-# is the payload.
-export LC_ALL=C
-while read -r word id attempt bytes; do
-  [ "$word" = TASK ] || exit 2
-  payload=""
-  [ "$bytes" -eq 0 ] || IFS= read -r -N "$bytes" payload
-  [ "$payload" = 0 ] || /bin/sleep "$((payload / 1000)).$(printf %03d $((payload % 1000)))"
-  printf 'OK %d\n%s' "${#payload}" "$payload"
-done
-EOF
-chmod +x "$T/handlers/nap.serve"
+cp "$(dirname "$0")/nap.serve" "$T/handlers/nap.serve"
 up --spores 1 --slots 1 --spore-args "--handlers $T/handlers"
 
 # no_result_held BATCH LONG...: no task before a long one (index LONG) has its result recorded
 # more than 1 s after the long one started.
 no_result_held() {
-  local batch=$1 long long_started long_us held short lag
+  local batch=$1 long long_started held short lag
   shift
   for long in "$@"; do
-    long_started=$(sql "SELECT r.started_ms FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch AND t.idx = $long")
-    long_us=$(sql "SELECT r.duration_us FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch AND t.idx = $long")
-    [ -n "$long_started" ] && [ "$long_started" -gt 0 ] || fail "batch $batch: no start time for the long task $long"
-    [ "$long_us" -ge 2900000 ] || fail "batch $batch: the long task $long took $long_us µs, not about 3 s"
+    long_started=$(long_task_start "$batch" "$long")
     held=$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch \
                 AND t.idx < $long AND r.finished_ms > $long_started + 1000")
     [ "$held" -eq 0 ] || fail "batch $batch: $held results of short tasks before the long task $long reached the nexus more than 1 s after it started"
