@@ -290,7 +290,13 @@ std::uint32_t Scheduler::prefetch(const Node& n, const Batch& b) const { return 
 std::uint32_t Scheduler::credit(const Node& n, const Batch& b) const {
   std::uint64_t limit = std::uint64_t{n.info.slots} + prefetch(n, b);
   std::uint32_t before = ahead(n, b.spec.priority);
-  return limit > before ? static_cast<std::uint32_t>(limit - before) : 0;
+  std::uint64_t room = limit > before ? limit - before : 0;
+  return static_cast<std::uint32_t>(std::min(room, roomAtMost(n)));
+}
+
+std::uint64_t Scheduler::roomAtMost(const Node& n) const {
+  std::uint64_t most = std::uint64_t{n.info.slots} + std::max<std::uint32_t>(1, config_.maxPrefetch);
+  return most > n.inFlight ? most - n.inFlight : 0;
 }
 
 std::uint32_t Scheduler::ahead(const Node& n, std::uint8_t priority) const {
@@ -471,7 +477,7 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
     auto anyRoom = [&](std::uint8_t priority) {
       for (auto& [id, n] : nodes_) {
         std::uint64_t most = n.info.slots + (prefetchPass ? prefetchFor(n.info.slots, shortest) : 0);
-        if (most > (prefetchPass ? ahead(n, priority) : n.inFlight)) return true;
+        if (most > (prefetchPass ? ahead(n, priority) : n.inFlight) && roomAtMost(n) > 0) return true;
       }
       return false;
     };

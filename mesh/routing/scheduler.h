@@ -13,7 +13,9 @@
 //   it runs the batch's before any lower one still queued there). Prefetch is sized in time by
 //   the batch's own measured task duration (about `prefetchTargetUs` of work per slot), capped
 //   at `maxPrefetch`, so long tasks get no more than one extra and microsecond tasks get enough
-//   to fill the pipe. A batch with no measured task yet counts as long: one extra.
+//   to fill the pipe. A batch with no measured task yet counts as long: one extra. Whatever the
+//   priorities, a node never holds more than slots + maxPrefetch tasks in all: a higher
+//   priority batch that finds a node that full waits for the node's short tasks to drain.
 // - A dispatch round fills free slots first: no node gets a prefetched task while a free slot
 //   of an eligible node is left (every level of priority, then the prefetch, again by priority).
 // - Among eligible nodes: lowest load score 0.4 cpu + 0.3 mem + 0.3 min(1, in_flight/10)
@@ -255,8 +257,11 @@ class Scheduler {
   // the batch's average task time) in [1, maxPrefetch]; 1 while the batch has none measured.
   std::uint32_t prefetch(const Node& n, const Batch& b) const;
   // How many more tasks of the batch the node may be given: slots + prefetch - ahead, or 0,
-  // where ahead = in flight at the batch's priority or higher + min(slots, in flight below it).
+  // where ahead = in flight at the batch's priority or higher + min(slots, in flight below it);
+  // never more than roomAtMost(n).
   std::uint32_t credit(const Node& n, const Batch& b) const;
+  // The node's hard bound over every priority: slots + maxPrefetch - in flight, or 0.
+  std::uint64_t roomAtMost(const Node& n) const;
   // The tasks in flight on the node that would start before a new task of `priority` there.
   std::uint32_t ahead(const Node& n, std::uint8_t priority) const;
   // slots - in_flight, or 0.

@@ -290,6 +290,50 @@ TEST_CASE("tasks of a lower priority count against a higher one's room only up t
   CHECK(node.inFlightByPriority.empty());
 }
 
+TEST_CASE("a node never holds more than its slots plus max-prefetch tasks, whatever the priorities") {
+  SchedulerConfig c;
+  c.maxPrefetch = 4;
+  Scheduler s(c);
+  NodeId n = s.addNode(nodeInfo("n", 2));
+  // Microsecond tasks at 20 levels of priority, submitted one level after the other: each
+  // level alone would have room for its full prefetch over the lower ones' slots.
+  for (std::uint64_t level = 0; level < 20; ++level) {
+    Batch& b = batchOf(s, level + 1, spec("echo", static_cast<std::uint8_t>(level * 10)), 50, 1000 * (level + 1));
+    b.avgTaskUs = 5;
+    s.dispatch(0, 0);
+    CHECK(s.node(n)->inFlight <= 2 + 4);
+  }
+  CHECK(s.node(n)->inFlight == 6);
+  // Every task ends, a few at a time: the bound holds all the way, and everything runs.
+  std::size_t done = 0;
+  for (int round = 0; round < 2000 && s.queuedTotal() + s.runningTotal() > 0; ++round) {
+    std::vector<std::uint64_t> running(s.node(n)->running.begin(), s.node(n)->running.end());
+    for (std::size_t i = 0; i < running.size() && i < 3; ++i, ++done) {
+      s.onReport(n, ok(running[i], s.task(running[i])->attempts), 0, 0);
+    }
+    s.dispatch(0, 0);
+    REQUIRE(s.node(n)->inFlight <= 2 + 4);
+  }
+  CHECK(done == 20 * 50);
+}
+
+TEST_CASE("a higher priority batch that finds a node full waits for room, and no lower task takes it") {
+  SchedulerConfig c;
+  c.maxPrefetch = 4;
+  Scheduler s(c);
+  NodeId n = s.addNode(nodeInfo("n", 2));
+  Batch& low = batchOf(s, 1, spec("echo", 0), 100, 1);
+  low.avgTaskUs = 5;
+  REQUIRE(assignedTo(s.dispatch(0, 0), n) == 6);
+  batchOf(s, 2, spec("sleep", 9), 2, 500);
+  CHECK(s.dispatch(0, 0).empty());  // 6 in flight: the node is at its bound
+  s.onReport(n, ok(1, 1), 0, 0);
+  auto as = s.dispatch(0, 0);
+  REQUIRE(assignedTo(as, n) == 1);
+  CHECK(as[0].tasks[0]->batch->id == 2);
+  CHECK(s.node(n)->inFlight == 6);
+}
+
 TEST_CASE("a lost node's tasks leave no count by priority behind") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 2));
