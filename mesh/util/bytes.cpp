@@ -171,6 +171,7 @@ Result<std::uint64_t> parseSize(std::string_view text) {
 }
 
 Result<std::int64_t> parseDurationMs(std::string_view text) {
+  if (!text.empty() && text[0] == '-') return err("a duration cannot be negative: '" + std::string(text) + "'");
   size_t used = 0;
   auto n = parseNumberPrefix(text, &used);
   if (!n) return n.error();

@@ -71,6 +71,10 @@ TEST_CASE("sizes and durations parse with units and refuse garbage") {
   CHECK(*parseDurationMs("30") == 30000);
   CHECK(*parseDurationMs("30d") == 30ll * 86400000);
   CHECK_FALSE(parseDurationMs("5 weeks").ok());
+  CHECK_FALSE(parseDurationMs("30x").ok());
+  auto negative = parseDurationMs("-1s");
+  REQUIRE_FALSE(negative.ok());
+  CHECK(negative.error().message.find("cannot be negative") != std::string::npos);
 }
 
 TEST_CASE("parseU64 takes whole decimal numbers only") {
