@@ -5,6 +5,7 @@
 
 #include <boost/program_options.hpp>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -46,6 +47,19 @@ util::Status refuseNegatives(const po::parsed_options& parsed, const po::options
     }
   }
   return {};
+}
+
+// tcp://HOST:PORT with a non-empty host (a name, an IPv4 address or [IPv6]) and a port 1-65535.
+bool looksLikeTcpEndpoint(const std::string& e) {
+  const std::string prefix = "tcp://";
+  if (e.compare(0, prefix.size(), prefix) != 0) return false;
+  std::size_t colon = e.rfind(':');
+  if (colon == std::string::npos || colon <= prefix.size()) return false;
+  std::uint64_t port = 0;
+  if (!util::parseU64(std::string_view(e).substr(colon + 1), &port) || port < 1 || port > 65535) return false;
+  std::string host = e.substr(prefix.size(), colon - prefix.size());
+  if (host.front() == '[') return host.size() > 2 && host.back() == ']';
+  return host.find_first_of("/[]") == std::string::npos;
 }
 
 // A message from a config file may quote its bytes: keep them printable.
@@ -199,11 +213,20 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
   }
   auto weights = util::splitList(vm["weights"].as<std::string>(), ',');
   if (weights.size() != 3) return usage("--weights takes three numbers: cpu,mem,in-flight", "nexus");
-  try {
-    c.scheduler.weights = {std::stod(weights[0]), std::stod(weights[1]), std::stod(weights[2])};
-  } catch (const std::exception&) {
-    return usage("--weights takes three numbers: cpu,mem,in-flight", "nexus");
+  double w[3];
+  for (int i = 0; i < 3; ++i) {
+    // The whole item is a number of 0 or more: "3x" or "-1" is a typo, not 3 or a penalty.
+    std::size_t used = 0;
+    try {
+      w[i] = std::stod(weights[i], &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != weights[i].size() || !std::isfinite(w[i]) || w[i] < 0) {
+      return usage("--weights takes three numbers of 0 or more: cpu,mem,in-flight, not '" + weights[i] + "'", "nexus");
+    }
   }
+  c.scheduler.weights = {w[0], w[1], w[2]};
   if (c.missedBeats < 1 || c.missedBeats > 255) return usage("--missed-beats must be 1-255", "nexus");
   if (c.heartbeatMs < 50) return usage("--heartbeat must be at least 50ms", "nexus");
   c.beaconInterfaces = listOption(vm, "interface");
@@ -269,6 +292,13 @@ util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) 
   if (c.slots > 1024) return usage("--slots must be at most 1024", "spore");
   if (c.keyFile.empty()) c.keyFile = c.dataDir + "/spore.key";
   if (vm.count("nexus")) c.nexus = vm["nexus"].as<std::vector<std::string>>();
+  for (const auto& e : c.nexus) {
+    // A malformed seed never connects: say so now rather than retry it for good.
+    if (!looksLikeTcpEndpoint(e)) {
+      return usage("--nexus takes tcp://HOST:PORT (the nexus's node port, 7700 by default), not '" + printable(e) + "'",
+                   "spore");
+    }
+  }
   if (vm.count("trust")) c.trust = vm["trust"].as<std::vector<std::string>>();
   auto trial = durationOption(vm, "bundle-trial", 60000);
   if (!trial) return trial.error();
@@ -445,6 +475,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   c.args.assign(words.begin() + nWords, words.end());
   auto timeout = durationOption(vm, "timeout", 10000);
   if (!timeout) return timeout.error();
+  if (*timeout <= 0) return usage("--timeout must be more than 0, e.g. 10s", "mesh");
   c.client.timeoutMs = *timeout;
   c.keyGiven = vm.count("key") > 0;
   c.bundle.handlers = listOption(vm, "bundle-handlers");

@@ -152,3 +152,33 @@ TEST_CASE("mesh COMMAND --help shows that command and the options it reads; mesh
   CHECK(all->help.find("--mapper") != std::string::npos);
   CHECK(all->help.find("keys revoke") != std::string::npos);
 }
+
+TEST_CASE("nexus --weights takes three numbers of 0 or more, not a number with a typo after it") {
+  CHECK(parse(parseNexus, {"nexus", "--data-dir", "d", "--weights", "1,0,0.5"}).ok());
+  for (const char* bad : {"1,2,3x", "-1,0.3,0.3", "0.4,nan,0.3", "0.4,inf,0.3"}) {
+    auto r = parse(parseNexus, {"nexus", "--data-dir", "d", "--weights", bad});
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == 2);
+  }
+}
+
+TEST_CASE("spore --nexus must be tcp://HOST:PORT: a malformed seed is refused at start, not retried for good") {
+  for (const char* good : {"tcp://10.0.0.1:7700", "tcp://nexus.example.net:7700", "tcp://[fd00::1]:7700"}) {
+    CHECK(parse(parseSpore, {"spore", "--data-dir", "d", "--nexus-key", "k", "--nexus", good}).ok());
+  }
+  for (const char* bad : {"garbage", "10.0.0.1:7700", "tcp://10.0.0.1", "tcp://:7700", "tcp://host:0",
+                          "tcp://host:70000", "tcp://host:77x", "udp://host:7700", "tcp://[fd00::1:7700"}) {
+    auto r = parse(parseSpore, {"spore", "--data-dir", "d", "--nexus-key", "k", "--nexus", bad});
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == 2);
+    CHECK(r.error().message.find("tcp://HOST:PORT") != std::string::npos);
+  }
+}
+
+TEST_CASE("mesh --timeout must be more than 0") {
+  CHECK(parse(parseCli, {"mesh", "status", "--timeout", "500ms"}).ok());
+  auto zero = parse(parseCli, {"mesh", "status", "--timeout", "0"});
+  REQUIRE_FALSE(zero.ok());
+  CHECK(zero.error().code == 2);
+  CHECK_FALSE(parse(parseCli, {"mesh", "status", "--timeout", "-1s"}).ok());
+}
