@@ -411,7 +411,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "                             submit a batch, print its id\n"
         "  wait BATCH                 wait for a batch (progress on a terminal); exit 0 if all succeeded\n"
         "  results BATCH              print each task's result in submission order (exit 4 if\n"
-        "                             the batch has not finished: the results so far; exit 5 if\n"
+        "                             the batch has not finished: the results so far; exit 6 if\n"
         "                             they were removed after the nexus's --keep-finished)\n"
         "  status                     the nexus: nodes, queues, batches, counters, limits\n"
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"

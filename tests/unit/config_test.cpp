@@ -153,6 +153,14 @@ TEST_CASE("mesh COMMAND --help shows that command and the options it reads; mesh
   CHECK(all->help.find("keys revoke") != std::string::npos);
 }
 
+TEST_CASE("mesh results --help gives the exit code of removed results that the exit-code list gives: 6") {
+  auto help = parse(parseCli, {"mesh", "results", "--help"});
+  REQUIRE(help.ok());
+  CHECK(help->help.find("exit 6 if\n                             they were removed") != std::string::npos);
+  CHECK(help->help.find("6 `results`\nor `task` of a batch whose tasks and results the nexus removed") != std::string::npos);
+  CHECK(help->help.find("exit 5 if") == std::string::npos);
+}
+
 TEST_CASE("nexus --weights takes three numbers of 0 or more, not a number with a typo after it") {
   CHECK(parse(parseNexus, {"nexus", "--data-dir", "d", "--weights", "1,0,0.5"}).ok());
   for (const char* bad : {"1,2,3x", "-1,0.3,0.3", "0.4,nan,0.3", "0.4,inf,0.3"}) {
