@@ -184,10 +184,14 @@ int keysCommand(const CliCommand& cmd) {
     }
     return 0;
   }
+  if (sub != "list" && sub != "pending" && sub != "accept" && sub != "revoke") {
+    return usageError("unknown keys subcommand '" + sub + "' (gen, list, pending, accept, revoke or fingerprint)");
+  }
   auto db = openNexusDb(cmd);
   if (!db) return fail(db.error());
   store::KeyStore keys(*db);
   if (sub == "list" || sub == "pending") {
+    if (!cmd.args.empty()) return usageError("keys " + sub + " takes no arguments, not '" + cmd.args[0] + "'");
     std::optional<store::KeyState> state;
     if (sub == "pending") state = store::KeyState::kPending;
     auto list = keys.list(state);
@@ -958,6 +962,9 @@ int bundlesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   auto reply = (*client)->call(e);
   if (!reply) return fail(reply.error());
   auto r = reply->envelope().getBody().getBundlesReply();
+  if (!cmd.client.json && r.getBundles().size() == 0 && r.getRefusals().size() == 0) {
+    std::printf("no bundle has been published (mesh bundle publish FILE; docs/bundles.md)\n");
+  }
   for (auto b : r.getBundles()) {
     auto ref = b.getBundle();
     if (cmd.client.json) {
@@ -1011,6 +1018,9 @@ int bundlesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
 
 int runCli(const config::CliCommand& cmd) {
   const std::string& verb = cmd.words[0];
+  if ((verb == "status" || verb == "nodes" || verb == "bundles") && !cmd.args.empty()) {
+    return usageError("`mesh " + verb + "` takes no arguments, not '" + cmd.args[0] + "'");
+  }
   if (verb == "keys") return keysCommand(cmd);
   if (verb == "bundle" && cmd.words[1] == "sign") return bundleSignCommand(cmd);
   auto ctx = transport::makeContext();

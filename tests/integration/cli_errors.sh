@@ -38,6 +38,23 @@ grep -q "no task 999999 (task ids run across batches" "$T/err" || fail "unknown 
 expect_rc 3 env MESH_NEXUS=tcp://127.0.0.1:1 mesh status --timeout 1s
 grep -q "cannot reach the nexus" "$T/err" || fail "unreachable nexus not explained: $(cat "$T/err")"
 expect_rc 2 env MESH_KEY= mesh status
+# Commands without arguments refuse one (a typo for another command, say) instead of ignoring it.
+for c in status nodes bundles; do
+  expect_rc 2 mesh "$c" 7
+  grep -q "\`mesh $c\` takes no arguments, not '7'" "$T/err" || fail "mesh $c 7 not refused: $(cat "$T/err")"
+done
+expect_rc 2 mesh keys list 7
+# An unknown keys subcommand is named as such, wherever it runs (it used to ask for --data-dir).
+expect_rc 2 env MESH_DATA_DIR= mesh keys frob
+grep -q "unknown keys subcommand 'frob'" "$T/err" || fail "mesh keys frob not explained: $(cat "$T/err")"
+# Nothing published: a line says so, instead of an empty output.
+expect_rc 0 mesh bundles
+grep -q "no bundle has been published" "$T/out" || fail "an empty mesh bundles says nothing: $(cat "$T/out")"
+expect_rc 0 mesh bundles --json
+[ ! -s "$T/out" ] || fail "mesh bundles --json printed something without bundles: $(cat "$T/out")"
+expect_rc 2 mesh status --timeout 0
+expect_rc 2 mesh submit --handler echo --task-timeout -1s --lines /dev/null
+grep -q "cannot be negative" "$T/err" || fail "a negative duration not explained: $(cat "$T/err")"
 # One nexus and one spore per data dir: a second one exits 1 and names the process in the way.
 expect_rc 1 timeout 20 "$bin/nexus" --data-dir "$T/c/nexus" --bind-node tcp://127.0.0.1:0 \
   --bind-client tcp://127.0.0.1:0 --bind-events tcp://127.0.0.1:0
