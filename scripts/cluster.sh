@@ -7,6 +7,7 @@
 #       sub-directory of DIR, with generated and accepted keys; writes DIR/env (source it to
 #       use `mesh`) and DIR/pids; returns when every spore has joined. --trust passes a release
 #       public key (signed bundles) to the nexus and every spore, including later ones.
+#       A DIR brought down before is used again: its keys, database and ports.
 #   scripts/cluster.sh add-spore DIR NAME [spore options...]
 #       starts one more spore (its key generated and accepted) and waits until it joins.
 #   scripts/cluster.sh stop DIR NAME     stops one process of the cluster (SIGTERM, then SIGKILL)
@@ -134,8 +135,12 @@ cmd_up() {
   echo "${spore_args:-}" > "$dir/spore-args"
   echo "$trust_args" > "$dir/trust-args"
   start_nexus "$dir"
-  "$bin/mesh" keys gen "$dir/operator.key" >/dev/null
-  "$bin/mesh" keys accept "$dir/operator.key.pub" --role admin --comment operator --data-dir "$dir/nexus" >/dev/null
+  # DIR may hold a cluster that was brought down: its keys, database and ports are used again.
+  if ! { [ -f "$dir/operator.key" ] || "$bin/mesh" keys gen "$dir/operator.key" >/dev/null; } ||
+     ! "$bin/mesh" keys accept "$dir/operator.key.pub" --role admin --comment operator --data-dir "$dir/nexus" >/dev/null; then
+    cmd_down "$dir"  # nothing left running
+    die "could not make the operator key in $dir"
+  fi
   cat > "$dir/env" <<ENV
 export PATH="$bin:\$PATH"
 export MESH_NEXUS=$(awk '$1 == "client" { print $2 }' "$dir/nexus/endpoints")

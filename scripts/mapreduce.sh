@@ -7,7 +7,13 @@
 # --handlers DIR, e.g. examples/wordcount). Writes OUTDIR/part-00000... and OUTDIR/merged.
 # Uses MESH_NEXUS, MESH_NEXUS_KEY and MESH_KEY (for a local cluster: . DIR/env).
 set -euo pipefail
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+# usage [STATUS]: the comment above; on stdout for -h/--help (exit 0), else on stderr (exit 2).
+usage() {
+  if [ "${1:-2}" -eq 0 ]; then sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+[ "${1:-}" != "--help" ] || usage 0
 mapper= reducer= combiner= reducers=4 chunk=1M out=
 while getopts "m:r:c:R:s:o:h" opt; do
   case $opt in
@@ -17,6 +23,7 @@ while getopts "m:r:c:R:s:o:h" opt; do
     R) reducers=$OPTARG ;;
     s) chunk=$OPTARG ;;
     o) out=$OPTARG ;;
+    h) usage 0 ;;
     *) usage ;;
   esac
 done
