@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
     auto nexus = node::Nexus::start(ctx, *parsed->config);
     if (!nexus) {
       std::fprintf(stderr, "nexus: %s\n", nexus.error().message.c_str());
-      return 1;
+      return nexus.error().code == 2 ? 2 : 1;  // 2: a bad option or file named by one (not restarted)
     }
     (*nexus)->run(nodes::gStop);
     MESH_INFO("stopped");

@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
     auto spore = node::Spore::start(ctx, config, registry);
     if (!spore) {
       std::fprintf(stderr, "spore: %s\n", spore.error().message.c_str());
-      return 1;
+      return spore.error().code == 2 ? 2 : 1;  // 2: a bad option or file named by one (not restarted)
     }
     (*spore)->run(nodes::gStop);
     MESH_INFO("stopped");

@@ -13,7 +13,7 @@ namespace mesh::node {
 
 util::Status NexusImpl::openBundles() {
   for (const auto& f : config_.trust) {
-    if (auto s = trusted_.addFile(f); !s) return util::err("--trust " + f + ": " + s.error().message);
+    if (auto s = trusted_.addFile(f); !s) return util::err("--trust " + f + ": " + s.error().message, 2);
   }
   bundlesDir_ = config_.dataDir + "/bundles";
   if (auto s = bundle::makeDirs(bundlesDir_, 0700); !s) return s;

@@ -15,6 +15,11 @@ util::Status SporeImpl::start() {
   auto lock = util::lockDir(config_.dataDir, "spore");
   if (!lock) return lock.error();
   dataDirLock_ = std::move(*lock);
+  // A --nexus-key that cannot be read is a mistake in the config (exit 2: not restarted), found
+  // before a key pair is made.
+  auto nexusKey = crypto::loadPublicKey(config_.nexusKey);
+  if (!nexusKey) return util::err("--nexus-key: " + nexusKey.error().message, 2);
+  nexusKey_ = *nexusKey;
   if (access(config_.keyFile.c_str(), F_OK) != 0) {
     if (auto s = crypto::saveKeyPair(config_.keyFile, crypto::KeyPair::generate()); !s) return s;
     MESH_INFO("generated this spore's key pair in %s", config_.keyFile.c_str());
@@ -22,9 +27,6 @@ util::Status SporeImpl::start() {
   auto keys = crypto::loadKeyPair(config_.keyFile);
   if (!keys) return keys.error();
   keys_ = std::move(*keys);
-  auto nexusKey = crypto::loadPublicKey(config_.nexusKey);
-  if (!nexusKey) return util::err("--nexus-key: " + nexusKey.error().message);
-  nexusKey_ = *nexusKey;
   MESH_INFO("spore %s key %s (on the nexus host, let it in with: mesh keys accept %s)", config_.name.c_str(),
             keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str());
   std::string work = config_.dataDir + "/work";

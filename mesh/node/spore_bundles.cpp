@@ -14,7 +14,7 @@ namespace mesh::node {
 util::Status SporeImpl::openBundles() {
   if (config_.trust.empty()) return {};
   for (const auto& f : config_.trust) {
-    if (auto s = trusted_.addFile(f); !s) return util::err("--trust " + f + ": " + s.error().message);
+    if (auto s = trusted_.addFile(f); !s) return util::err("--trust " + f + ": " + s.error().message, 2);
   }
   auto installer = bundle::Installer::open(config_.dataDir + "/bundles", clock_);
   if (!installer) return util::err("bundles: " + installer.error().message);

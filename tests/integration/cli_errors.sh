@@ -63,6 +63,17 @@ grep -q "another nexus (process $(pid_of nexus)) is using $T/c/nexus" "$T/err" |
 expect_rc 1 timeout 20 "$bin/spore" --data-dir "$T/c/spore-1" --nexus "$MESH_NEXUS" --nexus-key "$MESH_NEXUS_KEY"
 grep -q "another spore (process $(pid_of spore-1)) is using" "$T/err" || fail "a second spore on one data dir not refused: $(cat "$T/err")"
 [ "$(mesh nodes --json | grep -c '"name"')" -eq 1 ] || fail "the first spore is gone"
+# A config mistake exits 2 (the systemd units do not restart on 2) before anything is written:
+# a --nexus-key or --trust file that cannot be read, a --nexus that is not tcp://HOST:PORT.
+expect_rc 2 timeout 20 "$bin/spore" --data-dir "$T/bad-spore" --nexus "$MESH_NEXUS" --nexus-key "$T/no-such.pub"
+grep -q -- "--nexus-key: cannot open $T/no-such.pub" "$T/err" || fail "a missing --nexus-key not explained: $(cat "$T/err")"
+[ ! -e "$T/bad-spore/spore.key" ] || fail "a spore with a bad --nexus-key made a key pair"
+expect_rc 2 timeout 20 "$bin/spore" --data-dir "$T/bad-spore" --nexus "$MESH_NEXUS" --nexus-key "$MESH_NEXUS_KEY" \
+  --trust "$T/no-such.pub"
+expect_rc 2 timeout 20 "$bin/spore" --data-dir "$T/bad-spore" --nexus nexus-host:7700 --nexus-key "$MESH_NEXUS_KEY"
+grep -q "tcp://HOST:PORT" "$T/err" || fail "a malformed --nexus not explained: $(cat "$T/err")"
+expect_rc 2 timeout 20 "$bin/nexus" --data-dir "$T/bad-nexus" --bind-node tcp://127.0.0.1:0 \
+  --bind-client tcp://127.0.0.1:0 --bind-events tcp://127.0.0.1:0 --trust "$T/no-such.pub"
 expect_rc 2 env MESH_NEXUS= mesh status
 # Failed tasks: exit 1 from wait and results, with the error recorded.
 batch=$(printf 'broken\n' | mesh submit --handler fail --attempts 1 --lines -)
