@@ -349,7 +349,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("key", po::value<std::string>(&c.client.key), "this client's key pair file")
       ("data-dir", po::value<std::string>(&c.client.dataDir), "the nexus data dir (for `mesh keys` on the nexus host)")
       ("json", po::bool_switch(&c.client.json), "print JSON (one object per line) instead of text")
-      ("timeout", po::value<std::string>()->default_value("10s"), "give up connecting or waiting for a reply after this long");
+      ("timeout", po::value<std::string>()->default_value("10s"), "give up connecting or waiting for a reply after this long (waiting for a batch: "
+       "after this long or 60s of silence, whichever is longer)");
   po::options_description submit("submit");
   submit.add_options()
       ("handler", po::value<std::string>(&c.submit.handler), "handler that runs each task (echo, sha256, sleep, fail, or a program)")

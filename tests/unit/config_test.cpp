@@ -159,6 +159,10 @@ TEST_CASE("mesh results --help gives the exit code of removed results that the e
   CHECK(help->help.find("exit 6 if\n                             they were removed") != std::string::npos);
   CHECK(help->help.find("6 `results`\nor `task` of a batch whose tasks and results the nexus removed") != std::string::npos);
   CHECK(help->help.find("exit 5 if") == std::string::npos);
+  // A wait gives up after max(--timeout, 60 s) of silence (docs/protocol.md): the help says so.
+  auto wait = parse(parseCli, {"mesh", "wait", "--help"});
+  REQUIRE(wait.ok());
+  CHECK(wait->help.find("60s") != std::string::npos);
 }
 
 TEST_CASE("nexus --weights takes three numbers of 0 or more, not a number with a typo after it") {
