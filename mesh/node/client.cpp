@@ -67,7 +67,7 @@ util::Result<std::unique_ptr<Client>> Client::connect(zmq::context_t& ctx, const
     return util::err("no nexus given: set MESH_NEXUS or --nexus tcp://HOST:7701", kExitUsage);
   }
   auto keys = crypto::loadKeyPair(options.keyFile);
-  if (!keys) return util::err(keys.error().message + " (set MESH_KEY or --key)", kExitUsage);
+  if (!keys) return util::err(keys.error().message + " (the client key pair: MESH_KEY or --key)", kExitUsage);
   std::unique_ptr<Client> c(new Client(ctx, options));
   c->keys_ = std::move(*keys);
   transport::SocketLimits limits;

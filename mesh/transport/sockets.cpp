@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 
 #include "mesh/util/clock.h"
@@ -113,6 +114,24 @@ HandshakeWatch::HandshakeWatch(zmq::context_t& ctx, zmq::socket_t& socket) : soc
 
 HandshakeWatch::~HandshakeWatch() { zmq_socket_monitor(socket_->handle(), nullptr, 0); }
 
+namespace {
+// A handshake monitor event in words, for an operator (libzmq's event number and value).
+std::string describeHandshakeFailure(std::uint16_t event, std::uint32_t value) {
+  char hex[16];
+  std::snprintf(hex, sizeof hex, "0x%x", value);
+  switch (event) {
+    case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+      return std::string("the peer closed the connection during the Curve handshake: ") + std::strerror(static_cast<int>(value));
+    case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+      return std::string("the Curve handshake broke the protocol (libzmq code ") + hex + ")";
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+      return "the peer refused this key (ZAP status " + std::to_string(value) + ")";
+    default:
+      return "handshake event " + std::to_string(event) + ", value " + std::to_string(value);
+  }
+}
+}  // namespace
+
 HandshakeResult HandshakeWatch::wait(int timeoutMs, std::string* detail) {
   const auto& clock = util::systemClock();
   std::int64_t deadline = clock.monotonicMs() + timeoutMs;
@@ -133,7 +152,7 @@ HandshakeResult HandshakeWatch::wait(int timeoutMs, std::string* detail) {
     std::memcpy(&event, header.data(), 2);
     std::memcpy(&value, static_cast<const char*>(header.data()) + 2, 4);
     if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) return HandshakeResult::kSucceeded;
-    if (detail) *detail = "handshake event " + std::to_string(event) + " status " + std::to_string(value);
+    if (detail) *detail = describeHandshakeFailure(event, value);
     if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return HandshakeResult::kRefused;
     return HandshakeResult::kFailed;
   }

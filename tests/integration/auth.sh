@@ -46,6 +46,8 @@ expect_rc 3 env MESH_KEY="$T/stranger.key" mesh status
 # A wrong nexus key (a man in the middle) fails the handshake.
 mesh keys gen "$T/fake-nexus.key" > /dev/null
 expect_rc 3 env MESH_NEXUS_KEY="$T/fake-nexus.key.pub" mesh status --timeout 2s
+grep -q "closed the connection during the Curve handshake.*is MESH_NEXUS_KEY the key of this nexus" "$T/err" ||
+  fail "a wrong nexus key is not explained: $(cat "$T/err")"
 # A secret key file others can read is refused.
 chmod 644 "$T/stranger.key"
 expect_rc 2 env MESH_KEY="$T/stranger.key" mesh status
