@@ -154,7 +154,7 @@ ENV
     cmd_down "$dir"
     return 1
   fi
-  echo "cluster up in $dir: nexus and $spores spores; run: . $dir/env"
+  echo "cluster up in $dir: nexus and $spores spore$([ "$spores" -eq 1 ] || echo s); run: . $dir/env"
 }
 
 cmd_add_spore() {

@@ -124,7 +124,7 @@ std::vector<std::string> listOption(const po::variables_map& vm, const char* nam
 
 std::string helpText(const std::string& intro, const po::options_description& visible) {
   std::ostringstream out;
-  out << intro << "\n" << visible;
+  out << intro << visible;
   return out.str();
 }
 
@@ -382,7 +382,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("role", po::value<std::string>(&c.role), "role of an accepted key: node, client or admin")
       ("comment", po::value<std::string>(&c.comment), "a note stored with the key")
       ("release", po::bool_switch(&c.release), "keys gen: an Ed25519 release key for signing bundles");
-  po::options_description bundle("bundle sign (the release key is --key FILE)");
+  po::options_description bundle("bundle sign (the release key is --key FILE, the bundle written to -o FILE)");
   bundle.add_options()
       ("name", po::value<std::string>(&c.bundle.name), "bundle name: [a-z0-9][a-z0-9._-]{0,63}")
       ("version", po::value<std::uint64_t>(&c.bundle.version)->default_value(0), "bundle version, strictly increasing per name")
@@ -429,7 +429,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  bundle sign DIR --name N --version V --key release.key [--expires 30d] -o FILE\n"
         "                             sign a directory of handler programs into a bundle\n"
         "  bundle publish FILE        upload a signed bundle (admin key); spores install it\n"
-        "  bundles                    each bundle's version on each spore, refusals, rollbacks\n\n";
+        "  bundles                    each bundle's version on each spore, refusals, rollbacks\n";
     const std::string exits =
         "Exit codes: 0 success, 1 some tasks failed or the batch was cancelled, 2 usage error,\n"
         "3 cannot reach or authenticate to the nexus, 4 `results` of a batch that has not\n"

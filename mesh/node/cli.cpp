@@ -669,7 +669,8 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     std::printf("%s  %s%s%s\n", isoTime(t.getFinishedMs()).c_str(), std::string(wire::view(t.getState())).c_str(),
                 err.empty() ? "" : ": ", escaped(err).c_str());
   }
-  if (t.getFinishedMs() > 0) {
+  // A success's output, even empty; another end's only when it left one.
+  if (t.getFinishedMs() > 0 && (t.getOutput().size() > 0 || wire::view(t.getState()) == "ok")) {
     std::printf("output: %s\n", escaped(wire::view(t.getOutput())).c_str());
   }
   return 0;

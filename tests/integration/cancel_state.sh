@@ -122,6 +122,10 @@ no_zero_times "$T/never.json"
 mesh task "$(task_of "$q")" > "$T/never.txt"
 ! grep -q "attempt\|before a nexus restart" "$T/never.txt" || fail "a task that never ran has an attempt: $(cat "$T/never.txt")"
 grep -q "Z  cancelled: cancelled by the client\$" "$T/never.txt" || fail "the end of a task that never ran: $(cat "$T/never.txt")"
+! grep -q "^output:" "$T/never.txt" || fail "a task that never ran shows an output: $(cat "$T/never.txt")"
+e=$(printf '\n' | mesh submit --handler echo --lines - --wait)
+mesh task "$(task_of "$e")" > "$T/empty.txt"
+grep -qx "output: " "$T/empty.txt" || fail "a success with an empty output shows none: $(cat "$T/empty.txt")"
 # An attempt that failed (no start time recorded) before the one that ended the task.
 f=$(echo boom | mesh submit --handler fail --attempts 2 --lines -)
 expect_rc 1 timeout 30 mesh wait "$f"

@@ -100,6 +100,26 @@ TEST_CASE("the CLI splits command words from arguments") {
   CHECK(help->help.find("Exit codes") != std::string::npos);
 }
 
+TEST_CASE("every help text is laid out without runs of blank lines, and bundle sign names -o") {
+  std::vector<std::vector<const char*>> commands = {{"mesh", "--help"}, {"mesh", "submit", "--help"},
+                                                    {"mesh", "bundle", "sign", "--help"}, {"mesh", "keys", "gen", "--help"},
+                                                    {"mesh", "wait", "--help"}};
+  for (const auto& argv : commands) {
+    auto help = parse(parseCli, argv);
+    REQUIRE(help.ok());
+    CHECK_MESSAGE(help->help.find("\n\n\n") == std::string::npos, argv[1]);
+  }
+  auto sign = parse(parseCli, {"mesh", "bundle", "sign", "--help"});
+  REQUIRE(sign.ok());
+  CHECK(sign->help.find("-o FILE") != std::string::npos);
+  auto nexus = parse(parseNexus, {"nexus", "--help"});
+  REQUIRE(nexus.ok());
+  CHECK(nexus->help.find("\n\n\n") == std::string::npos);
+  auto spore = parse(parseSpore, {"spore", "--help"});
+  REQUIRE(spore.ok());
+  CHECK(spore->help.find("\n\n\n") == std::string::npos);
+}
+
 TEST_CASE("a negative number for an unsigned option is refused, not wrapped to its largest value") {
   auto r = parse(parseCli, {"mesh", "results", "1", "--limit", "-1"});
   REQUIRE_FALSE(r.ok());
