@@ -557,8 +557,10 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                 batchState(progressView(p)));
   }
   std::printf("\ncounters:\n");
+  int width = 0;  // the longest name, so the values line up
+  for (auto c : s.getCounters()) width = std::max(width, static_cast<int>(c.getName().size()));
   for (auto c : s.getCounters()) {
-    std::printf("  %-28s %" PRIu64 "\n", std::string(wire::view(c.getName())).c_str(), c.getValue());
+    std::printf("  %-*s %" PRIu64 "\n", width, std::string(wire::view(c.getName())).c_str(), c.getValue());
   }
   return 0;
 }
