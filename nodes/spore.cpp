@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "spore: %s\n", spore.error().message.c_str());
       return spore.error().code == 2 ? 2 : 1;  // 2: a bad option or file named by one (not restarted)
     }
-    (*spore)->run(nodes::gStop);
+    (*spore)->run(nodes::gStops);
     MESH_INFO("stopped");
     return 0;
   } catch (const std::exception& e) {

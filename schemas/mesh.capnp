@@ -48,6 +48,9 @@ struct Envelope {
     bundleList @30 :List(BundleRef);      # nexus -> spore: answer to bundleListRequest
     bundlesRequest @31 :Void;             # client -> nexus: `mesh bundles`
     bundlesReply @32 :BundlesReply;
+    # ---- a spore's stop (docs/protocol.md, "A spore that stops") ------------------------------
+    leaving @33 :Leaving;                 # spore -> nexus: it is stopping
+    leftAck @34 :Void;                    # nexus -> spore: answer to a final leaving
   }
 }
 
@@ -84,6 +87,16 @@ struct Hello {
   pid @8 :UInt32;
   runningAttempts @9 :List(UInt8);  # the attempt number of each task in `running`
   done @10 :List(UInt64);      # tasks finished here whose results it sends after the welcome
+}
+
+# A spore that is asked to stop (SIGTERM) lets its running tasks finish, for at most graceMs,
+# and hands back the ones it holds and has not started: none of it is charged to the tasks.
+struct Leaving {
+  graceMs @0 :UInt32;          # how long it lets its running tasks finish
+  final @1 :Bool;              # false: send it no more tasks; true: it is gone now, and every
+                               # task it has not reported a result for goes back to the queue
+  giveBack @2 :List(UInt64);   # tasks it holds and will not start: back to the queue now
+  giveBackAttempts @3 :List(UInt8);  # the attempt of each task in giveBack
 }
 
 struct Welcome {
@@ -289,6 +302,7 @@ struct NodeInfo {
   connectedMs @14 :Int64;
   softwareVersion @15 :Text;
   handlers @16 :List(Text);
+  leaving @17 :Bool;           # stopping: it finishes what it runs and takes no new task
 }
 
 struct NodesReply {

@@ -10,7 +10,8 @@
 #       A DIR brought down before is used again: its keys, database and ports.
 #   scripts/cluster.sh add-spore DIR NAME [spore options...]
 #       starts one more spore (its key generated and accepted) and waits until it joins.
-#   scripts/cluster.sh stop DIR NAME     stops one process of the cluster (SIGTERM, then SIGKILL)
+#   scripts/cluster.sh stop DIR NAME     stops one process of the cluster (SIGTERM: a spore finishes
+#                                        its running tasks; again after 5 s; SIGKILL after 15 s)
 #   scripts/cluster.sh kill DIR NAME     SIGKILLs one process of the cluster
 #   scripts/cluster.sh restart-nexus DIR starts the nexus again on the same data dir and ports
 #   scripts/cluster.sh down DIR          stops exactly the processes recorded in DIR/pids
@@ -47,11 +48,17 @@ ours() {
   [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$dir"
 }
 
+# stop_pid DIR PID [SIGNAL [PATIENCE]]: SIGTERM lets a spore finish its running tasks (it hands
+# its queued ones back at once); after PATIENCE seconds (default 5) a second SIGTERM stops it at
+# once, and SIGKILL follows 10 s later.
 stop_pid() {
-  local dir=$1 pid=$2 signal=${3:-TERM}
+  local dir=$1 pid=$2 signal=${3:-TERM} patience=${4:-5}
   ours "$dir" "$pid" || return 0
   kill "-$signal" "$pid" 2>/dev/null || return 0
-  local deadline=$((SECONDS + 10))
+  local deadline=$((SECONDS + patience))
+  while ours "$dir" "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
+  if [ "$signal" = TERM ] && ours "$dir" "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
+  deadline=$((SECONDS + 10))
   while ours "$dir" "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
   if ours "$dir" "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   while ours "$dir" "$pid" && [ $SECONDS -lt $((deadline + 5)) ]; do sleep 0.05; done
@@ -193,9 +200,9 @@ cmd_down() {
   dir=$(cd "$1" 2>/dev/null && pwd) || die "no such directory $1"
   [ -f "$dir/pids" ] || return 0
   local name pid
-  # Spores first, so that the nexus does not log them as lost.
+  # Spores first, so that the nexus does not log them as lost; each gets 1 s to finish.
   while read -r name pid; do
-    [ "$name" = nexus ] || stop_pid "$dir" "$pid"
+    [ "$name" = nexus ] || stop_pid "$dir" "$pid" TERM 1
   done < "$dir/pids"
   while read -r name pid; do
     [ "$name" != nexus ] || stop_pid "$dir" "$pid"

@@ -254,6 +254,7 @@ util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) 
       ("bundle-trial", po::value<std::string>()->default_value("60s"), "...within this long after its install")
       ("heartbeat", po::value<std::string>()->default_value("1s"), "heartbeat interval")
       ("missed-beats", po::value<int>(&c.missedBeats)->default_value(3), "reconnect after this many silent intervals")
+      ("stop-grace", po::value<std::string>()->default_value("30s"), "at SIGTERM: hand queued tasks back at once, let running ones finish for this long, then give the rest back (a second signal stops at once)")
       ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error");
   po::options_description discovery("LAN discovery");
   discovery.add_options()
@@ -303,6 +304,9 @@ util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) 
   auto trial = durationOption(vm, "bundle-trial", 60000);
   if (!trial) return trial.error();
   c.bundleTrialMs = *trial;
+  auto stopGrace = durationOption(vm, "stop-grace", 30000);
+  if (!stopGrace) return stopGrace.error();
+  c.stopGraceMs = *stopGrace;
   c.tags = listOption(vm, "tags");
   c.interfaces = listOption(vm, "interface");
   auto hb = durationOption(vm, "heartbeat", 1000);

@@ -73,6 +73,9 @@ struct SporeConfig {
   std::vector<std::string> trust;
   unsigned bundleTrialFailures = 3;      // a new version's handlers failing this often...
   std::int64_t bundleTrialMs = 60'000;   // ...within this long after its install: roll back
+  // At SIGTERM/SIGINT: how long the running tasks may take to finish (queued ones are handed
+  // back at once); then the rest goes back to the queue. A second signal stops at once.
+  std::int64_t stopGraceMs = 30'000;
 };
 
 // Where and who the mesh CLI connects as.

@@ -587,19 +587,21 @@ int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
       for (auto t : n.getTags()) tagsJson += std::string(tagsJson.empty() ? "" : ",") + util::jsonString(wire::view(t));
       std::printf("{\"name\":%s,\"fingerprint\":%s,\"key\":%s,\"address\":%s,\"found_by\":%s,\"slots\":%u,"
                   "\"in_flight\":%u,\"cpu_pct\":%s,\"mem_pct\":%s,\"score\":%s,\"tasks_done\":%" PRIu64
-                  ",\"last_heartbeat_ms_ago\":%" PRIu64 ",\"connected_ms\":%" PRId64 ",\"version\":%s,\"tags\":[%s],\"handlers\":[%s]}\n",
+                  ",\"last_heartbeat_ms_ago\":%" PRIu64 ",\"connected_ms\":%" PRId64 ",\"version\":%s,\"tags\":[%s],\"handlers\":[%s],"
+                  "\"leaving\":%s}\n",
                   util::jsonString(wire::view(n.getName())).c_str(), util::jsonString(wire::view(n.getFingerprint())).c_str(),
                   util::jsonString(wire::view(n.getKey())).c_str(), util::jsonString(wire::view(n.getAddress())).c_str(),
                   util::jsonString(wire::view(n.getFoundBy())).c_str(), n.getSlots(), n.getInFlight(),
                   util::jsonNumber(n.getCpuPct(), 1).c_str(), util::jsonNumber(n.getMemPct(), 1).c_str(),
                   util::jsonNumber(n.getScore(), 3).c_str(), n.getTasksDone(), n.getLastBeatMsAgo(), n.getConnectedMs(),
-                  util::jsonString(wire::view(n.getSoftwareVersion())).c_str(), tagsJson.c_str(), handlers.c_str());
+                  util::jsonString(wire::view(n.getSoftwareVersion())).c_str(), tagsJson.c_str(), handlers.c_str(),
+                  n.getLeaving() ? "true" : "false");
     } else {
       std::printf("%-16s %-19s %-22s %-6s %5u %6u %5.1f %5.1f %6.3f %8" PRIu64 " %5" PRIu64 "ms  %s\n",
                   std::string(wire::view(n.getName())).c_str(), std::string(wire::view(n.getFingerprint())).c_str(),
                   std::string(wire::view(n.getAddress())).c_str(), std::string(wire::view(n.getFoundBy())).c_str(),
                   n.getSlots(), n.getInFlight(), n.getCpuPct(), n.getMemPct(), n.getScore(), n.getTasksDone(),
-                  n.getLastBeatMsAgo(), tags.c_str());
+                  n.getLastBeatMsAgo(), (tags + (n.getLeaving() ? (tags.empty() ? "(stopping)" : " (stopping)") : "")).c_str());
     }
   }
   return 0;

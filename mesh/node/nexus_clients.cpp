@@ -581,6 +581,7 @@ void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
       out.setMemPct(static_cast<float>(n->memPct));
       out.setScore(static_cast<float>(scheduler_.score(*n)));
       out.setTasksDone(n->done);
+      out.setLeaving(n->leaving);
     }
   }
   sendTo(clientSocket_, routingId, e.finish());

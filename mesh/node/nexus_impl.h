@@ -281,6 +281,7 @@ class NexusImpl {
   // What is wrong with the hello, or nothing; `out` is filled as far as it was read.
   std::optional<std::string> readHello(proto::Hello::Reader hello, HelloFields& out);
   void onResults(routing::NodeId from, proto::Results::Reader results);
+  void onLeaving(NodeConn& conn, proto::Leaving::Reader leaving);
   void onClientMessage(const std::string& routingId, zmq::message_t& body);
   void serveClient(const std::string& routingId, const std::string& key, std::uint64_t requestId,
                    wire::Decoded decoded);

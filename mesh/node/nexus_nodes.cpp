@@ -76,6 +76,9 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
     case Which::RESULTS:
       onResults(conn.id, bodyReader.getResults());
       break;
+    case Which::LEAVING:
+      onLeaving(conn, bodyReader.getLeaving());
+      break;
     case Which::BUNDLE_FETCH:
       onBundleFetch(conn, env.getRequestId(), bodyReader.getBundleFetch());
       break;
@@ -273,6 +276,46 @@ void NexusImpl::sendWelcome(const std::string& routingId) {
   unsigned i = 0;
   for (const auto& [name, b] : bundles_) fillBundleRef(list[i++], b);
   sendTo(nodeSocket_, routingId, welcome.finish());
+}
+
+// A spore that stops: first it is given nothing more and hands back what it has not started;
+// at the end (final) it is gone, and what it has not reported goes back to the queue. None of
+// it is charged to the tasks (no quarantine, no attempt spent), unlike a spore that goes silent.
+void NexusImpl::onLeaving(NodeConn& conn, proto::Leaving::Reader leaving) {
+  auto ids = leaving.getGiveBack();
+  auto attempts = leaving.getGiveBackAttempts();
+  if (attempts.size() != ids.size()) {
+    counters_.add("bad_leaving");
+    MESH_WARN("dropped a leaving message from node %s: %u tasks but %u attempts", conn.name.c_str(), ids.size(),
+              attempts.size());
+    return;
+  }
+  routing::Node* node = scheduler_.node(conn.id);
+  if (!node) return;
+  std::int64_t nowWall = clock_.wallMs();
+  std::size_t back = 0;
+  for (unsigned i = 0; i < ids.size(); ++i) back += scheduler_.giveBack(conn.id, ids[i], attempts[i], nowWall) ? 1 : 0;
+  if (!node->leaving) {
+    scheduler_.setLeaving(conn.id);
+    counters_.add("nodes_leaving");
+    MESH_INFO("node %s is stopping: it takes no new task, finishes its %u running within %.0f s, and gave back %zu",
+              conn.name.c_str(), node->inFlight, leaving.getGraceMs() / 1000.0, back);
+  } else if (back > 0) {
+    MESH_INFO("node %s (stopping) gave back %zu more tasks", conn.name.c_str(), back);
+  }
+  if (!leaving.getFinal()) return;
+  std::string routingId = conn.routingId, name = conn.name;
+  std::uint32_t unfinished = node->inFlight;
+  counters_.add("nodes_left");
+  MESH_INFO("node %s left (stopped)%s", name.c_str(),
+            unfinished ? ("; " + std::to_string(unfinished) + " unfinished tasks go back to the queue").c_str() : "");
+  scheduler_.removeNode(conn.id, nowWall, "stopped before its tasks ended", false);
+  nodeRoute_.erase(conn.id);
+  conns_.erase(routingId);  // conn is gone from here on
+  publish(proto::Event::Kind::NODE_LOST, 0, name, "stopped");
+  wire::Encoder ack(0, 16);
+  ack.body().setLeftAck();
+  sendTo(nodeSocket_, routingId, ack.finish());
 }
 
 void NexusImpl::dropNode(routing::NodeId id, const std::string& why, bool nodeFault) {

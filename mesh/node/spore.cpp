@@ -215,6 +215,7 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
         events_.connect(eventsEndpoint);
       }
       flushResults();
+      if (leaving_) sendLeaving(false);  // a new nexus run: it must know too (with what is left to give back)
       if (installer_) {
         if (fetch_) {
           // A new connection: what was in flight on the old one is lost; resume from the spool.
@@ -229,6 +230,7 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
       break;
     }
     case Which::HEARTBEAT:
+    case Which::LEFT_ACK:  // finishLeaving() waits for it; one arriving here is late
       break;
     case Which::BUNDLE_LIST:
       if (installer_) onBundleOffers(body.getBundleList());
@@ -311,12 +313,23 @@ void SporeImpl::watchPoller() {
   if (beacons_) polled_.beaconAt = poller_.addFd(beacons_->fd());
 }
 
-void SporeImpl::run(const std::atomic<bool>& stop) {
-  while (!stop.load()) {
+void SporeImpl::run(const std::atomic<int>& stops) {
+  for (;;) {
     std::int64_t now = clock_.monotonicMs();
+    if (stops.load() >= 2) {
+      MESH_WARN("stopping at once (second signal): %u running tasks go back to the queue when the nexus finds "
+                "this spore gone", running_);
+      break;
+    }
+    if (stops.load() == 1 && !leaving_) beginLeaving(now);
+    if (leaving_ && (running_ == 0 || now >= leaveDeadlineMono_)) {
+      finishLeaving();
+      break;
+    }
     if (!connected_ && now >= reconnectAtMono_) connect(now);
     watchPoller();
     std::int64_t wake = std::min(nextHeartbeat_, now + 250);
+    if (leaving_) wake = std::min(wake, leaveDeadlineMono_);
     // With no candidate yet (waiting for a beacon) there is nothing to reconnect to: the beacon
     // fd wakes the poll, and reconnectAtMono_ (0 at start) must not turn it into a busy loop.
     if (!connected_ && !endpoints_.empty()) wake = std::min(wake, reconnectAtMono_);
@@ -436,6 +449,6 @@ util::Result<std::unique_ptr<Spore>> Spore::start(zmq::context_t& ctx, const con
 
 Spore::Spore(std::unique_ptr<SporeImpl> impl) : impl_(std::move(impl)) {}
 Spore::~Spore() = default;
-void Spore::run(const std::atomic<bool>& stop) { impl_->run(stop); }
+void Spore::run(const std::atomic<int>& stops) { impl_->run(stops); }
 
 }  // namespace mesh::node

@@ -29,7 +29,10 @@ class Spore {
   static util::Result<std::unique_ptr<Spore>> start(zmq::context_t& ctx, const config::SporeConfig& config,
                                                     exec::HandlerRegistry& registry);
   ~Spore();
-  void run(const std::atomic<bool>& stop);
+  // Works until `stops` is 1 (SIGTERM): then it leaves gently (hands its queued tasks back,
+  // lets the running ones finish for --stop-grace, says it is gone; docs/protocol.md "A spore
+  // that stops") and returns; at 2 it returns at once.
+  void run(const std::atomic<int>& stops);
 
  private:
   explicit Spore(std::unique_ptr<SporeImpl> impl);

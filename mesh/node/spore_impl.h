@@ -212,7 +212,7 @@ class SporeImpl {
   ~SporeImpl();
 
   util::Status start();
-  void run(const std::atomic<bool>& stop);
+  void run(const std::atomic<int>& stops);
 
  private:
   void workerLoop(unsigned index, std::string endpoint);
@@ -315,6 +315,18 @@ class SporeImpl {
     return !registry_.snapshot()->isServe(job.handler);
   }
   void noteDuration(const std::string& handler, std::uint64_t durationUs);
+
+  // ---- leaving (SIGTERM): see spore.h
+  bool leaving_ = false;
+  std::int64_t leaveDeadlineMono_ = 0;
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> toGiveBack_;  // (task, attempt), not yet sent
+  // Starts leaving: no new task is started; the queued ones (and those recalled from runs, as
+  // they come back) are handed back to the nexus.
+  void beginLeaving(std::int64_t now);
+  // Sends a Leaving message with what is in toGiveBack_ (final: the spore is gone).
+  void sendLeaving(bool final);
+  // The last words: results, then a final Leaving, and a short wait for its acknowledgement.
+  void finishLeaving();
   struct JobRef {
     std::uint8_t attempt = 0;
     std::shared_ptr<std::atomic<bool>> cancel;

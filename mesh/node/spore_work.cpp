@@ -145,6 +145,14 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
 }
 
 void SporeImpl::onAssign(proto::Assign::Reader assign) {
+  if (leaving_) {
+    // Sent before the nexus read our leaving: back at once, never started. An id this spore
+    // still runs under an older attempt goes back too: the nexus counts the new attempt only.
+    for (auto t : assign.getTasks()) toGiveBack_.emplace_back(t.getId(), t.getAttempt());
+    counters_.add("assigned_while_leaving", assign.getTasks().size());
+    sendLeaving(false);
+    return;
+  }
   for (auto t : assign.getTasks()) {
     auto held = jobs_.find(t.getId());
     if (held != jobs_.end()) {
@@ -306,6 +314,14 @@ void SporeImpl::takeBack(std::vector<Job>&& returned) {
     --running_;
     again.push_back(std::move(job));
   }
+  if (leaving_) {
+    for (auto& job : again) {
+      jobs_.erase(job.id);
+      toGiveBack_.emplace_back(job.id, job.attempt);
+    }
+    sendLeaving(false);
+    return;
+  }
   queue_.pushFront(priority, std::move(again));
 }
 
@@ -337,8 +353,12 @@ void SporeImpl::onDone(Done&& d) {
     // The attempt the nexus sent while this one was being stopped: its turn now.
     Job job = std::move(next->second);
     reassigned_.erase(next);
-    jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
-    queue_.push(job.priority, std::move(job));  // fed to a worker at the end of this turn
+    if (leaving_) {
+      toGiveBack_.emplace_back(job.id, job.attempt);
+    } else {
+      jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
+      queue_.push(job.priority, std::move(job));  // fed to a worker at the end of this turn
+    }
   }
   if (cancelled) return;  // the nexus asked us to stop it; it does not want the result
   outbox_.push_back(std::move(d));
@@ -397,6 +417,83 @@ void SporeImpl::resendLately() {
   outbox_ = std::move(again);
   sentLately_.clear();
   sentLatelyBytes_ = 0;
+}
+
+// ---- leaving ---------------------------------------------------------------------------------
+
+void SporeImpl::beginLeaving(std::int64_t now) {
+  leaving_ = true;
+  leaveDeadlineMono_ = now + config_.stopGraceMs;
+  // Queued here, not started: back to the nexus now, so other spores run them meanwhile.
+  while (!queue_.empty()) {
+    for (auto& job : queue_.takeRun(queue_.size())) {
+      jobs_.erase(job.id);
+      if (!job.cancel->load()) toGiveBack_.emplace_back(job.id, job.attempt);
+    }
+  }
+  for (auto& [id, job] : reassigned_) toGiveBack_.emplace_back(id, job.attempt);
+  reassigned_.clear();
+  // The jobs of the workers' runs not started yet come back at the workers' next report.
+  for (unsigned w = 0; w < workers_.size(); ++w) {
+    if (!workers_[w].busy || workers_[w].recalled || workers_[w].left <= 1) continue;
+    workers_[w].recalled = true;
+    pipes_[w].send(zmq::message_t(), zmq::send_flags::none);
+    poller_.touched(pipes_[w]);
+  }
+  MESH_INFO("stopping: %zu queued tasks handed back; waiting up to %.0f s for the %u running (a second "
+            "signal stops at once)",
+            toGiveBack_.size(), config_.stopGraceMs / 1000.0, running_);
+  counters_.add("tasks_handed_back", toGiveBack_.size());
+  sendLeaving(false);
+}
+
+void SporeImpl::sendLeaving(bool final) {
+  if (!welcomed_) return;  // a new nexus run learns it after its welcome (kept until then)
+  std::size_t n = toGiveBack_.size();
+  wire::Encoder e(0, static_cast<unsigned>(64 + n * 2));
+  auto l = e.body().initLeaving();
+  l.setGraceMs(static_cast<std::uint32_t>(std::clamp<std::int64_t>(config_.stopGraceMs, 0, UINT32_MAX)));
+  l.setFinal(final);
+  auto ids = l.initGiveBack(static_cast<unsigned>(n));
+  auto attempts = l.initGiveBackAttempts(static_cast<unsigned>(n));
+  for (unsigned i = 0; i < n; ++i) {
+    ids.set(i, toGiveBack_[i].first);
+    attempts.set(i, toGiveBack_[i].second);
+  }
+  if (send(e.finish())) toGiveBack_.clear();
+}
+
+void SporeImpl::finishLeaving() {
+  if (running_ > 0) {
+    MESH_WARN("stop grace (%.0f s) over: %u running tasks go back to the queue and are stopped here",
+              config_.stopGraceMs / 1000.0, running_);
+  }
+  flushResults();
+  if (!welcomed_) {
+    MESH_WARN("stopping without a word to the nexus (not connected): it re-queues this spore's tasks when it "
+              "finds it gone");
+    return;
+  }
+  sendLeaving(true);
+  // Everything sent before the final leaving has reached the nexus when it answers (one
+  // connection keeps the order); wait a little for that, no more.
+  std::int64_t deadline = clock_.monotonicMs() + 2000;
+  for (int i = 0; i < 100 && connected_; ++i) {
+    std::int64_t left = deadline - clock_.monotonicMs();
+    if (left <= 0) break;
+    zmq::pollitem_t item{dealer_.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(left));
+    zmq::message_t m;
+    while (dealer_.recv(m, zmq::recv_flags::dontwait)) {
+      auto d = wire::decode(std::move(m), limits_);
+      if (d && d->which() == Which::LEFT_ACK) {
+        MESH_INFO("the nexus took this spore's leave");
+        return;
+      }
+    }
+  }
+  MESH_WARN("the nexus did not answer this spore's leave within 2 s: it re-queues what this spore had when it "
+            "finds it gone");
 }
 
 }  // namespace mesh::node

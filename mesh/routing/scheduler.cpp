@@ -273,6 +273,21 @@ void Scheduler::removeNode(NodeId id, std::int64_t nowWallMs, const std::string&
   nodes_.erase(id);
 }
 
+void Scheduler::setLeaving(NodeId id) {
+  if (Node* n = node(id)) n->leaving = true;
+}
+
+bool Scheduler::giveBack(NodeId id, std::uint64_t task, std::uint8_t attempt, std::int64_t nowWallMs) {
+  auto it = tasks_.find(task);
+  if (it == tasks_.end()) return false;
+  Task& t = *it->second;
+  if (t.state != Task::State::kRunning || t.node != id || t.attempts != attempt) return false;
+  counters_.add("tasks_handed_back");
+  endAttempt(t, Status::kCrashed, "handed back by spore " + nodeName(id) + " (stopping) before it started", 0, nowWallMs,
+             true, nullptr, false);
+  return true;
+}
+
 double Scheduler::score(const Node& n) const {
   const auto& w = config_.weights;
   return w.cpu * n.cpuPct / 100.0 + w.mem * n.memPct / 100.0 +
@@ -396,6 +411,7 @@ bool Scheduler::handlerOffered(const std::string& handler) const {
 }
 
 bool Scheduler::eligible(const Node& n, const Batch& b) const {
+  if (n.leaving) return false;
   if (!n.info.handlers.count(b.spec.handler)) return false;
   for (const auto& h : b.spec.alsoNeeds) {
     if (!n.info.handlers.count(h)) return false;

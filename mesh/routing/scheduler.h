@@ -154,6 +154,7 @@ struct Node {
   std::map<std::uint8_t, std::uint32_t> inFlightByPriority;  // the same by batch priority; no zeros
   std::unordered_set<std::uint64_t> running;
   std::uint64_t done = 0;
+  bool leaving = false;  // stopping: it finishes what it runs and is given nothing more
 };
 
 // A task's final result (the nexus writes it to the store).
@@ -250,6 +251,12 @@ class Scheduler {
   // true (the node died or went silent) the loss is charged to each task, which is quarantined
   // after `quarantineAfter` charges; a reconnection or a revoked key is not charged.
   void removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why, bool nodeFault = true);
+  // The node is stopping: it is given no task from now on (its running ones may still end).
+  void setLeaving(NodeId id);
+  // The node hands back a task it holds (attempt `attempt`) and will not start: it goes back to
+  // the front of its queue at once, not charged to the task (an attempt that ended "node left").
+  // False if the task is not running there under that attempt (ended, or re-sent meanwhile).
+  bool giveBack(NodeId id, std::uint64_t task, std::uint8_t attempt, std::int64_t nowWallMs);
   Node* node(NodeId id);
   const std::map<NodeId, Node>& nodes() const { return nodes_; }
   double score(const Node& n) const;

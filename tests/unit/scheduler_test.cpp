@@ -334,6 +334,47 @@ TEST_CASE("a higher priority batch that finds a node full waits for room, and no
   CHECK(s.node(n)->inFlight == 6);
 }
 
+TEST_CASE("a stopping node is given nothing more, and what it hands back is queued again uncharged") {
+  SchedulerConfig c;
+  c.quarantineAfter = 2;
+  Scheduler s(c);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  batchOf(s, 1, spec("sleep", 0, {}, 1), 3, 10);  // one attempt each
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 2);  // one slot, a prefetch of one
+  s.setLeaving(a);
+  NodeId b = s.addNode(nodeInfo("b", 1));
+  // Only b takes the third task.
+  auto as = s.dispatch(0, 0);
+  CHECK(assignedTo(as, a) == 0);
+  REQUIRE(assignedTo(as, b) == 1);
+  // a hands back the one it had not started (task 11, attempt 1): queued at once.
+  CHECK_FALSE(s.giveBack(a, 11, 2, 0));  // not that attempt
+  CHECK_FALSE(s.giveBack(b, 11, 1, 0));  // not held there
+  CHECK(s.giveBack(a, 11, 1, 0));
+  CHECK(s.task(11)->state == Task::State::kQueued);
+  CHECK(s.node(a)->inFlight == 1);
+  // Then it leaves with task 10 unfinished: back to the queue too. Neither is charged: with
+  // one attempt each, both still run and succeed; handing back many times quarantines nothing.
+  s.removeNode(a, 0, "stopped before its tasks ended", false);
+  CHECK(s.task(10)->state == Task::State::kQueued);
+  s.onReport(b, ok(12, 1), 0, 0);
+  for (int round = 0; round < 10 && s.queuedTotal() + s.runningTotal() > 0; ++round) {
+    for (auto& x : s.dispatch(0, 0)) {
+      for (auto* t : x.tasks) {
+        if (round < 3) {
+          CHECK(s.giveBack(x.node, t->id, t->attempts, 0));
+        } else {
+          s.onReport(x.node, ok(t->id, t->attempts), 0, 0);
+        }
+      }
+    }
+  }
+  CHECK(s.queuedTotal() + s.runningTotal() == 0);
+  CHECK(s.counters().get("tasks_quarantined") == 0);
+  CHECK(s.counters().get("tasks_failed") == 0);
+  CHECK(s.counters().get("tasks_handed_back") >= 4);
+}
+
 TEST_CASE("a lost node's tasks leave no count by priority behind") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 2));

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# A spore asked to stop (SIGTERM) leaves gently: the nexus gives it no new task, the tasks it
+# held and had not started go back to the queue at once (not after the heartbeat timeout), the
+# ones it runs finish there, and it says it is gone; nothing is charged to the tasks. With
+# --stop-grace over, its running tasks go back to the queue uncharged; a second signal stops it
+# at once.
+. "$(dirname "$0")/lib.sh"
+up --spores 2 --slots 2
+ms() { date +%s%3N; }
+
+# 1. Long tasks: each spore runs 2 and holds 1 more (the prefetch of long tasks).
+batch=$(printf '2500\n%.0s' $(seq 14) | mesh submit --handler sleep --lines -)
+holds_three() { mesh nodes --json | grep '"name":"spore-1"' | grep -q '"in_flight":3'; }
+wait_until 20 "spore-1 to hold 3 tasks" holds_three
+victim=$(pid_of spore-1)
+term_ms=$(ms)
+kill -TERM "$victim"
+stopping() { mesh nodes --json | grep '"name":"spore-1"' | grep -q '"leaving":true'; }
+wait_until 5 "mesh nodes to show spore-1 stopping" stopping
+gone() { ! kill -0 "$victim" 2>/dev/null; }
+wait_until 15 "spore-1 to finish its 2 running tasks and exit" gone
+grep -q "stopping: 1 queued tasks handed back; waiting up to 30 s for the 2 running" "$T/c/spore-1.log" ||
+  fail "spore-1 did not hand its queued task back: $(grep -i stopping "$T/c/spore-1.log")"
+grep -q "the nexus took this spore's leave" "$T/c/spore-1.log" || fail "spore-1 did not say goodbye"
+grep -q "node spore-1 is stopping: it takes no new task" "$T/c/nexus.log" || fail "the nexus did not see spore-1 stopping"
+grep -q "node spore-1 left (stopped)\$" "$T/c/nexus.log" || fail "spore-1 did not leave with nothing unfinished"
+! grep -q "node spore-1 lost" "$T/c/nexus.log" || fail "spore-1 was declared lost"
+expect_rc 0 timeout 60 mesh wait "$batch" --quiet
+store_check "$batch" 14
+# Its 2 running tasks ended there, successfully; the handed-back one left a "node left" attempt
+# long before a heartbeat timeout (3 s) would have noticed anything.
+[ "$(sql "SELECT COUNT(*) FROM results WHERE node LIKE 'spore-1%' AND status = 0 AND finished_ms > $term_ms")" -ge 2 ] ||
+  fail "the tasks running on spore-1 did not finish there"
+back=$(sql "SELECT COUNT(*) FROM attempts WHERE node LIKE 'spore-1%' AND outcome = 'node left' AND node_lost = 0
+            AND ended_ms - $term_ms < 1500")
+[ "$back" -eq 1 ] || fail "$back tasks handed back by spore-1 at once, expected 1"
+[ "$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $batch AND r.status != 0")" -eq 0 ] ||
+  fail "a task failed"
+[ "$(counter nodes_left)" -eq 1 ] || fail "nodes_left is $(counter nodes_left)"
+[ "$(counter nodes_lost)" -eq 0 ] || fail "a spore was declared lost"
+[ "$(counter tasks_handed_back)" -eq 1 ] || fail "tasks_handed_back is $(counter tasks_handed_back)"
+
+# 2. --stop-grace over: the running tasks go back to the queue, uncharged (no attempt spent).
+"$cluster" add-spore "$T/c" slow-1 --tags slow --stop-grace 1s > /dev/null
+long=$(printf '60000\n60000\n' | mesh submit --handler sleep --requires slow --attempts 1 --lines -)
+running_two() { mesh nodes --json | grep '"name":"slow-1"' | grep -q '"in_flight":2'; }
+wait_until 20 "slow-1 to run 2 tasks" running_two
+slow=$(pid_of slow-1)
+kill -TERM "$slow"
+slow_gone() { ! kill -0 "$slow" 2>/dev/null; }
+wait_until 10 "slow-1 to exit after its 1 s grace" slow_gone
+grep -q "stop grace (1 s) over: 2 running tasks go back to the queue" "$T/c/slow-1.log" ||
+  fail "slow-1 did not say its grace was over: $(tail -3 "$T/c/slow-1.log")"
+grep -q "node slow-1 left (stopped); 2 unfinished tasks go back to the queue" "$T/c/nexus.log" ||
+  fail "the nexus did not take slow-1's unfinished tasks back"
+# With --attempts 1, a charged loss would have ended them; they wait for another slow spore.
+"$cluster" add-spore "$T/c" slow-2 --tags slow > /dev/null
+started_again() { [ "$(sql "SELECT COUNT(*) FROM attempts a JOIN tasks t ON t.id = a.task WHERE t.batch = $long
+                            AND a.outcome = 'node left'")" -eq 2 ] && mesh nodes --json | grep '"name":"slow-2"' | grep -q '"in_flight":2'; }
+wait_until 20 "the 2 long tasks to run again on slow-2" started_again
+
+# 3. A second signal stops at once, grace or not.
+slow2=$(pid_of slow-2)
+kill -TERM "$slow2"
+wait_until 5 "slow-2 to start leaving" sh -c "grep -q 'stopping: 0 queued tasks' '$T/c/slow-2.log'"
+kill -TERM "$slow2"
+slow2_gone() { ! kill -0 "$slow2" 2>/dev/null; }
+wait_until 5 "slow-2 to stop at the second signal" slow2_gone
+grep -q "stopping at once (second signal)" "$T/c/slow-2.log" || fail "slow-2 did not stop at once"
+expect_rc 0 mesh cancel "$long"
+note "handed back at once: $back; left: $(counter nodes_left)"
