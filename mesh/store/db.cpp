@@ -225,4 +225,10 @@ util::Status Transaction::commit() {
   return s;
 }
 
+ReadSnapshot::ReadSnapshot(Db& db) : db_(db) { begun_ = runCached(db_, "BEGIN"); }
+
+ReadSnapshot::~ReadSnapshot() {
+  if (begun_.ok() && !runCached(db_, "COMMIT")) (void)db_.exec("ROLLBACK");
+}
+
 }  // namespace mesh::store

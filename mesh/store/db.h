@@ -108,4 +108,21 @@ class Transaction {
   bool open_ = false;
 };
 
+// BEGIN (deferred) on construction; ends on destruction (nothing was written: COMMIT). The reads
+// made in between see one snapshot of the file (WAL: from the first read on), whatever other
+// connections commit meanwhile: for reads that must agree, such as a batch row and the counts of
+// its results while the writer thread deletes them. Not inside a Transaction on the same Db.
+class ReadSnapshot {
+ public:
+  explicit ReadSnapshot(Db& db);
+  ~ReadSnapshot();
+  ReadSnapshot(const ReadSnapshot&) = delete;
+  ReadSnapshot& operator=(const ReadSnapshot&) = delete;
+  const util::Status& begun() const { return begun_; }
+
+ private:
+  Db& db_;
+  util::Status begun_;
+};
+
 }  // namespace mesh::store

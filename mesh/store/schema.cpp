@@ -110,6 +110,17 @@ CREATE INDEX batches_expirable ON batches(finished_ms) WHERE finished_ms IS NOT 
 CREATE INDEX batches_purging ON batches(id) WHERE purging = 1;
 CREATE INDEX batches_expired_tasks ON batches(last_task) WHERE expired_ms IS NOT NULL;
 )sql";
+// Version 6: a batch's kept_* counts are its final counts from the moment it is marked expired:
+// the transaction that marks it counts all of its results, before any row is deleted, so that
+// every read of an expired batch agrees however far its removal got. Version 5 added them up
+// step by step; a removal it left half done gets the counts of the results still there.
+const char* kV6 = R"sql(
+UPDATE batches SET (kept_succeeded, kept_cancelled, kept_failed) = (
+  SELECT kept_succeeded + COALESCE(SUM(r.status = 0), 0), kept_cancelled + COALESCE(SUM(r.status = 5), 0),
+         kept_failed + COALESCE(SUM(r.status NOT IN (0, 5)), 0)
+  FROM tasks t JOIN results r ON r.task = t.id WHERE t.batch = batches.id)
+WHERE purging = 1;
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -124,7 +135,7 @@ util::Status migrate(Db& db) {
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
   // Step n brings version n-1 to n, each in its own transaction.
-  const char* steps[] = {kV1, kV2, kV3, kV4, kV5};
+  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6};
   static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
   for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);

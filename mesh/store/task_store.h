@@ -44,7 +44,8 @@ struct BatchRecord {
   std::optional<std::uint64_t> nextBatch;
   std::string note;
   // Retention (--keep-finished): when the batch's tasks, results and attempts were removed (set
-  // when the removal begins), the task ids it had, and the counts of the results removed so far.
+  // when the removal begins), the task ids it had, and the final counts of its results (set with
+  // expiredMs, in the same transaction, before any row is deleted).
   std::optional<std::int64_t> expiredMs;
   std::uint64_t firstTask = 0, lastTask = 0;
   std::uint64_t keptSucceeded = 0, keptFailed = 0, keptCancelled = 0;
@@ -123,6 +124,12 @@ struct BatchCounts {
   std::uint64_t cancelled = 0;
 };
 
+// A batch row and the counts of its final results, read from one snapshot.
+struct BatchProgress {
+  BatchRecord record;
+  BatchCounts counts;  // an expired batch's kept counts; else counted from its result rows
+};
+
 struct TaskRow {
   std::uint64_t id = 0, batch = 0, index = 0;
   BatchRecord batchRecord;
@@ -169,6 +176,9 @@ class TaskStore {
 
   // Queries.
   util::Result<std::optional<BatchRecord>> batch(std::uint64_t id);
+  // The batch row with its counts, read together: while the writer removes an expired batch's
+  // rows, they are its kept (final) counts, never a sum of rows read at different moments.
+  util::Result<std::optional<BatchProgress>> progress(std::uint64_t id);
   util::Result<std::vector<BatchRecord>> recentBatches(int limit);
   util::Result<std::vector<ResultRow>> resultsPage(std::uint64_t batch, std::uint64_t fromIndex, int limit);
   // The outputs of a batch's successful tasks in index order (the map stage's outputs).
@@ -183,9 +193,11 @@ class TaskStore {
   // else marks expired (expired_ms = nowMs) the batch that finished earliest at or before
   // cutoffMs and may go: a plain or reduce batch; a map batch only once its job has ended (its
   // reduce batch finished by cutoffMs too, which is then marked with it, or the job stopped at
-  // the map stage: cancelled or a note). Then deletes up to maxTasks of that batch's tasks with
-  // their results and attempts, adding the results' statuses to its kept_* counts. The batch
-  // row stays. Costs one probe of a partial index when nothing is due.
+  // the map stage: cancelled or a note), and sets its kept_* counts to the counts of all of its
+  // results (the final ones, in the transaction that marks it). Then deletes up to maxTasks of
+  // that batch's tasks with their results and attempts. The batch row stays. A step cut short
+  // (a crash) is rolled back whole; the next one continues where the last committed one ended.
+  // Costs one probe of a partial index when nothing is due.
   util::Result<ExpiryStep> expireStep(std::int64_t cutoffMs, std::int64_t nowMs, std::uint32_t maxTasks);
 
  private:

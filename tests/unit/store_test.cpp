@@ -859,6 +859,147 @@ TEST_CASE("expiry removes only batches finished before the cutoff, in bounded st
   CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 4);  // batches 2 and 3
 }
 
+TEST_CASE("an expired batch reads its final counts from the first step on, and a reopened store finishes its removal") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);
+    addBatch(tasks, 1, 100, 5, 1000, {0, 0, 0, 3, 5});  // 3 ok, 1 failed, 1 cancelled
+    addBatch(tasks, 2, 200, 2, std::nullopt, {0});      // running: never touched
+    auto s = tasks.expireStep(2000, 9000, 2);
+    REQUIRE(s.ok());
+    CHECK(s->batch == 1);
+    CHECK(s->tasks == 2);
+    CHECK_FALSE(s->done);
+    // Two of its five tasks are gone; the row says what all five came to.
+    auto b = tasks.batch(1);
+    REQUIRE(b.ok());
+    CHECK((*b)->keptSucceeded == 3);
+    CHECK((*b)->keptFailed == 1);
+    CHECK((*b)->keptCancelled == 1);
+    auto p = tasks.progress(1);
+    REQUIRE(p.ok());
+    REQUIRE(p->has_value());
+    CHECK((*p)->record.expiredMs == 9000);
+    CHECK((*p)->counts.succeeded == 3);
+    CHECK((*p)->counts.failed == 1);
+    CHECK((*p)->counts.cancelled == 1);
+  }  // the nexus stops (or dies) between two steps: each step is its own transaction
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 1") == 3);
+  CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE purging = 1") == 1);
+  CHECK(*tasks.maxTaskId() == 201);
+  std::vector<ExpiryStep> steps;
+  for (int i = 0; i < 10; ++i) {
+    // A later cutoff and time: the batch being removed goes first and keeps its mark.
+    auto s = tasks.expireStep(5000, 9900, 2);
+    REQUIRE(s.ok());
+    if (s->batch == 0) break;
+    steps.push_back(*s);
+    auto p = tasks.progress(1);
+    REQUIRE(p.ok());
+    CHECK((*p)->counts.succeeded == 3);
+    CHECK((*p)->counts.failed == 1);
+    CHECK((*p)->counts.cancelled == 1);
+  }
+  REQUIRE(steps.size() == 2);
+  CHECK(steps[0].batch == 1);
+  CHECK(steps[0].marked == 0);  // marked once, by the first run
+  CHECK(steps[1].tasks == 1);
+  CHECK(steps[1].done);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 1") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM results WHERE task BETWEEN 100 AND 104") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM attempts WHERE task BETWEEN 100 AND 104") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 2") == 2);
+  CHECK(countRows(t.path, "SELECT count(*) FROM results WHERE task BETWEEN 200 AND 201") == 1);
+  auto b = tasks.batch(1);
+  REQUIRE(b.ok());
+  CHECK((*b)->expiredMs == 9000);
+  CHECK((*b)->firstTask == 100);
+  CHECK((*b)->lastTask == 104);
+  CHECK((*b)->keptSucceeded == 3);
+  CHECK((*b)->keptFailed == 1);
+  CHECK((*b)->keptCancelled == 1);
+  // A running batch's counts come from its rows.
+  auto p2 = tasks.progress(2);
+  REQUIRE(p2.ok());
+  CHECK_FALSE((*p2)->record.expiredMs);
+  CHECK((*p2)->counts.succeeded == 1);
+  CHECK_FALSE(tasks.progress(3)->has_value());
+}
+
+TEST_CASE("a removal that schema version 5 left half done gets its final counts at the upgrade") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);
+    addBatch(tasks, 1, 100, 5, 1000, {0, 0, 0, 3, 5});
+    addBatch(tasks, 2, 200, 2, 1000, {0, 3});  // expired and removed whole under version 5
+    // What version 5 left after one step of two tasks: the counts of the removed results only.
+    REQUIRE(db->exec("UPDATE batches SET expired_ms = 9000, purging = 1, first_task = 100, last_task = 104, "
+                     "kept_succeeded = 2 WHERE id = 1").ok());
+    REQUIRE(db->exec("DELETE FROM results WHERE task IN (100, 101); DELETE FROM attempts WHERE task IN (100, 101); "
+                     "DELETE FROM tasks WHERE id IN (100, 101)").ok());
+    REQUIRE(db->exec("UPDATE batches SET expired_ms = 9000, first_task = 200, last_task = 201, "
+                     "kept_succeeded = 1, kept_failed = 1 WHERE id = 2").ok());
+    REQUIRE(db->exec("DELETE FROM results WHERE task IN (200, 201); DELETE FROM attempts WHERE task IN (200, 201); "
+                     "DELETE FROM tasks WHERE id IN (200, 201)").ok());
+    REQUIRE(db->exec("PRAGMA user_version = 5").ok());
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  auto b = tasks.batch(1);
+  REQUIRE(b.ok());
+  CHECK((*b)->keptSucceeded == 3);
+  CHECK((*b)->keptFailed == 1);
+  CHECK((*b)->keptCancelled == 1);
+  auto done = tasks.batch(2);
+  CHECK((*done)->keptSucceeded == 1);  // untouched: its counts were complete
+  CHECK((*done)->keptFailed == 1);
+  for (int i = 0; i < 5; ++i) {
+    auto s = tasks.expireStep(2000, 9900, 2);
+    REQUIRE(s.ok());
+    if (s->batch == 0) break;
+  }
+  b = tasks.batch(1);
+  CHECK((*b)->keptSucceeded == 3);
+  CHECK((*b)->keptFailed == 1);
+  CHECK((*b)->keptCancelled == 1);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE purging = 1") == 0);
+}
+
+TEST_CASE("reads in a snapshot agree while another connection commits") {
+  TempDb t;
+  auto reader = Db::open(t.path);
+  REQUIRE(reader.ok());
+  auto writer = Db::open(t.path);
+  REQUIRE(writer.ok());
+  TaskStore writes(*writer);
+  addBatch(writes, 1, 100, 4, 1000, {0, 0, 0, 0});
+  auto count = [&] {
+    auto st = reader->prepare("SELECT count(*) FROM results");
+    REQUIRE(st.ok());
+    REQUIRE(*st->step());
+    return st->getInt(0);
+  };
+  {
+    ReadSnapshot snapshot(*reader);
+    REQUIRE(snapshot.begun().ok());
+    CHECK(count() == 4);
+    REQUIRE(writer->exec("DELETE FROM results WHERE task < 102").ok());
+    CHECK(count() == 4);
+  }
+  CHECK(count() == 2);
+  ReadSnapshot again(*reader);  // the first one ended: a new one can begin
+  CHECK(again.begun().ok());
+}
+
 TEST_CASE("the writer expires old batches on its timer and keeps committing") {
   TempDb t;
   { auto db = Db::open(t.path); REQUIRE(db.ok()); }
