@@ -300,19 +300,23 @@ std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
     if (b->spec.mrStage == 1 && !jobLinks_.count(batchId)) p.finished = false;
     return p;
   }
-  auto rec = readStore_->batch(batchId);
-  if (!rec || !*rec) return std::nullopt;
-  auto counts = readStore_->countResults(batchId);
-  if (!counts) return std::nullopt;
+  // The row and the counts from one snapshot: an expired batch's are its kept (final) counts,
+  // however far the writer got in removing its rows.
+  auto read = readStore_->progress(batchId);
+  if (!read) {
+    MESH_ERROR("reading batch %llu failed: %s", static_cast<unsigned long long>(batchId), read.error().message.c_str());
+    return std::nullopt;
+  }
+  if (!*read) return std::nullopt;
+  const store::BatchProgress& bp = **read;
   routing::Progress p;
-  p.total = (*rec)->total;
-  p.sealed = (*rec)->sealed;
-  // An expired batch: the counts of the results removed so far, plus those not yet removed.
-  p.succeeded = counts->succeeded + (*rec)->keptSucceeded;
-  p.failed = counts->failed + (*rec)->keptFailed;
-  p.cancelled = counts->cancelled + (*rec)->keptCancelled;
-  p.finished = (*rec)->finishedMs.has_value();
-  p.batchCancelled = (*rec)->cancelledMs.has_value();
+  p.total = bp.record.total;
+  p.sealed = bp.record.sealed;
+  p.succeeded = bp.counts.succeeded;
+  p.failed = bp.counts.failed;
+  p.cancelled = bp.counts.cancelled;
+  p.finished = bp.record.finishedMs.has_value();
+  p.batchCancelled = bp.record.cancelledMs.has_value();
   return p;
 }
 
@@ -607,6 +611,14 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
     return;
   }
   const store::TaskRow& t = **row;
+  if (t.batchRecord.expiredMs) {
+    // Its batch is being removed (this row goes in one of the next steps): the same answer as
+    // for a task whose row is gone already.
+    counters_.add("expired_requests");
+    replyError(routingId, requestId, proto::Error::Code::EXPIRED,
+               "task " + std::to_string(taskId) + " was in " + expiryLine(t.batchRecord));
+    return;
+  }
   const routing::Task* live = scheduler_.task(taskId);
   wire::Encoder e(requestId, 512);
   auto info = e.body().initTaskReply();
