@@ -329,7 +329,16 @@ int printResults(Client& client, const CliCommand& cmd, std::uint64_t batch) {
   auto s = client.results(batch, onRow, &finished, &cancelled);
   std::fwrite(out.data(), 1, out.size(), stdout);
   std::fflush(stdout);
-  if (!s) return fail(s.error());
+  if (!s) {
+    int rc = fail(s.error());
+    // Pages came before the error (the batch's removal began, or the nexus went away, in
+    // between): what was printed is real but not the whole answer.
+    if (printed > 0) {
+      std::fprintf(stderr, "mesh: the %" PRIu64 " results printed are not all of batch %" PRIu64 "'s\n", printed,
+                   batch);
+    }
+    return rc;
+  }
   if (!finished) {
     // What was printed is real, but not the whole answer: a script must not take it for one.
     std::fprintf(stderr,
