@@ -121,6 +121,14 @@ UPDATE batches SET (kept_succeeded, kept_cancelled, kept_failed) = (
   FROM tasks t JOIN results r ON r.task = t.id WHERE t.batch = batches.id)
 WHERE purging = 1;
 )sql";
+// Version 7: `mesh retry`. A batch made by a retry names the batch whose failed tasks it copies
+// (retry_of); each of its tasks names the task it is a copy of and that task's index
+// (retry_of_task, retry_of_idx), so the mapping outlives the original's rows (--keep-finished).
+const char* kV7 = R"sql(
+ALTER TABLE batches ADD COLUMN retry_of INTEGER;
+ALTER TABLE tasks ADD COLUMN retry_of_task INTEGER;
+ALTER TABLE tasks ADD COLUMN retry_of_idx INTEGER;
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -135,7 +143,7 @@ util::Status migrate(Db& db) {
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
   // Step n brings version n-1 to n, each in its own transaction.
-  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6};
+  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7};
   static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
   for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);

@@ -20,7 +20,7 @@ std::string joinTags(const std::vector<std::string>& tags) {
 const char* kBatchColumns =
     "id, label, handler, priority, requires, timeout_ms, max_attempts, client_key, submitted_ms, "
     "sealed, total, cancelled_ms, finished_ms, mr_stage, mr_partitions, mr_combiner, mr_reducer, next_batch, note, "
-    "expired_ms, first_task, last_task, kept_succeeded, kept_failed, kept_cancelled";
+    "expired_ms, first_task, last_task, kept_succeeded, kept_failed, kept_cancelled, retry_of";
 
 BatchRecord readBatch(const Statement& st, int c = 0) {
   BatchRecord b;
@@ -49,6 +49,7 @@ BatchRecord readBatch(const Statement& st, int c = 0) {
   b.keptSucceeded = static_cast<std::uint64_t>(st.getInt(c + 22));
   b.keptFailed = static_cast<std::uint64_t>(st.getInt(c + 23));
   b.keptCancelled = static_cast<std::uint64_t>(st.getInt(c + 24));
+  if (!st.isNull(c + 25)) b.retryOf = static_cast<std::uint64_t>(st.getInt(c + 25));
   return b;
 }
 
@@ -119,8 +120,8 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
   if (!set.newBatches.empty()) {
     auto st = db_.prepare(
         "INSERT INTO batches(id, label, handler, priority, requires, timeout_ms, max_attempts, "
-        "client_key, submitted_ms, sealed, total, mr_stage, mr_partitions, mr_combiner, mr_reducer) "
-        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        "client_key, submitted_ms, sealed, total, mr_stage, mr_partitions, mr_combiner, mr_reducer, retry_of) "
+        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     if (!st) return st.error();
     for (const auto& b : set.newBatches) {
       st->bind(1, static_cast<std::int64_t>(b.id)).bindText(2, b.label).bindText(3, b.handler)
@@ -128,6 +129,8 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
           .bind(7, b.maxAttempts).bindText(8, b.clientKey).bind(9, b.submittedMs)
           .bind(10, b.sealed ? 1 : 0).bind(11, static_cast<std::int64_t>(b.total)).bind(12, b.mrStage)
           .bind(13, b.mrPartitions).bindText(14, b.mrCombiner).bindText(15, b.mrReducer);
+      if (b.retryOf) st->bind(16, static_cast<std::int64_t>(*b.retryOf));
+      else st->bindNull(16);
       if (auto s = st->run(); !s) return s;
       st->reset();
     }
@@ -139,6 +142,9 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
     if (!st) return st.error();
     for (const auto& c : set.chunks) {
       std::uint64_t firstSegment = UINT64_MAX, lastSegment = 0;
+      if (c.retryOf != 0) {
+        if (auto s = copyFailedTasks(c, firstSegment, lastSegment); !s) return s;
+      }
       for (std::size_t i = 0; i < c.payloads.size(); ++i) {
         std::string_view payload = c.payloads[i];
         st->bind(1, static_cast<std::int64_t>(c.firstId + i)).bind(2, static_cast<std::int64_t>(c.batch))
@@ -179,6 +185,21 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
           .bind(8, r.startedMs).bind(9, r.finishedMs).bind(10, static_cast<std::int64_t>(r.durationUs));
       if (auto s = st->run(); !s) return s;
       st->reset();
+    }
+    // A failure's payload moves from the payload log into its row (ResultRecord::payload).
+    std::optional<Statement> keep;
+    for (const auto& r : set.results) {
+      if (r.payload.empty() || r.status == 0 || r.status == 5) continue;
+      if (!keep) {
+        auto k = db_.prepare(
+            "UPDATE tasks SET payload = ?2, payload_segment = NULL, payload_offset = NULL, payload_length = NULL "
+            "WHERE id = ?1 AND payload_segment IS NOT NULL");
+        if (!k) return k.error();
+        keep.emplace(std::move(*k));
+      }
+      keep->bind(1, static_cast<std::int64_t>(r.task)).bindBlobStatic(2, r.payload);
+      if (auto s = keep->run(); !s) return s;
+      keep->reset();
     }
   }
   if (!set.attempts.empty()) {
@@ -225,6 +246,51 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
       st->bind(1, static_cast<std::int64_t>(u.batch)).bindText(2, *u.note);
       if (auto s = st->run(); !s) return s;
     }
+  }
+  return {};
+}
+
+util::Status TaskStore::copyFailedTasks(const TaskChunk& c, std::uint64_t& firstSegment, std::uint64_t& lastSegment) {
+  // proto::TaskStatus: ok = 0, cancelled = 5; everything else is a failure once final.
+  auto from = db_.prepare(
+      "SELECT t.id, t.idx, t.payload, t.payload_segment, t.payload_offset, t.payload_length "
+      "FROM tasks t JOIN results r ON r.task = t.id WHERE t.batch = ? AND r.status NOT IN (0, 5) ORDER BY t.idx");
+  if (!from) return from.error();
+  auto to = db_.prepare(
+      "INSERT INTO tasks(id, batch, idx, payload, payload_segment, payload_offset, payload_length, retry_of_task, "
+      "retry_of_idx) VALUES(?,?,?,?,?,?,?,?,?)");
+  if (!to) return to.error();
+  from->bind(1, static_cast<std::int64_t>(c.retryOf));
+  std::uint64_t n = 0;
+  for (;;) {
+    auto row = from->step();
+    if (!row) return row.error();
+    if (!*row) break;
+    if (n == c.retryCount) {
+      ++n;
+      break;
+    }
+    to->bind(1, static_cast<std::int64_t>(c.firstId + n)).bind(2, static_cast<std::int64_t>(c.batch))
+        .bind(3, static_cast<std::int64_t>(c.firstIndex + n)).bindBlobStatic(4, from->getBlob(2));
+    if (from->isNull(3)) {
+      to->bindNull(5).bindNull(6).bindNull(7);
+    } else {
+      // A payload still in the payload log (a failure recorded before payloads moved into their
+      // rows): the copy refers to the same place, and the new batch's segment range keeps it.
+      auto segment = static_cast<std::uint64_t>(from->getInt(3));
+      firstSegment = std::min(firstSegment, segment);
+      lastSegment = std::max(lastSegment, segment);
+      to->bind(5, from->getInt(3)).bind(6, from->getInt(4)).bind(7, from->getInt(5));
+    }
+    to->bind(8, from->getInt(0)).bind(9, from->getInt(1));
+    if (auto s = to->run(); !s) return s;
+    to->reset();
+    ++n;
+  }
+  if (n != c.retryCount) {
+    return util::err("batch " + std::to_string(c.retryOf) + " changed while its failed tasks were copied (" +
+                     std::to_string(c.retryCount) + " expected" + (n > c.retryCount ? ", more found" : ", " + std::to_string(n) + " found") +
+                     "; were they removed after --keep-finished?)");
   }
   return {};
 }
@@ -290,6 +356,39 @@ util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&
     p.nodesLost = static_cast<std::uint8_t>(std::min<std::int64_t>(255, s.getInt(5)));
     each(std::move(p));
   });
+}
+
+util::Result<std::uint64_t> TaskStore::forEachTaskFrom(std::uint64_t batch, std::uint64_t firstId, std::uint64_t limit,
+                                                       const std::function<bool(PendingTask&&)>& each) {
+  auto st = db_.prepare(
+      "SELECT id, idx, payload, payload_segment, payload_offset, payload_length FROM tasks "
+      "WHERE batch = ? AND id >= ? ORDER BY id LIMIT ?");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(batch)).bind(2, static_cast<std::int64_t>(firstId))
+      .bind(3, static_cast<std::int64_t>(std::min<std::uint64_t>(limit, INT64_MAX)));
+  std::uint64_t n = 0;
+  for (;;) {
+    auto row = st->step();
+    if (!row) return row.error();
+    if (!*row) break;
+    PendingTask p;
+    p.id = static_cast<std::uint64_t>(st->getInt(0));
+    p.batch = batch;
+    p.index = static_cast<std::uint64_t>(st->getInt(1));
+    if (st->isNull(3)) {
+      p.payload = std::string(st->getBlob(2));
+    } else {
+      PayloadRef ref{static_cast<std::uint64_t>(st->getInt(3)), static_cast<std::uint64_t>(st->getInt(4)),
+                     static_cast<std::uint64_t>(st->getInt(5))};
+      auto bytes = reader_ ? reader_->read(ref)
+                           : util::Result<std::string>(util::err("no payload reader for the payload log"));
+      if (bytes) p.payload = std::move(*bytes);
+      else p.payloadError = bytes.error().message;
+    }
+    ++n;
+    if (!each(std::move(p))) break;
+  }
+  return n;
 }
 
 util::Result<std::vector<std::pair<std::uint64_t, std::uint64_t>>> TaskStore::payloadSegmentsInUse() {
@@ -363,6 +462,7 @@ util::Result<std::vector<BatchRecord>> TaskStore::recentBatches(int limit) {
 
 util::Result<std::vector<ResultRow>> TaskStore::resultsPage(std::uint64_t batch, std::uint64_t fromIndex, int limit) {
   auto st = db_.prepare(std::string("SELECT t.id, t.idx, ") + kResultColumns +
+                        ", t.retry_of_task, t.retry_of_idx, (SELECT retry_of FROM batches WHERE id = t.batch)"
                         " FROM tasks t JOIN results r ON r.task = t.id "
                         "WHERE t.batch = ? AND t.idx >= ? ORDER BY t.idx LIMIT ?");
   if (!st) return st.error();
@@ -373,6 +473,10 @@ util::Result<std::vector<ResultRow>> TaskStore::resultsPage(std::uint64_t batch,
     r.task = static_cast<std::uint64_t>(s.getInt(0));
     r.index = static_cast<std::uint64_t>(s.getInt(1));
     r.result = readResult(s, r.task, 2);
+    if (!s.isNull(11)) {
+      r.retryOf = RetryOrigin{static_cast<std::uint64_t>(s.getInt(13)), static_cast<std::uint64_t>(s.getInt(11)),
+                              static_cast<std::uint64_t>(s.getInt(12))};
+    }
     out.push_back(std::move(r));
   });
   if (!s) return s.error();
@@ -405,7 +509,8 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
                         "b.id, b.label, b.handler, b.priority, b.requires, b.timeout_ms, b.max_attempts, "
                         "b.client_key, b.submitted_ms, b.sealed, b.total, b.cancelled_ms, b.finished_ms, "
                         "b.mr_stage, b.mr_partitions, b.mr_combiner, b.mr_reducer, b.next_batch, b.note, "
-                        "b.expired_ms, b.first_task, b.last_task, b.kept_succeeded, b.kept_failed, b.kept_cancelled"
+                        "b.expired_ms, b.first_task, b.last_task, b.kept_succeeded, b.kept_failed, b.kept_cancelled, "
+                        "b.retry_of, t.retry_of_task, t.retry_of_idx"
                         " FROM tasks t JOIN batches b ON b.id = t.batch LEFT JOIN results r ON r.task = t.id "
                         "WHERE t.id = ?");
   if (!st) return st.error();
@@ -419,6 +524,10 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
   t.index = static_cast<std::uint64_t>(st->getInt(2));
   if (st->getInt(12) == 0) t.result = readResult(*st, t.id, 3);
   t.batchRecord = readBatch(*st, 13);
+  if (!st->isNull(39)) {
+    t.retryOf = RetryOrigin{t.batchRecord.retryOf.value_or(0), static_cast<std::uint64_t>(st->getInt(39)),
+                            static_cast<std::uint64_t>(st->getInt(40))};
+  }
   auto at = db_.prepare(
       "SELECT attempt, node, assigned_ms, ended_ms, outcome, error, node_lost FROM attempts "
       "WHERE task = ? ORDER BY attempt");

@@ -49,16 +49,27 @@ struct BatchRecord {
   std::optional<std::int64_t> expiredMs;
   std::uint64_t firstTask = 0, lastTask = 0;
   std::uint64_t keptSucceeded = 0, keptFailed = 0, keptCancelled = 0;
+  // `mesh retry`: the batch whose failed tasks this one copies.
+  std::optional<std::uint64_t> retryOf;
 };
 
 // A run of tasks of one batch with consecutive ids and indexes. The payload views point into
 // memory that `keepAlive` owns (typically the received frame), so nothing is copied.
+//
+// Or, with retryOf set (`mesh retry`), no payloads: the store copies every task of batch
+// retryOf whose result is a failure (any status but ok and cancelled), in index order, as tasks
+// firstId.. with indexes firstIndex.., each row naming its original (retry_of_task, retry_of_idx)
+// and keeping its payload (in the row, or the same payload log place). One payload at a time
+// is in memory. If it finds other than retryCount such tasks (the original's rows were
+// removed meanwhile by --keep-finished), the write fails and nothing of the set is written.
 struct TaskChunk {
   std::uint64_t batch = 0;
   std::uint64_t firstId = 0;
   std::uint64_t firstIndex = 0;
   std::vector<std::string_view> payloads;
   std::shared_ptr<const void> keepAlive;
+  std::uint64_t retryOf = 0;
+  std::uint64_t retryCount = 0;
 };
 
 struct ResultRecord {
@@ -72,6 +83,11 @@ struct ResultRecord {
   std::int64_t startedMs = 0;
   std::int64_t finishedMs = 0;
   std::uint64_t durationUs = 0;
+  // A failure's (status neither ok nor cancelled) payload, when the nexus still had it: written
+  // into the task's row if the row's payload is in the payload log, whose segments are deleted
+  // once no unfinished batch needs them; so a failed task's payload stays as long as its row,
+  // for `mesh retry`. Empty otherwise.
+  std::string payload;
 };
 
 struct AttemptRecord {
@@ -130,8 +146,14 @@ struct BatchProgress {
   BatchCounts counts;  // an expired batch's kept counts; else counted from its result rows
 };
 
+// Where a task made by `mesh retry` comes from.
+struct RetryOrigin {
+  std::uint64_t batch = 0, task = 0, index = 0;
+};
+
 struct TaskRow {
   std::uint64_t id = 0, batch = 0, index = 0;
+  std::optional<RetryOrigin> retryOf;
   BatchRecord batchRecord;
   std::optional<ResultRecord> result;
   std::vector<AttemptRecord> attempts;
@@ -139,6 +161,7 @@ struct TaskRow {
 
 struct ResultRow {
   std::uint64_t task = 0, index = 0;
+  std::optional<RetryOrigin> retryOf;
   ResultRecord result;
 };
 
@@ -170,6 +193,12 @@ class TaskStore {
   // Calls `each` for every task of an unfinished batch that has no result, in id order.
   util::Status forEachPendingTask(const std::function<void(PendingTask&&)>& each);
   util::Result<BatchCounts> countResults(std::uint64_t batch);
+  // Calls `each` for the tasks of `batch` with ids firstId.. (at most `limit`), in id order, with
+  // their payloads (read back from the payload log when they are there; payloadError says why
+  // not), until `each` returns false: the tasks of a retry batch, loaded into the scheduler in
+  // steps after their commit. Returns the number of tasks given.
+  util::Result<std::uint64_t> forEachTaskFrom(std::uint64_t batch, std::uint64_t firstId, std::uint64_t limit,
+                                              const std::function<bool(PendingTask&&)>& each);
   // The ranges of payload segments (first, last) that unfinished batches' tasks may refer to
   // (the ones recovery may read): one row per batch.
   util::Result<std::vector<std::pair<std::uint64_t, std::uint64_t>>> payloadSegmentsInUse();
@@ -202,6 +231,9 @@ class TaskStore {
 
  private:
   util::Status write(const WriteSet& set, const std::vector<PayloadRef>& refs, std::size_t& nextRef);
+  // The rows of a retry chunk (TaskChunk::retryOf); widens the segment range by the payload log
+  // places it copies.
+  util::Status copyFailedTasks(const TaskChunk& c, std::uint64_t& firstSegment, std::uint64_t& lastSegment);
   // Whether a payload goes to the payload log: applyAll and write must agree, payload by payload.
   bool inLog(std::string_view payload) const { return log_ && payload.size() >= PayloadLog::kMinBytes; }
   Db& db_;

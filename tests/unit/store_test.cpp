@@ -646,8 +646,17 @@ TEST_CASE("the writer deletes payload segments that no unfinished batch needs") 
   }
 }
 
-// Takes a database back to schema version 4: drops what version 5 (retention) added.
+// Takes a database back to schema version 6: drops what version 7 (`mesh retry`) added.
+void dropVersion7(Db& db) {
+  REQUIRE(db.exec("ALTER TABLE batches DROP COLUMN retry_of").ok());
+  REQUIRE(db.exec("ALTER TABLE tasks DROP COLUMN retry_of_task").ok());
+  REQUIRE(db.exec("ALTER TABLE tasks DROP COLUMN retry_of_idx").ok());
+}
+
+// Takes a database back to schema version 4: drops what versions 5 (retention) and later added
+// (version 6 added no column).
 void dropVersion5(Db& db) {
+  dropVersion7(db);
   for (const char* i : {"batches_expirable", "batches_purging", "batches_expired_tasks"}) {
     REQUIRE(db.exec(std::string("DROP INDEX ") + i).ok());
   }
@@ -948,6 +957,7 @@ TEST_CASE("a removal that schema version 5 left half done gets its final counts 
                      "kept_succeeded = 1, kept_failed = 1 WHERE id = 2").ok());
     REQUIRE(db->exec("DELETE FROM results WHERE task IN (200, 201); DELETE FROM attempts WHERE task IN (200, 201); "
                      "DELETE FROM tasks WHERE id IN (200, 201)").ok());
+    dropVersion7(*db);
     REQUIRE(db->exec("PRAGMA user_version = 5").ok());
   }
   auto db = Db::open(t.path);
@@ -1030,4 +1040,200 @@ TEST_CASE("the writer expires old batches on its timer and keeps committing") {
   CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 1") == 0);
   CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE id = 1 AND expired_ms IS NOT NULL") == 1);
   CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 2") == 1);
+}
+
+namespace {
+ResultRecord finalResult(std::uint64_t task, std::uint8_t status, std::string payload = "") {
+  ResultRecord r;
+  r.task = task;
+  r.status = status;
+  r.error = status == 0 ? "" : "boom";
+  r.attempts = 1;
+  r.node = "n";
+  r.payload = std::move(payload);
+  return r;
+}
+
+// A retry batch as the nexus writes it: the row, and a chunk that copies the original's failures.
+WriteSet retryOf(std::uint64_t original, std::uint64_t batch, std::uint64_t firstId, std::uint64_t count) {
+  WriteSet set;
+  BatchRecord b;
+  b.id = batch;
+  b.handler = "echo";
+  b.clientKey = "k";
+  b.sealed = true;
+  b.total = count;
+  b.retryOf = original;
+  set.newBatches.push_back(b);
+  TaskChunk c;
+  c.batch = batch;
+  c.firstId = firstId;
+  c.retryOf = original;
+  c.retryCount = count;
+  set.chunks.push_back(c);
+  return set;
+}
+}  // namespace
+
+TEST_CASE("a failed task's payload moves from the payload log into its row; others stay in the log") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  auto log = PayloadLog::open(PayloadLog::dirFor(t.path));
+  REQUIRE(log.ok());
+  TaskStore tasks(*db, log->get());
+  std::string big(5000, 'f');
+  std::shared_ptr<std::vector<std::string>> keep;
+  REQUIRE(tasks.apply(batchWithTasks(1, 1, {big, big, big}, &keep)).ok());
+  WriteSet results;
+  results.results.push_back(finalResult(1, 1, big));  // failed
+  results.results.push_back(finalResult(2, 0, ""));   // ok
+  results.results.push_back(finalResult(3, 5, big));  // cancelled: not a failure, stays in the log
+  REQUIRE(tasks.apply(results).ok());
+  auto st = db->prepare("SELECT length(payload), payload_segment IS NOT NULL FROM tasks ORDER BY id");
+  REQUIRE(st.ok());
+  std::vector<std::pair<std::int64_t, std::int64_t>> rows;
+  while (*st->step()) rows.emplace_back(st->getInt(0), st->getInt(1));
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0] == std::make_pair<std::int64_t, std::int64_t>(5000, 0));
+  CHECK(rows[1] == std::make_pair<std::int64_t, std::int64_t>(0, 1));
+  CHECK(rows[2] == std::make_pair<std::int64_t, std::int64_t>(0, 1));
+}
+
+TEST_CASE("a retry chunk copies every failed task in index order with its payload and its origin") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  auto log = PayloadLog::open(PayloadLog::dirFor(t.path));
+  REQUIRE(log.ok());
+  PayloadReader reader(PayloadLog::dirFor(t.path));
+  TaskStore tasks(*db, log->get(), &reader);
+  std::string big(3000, 'b');
+  big[0] = 'B';
+  std::shared_ptr<std::vector<std::string>> keep;
+  // Indexes 0..5: ok, failed (small), cancelled, timed out (big, moved into its row),
+  // quarantined (big, left in the log: recorded before payloads moved), failed.
+  REQUIRE(tasks.apply(batchWithTasks(1, 10, {"a", "b", "c", big, big + "q", "f"}, &keep)).ok());
+  WriteSet results;
+  results.results.push_back(finalResult(10, 0));
+  results.results.push_back(finalResult(11, 1, "b"));
+  results.results.push_back(finalResult(12, 5));
+  results.results.push_back(finalResult(13, 2, big));
+  results.results.push_back(finalResult(14, 6));
+  results.results.push_back(finalResult(15, 1, "f"));
+  REQUIRE(tasks.apply(results).ok());
+  auto counts = tasks.countResults(1);
+  REQUIRE(counts.ok());
+  REQUIRE(counts->failed == 4);
+  REQUIRE(tasks.apply(retryOf(1, 2, 100, 4)).ok());
+
+  std::vector<PendingTask> copied;
+  auto n = tasks.forEachTaskFrom(2, 100, 1000, [&](PendingTask&& p) {
+    copied.push_back(std::move(p));
+    return true;
+  });
+  REQUIRE(n.ok());
+  CHECK(*n == 4);
+  REQUIRE(copied.size() == 4);
+  const std::vector<std::string> want = {"b", big, big + "q", "f"};
+  const std::vector<std::uint64_t> origins = {11, 13, 14, 15};
+  for (std::size_t i = 0; i < 4; ++i) {
+    CHECK(copied[i].id == 100 + i);
+    CHECK(copied[i].index == i);
+    CHECK(copied[i].payload == want[i]);
+    CHECK(copied[i].payloadError.empty());
+    auto row = tasks.task(100 + i);
+    REQUIRE(row.ok());
+    REQUIRE(row->has_value());
+    REQUIRE((*row)->retryOf.has_value());
+    CHECK((*row)->retryOf->batch == 1);
+    CHECK((*row)->retryOf->task == origins[i]);
+    CHECK((*row)->retryOf->index == origins[i] - 10);
+  }
+  // In steps: `each` says when to stop, the next step starts after the last id given.
+  std::vector<std::uint64_t> ids;
+  auto step = tasks.forEachTaskFrom(2, 101, 2, [&](PendingTask&& p) {
+    ids.push_back(p.id);
+    return true;
+  });
+  REQUIRE(step.ok());
+  CHECK(ids == std::vector<std::uint64_t>{101, 102});
+  // The copy that still refers to the payload log keeps that segment in the new batch's range.
+  auto batch = tasks.batch(2);
+  REQUIRE(batch.ok());
+  REQUIRE(batch->has_value());
+  CHECK((*batch)->retryOf == std::optional<std::uint64_t>(1));
+  auto segments = tasks.payloadSegmentsInUse();
+  REQUIRE(segments.ok());
+  CHECK(segments->size() == 2);  // the original (unfinished here) and the retry
+  // Results of the retry batch name their origin; the original's rows do not change.
+  WriteSet done;
+  done.results.push_back(finalResult(101, 0));
+  REQUIRE(tasks.apply(done).ok());
+  auto page = tasks.resultsPage(2, 0, 10);
+  REQUIRE(page.ok());
+  REQUIRE(page->size() == 1);
+  REQUIRE((*page)[0].retryOf.has_value());
+  CHECK((*page)[0].retryOf->batch == 1);
+  CHECK((*page)[0].retryOf->task == 13);
+  CHECK((*page)[0].retryOf->index == 3);
+  auto original = tasks.resultsPage(1, 0, 10);
+  REQUIRE(original.ok());
+  CHECK(original->size() == 6);
+  CHECK_FALSE((*original)[0].retryOf.has_value());
+  CHECK((*original)[3].result.status == 2);
+  // Tasks of the retry that have no result yet are not failures (a retry of it finds none).
+  auto again = tasks.countResults(2);
+  REQUIRE(again.ok());
+  CHECK(again->failed == 0);
+}
+
+TEST_CASE("a retry chunk that finds another number of failed tasks writes nothing") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  std::shared_ptr<std::vector<std::string>> keep;
+  REQUIRE(tasks.apply(batchWithTasks(1, 1, {"a", "b"}, &keep)).ok());
+  WriteSet results;
+  results.results.push_back(finalResult(1, 1, "a"));
+  results.results.push_back(finalResult(2, 1, "b"));
+  REQUIRE(tasks.apply(results).ok());
+  for (std::uint64_t expected : {1u, 3u}) {
+    auto s = tasks.apply(retryOf(1, 2, 50, expected));
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.error().message.find("batch 1 changed") != std::string::npos);
+    CHECK_FALSE(tasks.batch(2)->has_value());
+    CHECK_FALSE(tasks.task(50)->has_value());
+  }
+  REQUIRE(tasks.apply(retryOf(1, 2, 50, 2)).ok());
+  CHECK(tasks.task(51)->has_value());
+}
+
+TEST_CASE("a retry of a retry names the retry batch and its task as the origin") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  std::shared_ptr<std::vector<std::string>> keep;
+  REQUIRE(tasks.apply(batchWithTasks(1, 1, {"a", "b", "c"}, &keep)).ok());
+  WriteSet r1;
+  r1.results.push_back(finalResult(1, 0));
+  r1.results.push_back(finalResult(2, 1, "b"));
+  r1.results.push_back(finalResult(3, 1, "c"));
+  REQUIRE(tasks.apply(r1).ok());
+  REQUIRE(tasks.apply(retryOf(1, 2, 10, 2)).ok());  // tasks 10 (b), 11 (c)
+  WriteSet r2;
+  r2.results.push_back(finalResult(10, 0));
+  r2.results.push_back(finalResult(11, 2, "c"));
+  REQUIRE(tasks.apply(r2).ok());
+  REQUIRE(tasks.apply(retryOf(2, 3, 20, 1)).ok());
+  auto row = tasks.task(20);
+  REQUIRE(row.ok());
+  REQUIRE(row->has_value());
+  CHECK((*row)->index == 0);
+  REQUIRE((*row)->retryOf.has_value());
+  CHECK((*row)->retryOf->batch == 2);
+  CHECK((*row)->retryOf->task == 11);
+  CHECK((*row)->retryOf->index == 1);
 }
