@@ -51,6 +51,9 @@ struct Envelope {
     # ---- a spore's stop (docs/protocol.md, "A spore that stops") ------------------------------
     leaving @33 :Leaving;                 # spore -> nexus: it is stopping
     leftAck @34 :Void;                    # nexus -> spore: answer to a final leaving
+    # ---- client port, later additions ------------------------------------------------------
+    retry @35 :Retry;            # client -> nexus: `mesh retry`, a new batch of a batch's failed tasks
+    retryAck @36 :RetryAck;
   }
 }
 
@@ -70,6 +73,7 @@ struct Error {
     alreadyFinished @9; # cancelBatch of a batch that has finished: nothing was cancelled
     expired @10;        # the batch (or the task's batch) finished, and its tasks and results
                         # were removed after --keep-finished; the message says when
+    notFinished @11;    # retry of a batch that has not finished: wait for it first
   }
 }
 
@@ -242,6 +246,14 @@ struct ResultRow {
   error @4 :Text;
   attempts @5 :UInt8;
   node @6 :Text;
+  retryOf @7 :TaskRef;         # a task made by `mesh retry`: the failed task it runs again; unset otherwise
+}
+
+# A task by its batch, id and index in that batch.
+struct TaskRef {
+  batch @0 :UInt64;
+  task @1 :UInt64;
+  index @2 :UInt64;
 }
 
 struct ResultPage {
@@ -333,11 +345,33 @@ struct TaskInfo {
   error @10 :Text;
   why @11 :Text;               # for a task not running: why not (no spore has tag gpu, ...)
   finishedMs @12 :Int64;
+  retryOf @13 :TaskRef;        # a task made by `mesh retry`: the failed task it runs again; unset otherwise
 }
 
 struct CancelAck {
   batch @0 :UInt64;
   cancelled @1 :UInt64;        # tasks that will not run
+}
+
+# `mesh retry`: a new batch holding a copy of every task of a finished batch whose final result
+# is a failure (any status but ok and cancelled), same handler, requirements and payload, in
+# index order. Written in one transaction before the ack, like a Submit; the original is not
+# changed. docs/protocol.md section 4.17.
+struct Retry {
+  batch @0 :UInt64;            # the finished batch whose failed tasks run again
+  priority @1 :Int16 = -1;     # 0-255; -1: the original's
+  timeoutMs @2 :UInt32;        # per attempt; 0: the original's
+  maxAttempts @3 :UInt8;       # 0: the original's
+  label @4 :Text;              # empty: the original's label + " (retry of batch N)", or "retry of batch N"
+  watch @5 :Bool;              # send Progress of the new batch to this connection (as Submit.watch)
+}
+
+struct RetryAck {
+  batch @0 :UInt64;            # the new batch; 0: the original had no failed task, nothing was made
+  firstTask @1 :UInt64;        # its tasks have ids firstTask .. firstTask+count-1, indexes 0 ..
+  count @2 :UInt64;
+  retried @3 :UInt64;          # the original batch
+  warning @4 :Text;            # as SubmitAck.warning
 }
 
 # ---- events port -----------------------------------------------------------------------------

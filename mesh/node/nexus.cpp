@@ -222,6 +222,7 @@ util::Status NexusImpl::recover() {
     spec.mrCombiner = rec.mrCombiner;
     spec.mrReducer = rec.mrReducer;
     if (!rec.mrCombiner.empty()) spec.alsoNeeds.push_back(rec.mrCombiner);
+    spec.retryOf = rec.retryOf.value_or(0);
     routing::Batch& b = scheduler_.addBatch(rec.id, spec);
     b.total = rec.total;
     owners_[rec.id] = rec.clientKey;
@@ -285,6 +286,7 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
     if (beacon_) wake = std::min(wake, beacon_->sendIfDue());
     std::int64_t timeoutUs = std::max<std::int64_t>(0, wake - now) * 1000;
     if (holdSinceUs_ >= 0) timeoutUs = std::min(timeoutUs, holdLeftUs());
+    if (!retryLoads_.empty()) timeoutUs = 0;
     try {
       poller_.waitUs(timeoutUs);
     } catch (const zmq::error_t& e) {
@@ -299,6 +301,7 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
       }
       if (poller_.ready(nodes) && drainNodes()) poller_.drained(nodes);
       if (poller_.ready(clients) && drainClients()) poller_.drained(clients);
+      loadRetries();
       timers();
       scheduler_.tick(clock_.monotonicMs(), clock_.wallMs());
       dispatch();

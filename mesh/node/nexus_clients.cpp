@@ -67,6 +67,9 @@ void NexusImpl::serveClient(const std::string& routingId, const std::string& key
     case Which::BUNDLES_REQUEST:
       onBundles(routingId, requestId);
       break;
+    case Which::RETRY:
+      onRetry(routingId, key, requestId, b.getRetry());
+      break;
     default:
       counters_.add("unknown_messages");
       replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
@@ -129,32 +132,8 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
       if (!validName(tag, 64)) return bad(proto::Error::Code::BAD_REQUEST, "tag '" + tag + "' is not valid");
       s.requiredTags.push_back(tag);
     }
-    if (!scheduler_.handlerOffered(handler)) {
-      std::set<std::string> offered;
-      for (const auto& [id, n] : scheduler_.nodes()) offered.insert(n.info.handlers.begin(), n.info.handlers.end());
-      std::string list;
-      for (const auto& h : offered) list += (list.empty() ? "" : ", ") + h;
-      return bad(proto::Error::Code::UNKNOWN_HANDLER,
-                 scheduler_.nodes().empty()
-                     ? "no spore is connected, so no handler '" + handler + "' is offered: start a spore first"
-                     : "no live spore offers handler '" + handler + "' (offered: " + list + ")");
-    }
-    if (!s.requiredTags.empty()) {
-      // Unlike an unknown handler this is allowed (a tagged spore may join later), but a batch
-      // no live spore can run must not wait in silence: the ack says so.
-      bool served = false;
-      for (const auto& [id, n] : scheduler_.nodes()) {
-        served = served || (n.info.handlers.count(handler) &&
-                            std::all_of(s.requiredTags.begin(), s.requiredTags.end(),
-                                        [&](const std::string& t) { return n.info.tags.count(t) > 0; }));
-      }
-      if (!served) {
-        std::string want;
-        for (const auto& t : s.requiredTags) want += (want.empty() ? "" : ",") + t;
-        ps.warning = "no live spore that offers handler '" + handler + "' has the tags " + want +
-                     ": its tasks wait until one joins (a spore gets tags with --tags; see mesh nodes)";
-        counters_.add("submits_unservable");
-      }
+    if (auto refused = checkServable(handler, s.requiredTags, &ps.warning)) {
+      return bad(refused->first, refused->second);
     }
     auto mr = spec.getMapreduce();
     if (mr.getStage() == proto::MapReduce::Stage::REDUCE) {
@@ -243,6 +222,37 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
   if (!ps.early) pendingSubmitTasks_ += ps.count;  // early ones count as queued already
   currentInfo_.submitTasks += ps.count;
   currentInfo_.submits.push_back(std::move(ps));
+}
+
+std::optional<std::pair<proto::Error::Code, std::string>> NexusImpl::checkServable(
+    const std::string& handler, const std::vector<std::string>& tags, std::string* warning) {
+  if (!scheduler_.handlerOffered(handler)) {
+    std::set<std::string> offered;
+    for (const auto& [id, n] : scheduler_.nodes()) offered.insert(n.info.handlers.begin(), n.info.handlers.end());
+    std::string list;
+    for (const auto& h : offered) list += (list.empty() ? "" : ", ") + h;
+    return std::make_pair(proto::Error::Code::UNKNOWN_HANDLER,
+                          scheduler_.nodes().empty()
+                              ? "no spore is connected, so no handler '" + handler + "' is offered: start a spore first"
+                              : "no live spore offers handler '" + handler + "' (offered: " + list + ")");
+  }
+  if (!tags.empty()) {
+    // Unlike an unknown handler this is allowed (a tagged spore may join later), but a batch
+    // no live spore can run must not wait in silence: the ack says so.
+    bool served = false;
+    for (const auto& [id, n] : scheduler_.nodes()) {
+      served = served || (n.info.handlers.count(handler) &&
+                          std::all_of(tags.begin(), tags.end(), [&](const std::string& t) { return n.info.tags.count(t) > 0; }));
+    }
+    if (!served) {
+      std::string want;
+      for (const auto& t : tags) want += (want.empty() ? "" : ",") + t;
+      *warning = "no live spore that offers handler '" + handler + "' has the tags " + want +
+                 ": its tasks wait until one joins (a spore gets tags with --tags; see mesh nodes)";
+      counters_.add("submits_unservable");
+    }
+  }
+  return std::nullopt;
 }
 
 void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p) {
@@ -389,7 +399,10 @@ void NexusImpl::keepInline(const routing::FinalResult& f) {
   InlineResults& in = inline_[f.batch];
   if (in.overflow) return;
   std::size_t add = f.output.size() + f.error.size() + f.node.size() + 32;
-  if (in.rows.size() >= kInlineRowsMax || in.bytes + add > kInlineBatchBytes || inlineBytes_ + add > kInlineTotalBytes) {
+  // A retry batch's rows name the tasks they retry, which only the store knows: its client pages.
+  const routing::Batch* batch = scheduler_.batch(f.batch);
+  bool retry = batch && batch->spec.retryOf != 0;
+  if (retry || in.rows.size() >= kInlineRowsMax || in.bytes + add > kInlineBatchBytes || inlineBytes_ + add > kInlineTotalBytes) {
     inlineBytes_ -= in.bytes;
     in.bytes = 0;
     in.overflow = true;
@@ -456,7 +469,7 @@ void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t reque
   // Keep a page under the frame budget.
   std::size_t bytes = 0, n = 0;
   for (; n < rows->size(); ++n) {
-    bytes += (*rows)[n].result.output.size() + (*rows)[n].result.error.size() + 64;
+    bytes += (*rows)[n].result.output.size() + (*rows)[n].result.error.size() + ((*rows)[n].retryOf ? 96 : 64);
     if (n > 0 && bytes > kResultPageBytes) break;
   }
   wire::Encoder e(requestId, static_cast<unsigned>(bytes / 8 + 256));
@@ -474,6 +487,12 @@ void NexusImpl::onFetchResults(const std::string& routingId, std::uint64_t reque
     out.setError(r.result.error);
     out.setAttempts(r.result.attempts);
     out.setNode(r.result.node);
+    if (r.retryOf) {
+      auto from = out.initRetryOf();
+      from.setBatch(r.retryOf->batch);
+      from.setTask(r.retryOf->task);
+      from.setIndex(r.retryOf->index);
+    }
     next = r.index + 1;
   }
   page.setNextIndex(next);
@@ -630,6 +649,12 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
   auto req = info.initRequires(static_cast<unsigned>(t.batchRecord.requiredTags.size()));
   for (unsigned i = 0; i < t.batchRecord.requiredTags.size(); ++i) req.set(i, t.batchRecord.requiredTags[i]);
   info.setSubmittedMs(t.batchRecord.submittedMs);
+  if (t.retryOf) {
+    auto from = info.initRetryOf();
+    from.setBatch(t.retryOf->batch);
+    from.setTask(t.retryOf->task);
+    from.setIndex(t.retryOf->index);
+  }
   std::size_t extra = (live && live->state == routing::Task::State::kRunning) ? 1 : 0;
   // The final result is an attempt of its own only if an attempt produced it: not for a task
   // that never ran (cancelled while queued, payload lost), nor for one cancelled while it
@@ -754,6 +779,128 @@ void NexusImpl::onCancel(const std::string& routingId, const std::string& key, s
   // Acknowledged once the cancel is committed (onCommits), so that a nexus crash cannot undo a
   // cancel its client was told about.
   currentInfo_.cancels.push_back({routingId, requestId, batchId, n});
+}
+
+// `mesh retry`: a new batch holding a copy of every failed task of a finished batch. The copy is
+// made by the store writer inside the group commit (TaskChunk::retryOf), one payload in memory
+// at a time; the ack follows the commit, as a Submit's does; the tasks then go to the scheduler
+// in steps (loadRetries). Protocol section 4.17.
+void NexusImpl::onRetry(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                        proto::Retry::Reader req) {
+  const std::uint64_t original = req.getBatch();
+  const std::string name = "batch " + std::to_string(original);
+  auto bad = [&](proto::Error::Code code, const std::string& message) {
+    counters_.add("retries_refused");
+    replyError(routingId, requestId, code, message);
+  };
+  if (req.getPriority() < -1 || req.getPriority() > 255) {
+    return bad(proto::Error::Code::BAD_REQUEST, "priority " + std::to_string(req.getPriority()) + " is not 0-255");
+  }
+  if (routing::Batch* b = scheduler_.batch(original)) {
+    auto p = scheduler_.progress(*b);
+    return bad(proto::Error::Code::NOT_FINISHED,
+               name + " has not finished (" + std::to_string(p.succeeded + p.failed + p.cancelled) + " of " +
+                   std::to_string(p.total) + " tasks ended" + (p.sealed ? "" : ", still open") +
+                   "): wait for it first (mesh wait " + std::to_string(original) + "), then retry its failed tasks");
+  }
+  auto rec = original == 0 ? util::Result<std::optional<store::BatchRecord>>(std::optional<store::BatchRecord>())
+                           : readStore_->batch(original);
+  if (!rec) {
+    MESH_ERROR("reading %s for a retry failed: %s", name.c_str(), rec.error().message.c_str());
+    return bad(proto::Error::Code::INTERNAL, "reading the batch failed; see the nexus log");
+  }
+  if (!*rec) return bad(proto::Error::Code::NOT_FOUND, "no " + name);
+  const store::BatchRecord& from = **rec;
+  if (!from.finishedMs) {
+    // Every unfinished batch is in memory; a row without it is being written: not finished yet.
+    return bad(proto::Error::Code::NOT_FINISHED,
+               name + " has not finished: wait for it first (mesh wait " + std::to_string(original) + ")");
+  }
+  if (from.expiredMs) {
+    counters_.add("expired_requests");
+    return bad(proto::Error::Code::EXPIRED, expiryLine(from) + ": its failed tasks cannot be retried");
+  }
+  if (from.mrStage != 0) {
+    return bad(proto::Error::Code::BAD_REQUEST,
+               name + " is the " + (from.mrStage == 1 ? "map" : "reduce") +
+                   " stage of a map-reduce job, which is retried as a whole: submit the job again "
+                   "(mesh mapreduce, or scripts/mapreduce.sh) once its cause is fixed");
+  }
+  auto role = roleOf(key);
+  if (from.clientKey != key && !(role && *role == store::Role::kAdmin)) {
+    return bad(proto::Error::Code::FORBIDDEN, name + " belongs to another client (an admin key can retry it)");
+  }
+  auto counts = readStore_->countResults(original);
+  if (!counts) {
+    MESH_ERROR("counting the results of %s failed: %s", name.c_str(), counts.error().message.c_str());
+    return bad(proto::Error::Code::INTERNAL, "reading the batch failed; see the nexus log");
+  }
+  const std::uint64_t n = counts->failed;
+  if (n == 0) {
+    // Nothing to run again: no batch is made, and the ack says so (batch 0).
+    counters_.add("retries_empty");
+    wire::Encoder e(requestId, 32);
+    auto ack = e.body().initRetryAck();
+    ack.setRetried(original);
+    sendTo(clientSocket_, routingId, e.finish());
+    return;
+  }
+  if (n > kMaxTasksPerSubmit) {
+    return bad(proto::Error::Code::TOO_LARGE, name + " has " + std::to_string(n) + " failed tasks, over the " +
+                                                  std::to_string(kMaxTasksPerSubmit) + " a retry (like one Submit) takes");
+  }
+  std::uint64_t unfinished = scheduler_.queuedTotal() + scheduler_.runningTotal() + pendingSubmitTasks_;
+  if (unfinished + n > config_.maxQueuedTasks) {
+    return bad(proto::Error::Code::UNAVAILABLE, "the nexus holds " + std::to_string(unfinished) +
+                                                    " unfinished tasks (limit " + std::to_string(config_.maxQueuedTasks) +
+                                                    ") and " + name + " has " + std::to_string(n) +
+                                                    " failed tasks: wait for some to finish and retry");
+  }
+  PendingSubmit ps;
+  if (auto refused = checkServable(from.handler, from.requiredTags, &ps.warning)) {
+    return bad(refused->first, refused->second + ": the retry needs it as its batch did");
+  }
+  routing::BatchSpec s;
+  s.handler = from.handler;
+  s.requiredTags = from.requiredTags;
+  s.priority = req.getPriority() >= 0 ? static_cast<std::uint8_t>(req.getPriority()) : from.priority;
+  s.timeoutMs = req.getTimeoutMs() != 0 ? req.getTimeoutMs() : from.timeoutMs;
+  s.maxAttempts = req.getMaxAttempts() != 0 ? req.getMaxAttempts() : from.maxAttempts;
+  std::string label(wire::view(req.getLabel()));
+  if (label.empty()) label = from.label.empty() ? "retry of " + name : from.label + " (retry of " + name + ")";
+  s.label = label.substr(0, 256);
+  s.clientKey = key;
+  s.submittedMs = clock_.wallMs();
+  s.retryOf = original;
+  ps.routingId = routingId;
+  ps.requestId = requestId;
+  ps.batch = nextBatchId_++;
+  ps.newBatch = true;
+  ps.seal = true;
+  ps.watch = req.getWatch();
+  ps.count = static_cast<std::uint32_t>(n);
+  ps.firstId = nextTaskId_;
+  ps.firstIndex = 0;
+  ps.retryOf = original;
+  nextTaskId_ += n;
+  routing::Batch& b = scheduler_.addBatch(ps.batch, s);
+  b.pendingAdds = n;
+  b.sealPending = true;
+  owners_[ps.batch] = key;
+  current_->newBatches.push_back(batchRecord(ps.batch, b.spec, /*sealed=*/true, n));
+  store::TaskChunk chunk;
+  chunk.batch = ps.batch;
+  chunk.firstId = ps.firstId;
+  chunk.firstIndex = 0;
+  chunk.retryOf = original;
+  chunk.retryCount = n;
+  current_->chunks.push_back(std::move(chunk));
+  pendingSubmitTasks_ += n;
+  currentInfo_.submitTasks += n;
+  counters_.add("retries");
+  MESH_INFO("batch %llu: a retry of the %llu failed tasks of batch %llu", static_cast<unsigned long long>(ps.batch),
+            static_cast<unsigned long long>(n), static_cast<unsigned long long>(original));
+  currentInfo_.submits.push_back(std::move(ps));
 }
 
 }  // namespace mesh::node

@@ -82,6 +82,12 @@ constexpr std::uint64_t kEarlyIdWindow = 4096;
 // within these bounds), so that the submit and its results share one flush.
 constexpr std::int64_t kCommitHoldMinUs = 100;
 constexpr std::int64_t kCommitHoldMaxUs = 1000;
+// A retry batch's tasks go from the store into the scheduler at most this many, or this many
+// payload bytes, per loop turn (a step may pass the byte budget by one payload), so that a
+// large retry neither stalls the loop nor holds more than one step in memory beyond the
+// scheduler's own copies.
+constexpr std::uint64_t kRetryLoadTasks = 10'000;
+constexpr std::size_t kRetryLoadBytes = 16u << 20;
 
 // A hello's lists (protocol section 3.3, `hello`): longer ones are refused as malformed.
 constexpr std::size_t kHelloHandlersMax = 10000;
@@ -181,12 +187,24 @@ struct PendingSubmit {
   bool watch = false;
   bool newBatch = false;
   bool early = false;  // its tasks went to the scheduler before the commit
+  // A retry (onRetry): the batch whose failed tasks the store copies; no payloads here. Its
+  // tasks are loaded from the store in steps once committed (loadRetries), and it is acked
+  // with a RetryAck.
+  std::uint64_t retryOf = 0;
   // The payloads, read from the message once (every read of a Cap'n Proto message counts
   // against its traversal limit): views into `frame` (a client's submit) or `owned` (a reduce
   // stage the nexus made), which they keep alive.
   std::vector<std::string_view> payloads;
   std::shared_ptr<wire::Decoded> frame;
   std::shared_ptr<std::vector<std::string>> owned;
+};
+
+// A committed retry batch whose tasks are still being loaded from the store into the scheduler,
+// a step per loop turn (NexusImpl::loadRetries).
+struct RetryLoad {
+  std::uint64_t batch = 0;
+  std::uint64_t nextId = 0;  // the first task id not loaded yet
+  std::uint64_t left = 0;    // tasks not loaded yet
 };
 
 // A map-reduce job's link from its map batch to its reduce batch, or why there is none.
@@ -230,6 +248,7 @@ inline store::BatchRecord batchRecord(std::uint64_t id, const routing::BatchSpec
   rec.mrPartitions = s.mrPartitions;
   rec.mrCombiner = s.mrCombiner;
   rec.mrReducer = s.mrReducer;
+  if (s.retryOf != 0) rec.retryOf = s.retryOf;
   return rec;
 }
 
@@ -293,6 +312,14 @@ class NexusImpl {
   void onNodes(const std::string& routingId, std::uint64_t requestId);
   void onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId);
   void onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId, std::uint64_t batch);
+  void onRetry(const std::string& routingId, const std::string& key, std::uint64_t requestId, proto::Retry::Reader req);
+  // Whether some live spore can run `handler`: if not, the refusal (code, message); if it can
+  // but none has every tag, `warning` says so (a tagged spore may join later).
+  std::optional<std::pair<proto::Error::Code, std::string>> checkServable(const std::string& handler,
+                                                                          const std::vector<std::string>& tags,
+                                                                          std::string* warning);
+  // Loads the next step of the committed retry batches' tasks into the scheduler.
+  void loadRetries();
 
   // ---- bundles
   util::Status openBundles();
@@ -383,6 +410,7 @@ class NexusImpl {
   util::LogThrottle storeLog_{clock_};  // failed writes (a full disk): one line a minute
   util::LogThrottle nodeLog_{clock_, 10'000};  // refused node messages: a line per kind each 10 s
   std::map<std::uint64_t, JobLink> jobLinks_;  // map batch -> its reduce stage
+  std::deque<RetryLoad> retryLoads_;           // committed retries still loading, oldest first
 
   std::uint64_t nextBatchId_ = 1;
   std::uint64_t nextTaskId_ = 1;

@@ -72,6 +72,7 @@ void NexusImpl::collectEffects() {
     r.startedMs = f.startedMs;
     r.finishedMs = f.finishedMs;
     r.durationUs = f.durationUs;
+    r.payload = std::move(f.payload);
     current_->results.push_back(std::move(r));
   }
   for (auto& a : fx.attempts) {
@@ -156,8 +157,14 @@ void NexusImpl::onCommits() {
       for (auto& ps : info.submits) {
         if (ps.count > 0) durableTaskIdMax_ = std::max(durableTaskIdMax_, ps.firstId + ps.count - 1);
         routing::Batch* b = scheduler_.batch(ps.batch);
-        if (!ps.early) pendingSubmitTasks_ -= ps.count;
-        if (b && !ps.early) {
+        if (ps.retryOf != 0) {
+          // Its tasks are in the store: they join the scheduler in steps (loadRetries), which
+          // counts them out of pendingSubmitTasks_ and pendingAdds, and seals the batch.
+          if (b) retryLoads_.push_back({ps.batch, ps.firstId, ps.count});
+        } else if (!ps.early) {
+          pendingSubmitTasks_ -= ps.count;
+        }
+        if (b && !ps.early && ps.retryOf == 0) {
           b->pendingAdds -= ps.count;
           for (std::uint32_t i = 0; i < ps.count; ++i) {
             scheduler_.addTask(*b, ps.firstId + i, ps.firstIndex + i, std::string(ps.payloads[i]));
@@ -172,12 +179,21 @@ void NexusImpl::onCommits() {
         counters_.add("tasks_submitted", ps.count);
         if (ps.routingId.empty()) continue;  // made by the nexus itself (a reduce stage)
         wire::Encoder e(ps.requestId, 32);
-        auto ack = e.body().initSubmitAck();
-        ack.setBatch(ps.batch);
-        ack.setFirstTask(ps.firstId);
-        ack.setFirstIndex(ps.firstIndex);
-        ack.setCount(ps.count);
-        if (!ps.warning.empty()) ack.setWarning(ps.warning);
+        if (ps.retryOf != 0) {
+          auto ack = e.body().initRetryAck();
+          ack.setBatch(ps.batch);
+          ack.setFirstTask(ps.firstId);
+          ack.setCount(ps.count);
+          ack.setRetried(ps.retryOf);
+          if (!ps.warning.empty()) ack.setWarning(ps.warning);
+        } else {
+          auto ack = e.body().initSubmitAck();
+          ack.setBatch(ps.batch);
+          ack.setFirstTask(ps.firstId);
+          ack.setFirstIndex(ps.firstIndex);
+          ack.setCount(ps.count);
+          if (!ps.warning.empty()) ack.setWarning(ps.warning);
+        }
         sendTo(clientSocket_, ps.routingId, e.finish());
         if (ps.watch) {
           counters_.add("watches_with_submit");
@@ -250,6 +266,67 @@ void NexusImpl::onCommits() {
       }
       info.submits.clear();
     }
+  }
+}
+
+void NexusImpl::loadRetries() {
+  std::uint64_t tasks = 0;
+  std::size_t bytes = 0;
+  while (!retryLoads_.empty() && tasks < kRetryLoadTasks && bytes < kRetryLoadBytes) {
+    RetryLoad& load = retryLoads_.front();
+    routing::Batch* b = scheduler_.batch(load.batch);
+    MESH_ASSERT(b != nullptr, "a retry batch left memory before its tasks were loaded");
+    std::vector<store::PendingTask> lost;
+    auto n = readStore_->forEachTaskFrom(load.batch, load.nextId, std::min(load.left, kRetryLoadTasks - tasks),
+                                         [&](store::PendingTask&& t) {
+                                           load.nextId = t.id + 1;
+                                           bytes += t.payload.size() + 64;
+                                           if (!t.payloadError.empty()) {
+                                             lost.push_back(std::move(t));
+                                           } else {
+                                             scheduler_.addTask(*b, t.id, t.index, std::move(t.payload));
+                                           }
+                                           return bytes < kRetryLoadBytes;
+                                         });
+    if (!n) {
+      // The tasks are committed: a read that fails now is tried again next turn (and a restart
+      // loads them from the store anyway).
+      if (auto k = storeLog_.admit("retry-load")) {
+        MESH_ERROR("loading the tasks of retry batch %llu failed: %s (trying again)%s",
+                   static_cast<unsigned long long>(load.batch), n.error().message.c_str(), util::heldBack(*k).c_str());
+      }
+      return;
+    }
+    tasks += *n;
+    for (auto& t : lost) {
+      // Its bytes are gone (a failure recorded before payloads moved into their rows, whose
+      // payload log segment was deleted): it fails with the reason, as at a restart.
+      counters_.add("payloads_lost");
+      MESH_ERROR("task %llu of retry batch %llu cannot run: %s", static_cast<unsigned long long>(t.id),
+                 static_cast<unsigned long long>(t.batch), t.payloadError.c_str());
+      scheduler_.addFailedTask(*b, t.id, t.index, "its payload was lost: " + t.payloadError, clock_.wallMs());
+    }
+    std::uint64_t loaded = std::min<std::uint64_t>(*n, load.left);
+    load.left -= loaded;
+    b->pendingAdds -= loaded;
+    pendingSubmitTasks_ -= loaded;
+    b->total += loaded;
+    counters_.add("tasks_retried_loaded", loaded);
+    bool done = load.left == 0;
+    if (!done && *n == 0) {
+      MESH_ERROR("retry batch %llu: %llu of its tasks are missing from the store (a bug); it ends without them",
+                 static_cast<unsigned long long>(load.batch), static_cast<unsigned long long>(load.left));
+      b->pendingAdds -= load.left;
+      pendingSubmitTasks_ -= load.left;
+      done = true;
+    }
+    if (done) {
+      b->sealPending = false;
+      if (!b->sealed) scheduler_.seal(*b, b->total);
+      retryLoads_.pop_front();
+      payloadReader_->closeAll();  // keep no deleted segment alive
+    }
+    if (b->cancelled) scheduler_.cancel(*b, clock_.wallMs());
   }
 }
 

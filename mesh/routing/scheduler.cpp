@@ -601,6 +601,7 @@ void Scheduler::finish(Task& t, Status status, std::string output, std::string e
   r.startedMs = startedMs;
   r.finishedMs = nowWallMs;
   r.durationUs = durationUs;
+  if (status != Status::kOk && status != Status::kCancelled) r.payload = std::move(t.payload);
   effects_.finals.push_back(std::move(r));
   Batch& b = *t.batch;
   if (status == Status::kOk) ++b.succeeded;

@@ -91,6 +91,8 @@ struct BatchSpec {
   std::uint32_t mrPartitions = 0;
   std::string mrCombiner;
   std::string mrReducer;
+  // `mesh retry`: the batch whose failed tasks this one runs again (0: none). Not used here.
+  std::uint64_t retryOf = 0;
 };
 
 struct Progress {
@@ -169,6 +171,9 @@ struct FinalResult {
   std::string node;
   std::int64_t assignedMs = 0, startedMs = 0, finishedMs = 0;
   std::uint64_t durationUs = 0;
+  // A failure's payload (any status but ok and cancelled), moved out of the task, so that the
+  // store can keep it for `mesh retry` (store::ResultRecord::payload); empty otherwise.
+  std::string payload;
 };
 
 // An attempt that ended without ending its task (the timeline of `mesh task`).
