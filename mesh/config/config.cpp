@@ -423,6 +423,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  task TASK                  one task's timeline, and why it waits if it does\n"
         "  cancel BATCH               stop a batch: queued tasks never run, running ones are killed;\n"
         "                             it reads cancelled from then on (exit 5: it had finished)\n"
+        "  retry BATCH                run the failed tasks of a finished batch again, as a new batch\n"
+        "                             (print its id); exit 4: not finished, 6: its tasks were removed\n"
         "  mapreduce --mapper M --reducer R [--combiner C] --reducers N --output DIR INPUT...\n"
         "                             map-reduce files across the mesh (Hadoop Streaming contract)\n"
         "  keys gen FILE              make a Curve key pair (FILE, FILE.pub); --release: a bundle key\n"
@@ -436,10 +438,10 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  bundles                    each bundle's version on each spore, refusals, rollbacks\n";
     const std::string exits =
         "Exit codes: 0 success, 1 some tasks failed or the batch was cancelled, 2 usage error,\n"
-        "3 cannot reach or authenticate to the nexus, 4 `results` of a batch that has not\n"
-        "finished, 5 `cancel` of a batch that had finished (nothing was cancelled), 6 `results`\n"
-        "or `task` of a batch whose tasks and results the nexus removed (--keep-finished; `wait`\n"
-        "on such a batch says so and exits 0 or 1 on its kept counts).\n";
+        "3 cannot reach or authenticate to the nexus, 4 `results` or `retry` of a batch that has\n"
+        "not finished, 5 `cancel` of a batch that had finished (nothing was cancelled), 6 `results`,\n"
+        "`task` or `retry` of a batch whose tasks and results the nexus removed (--keep-finished;\n"
+        "`wait` on such a batch says so and exits 0 or 1 on its kept counts).\n";
     // `mesh COMMAND --help`: that command's lines and the options it reads; `mesh --help`: all.
     std::string command = words.empty() ? "" : words[0];
     if (!command.empty() && (command == "keys" || command == "bundle") && words.size() > 1) command += " " + words[1];
@@ -468,6 +470,26 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
     const std::string first = words[0];
     if (first == "submit") mine.add(submit).add(other);
     if (first == "wait" || first == "results") mine.add(other);
+    if (first == "retry") {
+      // Help only: the submit options retry reads (they are parsed with submit's).
+      po::options_description retry("retry (what is not given stays as the batch retried had it)");
+      retry.add_options()
+          ("priority", po::value<unsigned>(), "0-255, higher runs first")
+          ("task-timeout", po::value<std::string>(), "per-attempt timeout of each task, e.g. 30s")
+          ("attempts", po::value<unsigned>(), "attempts per task")
+          ("label", po::value<std::string>(), "a name for the new batch (default: \"LABEL (retry of batch N)\", "
+                                             "or \"retry of batch N\")")
+          ("wait", po::bool_switch(), "wait for the new batch to finish (like `mesh wait`)")
+          ("results", po::bool_switch(), "wait, then print its results (the batch id goes to stderr)");
+      mine.add(retry).add(other);
+      lines += "\nThe new batch holds a copy of every task of BATCH whose result is a failure (failed,\n"
+               "timed out, crashed, quarantined; not cancelled), with the same handler, requirements\n"
+               "and payload, in index order; BATCH itself does not change. Its results name the task\n"
+               "each one retries: --json rows carry \"retry_of\":{\"batch\":B,\"index\":I,\"task\":T},\n"
+               "text rows a fourth column B:I (`mesh task` says \"retry of task T (batch B, index I)\").\n"
+               "A batch with no failed task makes none: nothing on stdout, a line on stderr, exit 0.\n"
+               "A map-reduce stage is refused: submit the job again.\n";
+    }
     if (first == "mapreduce") mine.add(mr).add(submit);
     if (first == "keys") mine.add(keys);
     if (first == "bundle") mine.add(bundle);
@@ -492,6 +514,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
     c.submit.timeoutMs = *t;
   }
   if (c.submit.priority > 255) return usage("--priority must be 0-255", "mesh");
+  c.submit.priorityGiven = vm.count("priority") && !vm["priority"].defaulted();
   auto chunk = sizeOption(vm, "chunk-size", c.mapreduce.chunkBytes);
   if (!chunk) return chunk.error();
   c.mapreduce.chunkBytes = *chunk;

@@ -101,6 +101,7 @@ struct SubmitOptions {
   bool null = false;                 // "--null": that list is NUL-separated (find -print0)
   bool wait = false;
   bool results = false;  // print the results once the batch finishes (implies wait)
+  bool priorityGiven = false;  // --priority was given (retry: otherwise the original's)
 };
 
 struct MapReduceOptions {

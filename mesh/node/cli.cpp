@@ -312,12 +312,21 @@ int printResults(Client& client, const CliCommand& cmd, std::uint64_t batch) {
       util::appendJsonString(out, wire::view(r.getError()));
       out += ",\"attempts\":" + std::to_string(r.getAttempts()) + ",\"node\":";
       util::appendJsonString(out, wire::view(r.getNode()));
+      if (r.hasRetryOf()) {  // a task made by `mesh retry`: the task it runs again
+        auto from = r.getRetryOf();
+        out += ",\"retry_of\":{\"batch\":" + std::to_string(from.getBatch()) + ",\"index\":" +
+               std::to_string(from.getIndex()) + ",\"task\":" + std::to_string(from.getTask()) + "}";
+      }
       out += "}\n";
     } else {
       out += std::to_string(r.getIndex()) + "\t" + taskStatusName(r.getStatus()) + "\t" +
              escaped(r.getStatus() == proto::TaskStatus::OK ? wire::view(r.getOutput())
-                                                            : std::string_view(wire::view(r.getError()))) +
-             "\n";
+                                                            : std::string_view(wire::view(r.getError())));
+      // A retry's row: a fourth column, BATCH:INDEX of the task it runs again.
+      if (r.hasRetryOf()) {
+        out += "\t" + std::to_string(r.getRetryOf().getBatch()) + ":" + std::to_string(r.getRetryOf().getIndex());
+      }
+      out += "\n";
     }
     if (out.size() >= (1u << 20)) {  // print as it goes: a batch's results need not fit in memory
       std::fwrite(out.data(), 1, out.size(), stdout);
@@ -635,6 +644,10 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                       ",\"priority\":" + std::to_string(t.getPriority()) + ",\"requires\":" + util::jsonString(tags) +
                       ",\"submitted_ms\":" + jsonTime(t.getSubmittedMs()) +
                       ",\"finished_ms\":" + jsonTime(t.getFinishedMs()) + ",\"why\":" + util::jsonString(wire::view(t.getWhy())) + ",";
+    if (t.hasRetryOf()) {
+      out += "\"retry_of\":{\"batch\":" + std::to_string(t.getRetryOf().getBatch()) + ",\"index\":" +
+             std::to_string(t.getRetryOf().getIndex()) + ",\"task\":" + std::to_string(t.getRetryOf().getTask()) + "},";
+    }
     appendBytes(out, "output", wire::view(t.getOutput()));
     out += ",\"error\":" + util::jsonString(wire::view(t.getError())) + ",\"attempts\":[";
     bool first = true;
@@ -653,6 +666,10 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   std::printf("task %" PRIu64 " (batch %" PRIu64 ", index %" PRIu64 "), handler %s, priority %u%s%s\n", t.getId(),
               t.getBatch(), t.getIndex(), std::string(wire::view(t.getHandler())).c_str(), t.getPriority(),
               tags.empty() ? "" : ", requires ", tags.c_str());
+  if (t.hasRetryOf()) {
+    std::printf("retry of task %" PRIu64 " (batch %" PRIu64 ", index %" PRIu64 ")\n", t.getRetryOf().getTask(),
+                t.getRetryOf().getBatch(), t.getRetryOf().getIndex());
+  }
   std::printf("state: %s\n", std::string(wire::view(t.getState())).c_str());
   if (t.getWhy().size()) std::printf("why: %s\n", std::string(wire::view(t.getWhy())).c_str());
   std::printf("%s  submitted\n", isoTime(t.getSubmittedMs()).c_str());
@@ -702,6 +719,58 @@ int cancelCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (cmd.client.json) std::printf("{\"batch\":%" PRIu64 ",\"cancelled\":%" PRIu64 "}\n", ack.getBatch(), ack.getCancelled());
   else std::printf("batch %" PRIu64 ": %" PRIu64 " task%s cancelled\n", ack.getBatch(), ack.getCancelled(), ack.getCancelled() == 1 ? "" : "s");
   return 0;
+}
+
+// `mesh retry BATCH`: a new batch of the failed tasks of a finished batch (protocol section
+// 4.17). Prints the new id as submit does; --wait and --results as submit's.
+int retryCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  const auto& s = cmd.submit;
+  auto id = parseId(cmd.args, "batch");
+  if (!id) return fail(id.error());
+  // What retry keeps from the batch cannot be given.
+  const char* kept = !s.handler.empty()             ? "--handler"
+                     : !s.requiredTags.empty()      ? "--requires"
+                     : !s.linesFrom.empty()         ? "--lines"
+                     : !s.files.empty()             ? "--files"
+                     : !s.filesFrom.empty()         ? "--files-from"
+                                                    : nullptr;
+  if (kept) return usageError(std::string("retry keeps the handler, requirements and payloads of the batch: ") + kept +
+                              " is for submit");
+  if (s.timeoutMs < 0 || s.timeoutMs > UINT32_MAX) return usageError("--task-timeout is out of range");
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  RetryOptions o;
+  o.batch = *id;
+  o.priority = s.priorityGiven ? static_cast<int>(s.priority) : -1;
+  o.timeoutMs = static_cast<std::uint32_t>(s.timeoutMs);
+  o.maxAttempts = static_cast<std::uint8_t>(s.attempts);
+  o.label = s.label;
+  o.watch = s.wait || s.results;
+  auto r = (*client)->retry(o);
+  if (!r) return fail(r.error());
+  if (r->batch == 0) {
+    std::fprintf(stderr, "mesh: batch %" PRIu64 " has no failed tasks: nothing to retry\n", *id);
+    return 0;
+  }
+  if (!r->warning.empty()) std::fprintf(stderr, "mesh: batch %" PRIu64 ": %s\n", r->batch, r->warning.c_str());
+  if (!cmd.quiet && !s.results) {
+    std::fprintf(stderr, "batch %" PRIu64 " runs the %" PRIu64 " failed task%s of batch %" PRIu64 " again\n", r->batch,
+                 r->count, r->count == 1 ? "" : "s", *id);
+  }
+  if (s.results) {
+    std::fprintf(stderr, "batch %" PRIu64 "\n", r->batch);
+  } else if (cmd.client.json) {
+    std::printf("{\"batch\":%" PRIu64 ",\"retry_of\":%" PRIu64 ",\"tasks\":%" PRIu64 "}\n", r->batch, *id, r->count);
+  } else {
+    std::printf("%" PRIu64 "\n", r->batch);
+  }
+  std::fflush(stdout);
+  if (!s.wait && !s.results) return 0;
+  ProgressPrinter printer(cmd.quiet);
+  auto p = (*client)->wait(r->batch, std::ref(printer), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
+  if (!p) return fail(p.error());
+  if (s.results) return printResults(**client, cmd, r->batch);
+  return finishWait(cmd, *p);
 }
 
 // ---- mapreduce -------------------------------------------------------------------------------
@@ -1046,6 +1115,7 @@ int runCli(const config::CliCommand& cmd) {
   else if (verb == "nodes") rc = nodesCommand(ctx, cmd);
   else if (verb == "task") rc = taskCommand(ctx, cmd);
   else if (verb == "cancel") rc = cancelCommand(ctx, cmd);
+  else if (verb == "retry") rc = retryCommand(ctx, cmd);
   else if (verb == "mapreduce") rc = mapreduceCommand(ctx, cmd);
   else if (verb == "bundle" && cmd.words[1] == "publish") rc = bundlePublishCommand(ctx, cmd);
   else if (verb == "bundle") rc = usageError("unknown bundle subcommand '" + cmd.words[1] + "' (sign or publish)");

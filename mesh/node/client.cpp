@@ -151,6 +151,7 @@ util::Result<wire::Decoded> Client::call(wire::Encoder& request, std::int64_t ti
       return util::err(std::string(wire::view(error.getMessage())),
                        error.getCode() == proto::Error::Code::ALREADY_FINISHED ? kExitFinishedAlready
                        : error.getCode() == proto::Error::Code::EXPIRED       ? kExitExpired
+                       : error.getCode() == proto::Error::Code::NOT_FINISHED  ? kExitUnfinished
                                                                               : kExitFailed);
     }
     return reply;
@@ -384,6 +385,39 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
     watchedRequest_ = sealRequest;
   }
   return batch;
+}
+
+util::Result<RetryOutcome> Client::retry(const RetryOptions& options) {
+  std::uint64_t id = nextRequestId();
+  wire::Encoder e(id, 64);
+  auto req = e.body().initRetry();
+  req.setBatch(options.batch);
+  req.setPriority(static_cast<std::int16_t>(options.priority));
+  req.setTimeoutMs(options.timeoutMs);
+  req.setMaxAttempts(options.maxAttempts);
+  req.setLabel(options.label);
+  req.setWatch(options.watch);
+  auto reply = call(e, std::max<std::int64_t>(options_.timeoutMs, 60000));
+  if (!reply) {
+    if (reply.error().code == kExitUnreachable) {
+      return util::err(reply.error().message + ": the retry may have been made or not (`mesh status` lists the "
+                                               "latest batches)",
+                       kExitUnreachable);
+    }
+    return reply.error();
+  }
+  if (reply->which() != proto::Envelope::Body::RETRY_ACK) return util::err("unexpected reply to a retry", kExitFailed);
+  auto ack = reply->envelope().getBody().getRetryAck();
+  RetryOutcome out;
+  out.batch = ack.getBatch();
+  out.firstTask = ack.getFirstTask();
+  out.count = ack.getCount();
+  out.warning = std::string(wire::view(ack.getWarning()));
+  if (options.watch && out.batch != 0) {
+    watchedBatch_ = out.batch;
+    watchedRequest_ = id;
+  }
+  return out;
 }
 
 util::Result<ProgressView> Client::progress(std::uint64_t batch) {

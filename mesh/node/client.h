@@ -3,7 +3,8 @@
 // Errors carry an exit code in Error::code: 3 when the nexus cannot be reached or refuses this
 // client's key, 1 when the nexus answered with an error (5 when that error is alreadyFinished:
 // a cancel of a batch that has finished; 6 when it is expired: a batch whose tasks and results
-// were removed), 2 for bad input detected here.
+// were removed; 4 when it is notFinished: a retry of a batch that has not finished), 2 for bad
+// input detected here.
 //
 // Thread rule: a Client (and its socket) belongs to the thread that made it.
 //
@@ -31,7 +32,7 @@ namespace mesh::node {
 constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
-constexpr int kExitUnfinished = 4;  // `mesh results` of a batch that has not finished
+constexpr int kExitUnfinished = 4;  // `mesh results` or `mesh retry` of a batch that has not finished
 constexpr int kExitFinishedAlready = 5;  // `mesh cancel` of a batch that has finished: not cancelled
 // `mesh results`, `mesh task`: the batch finished and its tasks and results were removed
 // (the nexus's --keep-finished).
@@ -75,6 +76,23 @@ struct ProgressView {
   std::string expiry;           // with expiredMs: the nexus's one line about it
 };
 
+// `mesh retry`: what may differ from the batch retried (0, -1, empty: as it was).
+struct RetryOptions {
+  std::uint64_t batch = 0;      // the finished batch whose failed tasks run again
+  int priority = -1;            // 0-255; -1: the original's
+  std::uint32_t timeoutMs = 0;  // per attempt
+  std::uint8_t maxAttempts = 0;
+  std::string label;            // empty: "LABEL (retry of batch N)", or "retry of batch N"
+  bool watch = false;           // as BatchOptions::watch
+};
+
+struct RetryOutcome {
+  std::uint64_t batch = 0;      // the new batch; 0: the original had no failed task, none was made
+  std::uint64_t firstTask = 0;  // its tasks' ids are firstTask .. firstTask + count - 1
+  std::uint64_t count = 0;
+  std::string warning;          // as submitWarning()
+};
+
 // Supplies payloads in order; returns false when there are no more.
 using PayloadSource = std::function<util::Result<bool>(std::string* payload)>;
 
@@ -114,6 +132,11 @@ class Client {
   // says that it stays open and how to cancel it when the cancel got no answer.
   util::Result<std::uint64_t> submit(const BatchOptions& options, const PayloadSource& payloads,
                                      const std::function<void(std::uint64_t)>& onChunk = {});
+  // Makes a new batch of the failed tasks of a finished batch (protocol section 4.17), stored
+  // before the answer like a submit. The nexus may take a while to copy a large batch: the
+  // answer is awaited for max(timeout, 60 s). Errors: code 4 for a batch that has not
+  // finished, 6 for one whose tasks were removed, 1 for the other refusals.
+  util::Result<RetryOutcome> retry(const RetryOptions& options);
   // What the nexus warned about the last submit (SubmitAck.warning), or empty.
   const std::string& submitWarning() const { return submitWarning_; }
 

@@ -177,7 +177,8 @@ TEST_CASE("mesh results --help gives the exit code of removed results that the e
   auto help = parse(parseCli, {"mesh", "results", "--help"});
   REQUIRE(help.ok());
   CHECK(help->help.find("exit 6 if\n                             they were removed") != std::string::npos);
-  CHECK(help->help.find("6 `results`\nor `task` of a batch whose tasks and results the nexus removed") != std::string::npos);
+  CHECK(help->help.find("6 `results`,\n`task` or `retry` of a batch whose tasks and results the nexus removed") !=
+        std::string::npos);
   CHECK(help->help.find("exit 5 if") == std::string::npos);
   // A wait gives up after max(--timeout, 60 s) of silence (docs/protocol.md): the help says so.
   auto wait = parse(parseCli, {"mesh", "wait", "--help"});
