@@ -101,6 +101,23 @@ std::string badSubmits(int which) {
   return bytesOf(e.finish());
 }
 
+// Retry requests (`mesh retry`) for batches that cannot be retried, or with fields out of range:
+// each must get an Error.
+constexpr int kBadRetries = 6;
+std::string badRetry(int which) {
+  wire::Encoder e(static_cast<std::uint64_t>(500 + which), 32);
+  auto r = e.body().initRetry();
+  switch (which) {
+    case 0: r.setBatch(0); break;
+    case 1: r.setBatch(UINT64_MAX); break;
+    case 2: r.setBatch(123456789); r.setPriority(300); break;
+    case 3: r.setBatch(1); r.setPriority(-7); break;
+    case 4: r.setBatch(1ull << 63); r.setLabel(std::string(100000, 'L')); r.setMaxAttempts(255); r.setTimeoutMs(UINT32_MAX); break;
+    default: break;  // every field left out: batch 0
+  }
+  return bytesOf(e.finish());
+}
+
 // The first reply within `ms`, as "welcome", "error CODE MESSAGE", another kind's number, or "silent".
 std::string awaitReply(zmq::socket_t& s, int ms) {
   zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
@@ -276,7 +293,18 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::seconds(std::strtoull(argv[6], nullptr, 10)));
     return 0;
   }
+  if (port == "retries") {
+    int bad = 0;
+    for (int i = 0; i < kBadRetries; ++i) {
+      s.send(zmq::buffer(badRetry(i)), zmq::send_flags::none);
+      std::string reply = awaitReply(s, 5000);
+      std::printf("retry %d: %s\n", i, reply.c_str());
+      if (reply.rfind("error ", 0) != 0) bad = 1;
+    }
+    return bad;
+  }
   std::string samples[] = {validHello(), validSubmit(), unknownArm(), wrongDirection(), absurdHello(),
+                           badRetry(0), badRetry(1), badRetry(2), badRetry(4),
                            resultsForUnknownTasks(), badSubmits(0), badSubmits(1), badSubmits(2), badSubmits(3)};
   int sent = 0;
   for (int round = 0; round < rounds; ++round) {

@@ -78,8 +78,8 @@ store_check() {
   [ "$missing" -eq 0 ] || fail "$missing tasks of batch $batch have no result"
   [ "$results" -eq "$total" ] || fail "batch $batch has $results results for $total tasks"
   [ "$orphans" -eq 0 ] || fail "$orphans results belong to no task"
-  # The client sees the same: every index once.
-  { mesh results "$batch" --json || true; } | grep -o '"index":[0-9]*' | cut -d: -f2 | sort -n | uniq -c |
+  # The client sees the same: every index once (the row's own, not a retry's "retry_of" index).
+  { mesh results "$batch" --json || true; } | grep -o '^{"task":[0-9]*,"index":[0-9]*' | cut -d: -f3 | sort -n | uniq -c |
     awk -v n="$total" '$1 != 1 { bad = 1 } END { exit (bad || NR != n) }' ||
     fail "mesh results does not list each of the $total tasks exactly once"
 }
