@@ -54,6 +54,7 @@ struct Envelope {
     # ---- client port, later additions ------------------------------------------------------
     retry @35 :Retry;            # client -> nexus: `mesh retry`, a new batch of a batch's failed tasks
     retryAck @36 :RetryAck;
+    taskAtRequest @37 :TaskRef;  # client -> nexus: `mesh task BATCH:INDEX` (batch and index set); reply taskReply
   }
 }
 

@@ -420,7 +420,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "                             they were removed after the nexus's --keep-finished)\n"
         "  status                     the nexus: nodes, queues, batches, counters, limits\n"
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
-        "  task TASK                  one task's timeline, and why it waits if it does\n"
+        "  task TASK | BATCH:INDEX    one task's timeline, and why it waits if it does\n"
         "  cancel BATCH               stop a batch: queued tasks never run, running ones are killed;\n"
         "                             it reads cancelled from then on (exit 5: it had finished)\n"
         "  retry BATCH                run the failed tasks of a finished batch again, as a new batch\n"

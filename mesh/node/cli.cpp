@@ -626,12 +626,30 @@ int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
 }
 
 int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
-  auto id = parseId(cmd.args, "task");
-  if (!id) return fail(id.error());
+  // TASK, or BATCH:INDEX (the index `mesh results` prints: a task still queued has no row there).
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> at;
+  util::Result<std::uint64_t> id = std::uint64_t{0};
+  if (cmd.args.size() == 1 && cmd.args[0].find(':') != std::string::npos) {
+    const std::string& arg = cmd.args[0];
+    auto colon = arg.find(':');
+    auto batch = parseId({arg.substr(0, colon)}, "batch");
+    auto index = parseId({arg.substr(colon + 1)}, "task index");
+    if (!batch || !index) return fail(util::err("'" + arg + "' is not TASK or BATCH:INDEX", kExitUsage));
+    at = std::make_pair(*batch, *index);
+  } else {
+    id = parseId(cmd.args, "task");
+    if (!id) return fail(id.error());
+  }
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
   wire::Encoder e;
-  e.body().setTaskRequest(*id);
+  if (at) {
+    auto ref = e.body().initTaskAtRequest();
+    ref.setBatch(at->first);
+    ref.setIndex(at->second);
+  } else {
+    e.body().setTaskRequest(*id);
+  }
   auto reply = (*client)->call(e);
   if (!reply) return fail(reply.error());
   auto t = reply->envelope().getBody().getTaskReply();

@@ -58,6 +58,31 @@ void NexusImpl::serveClient(const std::string& routingId, const std::string& key
     case Which::TASK_REQUEST:
       onTask(routingId, requestId, b.getTaskRequest());
       break;
+    case Which::TASK_AT_REQUEST: {
+      auto at = b.getTaskAtRequest();
+      auto id = readStore_->taskAt(at.getBatch(), at.getIndex());
+      if (!id) {
+        replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading the task failed; see the nexus log");
+      } else if (!*id) {
+        // Not there: say why (no such batch, an index past its end, or its rows were removed).
+        auto batch = readStore_->batch(at.getBatch());
+        if (batch && *batch && (*batch)->expiredMs) {
+          counters_.add("expired_requests");
+          replyError(routingId, requestId, proto::Error::Code::EXPIRED,
+                     "task " + std::to_string(at.getBatch()) + ":" + std::to_string(at.getIndex()) + " was in " +
+                         expiryLine(**batch));
+        } else if (batch && *batch) {
+          replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+                     "batch " + std::to_string(at.getBatch()) + " has no task " + std::to_string(at.getIndex()) +
+                         " (its indexes are 0 to " + std::to_string((*batch)->total ? (*batch)->total - 1 : 0) + ")");
+        } else {
+          replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(at.getBatch()));
+        }
+      } else {
+        onTask(routingId, requestId, **id);
+      }
+      break;
+    }
     case Which::CANCEL_BATCH:
       onCancel(routingId, key, requestId, b.getCancelBatch());
       break;

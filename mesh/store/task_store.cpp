@@ -504,6 +504,17 @@ util::Result<std::vector<BatchRecord>> TaskStore::mapStagesWithoutReduce() {
   return out;
 }
 
+util::Result<std::optional<std::uint64_t>> TaskStore::taskAt(std::uint64_t batch, std::uint64_t index) {
+  auto st = db_.prepare("SELECT id FROM tasks WHERE batch = ? AND idx = ?");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(batch));
+  st->bind(2, static_cast<std::int64_t>(index));
+  auto row = st->step();
+  if (!row) return row.error();
+  if (!*row) return std::optional<std::uint64_t>();
+  return std::optional<std::uint64_t>(static_cast<std::uint64_t>(st->getInt(0)));
+}
+
 util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
   auto st = db_.prepare(std::string("SELECT t.id, t.batch, t.idx, ") + kResultColumns + ", r.task IS NULL, " +
                         "b.id, b.label, b.handler, b.priority, b.requires, b.timeout_ms, b.max_attempts, "

@@ -215,6 +215,8 @@ class TaskStore {
   // Finished map batches whose reduce stage was never started (a crash in between).
   util::Result<std::vector<BatchRecord>> mapStagesWithoutReduce();
   util::Result<std::optional<TaskRow>> task(std::uint64_t id);
+  // The id of the task at `index` of `batch` (`mesh task BATCH:INDEX`), or nullopt.
+  util::Result<std::optional<std::uint64_t>> taskAt(std::uint64_t batch, std::uint64_t index);
   // The expired batch whose task ids spanned `taskId` (the task's row is gone), if any.
   util::Result<std::optional<BatchRecord>> expiredBatchOfTask(std::uint64_t taskId);
 

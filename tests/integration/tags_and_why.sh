@@ -16,6 +16,15 @@ task=$(sql "SELECT id FROM tasks WHERE batch = $pending")
 first=$(mesh task "$task" --json)
 echo "$first" | grep -q '"state":"queued"' || fail "the tpu task is not queued: $first"
 wait_until 10 "mesh task to explain the wait" sh -c "mesh task $task | grep -q 'why: no live spore has tag(s) tpu'"
+# The same task by its batch and index, which a user has without the store (exit 1: none there).
+wait_until 10 "mesh task BATCH:INDEX to explain the wait" sh -c "mesh task $pending:0 | grep -q 'why: no live spore has tag(s) tpu'"
+expect_rc 0 mesh task "$pending:0" --json
+grep -q "\"task\":$task," "$T/out" || fail "mesh task $pending:0 is not task $task: $(cat "$T/out")"
+expect_rc 1 mesh task "$pending:1"
+grep -q "batch $pending has no task 1 (its indexes are 0 to 0)" "$T/err" || fail "an index past the end: $(cat "$T/err")"
+expect_rc 1 mesh task 999999:0
+grep -q "no batch 999999" "$T/err" || fail "an unknown batch: $(cat "$T/err")"
+expect_rc 2 mesh task "$pending:x"
 mesh status --json | grep -q "\"batch\":$pending,[^}]*\"queued\":1" || fail "status does not show the pending task"
 # The ack comes after the commit: while another process holds SQLite's write lock the cancel
 # cannot be stored, so `mesh cancel` must not return; once the lock goes, it returns and the
