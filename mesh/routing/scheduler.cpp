@@ -295,12 +295,23 @@ double Scheduler::score(const Node& n) const {
 }
 
 std::uint32_t Scheduler::prefetchFor(std::uint16_t slots, double avgTaskUs) const {
+  if (slots == 0) return 0;      // every slot held by a long task: nothing queues behind them
   if (avgTaskUs <= 0) return 1;  // nothing measured yet: assume long tasks
   double p = std::ceil(slots * static_cast<double>(config_.prefetchTargetUs) / avgTaskUs);
   return static_cast<std::uint32_t>(std::clamp(p, 1.0, static_cast<double>(std::max<std::uint32_t>(1, config_.maxPrefetch))));
 }
 
-std::uint32_t Scheduler::prefetch(const Node& n, const Batch& b) const { return prefetchFor(n.info.slots, b.avgTaskUs); }
+std::uint32_t Scheduler::prefetch(const Node& n, const Batch& b) const {
+  return prefetchFor(static_cast<std::uint16_t>(shortSlots(n)), b.avgTaskUs);
+}
+
+std::uint32_t Scheduler::shortSlots(const Node& n) const {
+  return n.info.slots - std::min<std::uint32_t>(n.info.slots, n.longInFlight);
+}
+
+bool Scheduler::isLong(const Batch& b) const {
+  return b.avgTaskUs <= 0 || b.avgTaskUs > static_cast<double>(config_.prefetchTargetUs);
+}
 
 std::uint32_t Scheduler::credit(const Node& n, const Batch& b) const {
   std::uint64_t limit = std::uint64_t{n.info.slots} + prefetch(n, b);
@@ -320,13 +331,19 @@ std::uint32_t Scheduler::ahead(const Node& n, std::uint8_t priority) const {
   return atOrAbove + std::min<std::uint32_t>(below, n.info.slots);
 }
 
-void Scheduler::hold(Node& n, const Task& t) {
+void Scheduler::hold(Node& n, Task& t) const {
   ++n.inFlight;
   ++n.inFlightByPriority[t.batch->spec.priority];
+  // Decided now and kept with the task, so the count stays right when the batch's average
+  // changes while it is in flight.
+  t.heldLong = isLong(*t.batch);
+  if (t.heldLong) ++n.longInFlight;
 }
 
-void Scheduler::release(Node& n, const Task& t) {
+void Scheduler::release(Node& n, Task& t) {
   if (n.inFlight > 0) --n.inFlight;
+  if (t.heldLong && n.longInFlight > 0) --n.longInFlight;
+  t.heldLong = false;
   auto it = n.inFlightByPriority.find(t.batch->spec.priority);
   if (it != n.inFlightByPriority.end() && --it->second == 0) n.inFlightByPriority.erase(it);
 }
@@ -492,7 +509,8 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
     }
     auto anyRoom = [&](std::uint8_t priority) {
       for (auto& [id, n] : nodes_) {
-        std::uint64_t most = n.info.slots + (prefetchPass ? prefetchFor(n.info.slots, shortest) : 0);
+        std::uint64_t most =
+            n.info.slots + (prefetchPass ? prefetchFor(static_cast<std::uint16_t>(shortSlots(n)), shortest) : 0);
         if (most > (prefetchPass ? ahead(n, priority) : n.inFlight) && roomAtMost(n) > 0) return true;
       }
       return false;

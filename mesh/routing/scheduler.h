@@ -13,9 +13,16 @@
 //   it runs the batch's before any lower one still queued there). Prefetch is sized in time by
 //   the batch's own measured task duration (about `prefetchTargetUs` of work per slot), capped
 //   at `maxPrefetch`, so long tasks get no more than one extra and microsecond tasks get enough
-//   to fill the pipe. A batch with no measured task yet counts as long: one extra. Whatever the
-//   priorities, a node never holds more than slots + maxPrefetch tasks in all: a higher
-//   priority batch that finds a node that full waits for the node's short tasks to drain.
+//   to fill the pipe. A batch with no measured task yet counts as long: one extra.
+// - Prefetch counts only the slots expected to free soon: a task held by a node is long when its
+//   batch had no measured task or an average over prefetchTargetUs at the time it was given
+//   (flagged on the task, counted in Node::longInFlight, O(1) in hold/release), and the prefetch
+//   of any batch on the node is sized by its short slots, slots - min(slots, longInFlight): 0
+//   when long tasks hold every slot, so nothing waits behind them while another node could run
+//   it (a free slot is still filled). A higher priority task too waits in the nexus for a slot
+//   to free rather than queue behind long tasks. Whatever the priorities, a node never holds
+//   more than slots + maxPrefetch tasks in all: a higher priority batch that finds a node that
+//   full waits for the node's short tasks to drain.
 // - A dispatch round fills free slots first: no node gets a prefetched task while a free slot
 //   of an eligible node is left (every level of priority, then the prefetch, again by priority).
 // - Among eligible nodes: lowest load score 0.4 cpu + 0.3 mem + 0.3 min(1, in_flight/10)
@@ -113,6 +120,7 @@ struct Task {
   std::uint8_t reconnects = 0;  // of which were reconnections, not charged toward quarantine
   enum class State : std::uint8_t { kQueued, kWaiting, kRunning } state = State::kQueued;
   NodeId node = kNoNode;       // while running
+  bool heldLong = false;       // counted in its node's longInFlight (decided when it was held)
   NodeId lastNode = kNoNode;   // the node of the last ended attempt
   std::int64_t assignedWallMs = 0;
   std::int64_t deadlineMono = 0;
@@ -154,6 +162,9 @@ struct Node {
   double cpuPct = 0, memPct = 0;
   std::uint32_t inFlight = 0;
   std::map<std::uint8_t, std::uint32_t> inFlightByPriority;  // the same by batch priority; no zeros
+  // Of inFlight, the long tasks (see Scheduler::isLong, decided when each was held): the slots
+  // they hold are not expected to free soon, so no prefetch is sized by them.
+  std::uint32_t longInFlight = 0;
   std::unordered_set<std::uint64_t> running;
   std::uint64_t done = 0;
   bool leaving = false;  // stopping: it finishes what it runs and is given nothing more
@@ -265,9 +276,15 @@ class Scheduler {
   Node* node(NodeId id);
   const std::map<NodeId, Node>& nodes() const { return nodes_; }
   double score(const Node& n) const;
-  // Tasks of the batch the node may hold beyond its slots: ceil(slots * prefetchTargetUs /
-  // the batch's average task time) in [1, maxPrefetch]; 1 while the batch has none measured.
+  // Tasks of the batch the node may hold beyond its slots, sized by the node's short slots s
+  // (shortSlots): ceil(s * prefetchTargetUs / the batch's average task time) in
+  // [1, maxPrefetch], 1 while the batch has none measured; 0 when s is 0.
   std::uint32_t prefetch(const Node& n, const Batch& b) const;
+  // The slots of the node not held by long tasks: slots - min(slots, longInFlight).
+  std::uint32_t shortSlots(const Node& n) const;
+  // A task of the batch, held now, counts as long: the batch has no measured task yet, or
+  // its average is over prefetchTargetUs.
+  bool isLong(const Batch& b) const;
   // How many more tasks of the batch the node may be given: slots + prefetch - ahead, or 0,
   // where ahead = in flight at the batch's priority or higher + min(slots, in flight below it);
   // never more than roomAtMost(n).
@@ -311,7 +328,7 @@ class Scheduler {
   std::size_t deadlinesTracked() const { return deadlines_.size(); }
 
  private:
-  // The prefetch of a node with `slots` for tasks of `avgTaskUs` (0: not measured).
+  // The prefetch of a node with `slots` short slots for tasks of `avgTaskUs` (0: not measured).
   std::uint32_t prefetchFor(std::uint16_t slots, double avgTaskUs) const;
   void enqueueFront(Task& t);
   void makeActive(Batch& b);
@@ -327,9 +344,9 @@ class Scheduler {
   void finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
               std::int64_t startedMs, std::uint64_t durationUs, NodeId node);
   void detachFromNode(Task& t);
-  // Counts a task in (hold) or out of (release) the node's in flight.
-  static void hold(Node& n, const Task& t);
-  static void release(Node& n, const Task& t);
+  // Counts a task in (hold) or out of (release) the node's in flight, and in its long ones.
+  void hold(Node& n, Task& t) const;
+  static void release(Node& n, Task& t);
   std::string nodeName(NodeId id) const;
   std::string explainBlocked(const Batch& b) const;
 

@@ -100,8 +100,9 @@ TEST_CASE("a node never holds more than its slots plus the prefetch") {
   NodeId n = s.addNode(nodeInfo("n", 2));
   batchOf(s, 1, spec(), 1000, 1);
   auto as = s.dispatch(0, 0);
-  // No task of the batch measured yet: assumed long, prefetch = 1.
-  CHECK(assignedTo(as, n) == 3);
+  // No task of the batch measured yet: assumed long, so both slots are held by long tasks and
+  // nothing is prefetched behind them.
+  CHECK(assignedTo(as, n) == 2);
   CHECK(s.dispatch(0, 0).empty());
   // Fast tasks measured: the prefetch grows, but never past maxPrefetch.
   for (auto* t : as[0].tasks) {
@@ -117,7 +118,7 @@ TEST_CASE("a node never holds more than its slots plus the prefetch") {
   }
   CHECK(given == 2 + c.maxPrefetch);
   CHECK(s.node(n)->inFlight == 2 + c.maxPrefetch);
-  // Slow tasks: the prefetch shrinks to one.
+  // Slow tasks: no prefetch behind them once they hold every slot.
   SchedulerConfig slow;
   Scheduler s2(slow);
   NodeId m = s2.addNode(nodeInfo("m", 2));
@@ -128,7 +129,8 @@ TEST_CASE("a node never holds more than its slots plus the prefetch") {
     r.durationUs = 10'000'000;
     s2.onReport(m, std::move(r), 0, 0);
   }
-  CHECK(assignedTo(s2.dispatch(0, 0), m) == 3);
+  CHECK(assignedTo(s2.dispatch(0, 0), m) == 2);
+  CHECK(s2.dispatch(0, 0).empty());
 }
 
 namespace {
@@ -181,35 +183,35 @@ TEST_CASE("no node is given a task beyond its slots while an eligible node has a
   CHECK(assignedTo(as, a) + assignedTo(as, b) + assignedTo(as, c) > 6);
 }
 
-TEST_CASE("a batch with no measured task is prefetched as long tasks, whatever its node ran before") {
+TEST_CASE("a batch with no measured task counts as long, whatever its node ran before: nothing queues behind it") {
   Scheduler s(SchedulerConfig{});
   NodeId n = s.addNode(nodeInfo("n", 2));
   runShortBatch(s, 1, 200, 1, 5);  // the node ran microsecond tasks
   batchOf(s, 2, spec("sleep"), 40, 1000);
-  CHECK(assignedTo(s.dispatch(0, 0), n) == 3);  // slots + 1
-  // Its first results say 200 ms a task: still one extra.
+  CHECK(assignedTo(s.dispatch(0, 0), n) == 2);  // its slots, no prefetch
+  CHECK(s.node(n)->longInFlight == 2);
+  // Its first results say 200 ms a task: long still, so again just the slots that freed.
   for (std::uint64_t id : {1000, 1001}) {
     Report r = ok(id, 1);
     r.durationUs = 200'000;
     s.onReport(n, std::move(r), 0, 0);
   }
   CHECK(assignedTo(s.dispatch(0, 0), n) == 2);
-  CHECK(s.node(n)->inFlight == 3);
+  CHECK(s.node(n)->inFlight == 2);
+  CHECK(s.dispatch(0, 0).empty());
 }
 
-TEST_CASE("a higher priority batch submitted after a long low one is assigned at once, then at the next free room") {
+TEST_CASE("a higher priority batch submitted after long low ones waits for the next free slot, then takes it first") {
   Scheduler s(SchedulerConfig{});
   NodeId n = s.addNode(nodeInfo("n", 2));
   runShortBatch(s, 1, 200, 1, 5);  // warm-up: echo tasks of a few microseconds
   batchOf(s, 2, spec("sleep", 0), 40, 1000);
   s.dispatch(0, 0);
   batchOf(s, 3, spec("sleep", 200), 2, 2000);
-  // slots + 1 low tasks in flight, one of them queued on the node: the spore starts the high
-  // task before it, so the high batch has room for its prefetch of one at once.
-  auto first = s.dispatch(0, 0);
-  REQUIRE(assignedTo(first, n) == 1);
-  CHECK(first[0].tasks[0]->batch->id == 3);
-  CHECK(s.node(n)->inFlight == 4);
+  // Both slots run long low tasks (none measured yet): nothing is prefetched behind them, not
+  // even a higher priority task; it waits in the nexus for the first slot that frees.
+  CHECK(s.dispatch(0, 0).empty());
+  CHECK(s.node(n)->inFlight == 2);
   std::vector<std::uint64_t> order;  // batch of each task as it is assigned
   std::uint64_t nextLow = 1000;
   for (int round = 0; round < 50 && s.queuedTotal() + s.runningTotal() > 0; ++round) {
@@ -228,10 +230,11 @@ TEST_CASE("a higher priority batch submitted after a long low one is assigned at
       for (auto* t : a.tasks) order.push_back(t->batch->id);
     }
   }
-  REQUIRE(order.size() == 37 + 1);
-  // The other high task takes the first room after that.
+  REQUIRE(order.size() == 38 + 2);
+  // The high tasks take the first two slots that free, before any low one.
   CHECK(order[0] == 3);
-  CHECK(order[1] == 2);
+  CHECK(order[1] == 3);
+  CHECK(order[2] == 2);
 }
 
 TEST_CASE("a node on which a higher priority batch waits for room takes no lower priority task") {
@@ -255,9 +258,13 @@ TEST_CASE("a node on which a higher priority batch waits for room takes no lower
   }
   s.onReport(n, ok(id++, 1), 0, 0);  // 1 low, 1 high in flight
   auto as = s.dispatch(0, 0);
-  REQUIRE(assignedTo(as, n) >= 1);
-  CHECK(as[0].tasks[0]->batch->id == 2);  // then the low batch may fill the prefetch again
-  CHECK(s.node(n)->inFlight == 12);
+  REQUIRE(assignedTo(as, n) == 1);
+  CHECK(as[0].tasks[0]->batch->id == 2);
+  // Then the two high tasks (not measured: long) will hold both slots: the low batch
+  // prefetches nothing behind them.
+  CHECK(s.node(n)->longInFlight == 2);
+  CHECK(s.node(n)->inFlight == 3);
+  CHECK(s.dispatch(0, 0).empty());
 }
 
 TEST_CASE("tasks of a lower priority count against a higher one's room only up to the slots") {
@@ -274,10 +281,12 @@ TEST_CASE("tasks of a lower priority count against a higher one's room only up t
   CHECK(s.ahead(node, 9) == 3);    // its own, and the two low ones that may be running
   CHECK(s.ahead(node, 5) == 3);    // the same
   CHECK(s.ahead(node, 255) == 2);  // the low ones that may be running, whatever else is queued
-  // A batch between them, measured short: a prefetch of 10 on top of the 2 slots, less those 3.
+  // A batch between them, measured short: the high task is long (not measured), so one slot is
+  // short, a prefetch of 5 on top of the 2 slots, less those 3.
   Batch& mid = batchOf(s, 3, spec("echo", 5), 10, 800);
   mid.avgTaskUs = 1000;
-  CHECK(s.credit(node, mid) == 9);
+  CHECK(s.shortSlots(node) == 1);
+  CHECK(s.credit(node, mid) == 4);
   // Everything ends: the counts by priority go with it.
   for (int round = 0; round < 300 && s.queuedTotal() + s.runningTotal() > 0; ++round) {
     for (auto& a : s.dispatch(0, 0)) {
@@ -339,8 +348,9 @@ TEST_CASE("a stopping node is given nothing more, and what it hands back is queu
   c.quarantineAfter = 2;
   Scheduler s(c);
   NodeId a = s.addNode(nodeInfo("a", 1));
-  batchOf(s, 1, spec("sleep", 0, {}, 1), 3, 10);  // one attempt each
-  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 2);  // one slot, a prefetch of one
+  // One attempt each, measured at 5 ms (short): one slot and a prefetch of one.
+  batchOf(s, 1, spec("sleep", 0, {}, 1), 3, 10).avgTaskUs = 5000;
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 2);
   s.setLeaving(a);
   NodeId b = s.addNode(nodeInfo("b", 1));
   // Only b takes the third task.
@@ -379,7 +389,7 @@ TEST_CASE("a lost node's tasks leave no count by priority behind") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 2));
   batchOf(s, 1, spec("echo", 0), 20, 1).avgTaskUs = 1000;  // a prefetch of 10 on 2 slots, 5 on 1
-  batchOf(s, 2, spec("echo", 7), 1, 100);
+  batchOf(s, 2, spec("echo", 7), 1, 100).avgTaskUs = 1000;  // short too: no slot held long
   REQUIRE(assignedTo(s.dispatch(0, 0), a) == 1 + 11);
   CHECK(s.node(a)->inFlightByPriority == std::map<std::uint8_t, std::uint32_t>{{0, 11}, {7, 1}});
   s.removeNode(a, 0, "test");
@@ -395,11 +405,121 @@ TEST_CASE("a lost node's tasks leave no count by priority behind") {
   CHECK(s.node(b)->inFlight == 0);
 }
 
+TEST_CASE("no task is prefetched behind long tasks that hold every slot of a node: the other node takes them all") {
+  // The Celery complaint: two 600 s sleeps hold both slots of one spore, then 40,000 echo
+  // tasks come. None may wait behind the sleeps while the other spore runs the rest.
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2, {"long"}));
+  NodeId b = s.addNode(nodeInfo("b", 2));
+  batchOf(s, 1, spec("sleep", 0, {"long"}), 2, 1);
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 2);
+  CHECK(s.node(a)->longInFlight == 2);
+  CHECK(s.shortSlots(*s.node(a)) == 0);
+  Batch& echo = batchOf(s, 2, spec("echo"), 40000, 1000);
+  std::size_t onB = 0, mostOnB = 0;
+  for (int round = 0; round < 100000 && s.batch(2)->queued > 0; ++round) {
+    for (auto& x : s.dispatch(0, 0)) {
+      REQUIRE(x.node == b);
+      onB += x.tasks.size();
+    }
+    CHECK(s.node(a)->inFlight == 2);
+    CHECK(s.credit(*s.node(a), echo) == 0);
+    mostOnB = std::max<std::size_t>(mostOnB, s.node(b)->inFlight);
+    std::vector<std::uint64_t> running(s.node(b)->running.begin(), s.node(b)->running.end());
+    for (auto id : running) {
+      Report r = ok(id, 1);
+      r.durationUs = 20;
+      s.onReport(b, std::move(r), 0, 0);
+    }
+  }
+  CHECK(onB == 40000);
+  CHECK(echo.succeeded == 40000);
+  CHECK(mostOnB == 2 + SchedulerConfig{}.maxPrefetch);  // b still gets its full prefetch
+  CHECK(s.node(a)->running.size() == 2);
+}
+
+TEST_CASE("a node with one slot held by a long task gets a prefetch sized by its other slot") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  batchOf(s, 1, spec("sleep"), 1, 1);  // not measured: long
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 1);
+  Batch& echo = batchOf(s, 2, spec("echo"), 100, 100);
+  echo.avgTaskUs = 1000;  // 1 ms: 5 per short slot
+  const Node& n = *s.node(a);
+  CHECK(s.shortSlots(n) == 1);
+  CHECK(s.prefetch(n, echo) == 5);
+  CHECK(s.credit(n, echo) == 1 + 5);  // the free slot and a prefetch for it
+  CHECK(assignedTo(s.dispatch(0, 0), a) == 6);
+  CHECK(n.longInFlight == 1);
+  // The long task ends: both slots are short again, the prefetch is sized by both.
+  s.onReport(a, ok(1, 1), 0, 0);
+  CHECK(n.longInFlight == 0);
+  CHECK(s.prefetch(n, echo) == 10);
+  CHECK(assignedTo(s.dispatch(0, 0), a) == 6);  // 2 slots + 10, 6 in flight
+  CHECK(n.inFlight == 12);
+}
+
+TEST_CASE("long counts stay right when a batch's average changes in flight, at results, timeouts and a lost node") {
+  SchedulerConfig c;
+  c.retryBaseMs = 10;
+  c.deadlineGraceMs = 0;
+  Scheduler s(c);
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  Batch& b = batchOf(s, 1, spec(), 1000, 1);
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 2);  // tasks 1, 2: long (nothing measured)
+  const Node* n = s.node(a);
+  CHECK(n->longInFlight == 2);
+  // Task 1 ends in 10 us: the batch is measured short; task 2 stays counted long until it ends.
+  Report r = ok(1, 1);
+  r.durationUs = 10;
+  s.onReport(a, std::move(r), 0, 0);
+  CHECK(b.avgTaskUs == 10);
+  CHECK(n->longInFlight == 1);
+  auto as = s.dispatch(0, 0);
+  CHECK(assignedTo(as, a) == 1 + 256);  // the free slot, and a prefetch for one short slot
+  CHECK(n->longInFlight == 1);
+  s.onReport(a, ok(2, 1), 0, 0);  // the long one ends (its 1 ms keeps the average short)
+  CHECK(n->longInFlight == 0);
+  // The average turns long while short tasks are in flight: they end without a count to undo.
+  b.avgTaskUs = 1e6;
+  std::vector<std::uint64_t> running(n->running.begin(), n->running.end());
+  for (std::size_t i = 0; i < running.size(); ++i) {
+    Report x = ok(running[i], 1);
+    x.durationUs = 1'000'000;
+    if (i == 0) {
+      x.status = Status::kFailed;  // a failure ends the attempt too (retried later)
+      x.error = "boom";
+    }
+    s.onReport(a, std::move(x), 0, 0);
+    CHECK(n->longInFlight == 0);
+  }
+  REQUIRE(n->inFlight == 0);
+  // Now long: two of them, no prefetch.
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 2);
+  CHECK(n->longInFlight == 2);
+  // One times out on the node: it is released with its count.
+  s.tick(1000, 0);
+  CHECK(n->inFlight == 0);
+  CHECK(n->longInFlight == 0);
+  s.tick(5000, 0);  // the backoffs are over
+  REQUIRE(assignedTo(s.dispatch(5000, 0), a) == 2);
+  CHECK(n->longInFlight == 2);
+  // The node is lost: its tasks go to another node, counted long there.
+  s.removeNode(a, 0, "gone");
+  NodeId other = s.addNode(nodeInfo("other", 3));
+  REQUIRE(assignedTo(s.dispatch(5000, 0), other) == 3);
+  CHECK(s.node(other)->longInFlight == 3);
+  // Cancelled: nothing left counted.
+  s.cancel(b, 0);
+  CHECK(s.node(other)->inFlight == 0);
+  CHECK(s.node(other)->longInFlight == 0);
+}
+
 TEST_CASE("higher priority batches are dispatched first") {
   Scheduler s(SchedulerConfig{});
   NodeId n = s.addNode(nodeInfo("n", 1));
-  batchOf(s, 1, spec("echo", 1), 5, 100);
-  batchOf(s, 2, spec("echo", 9), 5, 200);
+  batchOf(s, 1, spec("echo", 1), 5, 100).avgTaskUs = 5000;  // short: a prefetch of one
+  batchOf(s, 2, spec("echo", 9), 5, 200).avgTaskUs = 5000;
   auto as = s.dispatch(0, 0);
   REQUIRE(assignedTo(as, n) == 2);
   for (auto* t : as[0].tasks) CHECK(t->batch->id == 2);
@@ -416,8 +536,8 @@ TEST_CASE("batches of equal priority take turns") {
   REQUIRE(as.size() == 1);
   std::map<std::uint64_t, int> perBatch;
   for (auto* t : as[0].tasks) perBatch[t->batch->id]++;
-  // 4 slots and a prefetch of one (nothing measured yet): 5 tasks, shared in turns.
-  CHECK(perBatch[1] + perBatch[2] == 5);
+  // 4 slots and no prefetch (nothing measured yet: long tasks): 4 tasks, shared in turns.
+  CHECK(perBatch[1] + perBatch[2] == 4);
   CHECK(std::abs(perBatch[1] - perBatch[2]) <= 1);
 }
 
@@ -543,7 +663,7 @@ TEST_CASE("the first result wins and a late duplicate is dropped") {
 TEST_CASE("a late result records when its own attempt was assigned, not the re-send's time") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 1));
-  batchOf(s, 1, spec(), 2, 100);
+  batchOf(s, 1, spec(), 2, 100).avgTaskUs = 5000;  // short: a prefetch of one
   REQUIRE(assignedTo(s.dispatch(0, 1000), a) == 2);  // to a at 1000 (a slot and a prefetch)
   s.removeNode(a, 0, "silent");
   NodeId b = s.addNode(nodeInfo("b", 2));
@@ -605,6 +725,7 @@ TEST_CASE("cancelling a batch ends every task and tells nodes to stop running on
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 1));
   Batch& b = batchOf(s, 1, spec(), 5, 100);
+  b.avgTaskUs = 5000;  // short: one slot and a prefetch of one
   s.dispatch(0, 0);
   CHECK(s.cancel(b, 0) == 5);
   auto fx = s.takeEffects();
@@ -714,7 +835,7 @@ TEST_CASE("a result for a task never assigned to the sender is dropped and count
   Scheduler s(SchedulerConfig{});
   NodeId plain = s.addNode(nodeInfo("plain", 1));
   batchOf(s, 1, spec("echo", 0, {"gpu"}), 2, 100);  // no node has gpu: both stay queued
-  batchOf(s, 2, spec(), 3, 200);
+  batchOf(s, 2, spec(), 3, 200).avgTaskUs = 5000;  // short: a prefetch of one
   auto as = s.dispatch(0, 0);
   REQUIRE(assignedTo(as, plain) == 2);  // 200 and 201 (one slot, one prefetched); 202 queued
   s.onReport(plain, ok(100, 1), 0, 0);  // needs a tag it lacks
