@@ -10,17 +10,17 @@
 //   the tasks in flight on the node (counted here, never taken from the node's word) that would
 //   start before the batch's next one: those of its priority or higher, and of the lower ones
 //   at most `slots` (they may be running; the spore starts its queued tasks by priority, so
-//   it runs the batch's before any lower one still queued there). Prefetch is sized in time by
-//   the batch's own measured task duration (about `prefetchTargetUs` of work per slot), capped
-//   at `maxPrefetch`, so long tasks get no more than one extra and microsecond tasks get enough
-//   to fill the pipe. A batch with no measured task yet counts as long: one extra.
-// - Prefetch counts only the slots expected to free soon: a task held by a node is long when its
+//   it runs the batch's before any lower one still queued there).
+// - Prefetch counts only the slots expected to free soon. A task held by a node is long when its
 //   batch had no measured task or an average over prefetchTargetUs at the time it was given
-//   (flagged on the task, counted in Node::longInFlight, O(1) in hold/release), and the prefetch
-//   of any batch on the node is sized by its short slots, slots - min(slots, longInFlight): 0
-//   when long tasks hold every slot, so nothing waits behind them while another node could run
-//   it (a free slot is still filled). A higher priority task too waits in the nexus for a slot
-//   to free rather than queue behind long tasks. Whatever the priorities, a node never holds
+//   (flagged on the task, counted in Node::longInFlight, O(1) in hold/release); the node's short
+//   slots are slots - min(slots, longInFlight). Prefetch is sized in time by the batch's own
+//   measured task duration, about `prefetchTargetUs` of work per short slot, capped at
+//   `maxPrefetch`: long tasks get no more than one extra and microsecond tasks get enough to
+//   fill the pipe; a batch with no measured task yet counts as long: one extra. It is 0 when
+//   long tasks hold every slot, for any batch and priority: nothing waits behind them while
+//   another node could run it (a free slot is still filled), and a higher priority task waits in
+//   the nexus for the first slot to free anywhere. Whatever the priorities, a node never holds
 //   more than slots + maxPrefetch tasks in all: a higher priority batch that finds a node that
 //   full waits for the node's short tasks to drain.
 // - A dispatch round fills free slots first: no node gets a prefetched task while a free slot

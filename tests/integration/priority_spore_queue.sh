@@ -4,8 +4,10 @@
 # when they sit in the run a worker took. One slot; a low batch whose first 100 tasks take no
 # time (so its prefetch grows large) and whose last 6 take 500 ms each: those 6 are all sent
 # to the spore at once, and the high task comes while the first of them runs (it may be given
-# to the spore at once: the low tasks count against its room only up to the slots). The order
-# is read from the assign and start times the nexus recorded, not from durations.
+# to the spore at once: the low tasks count against its room only up to the slots, and the 500 ms
+# ones were sent while their batch's average was that of the 0 ms ones, so they count as short:
+# the slot is not held by a long task, which would leave the spore no prefetch). The order is
+# read from the assign and start times the nexus recorded, not from durations.
 . "$(dirname "$0")/lib.sh"
 up --spores 1 --slots 1
 { for _ in $(seq 100); do echo 0; done; for _ in $(seq 6); do echo 500; done; } > "$T/low"
