@@ -494,7 +494,8 @@ std::string Scheduler::explainBlocked(const Batch& b) const {
 
 // Two passes over the priority levels: the first fills free slots only, the second tops nodes
 // up to their prefetch. So no node is given a task beyond its slots while an eligible node has
-// a free one, and the prefetch of one batch is sized by that batch's own task time.
+// a free one, and the prefetch of one batch is sized by that batch's own task time (over the
+// node's slots not held by long tasks).
 std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t nowWallMs) {
   std::map<NodeId, std::vector<Task*>> out;
   for (bool prefetchPass : {false, true}) {
