@@ -310,7 +310,7 @@ std::uint32_t Scheduler::shortSlots(const Node& n) const {
 }
 
 bool Scheduler::isLong(const Batch& b) const {
-  return b.avgTaskUs <= 0 || b.avgTaskUs > static_cast<double>(config_.prefetchTargetUs);
+  return b.avgTaskUs <= 0 || b.avgTaskUs > static_cast<double>(config_.longTaskUs);
 }
 
 std::uint32_t Scheduler::credit(const Node& n, const Batch& b) const {

@@ -12,7 +12,7 @@
 //   at most `slots` (they may be running; the spore starts its queued tasks by priority, so
 //   it runs the batch's before any lower one still queued there).
 // - Prefetch counts only the slots expected to free soon. A task held by a node is long when its
-//   batch had no measured task or an average over prefetchTargetUs at the time it was given
+//   batch had no measured task or an average over longTaskUs (100 ms) at the time it was given
 //   (flagged on the task, counted in Node::longInFlight, O(1) in hold/release); the node's short
 //   slots are slots - min(slots, longInFlight). Prefetch is sized in time by the batch's own
 //   measured task duration, about `prefetchTargetUs` of work per short slot, capped at
@@ -71,6 +71,11 @@ struct SchedulerConfig {
   LoadWeights weights;
   std::uint32_t maxPrefetch = 256;
   std::int64_t prefetchTargetUs = 5000;
+  // A task whose batch averages more than this (or has no measured task yet) holds its slot
+  // long: no prefetch is sized by that slot. Below it, a task prefetched behind one waits
+  // little, and refilling the slot only when it frees would cost a round trip per task (~1 ms:
+  // 5-20 % of 5-20 ms tasks, e.g. the word count's map tasks).
+  std::int64_t longTaskUs = 100'000;
   std::int64_t retryBaseMs = 200;
   std::int64_t retryMaxMs = 30000;
   std::uint8_t quarantineAfter = 3;
@@ -283,7 +288,7 @@ class Scheduler {
   // The slots of the node not held by long tasks: slots - min(slots, longInFlight).
   std::uint32_t shortSlots(const Node& n) const;
   // A task of the batch, held now, counts as long: the batch has no measured task yet, or
-  // its average is over prefetchTargetUs.
+  // its average is over longTaskUs.
   bool isLong(const Batch& b) const;
   // How many more tasks of the batch the node may be given: slots + prefetch - ahead, or 0,
   // where ahead = in flight at the batch's priority or higher + min(slots, in flight below it);
