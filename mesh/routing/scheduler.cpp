@@ -135,13 +135,7 @@ std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
     }
   }
   b.ready.clear();
-  if (inActive_.erase(&b)) {
-    auto level = active_.find(b.spec.priority);
-    if (level != active_.end()) {
-      level->second.remove(&b);
-      if (level->second.empty()) active_.erase(level);
-    }
-  }
+  deactivate(b);
   counters_.add("tasks_cancelled", mine.size());
   return mine.size();
 }
@@ -179,13 +173,7 @@ std::uint64_t Scheduler::withdraw(std::uint64_t batchId) {
                                    [&](const EndedAttempt& a) { return std::binary_search(mine.begin(), mine.end(), a.task); }),
                     fx.attempts.end());
   b->ready.clear();
-  if (inActive_.erase(b)) {
-    auto level = active_.find(b->spec.priority);
-    if (level != active_.end()) {
-      level->second.remove(b);
-      if (level->second.empty()) active_.erase(level);
-    }
-  }
+  deactivate(*b);
   batches_.erase(batchId);
   return mine.size();
 }
@@ -216,8 +204,18 @@ void Scheduler::forget(std::uint64_t batchId) {
   Batch* b = batch(batchId);
   if (!b) return;
   MESH_ASSERT(b->queued == 0 && b->running == 0 && b->waiting == 0, "forgetting a batch with live tasks");
-  inActive_.erase(b);
+  // It may still be in its priority's turn: its last queued task ended without being dispatched
+  // (a result the spore had kept over a nexus restart), and no dispatch has visited it since.
+  deactivate(*b);
   batches_.erase(batchId);
+}
+
+void Scheduler::deactivate(Batch& b) {
+  if (!inActive_.erase(&b)) return;
+  auto level = active_.find(b.spec.priority);
+  if (level == active_.end()) return;
+  level->second.remove(&b);
+  if (level->second.empty()) active_.erase(level);
 }
 
 std::string Scheduler::whyWaiting(const Task& t, std::int64_t nowMono) const {

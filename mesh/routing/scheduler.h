@@ -331,12 +331,20 @@ class Scheduler {
   std::uint64_t runningTotal() const { return runningTotal_; }
   std::size_t tasksInMemory() const { return tasks_.size(); }
   std::size_t deadlinesTracked() const { return deadlines_.size(); }
+  // Batches waiting for their turn in dispatch, over every priority (each at most once).
+  std::size_t batchesInTurns() const {
+    std::size_t n = 0;
+    for (const auto& [priority, turn] : active_) n += turn.size();
+    return n;
+  }
 
  private:
   // The prefetch of a node with `slots` short slots for tasks of `avgTaskUs` (0: not measured).
   std::uint32_t prefetchFor(std::uint16_t slots, double avgTaskUs) const;
   void enqueueFront(Task& t);
   void makeActive(Batch& b);
+  // Takes the batch out of its priority's turn (and inActive_), if it is there.
+  void deactivate(Batch& b);
   Task* frontTask(Batch& b);
   // The best node with room for the batch: a free slot (prefetch false) or credit (true), and
   // not in `reserved`.

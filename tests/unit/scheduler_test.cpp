@@ -385,6 +385,38 @@ TEST_CASE("a stopping node is given nothing more, and what it hands back is queu
   CHECK(s.counters().get("tasks_handed_back") >= 4);
 }
 
+TEST_CASE("a batch whose last queued task ends by a kept result leaves the dispatch turns when forgotten") {
+  // After a nexus restart: the spore finished a task while the nexus was down and says so in
+  // its hello; the task, queued again from the store, ends by that result without being
+  // dispatched, its batch finishes and is forgotten. Dispatch must not visit it again (it did:
+  // a freed batch in its priority's turn, and the nexus spun in dispatch).
+  Scheduler s(SchedulerConfig{});
+  NodeId n = s.addNode(nodeInfo("n", 1));
+  batchOf(s, 1, spec("sleep", 0), 1, 10);
+  batchOf(s, 2, spec("sleep", 9), 2, 20);
+  s.adoptDone(n, {10});
+  s.onReport(n, ok(10, 1), 0, 0);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  s.markDurable(1, Status::kOk, 1);
+  CHECK(s.batchesInTurns() == 2);  // batch 1 has no task queued, but no dispatch has seen that
+  s.forget(1);
+  CHECK(s.batch(1) == nullptr);
+  CHECK(s.batchesInTurns() == 1);
+  auto as = s.dispatch(0, 0);
+  REQUIRE(assignedTo(as, n) == 1);
+  CHECK(as[0].tasks[0]->batch->id == 2);
+  // Another batch at the forgotten one's priority is dispatched as usual.
+  batchOf(s, 3, spec("sleep", 0), 1, 30);
+  s.onReport(n, ok(as[0].tasks[0]->id, 1), 0, 0);
+  for (int round = 0; round < 5 && s.queuedTotal() + s.runningTotal() > 0; ++round) {
+    for (auto& a : s.dispatch(0, 0)) {
+      for (auto* t : a.tasks) s.onReport(a.node, ok(t->id, t->attempts), 0, 0);
+    }
+  }
+  CHECK(s.queuedTotal() + s.runningTotal() == 0);
+}
+
 TEST_CASE("a lost node's tasks leave no count by priority behind") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 2));
