@@ -77,3 +77,28 @@ wait_until 5 "slow-2 to stop at the second signal" slow2_gone
 grep -q "stopping at once (second signal)" "$T/c/slow-2.log" || fail "slow-2 did not stop at once"
 expect_rc 0 mesh cancel "$long"
 note "handed back at once: $back; left: $(counter nodes_left)"
+
+# 4. A nexus restart while a spore leaves: the new nexus run learns it after its welcome, gives
+# it nothing, and takes its running task's result and its leave.
+"$cluster" add-spore "$T/c" slow-3 --tags slow --stop-grace 30s > /dev/null
+one=$(echo 8000 | mesh submit --handler sleep --requires slow --lines -)
+running_one() { mesh nodes --json | grep '"name":"slow-3"' | grep -q '"in_flight":1'; }
+wait_until 20 "slow-3 to run its task" running_one
+slow3=$(pid_of slow-3)
+kill -TERM "$slow3"
+wait_until 5 "slow-3 to start leaving" sh -c "grep -q 'stopping: 0 queued tasks' '$T/c/slow-3.log'"
+"$cluster" kill "$T/c" nexus
+"$cluster" restart-nexus "$T/c" > /dev/null
+stopping_again() { [ "$(grep -c 'node slow-3 is stopping' "$T/c/nexus.log")" -ge 2 ]; }
+wait_until 20 "the restarted nexus to learn that slow-3 is stopping" stopping_again
+more=$(echo 0 | mesh submit --handler sleep --requires slow --lines - 2> /dev/null)
+slow3_gone() { ! kill -0 "$slow3" 2>/dev/null; }
+wait_until 30 "slow-3 to finish its task and leave" slow3_gone
+grep -q "the nexus took this spore's leave" "$T/c/slow-3.log" || fail "slow-3 did not say goodbye to the new nexus run"
+expect_rc 0 timeout 30 mesh wait "$one" --quiet
+store_check "$one" 1
+[ "$(sql "SELECT node FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $one")" = slow-3 ] ||
+  fail "the task slow-3 ran was not recorded from it"
+[ "$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $more")" -eq 0 ] ||
+  fail "a stopping spore was given a task by the restarted nexus"
+expect_rc 0 mesh cancel "$more"
