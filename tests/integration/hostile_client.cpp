@@ -14,6 +14,8 @@
 //   forge:ID,ID,...    results (attempt 1, ok, output FORGED) for these task ids, without a hello.
 //   helloforge:NAME:ID,ID,...  the same after a hello (the ids are not in its running list).
 //   beat:NAME:CPU      a hello, then SEED seconds of heartbeats with cpuPct CPU (nan, inf, -5, ...).
+//   leave:NAME:ID,...  a hello, then leaving messages handing back those ids (also one whose
+//                      attempts list does not match), then a final one; prints its answer.
 //   bundles:NAME:N     a hello, then bundle reports for N different names; stays SEED seconds.
 #include <capnp/any.h>
 #include <capnp/schema.h>
@@ -129,6 +131,7 @@ std::string awaitReply(zmq::socket_t& s, int ms) {
     auto d = wire::decode(std::move(m), wire::Limits{});
     if (!d) continue;
     if (d->which() == proto::Envelope::Body::WELCOME) return "welcome";
+    if (d->which() == proto::Envelope::Body::LEFT_ACK) return "leftAck";
     if (d->which() == proto::Envelope::Body::ERROR) {
       auto e = d->envelope().getBody().getError();
       return "error " + std::to_string(static_cast<unsigned>(e.getCode())) + " " + std::string(wire::view(e.getMessage()));
@@ -173,6 +176,28 @@ std::string forgedResults(const std::string& idList) {
   return bytesOf(e.finish());
 }
 
+// A leaving message handing back `idList` (attempt 1 each); `attempts` of them (fewer or more
+// than the ids: malformed) when given.
+std::string leavingWith(const std::string& idList, bool final, int attempts = -1) {
+  std::vector<std::uint64_t> ids;
+  for (std::size_t at = 0; at < idList.size();) {
+    auto comma = idList.find(',', at);
+    if (comma == std::string::npos) comma = idList.size();
+    ids.push_back(std::strtoull(idList.substr(at, comma - at).c_str(), nullptr, 10));
+    at = comma + 1;
+  }
+  wire::Encoder e(0, 64);
+  auto l = e.body().initLeaving();
+  l.setGraceMs(1000);
+  l.setFinal(final);
+  auto list = l.initGiveBack(static_cast<unsigned>(ids.size()));
+  for (unsigned i = 0; i < ids.size(); ++i) list.set(i, ids[i]);
+  unsigned n = attempts < 0 ? static_cast<unsigned>(ids.size()) : static_cast<unsigned>(attempts);
+  auto at = l.initGiveBackAttempts(n);
+  for (unsigned i = 0; i < n; ++i) at.set(i, 1);
+  return bytesOf(e.finish());
+}
+
 // Runs a crafted node-port conversation (see the header); returns the exit code.
 int conversation(zmq::socket_t& s, const std::string& mode, int seconds) {
   auto first = mode.find(':');
@@ -207,6 +232,15 @@ int conversation(zmq::socket_t& s, const std::string& mode, int seconds) {
   if (kind == "helloforge") {
     s.send(zmq::buffer(forgedResults(arg)), zmq::send_flags::none);
     say(awaitReply(s, 1000));
+    return 0;
+  }
+  if (kind == "leave") {
+    // Hands back tasks it was never given (with attempts listed, then with none), then leaves:
+    // prints the answer to the final leaving.
+    s.send(zmq::buffer(leavingWith(arg, false)), zmq::send_flags::none);
+    s.send(zmq::buffer(leavingWith(arg, false, 0)), zmq::send_flags::none);
+    s.send(zmq::buffer(leavingWith(arg, true)), zmq::send_flags::none);
+    say(awaitReply(s, 5000));  // "leftAck"
     return 0;
   }
   if (kind == "beat") {
@@ -269,7 +303,7 @@ int main(int argc, char** argv) {
     return s;
   };
   zmq::socket_t s = fresh();
-  for (const char* mode : {"hello:", "forge:", "helloforge:", "beat:", "bundles:"}) {
+  for (const char* mode : {"hello:", "forge:", "helloforge:", "beat:", "bundles:", "leave:"}) {
     if (port.rfind(mode, 0) == 0) return conversation(s, port, std::atoi(argv[6]));
   }
   if (port.rfind("fetchflood:", 0) == 0) {

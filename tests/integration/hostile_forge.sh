@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # An accepted node key cannot record results for tasks it was never given: results sent before
 # a hello are refused ("hello first") and not processed; after a hello, results for tasks
-# queued (that need a tag it lacks) or running on another spore are dropped and counted.
+# queued (that need a tag it lacks) or running on another spore are dropped and counted; nor
+# can it hand them back as a stopping spore would (docs/protocol.md section 4.18).
 . "$(dirname "$0")/lib.sh"
 up --spores 1 --slots 2
 node=$(awk '$1 == "node" { print $2 }' "$T/c/nexus/endpoints")
@@ -24,6 +25,15 @@ expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/forger.key" "hellofor
 wait_until 10 "7 results dropped as unassigned" sh -c "[ \$(mesh status --json | grep -o '\"results_unassigned\":[0-9]*' | cut -d: -f2) -ge 7 ]"
 [ "$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $queued")" -eq 0 ] ||
   fail "a forged result was recorded: $(mesh results "$queued")"
+# A node that "stops" and hands back tasks it was never given: nothing is re-queued (they run
+# on spore-1), the malformed hand-back is counted, and its leave is taken.
+mesh keys gen "$T/leaver.key" > /dev/null
+mesh keys accept "$T/leaver.key.pub" --role node > /dev/null
+expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/leaver.key" "leave:leaver:$both" 0 0
+[ "$(sed -n 2p "$T/out")" = leftAck ] || fail "the leaver's final leaving got '$(cat "$T/out")'"
+[ "$(counter tasks_handed_back)" -eq 0 ] || fail "tasks another node runs were handed back by a stranger"
+[ "$(counter bad_leaving)" -eq 1 ] || fail "the malformed leaving was not counted: bad_leaving=$(counter bad_leaving)"
+[ "$(counter nodes_left)" -eq 1 ] || fail "the leaver's leave was not taken"
 expect_rc 0 timeout 60 mesh wait "$running"
 expect_rc 0 mesh results "$running"
 ! grep -q FORGED "$T/out" || fail "a forged result was recorded: $(cat "$T/out")"
