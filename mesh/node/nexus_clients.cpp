@@ -58,31 +58,9 @@ void NexusImpl::serveClient(const std::string& routingId, const std::string& key
     case Which::TASK_REQUEST:
       onTask(routingId, requestId, b.getTaskRequest());
       break;
-    case Which::TASK_AT_REQUEST: {
-      auto at = b.getTaskAtRequest();
-      auto id = readStore_->taskAt(at.getBatch(), at.getIndex());
-      if (!id) {
-        replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading the task failed; see the nexus log");
-      } else if (!*id) {
-        // Not there: say why (no such batch, an index past its end, or its rows were removed).
-        auto batch = readStore_->batch(at.getBatch());
-        if (batch && *batch && (*batch)->expiredMs) {
-          counters_.add("expired_requests");
-          replyError(routingId, requestId, proto::Error::Code::EXPIRED,
-                     "task " + std::to_string(at.getBatch()) + ":" + std::to_string(at.getIndex()) + " was in " +
-                         expiryLine(**batch));
-        } else if (batch && *batch) {
-          replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
-                     "batch " + std::to_string(at.getBatch()) + " has no task " + std::to_string(at.getIndex()) +
-                         " (its indexes are 0 to " + std::to_string((*batch)->total ? (*batch)->total - 1 : 0) + ")");
-        } else {
-          replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(at.getBatch()));
-        }
-      } else {
-        onTask(routingId, requestId, **id);
-      }
+    case Which::TASK_AT_REQUEST:
+      onTaskAt(routingId, requestId, b.getTaskAtRequest());
       break;
-    }
     case Which::CANCEL_BATCH:
       onCancel(routingId, key, requestId, b.getCancelBatch());
       break;
@@ -633,6 +611,33 @@ void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
     }
   }
   sendTo(clientSocket_, routingId, e.finish());
+}
+
+// `mesh task BATCH:INDEX`: the task's id from the store, then as onTask; when there is none,
+// why (no such batch, an index past its end, or its rows were removed).
+void NexusImpl::onTaskAt(const std::string& routingId, std::uint64_t requestId, proto::TaskRef::Reader at) {
+  auto id = readStore_->taskAt(at.getBatch(), at.getIndex());
+  if (!id) {
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "reading the task failed; see the nexus log");
+    return;
+  }
+  if (*id) {
+    onTask(routingId, requestId, **id);
+    return;
+  }
+  auto batch = readStore_->batch(at.getBatch());
+  if (batch && *batch && (*batch)->expiredMs) {
+    counters_.add("expired_requests");
+    replyError(routingId, requestId, proto::Error::Code::EXPIRED,
+               "task " + std::to_string(at.getBatch()) + ":" + std::to_string(at.getIndex()) + " was in " +
+                   expiryLine(**batch));
+  } else if (batch && *batch) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+               "batch " + std::to_string(at.getBatch()) + " has no task " + std::to_string(at.getIndex()) +
+                   " (its indexes are 0 to " + std::to_string((*batch)->total ? (*batch)->total - 1 : 0) + ")");
+  } else {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND, "no batch " + std::to_string(at.getBatch()));
+  }
 }
 
 void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId) {

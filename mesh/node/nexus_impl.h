@@ -311,6 +311,7 @@ class NexusImpl {
   void onStatus(const std::string& routingId, std::uint64_t requestId);
   void onNodes(const std::string& routingId, std::uint64_t requestId);
   void onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId);
+  void onTaskAt(const std::string& routingId, std::uint64_t requestId, proto::TaskRef::Reader at);
   void onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId, std::uint64_t batch);
   void onRetry(const std::string& routingId, const std::string& key, std::uint64_t requestId, proto::Retry::Reader req);
   // Whether some live spore can run `handler`: if not, the refusal (code, message); if it can

@@ -301,6 +301,8 @@ class SporeImpl {
   };
   std::vector<WorkerRun> workers_;
   void recallRuns();
+  // Asks worker w for the jobs of its run it has not started (they come back in its next report).
+  void recall(unsigned w);
   void takeBack(std::vector<Job>&& returned);
   routing::RunQueue<Job> queue_;  // not started, not in a worker's run
   std::unordered_map<std::string, std::uint32_t> slowLeft_;  // handler -> tasks it stays slow for

@@ -280,12 +280,16 @@ void SporeImpl::recallRuns() {
                    [&](unsigned a, unsigned b) { return workers_[a].priority < workers_[b].priority; });
   for (unsigned w : candidates) {
     if (outstanding >= waiting) break;
-    workers_[w].recalled = true;
     ++outstanding;
-    counters_.add("runs_recalled");
-    pipes_[w].send(zmq::message_t(), zmq::send_flags::none);
-    poller_.touched(pipes_[w]);
+    recall(w);
   }
+}
+
+void SporeImpl::recall(unsigned w) {
+  workers_[w].recalled = true;
+  counters_.add("runs_recalled");
+  pipes_[w].send(zmq::message_t(), zmq::send_flags::none);
+  poller_.touched(pipes_[w]);
 }
 
 void SporeImpl::onWorker(unsigned index, zmq::message_t& frame) {
@@ -435,10 +439,7 @@ void SporeImpl::beginLeaving(std::int64_t now) {
   reassigned_.clear();
   // The jobs of the workers' runs not started yet come back at the workers' next report.
   for (unsigned w = 0; w < workers_.size(); ++w) {
-    if (!workers_[w].busy || workers_[w].recalled || workers_[w].left <= 1) continue;
-    workers_[w].recalled = true;
-    pipes_[w].send(zmq::message_t(), zmq::send_flags::none);
-    poller_.touched(pipes_[w]);
+    if (workers_[w].busy && !workers_[w].recalled && workers_[w].left > 1) recall(w);
   }
   MESH_INFO("stopping: %zu queued tasks handed back; waiting up to %.0f s for the %u running (a second "
             "signal stops at once)",

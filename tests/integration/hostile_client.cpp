@@ -157,7 +157,8 @@ std::string helloWith(const std::string& name, std::uint64_t running) {
   return bytesOf(e.finish());
 }
 
-std::string forgedResults(const std::string& idList) {
+// "1,2,3" -> {1, 2, 3}.
+std::vector<std::uint64_t> idsOf(const std::string& idList) {
   std::vector<std::uint64_t> ids;
   for (std::size_t at = 0; at < idList.size();) {
     auto comma = idList.find(',', at);
@@ -165,6 +166,11 @@ std::string forgedResults(const std::string& idList) {
     ids.push_back(std::strtoull(idList.substr(at, comma - at).c_str(), nullptr, 10));
     at = comma + 1;
   }
+  return ids;
+}
+
+std::string forgedResults(const std::string& idList) {
+  std::vector<std::uint64_t> ids = idsOf(idList);
   wire::Encoder e(6);
   auto r = e.body().initResults().initResults(static_cast<unsigned>(ids.size()));
   for (unsigned i = 0; i < ids.size(); ++i) {
@@ -179,13 +185,7 @@ std::string forgedResults(const std::string& idList) {
 // A leaving message handing back `idList` (attempt 1 each); `attempts` of them (fewer or more
 // than the ids: malformed) when given.
 std::string leavingWith(const std::string& idList, bool final, int attempts = -1) {
-  std::vector<std::uint64_t> ids;
-  for (std::size_t at = 0; at < idList.size();) {
-    auto comma = idList.find(',', at);
-    if (comma == std::string::npos) comma = idList.size();
-    ids.push_back(std::strtoull(idList.substr(at, comma - at).c_str(), nullptr, 10));
-    at = comma + 1;
-  }
+  std::vector<std::uint64_t> ids = idsOf(idList);
   wire::Encoder e(0, 64);
   auto l = e.body().initLeaving();
   l.setGraceMs(1000);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <functional>
 #include <map>
+#include <optional>
 
 #include "mesh/store/db.h"
 #include "mesh/store/schema.h"
@@ -29,6 +30,20 @@ struct TempDb {
     path = dir + "/nexus.db";
   }
   ~TempDb() { std::system(("rm -rf " + dir).c_str()); }
+};
+
+// A task store with its payload log, in a temporary directory.
+struct LoggedStore {
+  TempDb t;
+  util::Result<Db> db = Db::open(t.path);
+  util::Result<std::unique_ptr<PayloadLog>> log = PayloadLog::open(PayloadLog::dirFor(t.path));
+  PayloadReader reader{PayloadLog::dirFor(t.path)};
+  std::optional<TaskStore> tasks;
+  LoggedStore() {
+    REQUIRE(db.ok());
+    REQUIRE(log.ok());
+    tasks.emplace(*db, log->get(), &reader);
+  }
 };
 
 WriteSet batchWithTasks(std::uint64_t batch, std::uint64_t firstId, const std::vector<std::string>& payloads,
@@ -566,13 +581,9 @@ TEST_CASE("the payload log gives back what it was given, across segments and reo
 }
 
 TEST_CASE("large payloads go to the payload log, small ones stay in their rows, and both come back") {
-  TempDb t;
-  auto db = Db::open(t.path);
-  REQUIRE(db.ok());
-  auto log = PayloadLog::open(PayloadLog::dirFor(t.path));
-  REQUIRE(log.ok());
-  PayloadReader reader(PayloadLog::dirFor(t.path));
-  TaskStore tasks(*db, log->get(), &reader);
+  LoggedStore store;
+  auto& db = store.db;
+  TaskStore& tasks = *store.tasks;
   std::string big(5000, 'x');
   big[4999] = 'y';
   std::shared_ptr<std::vector<std::string>> keep;
@@ -1101,13 +1112,9 @@ TEST_CASE("a failed task's payload moves from the payload log into its row; othe
 }
 
 TEST_CASE("a retry chunk copies every failed task in index order with its payload and its origin") {
-  TempDb t;
-  auto db = Db::open(t.path);
-  REQUIRE(db.ok());
-  auto log = PayloadLog::open(PayloadLog::dirFor(t.path));
-  REQUIRE(log.ok());
-  PayloadReader reader(PayloadLog::dirFor(t.path));
-  TaskStore tasks(*db, log->get(), &reader);
+  LoggedStore store;
+  auto& db = store.db;
+  TaskStore& tasks = *store.tasks;
   std::string big(3000, 'b');
   big[0] = 'B';
   std::shared_ptr<std::vector<std::string>> keep;
