@@ -102,6 +102,11 @@ void NexusImpl::collectEffects() {
     store::BatchUpdate u;
     u.batch = batch;
     u.finishedMs = now;
+    // Its final counts, stored with its end (`mesh batches` reads them, never its results): every
+    // final result it counts is in this write set or an earlier one.
+    if (const routing::Batch* b = scheduler_.batch(batch)) {
+      u.finalCounts = store::BatchCounts{b->succeeded, b->failed, b->cancelledCount};
+    }
     current_->updates.push_back(u);
     currentInfo_.finishing.push_back(batch);
   }

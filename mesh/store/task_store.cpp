@@ -229,9 +229,23 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
       if (auto s = st->run(); !s) return s;
     }
     if (u.finishedMs) {
-      auto st = db_.prepare("UPDATE batches SET finished_ms = ?2 WHERE id = ?1");
+      // The final counts go with the end (schema v8): given, or counted here from the result
+      // rows, which this transaction has written before its updates.
+      // proto::TaskStatus: ok = 0, cancelled = 5; everything else is a failure once final.
+      auto st = u.finalCounts
+                    ? db_.prepare("UPDATE batches SET finished_ms = ?2, kept_succeeded = ?3, kept_failed = ?4, "
+                                  "kept_cancelled = ?5 WHERE id = ?1")
+                    : db_.prepare("UPDATE batches SET finished_ms = ?2, (kept_succeeded, kept_cancelled, kept_failed) = "
+                                  "(SELECT COALESCE(SUM(r.status = 0), 0), COALESCE(SUM(r.status = 5), 0), "
+                                  "COALESCE(SUM(r.status NOT IN (0, 5)), 0) FROM tasks t JOIN results r ON r.task = t.id "
+                                  "WHERE t.batch = ?1) WHERE id = ?1");
       if (!st) return st.error();
       st->bind(1, static_cast<std::int64_t>(u.batch)).bind(2, *u.finishedMs);
+      if (u.finalCounts) {
+        st->bind(3, static_cast<std::int64_t>(u.finalCounts->succeeded))
+            .bind(4, static_cast<std::int64_t>(u.finalCounts->failed))
+            .bind(5, static_cast<std::int64_t>(u.finalCounts->cancelled));
+      }
       if (auto s = st->run(); !s) return s;
     }
     if (u.nextBatch) {
@@ -431,7 +445,8 @@ util::Result<std::optional<BatchProgress>> TaskStore::progress(std::uint64_t id)
   if (!*rec) return std::optional<BatchProgress>();
   BatchProgress p;
   p.record = std::move(**rec);
-  if (p.record.expiredMs) {
+  if (p.record.finishedMs || p.record.expiredMs) {
+    // Its final counts, written with its end (schema v8): no result row is read.
     p.counts = {p.record.keptSucceeded, p.record.keptFailed, p.record.keptCancelled};
   } else {
     auto counts = countResults(id);
@@ -457,6 +472,58 @@ util::Result<std::vector<BatchRecord>> TaskStore::recentBatches(int limit) {
   st->bind(1, limit);
   std::vector<BatchRecord> out;
   if (auto s = forRows(*st, [&](Statement& s) { out.push_back(readBatch(s)); }); !s) return s.error();
+  return out;
+}
+
+util::Result<BatchListing> TaskStore::listBatches(const BatchFilter& filter, std::uint64_t before, std::uint32_t limit,
+                                                  std::uint64_t scanIds) {
+  BatchListing out;
+  ReadSnapshot snapshot(db_);  // the page and its nextBefore agree
+  if (!snapshot.begun()) return snapshot.begun().error();
+  const std::uint64_t kTop = static_cast<std::uint64_t>(INT64_MAX);
+  if (before == 0 || before > kTop) {
+    auto st = db_.prepare("SELECT COALESCE(MAX(id), 0) FROM batches");
+    if (!st) return st.error();
+    auto row = st->step();
+    if (!row) return row.error();
+    before = std::min(kTop, static_cast<std::uint64_t>(st->getInt(0)) + 1);
+  }
+  std::uint64_t floor = before > scanIds ? before - scanIds : 0;
+  // The state as `mesh status` names it (mesh/node/client.h, batchState), from the row.
+  const char* state = "1";
+  switch (filter.state) {
+    case BatchFilter::State::kAll: break;
+    case BatchFilter::State::kOpen: state = "finished_ms IS NULL AND cancelled_ms IS NULL AND sealed = 0"; break;
+    case BatchFilter::State::kRunning: state = "finished_ms IS NULL AND cancelled_ms IS NULL AND sealed != 0"; break;
+    case BatchFilter::State::kCancelling: state = "finished_ms IS NULL AND cancelled_ms IS NOT NULL"; break;
+    case BatchFilter::State::kFinished:
+      state = "finished_ms IS NOT NULL AND expired_ms IS NULL AND cancelled_ms IS NULL AND kept_cancelled = 0";
+      break;
+    case BatchFilter::State::kCancelled:
+      state = "finished_ms IS NOT NULL AND expired_ms IS NULL AND (cancelled_ms IS NOT NULL OR kept_cancelled > 0)";
+      break;
+    case BatchFilter::State::kExpired: state = "expired_ms IS NOT NULL"; break;
+  }
+  auto st = db_.prepare(std::string("SELECT ") + kBatchColumns +
+                        " FROM batches WHERE id < ?1 AND id >= ?2 AND (?3 IS NULL OR label = ?3) AND "
+                        "(?4 IS NULL OR client_key = ?4) AND (" + state + ") ORDER BY id DESC LIMIT ?5");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(before)).bind(2, static_cast<std::int64_t>(floor));
+  if (filter.label) st->bindText(3, *filter.label);
+  else st->bindNull(3);
+  if (filter.clientKey) st->bindText(4, *filter.clientKey);
+  else st->bindNull(4);
+  st->bind(5, static_cast<std::int64_t>(limit));
+  if (auto s = forRows(*st, [&](Statement& s) { out.batches.push_back(readBatch(s)); }); !s) return s.error();
+  // A full page goes on below its last batch; a short one below the range it looked at.
+  std::uint64_t next = out.batches.size() >= limit && limit > 0 ? out.batches.back().id : floor;
+  auto lower = db_.prepare("SELECT MAX(id) FROM batches WHERE id < ?");
+  if (!lower) return lower.error();
+  lower->bind(1, static_cast<std::int64_t>(next));
+  auto row = lower->step();
+  if (!row) return row.error();
+  // Past the gap in ids, if any, so that the next call's range holds batches.
+  out.nextBefore = lower->isNull(0) ? 0 : std::min(next, static_cast<std::uint64_t>(lower->getInt(0)) + 1);
   return out;
 }
 

@@ -44,8 +44,9 @@ struct BatchRecord {
   std::optional<std::uint64_t> nextBatch;
   std::string note;
   // Retention (--keep-finished): when the batch's tasks, results and attempts were removed (set
-  // when the removal begins), the task ids it had, and the final counts of its results (set with
-  // expiredMs, in the same transaction, before any row is deleted).
+  // when the removal begins) and the task ids it had. The kept_* are the final counts of its
+  // results: written with finishedMs (schema v8), and counted again with expiredMs, in the same
+  // transaction, before any row is deleted. 0 while the batch has not finished.
   std::optional<std::int64_t> expiredMs;
   std::uint64_t firstTask = 0, lastTask = 0;
   std::uint64_t keptSucceeded = 0, keptFailed = 0, keptCancelled = 0;
@@ -101,6 +102,12 @@ struct AttemptRecord {
   bool nodeLost = false;
 };
 
+struct BatchCounts {
+  std::uint64_t succeeded = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t cancelled = 0;
+};
+
 struct BatchUpdate {
   std::uint64_t batch = 0;
   std::optional<std::uint64_t> total;  // with sealed
@@ -109,6 +116,9 @@ struct BatchUpdate {
   std::optional<std::int64_t> finishedMs;
   std::optional<std::uint64_t> nextBatch;
   std::optional<std::string> note;
+  // With finishedMs: the batch's final counts (the nexus's, of the results it wrote), stored as
+  // its kept_* in the same transaction. Without them the store counts its result rows there.
+  std::optional<BatchCounts> finalCounts;
 };
 
 // Everything one group commit writes.
@@ -134,16 +144,10 @@ struct PendingTask {
   std::string payloadError;        // the payload could not be read back (then payload is empty)
 };
 
-struct BatchCounts {
-  std::uint64_t succeeded = 0;
-  std::uint64_t failed = 0;
-  std::uint64_t cancelled = 0;
-};
-
 // A batch row and the counts of its final results, read from one snapshot.
 struct BatchProgress {
   BatchRecord record;
-  BatchCounts counts;  // an expired batch's kept counts; else counted from its result rows
+  BatchCounts counts;  // a finished batch's kept (final) counts; else counted from its result rows
 };
 
 // Where a task made by `mesh retry` comes from.
@@ -172,6 +176,25 @@ struct ExpiryStep {
   std::uint64_t tasks = 0;   // task rows deleted (with their results and attempts)
   std::uint64_t rows = 0;    // rows deleted in all
   bool done = false;         // nothing of the batch is left to delete
+};
+
+// `mesh batches`: which batch rows a listing takes. The states are those of `mesh status`
+// (mesh/node/client.h, batchState), read from the row: open (not sealed), running (sealed, not
+// finished), cancelling (cancelled, not finished), finished (not cancelled), cancelled (finished
+// after a cancel, or with a cancelled result), expired (its rows removed: --keep-finished).
+struct BatchFilter {
+  enum class State : std::uint8_t { kAll, kOpen, kRunning, kCancelling, kFinished, kCancelled, kExpired };
+  State state = State::kAll;
+  std::optional<std::string> label;      // exactly this label ("" too), or any
+  std::optional<std::string> clientKey;  // submitted by this key, or by any
+};
+
+// One page of a listing, newest first.
+struct BatchListing {
+  std::vector<BatchRecord> batches;
+  // Where the next page starts (`before` of the next call: batches with a lower id), or 0 when
+  // no batch with a lower id exists at all.
+  std::uint64_t nextBefore = 0;
 };
 
 class TaskStore {
@@ -209,6 +232,14 @@ class TaskStore {
   // rows, they are its kept (final) counts, never a sum of rows read at different moments.
   util::Result<std::optional<BatchProgress>> progress(std::uint64_t id);
   util::Result<std::vector<BatchRecord>> recentBatches(int limit);
+  // The batches with an id below `before` (0: any id) that match `filter`, highest id first, at
+  // most `limit` of them, looking only at the ids in [before - scanIds, before): each call
+  // reads at most scanIds batch rows (plus one index probe), whatever the filter, and never a
+  // task or result row (a finished batch's counts are its kept_*). A page with fewer than
+  // `limit` batches and a nextBefore other than 0 means "nothing more in this range": the
+  // caller asks again from nextBefore.
+  util::Result<BatchListing> listBatches(const BatchFilter& filter, std::uint64_t before, std::uint32_t limit,
+                                         std::uint64_t scanIds);
   util::Result<std::vector<ResultRow>> resultsPage(std::uint64_t batch, std::uint64_t fromIndex, int limit);
   // The outputs of a batch's successful tasks in index order (the map stage's outputs).
   util::Result<std::vector<std::string>> outputs(std::uint64_t batch);

@@ -642,13 +642,13 @@ TEST_CASE("the writer deletes payload segments that no unfinished batch needs") 
     commit(**w, batchWithTasks(3, 20, {std::string(3000, 'c')}, &keep.back()));
     CHECK(*listSegments(dir) == std::vector<std::uint64_t>{1, 2});  // batches 1 and 2 are unfinished
     WriteSet done;
-    done.updates.push_back(BatchUpdate{1, std::nullopt, false, std::nullopt, 5, std::nullopt, std::nullopt});
+    done.updates.push_back(BatchUpdate{1, std::nullopt, false, std::nullopt, 5, std::nullopt, std::nullopt, std::nullopt});
     commit(**w, std::move(done));
     CHECK(*listSegments(dir) == std::vector<std::uint64_t>{1, 2});  // batch 2 still needs segment 1
     WriteSet done2;
-    done2.updates.push_back(BatchUpdate{2, std::nullopt, false, std::nullopt, 6, std::nullopt, std::nullopt});
+    done2.updates.push_back(BatchUpdate{2, std::nullopt, false, std::nullopt, 6, std::nullopt, std::nullopt, std::nullopt});
     WriteSet done3;
-    done3.updates.push_back(BatchUpdate{3, std::nullopt, false, std::nullopt, 7, std::nullopt, std::nullopt});
+    done3.updates.push_back(BatchUpdate{3, std::nullopt, false, std::nullopt, 7, std::nullopt, std::nullopt, std::nullopt});
     commit(**w, std::move(done2));
     commit(**w, std::move(done3));
     // Segment 1 is gone; segment 2 is the one being appended to, so it stays.
@@ -960,12 +960,13 @@ TEST_CASE("a removal that schema version 5 left half done gets its final counts 
     addBatch(tasks, 1, 100, 5, 1000, {0, 0, 0, 3, 5});
     addBatch(tasks, 2, 200, 2, 1000, {0, 3});  // expired and removed whole under version 5
     // What version 5 left after one step of two tasks: the counts of the removed results only.
+    // (Version 5 wrote no counts at a batch's end: those written there are cleared.)
     REQUIRE(db->exec("UPDATE batches SET expired_ms = 9000, purging = 1, first_task = 100, last_task = 104, "
-                     "kept_succeeded = 2 WHERE id = 1").ok());
+                     "kept_succeeded = 2, kept_failed = 0, kept_cancelled = 0 WHERE id = 1").ok());
     REQUIRE(db->exec("DELETE FROM results WHERE task IN (100, 101); DELETE FROM attempts WHERE task IN (100, 101); "
                      "DELETE FROM tasks WHERE id IN (100, 101)").ok());
     REQUIRE(db->exec("UPDATE batches SET expired_ms = 9000, first_task = 200, last_task = 201, "
-                     "kept_succeeded = 1, kept_failed = 1 WHERE id = 2").ok());
+                     "kept_succeeded = 1, kept_failed = 1, kept_cancelled = 0 WHERE id = 2").ok());
     REQUIRE(db->exec("DELETE FROM results WHERE task IN (200, 201); DELETE FROM attempts WHERE task IN (200, 201); "
                      "DELETE FROM tasks WHERE id IN (200, 201)").ok());
     dropVersion7(*db);
@@ -1243,4 +1244,216 @@ TEST_CASE("a retry of a retry names the retry batch and its task as the origin")
   CHECK((*row)->retryOf->batch == 2);
   CHECK((*row)->retryOf->task == 11);
   CHECK((*row)->retryOf->index == 1);
+}
+
+namespace {
+// A batch row for the listing tests: `label`, `key`; sealed unless open.
+BatchRecord listedBatch(std::uint64_t id, const std::string& label, const std::string& key, bool sealed = true) {
+  BatchRecord b;
+  b.id = id;
+  b.label = label;
+  b.handler = "echo";
+  b.clientKey = key;
+  b.submittedMs = 1000 + static_cast<std::int64_t>(id);
+  b.sealed = sealed;
+  return b;
+}
+
+std::vector<std::uint64_t> idsOf(const BatchListing& l) {
+  std::vector<std::uint64_t> ids;
+  for (const auto& b : l.batches) ids.push_back(b.id);
+  return ids;
+}
+}  // namespace
+
+TEST_CASE("a batch listing pages newest first and filters by state, label and submitter, reading no result") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  // 1 finished (label nightly), 2 finished with failures, 3 cancelled, 4 cancelling, 5 open,
+  // 6 running, 7 expired, 8 finished (nightly, another key), 9 finished without a cancel but
+  // with a cancelled result.
+  WriteSet set;
+  for (std::uint64_t id = 1; id <= 9; ++id) {
+    if (id == 7) continue;  // added below, with tasks
+    set.newBatches.push_back(listedBatch(id, id == 1 || id == 8 ? "nightly" : "", id == 8 ? "other" : "k", id != 5));
+  }
+  auto finish = [&](std::uint64_t id, BatchCounts counts) {
+    BatchUpdate u;
+    u.batch = id;
+    u.finishedMs = 5000 + static_cast<std::int64_t>(id);
+    u.finalCounts = counts;
+    set.updates.push_back(u);
+  };
+  auto cancel = [&](std::uint64_t id) {
+    BatchUpdate u;
+    u.batch = id;
+    u.cancelledMs = 4000;
+    set.updates.push_back(u);
+  };
+  // The counts given with the end are what a listing shows: these batches have no task rows at
+  // all, so a listing that counted result rows would show 0.
+  finish(1, {3, 0, 0});
+  finish(2, {1, 2, 0});
+  cancel(3);
+  finish(3, {1, 0, 4});
+  cancel(4);
+  finish(8, {5, 0, 0});
+  finish(9, {1, 0, 1});
+  REQUIRE(tasks.apply(set).ok());
+  addBatch(tasks, 7, 700, 3, 2000, {0, 0, 3});  // finished at 2000, counted from its rows
+  for (int i = 0; i < 10; ++i) {
+    auto s = tasks.expireStep(3000, 9000, 100);
+    REQUIRE(s.ok());
+    if (s->batch == 0) break;
+  }
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 0);
+
+  auto list = [&](BatchFilter f, std::uint64_t before, std::uint32_t limit, std::uint64_t scan = 1'000'000) {
+    auto l = tasks.listBatches(f, before, limit, scan);
+    REQUIRE(l.ok());
+    return *l;
+  };
+  SUBCASE("pages") {
+    auto p1 = list({}, 0, 4);
+    CHECK(idsOf(p1) == std::vector<std::uint64_t>{9, 8, 7, 6});
+    CHECK(p1.nextBefore == 6);
+    auto p2 = list({}, p1.nextBefore, 4);
+    CHECK(idsOf(p2) == std::vector<std::uint64_t>{5, 4, 3, 2});
+    auto p3 = list({}, p2.nextBefore, 4);
+    CHECK(idsOf(p3) == std::vector<std::uint64_t>{1});
+    CHECK(p3.nextBefore == 0);
+    CHECK(list({}, 1, 4).batches.empty());
+    CHECK(list({}, UINT64_MAX, 2).batches.size() == 2);  // past every id: from the newest
+  }
+  SUBCASE("counts and times come from the rows") {
+    auto all = list({}, 0, 20);
+    REQUIRE(all.batches.size() == 9);
+    std::map<std::uint64_t, BatchRecord> by;
+    for (const auto& b : all.batches) by[b.id] = b;
+    CHECK(by[2].keptSucceeded == 1);
+    CHECK(by[2].keptFailed == 2);
+    CHECK(by[2].finishedMs == 5002);
+    CHECK(by[7].expiredMs == 9000);  // removed: its counts stay
+    CHECK(by[7].keptSucceeded == 2);
+    CHECK(by[7].keptFailed == 1);
+    CHECK_FALSE(by[6].finishedMs);
+    CHECK(by[6].keptSucceeded == 0);
+  }
+  SUBCASE("states") {
+    using S = BatchFilter::State;
+    auto of = [&](S s) {
+      BatchFilter f;
+      f.state = s;
+      return idsOf(list(f, 0, 20));
+    };
+    CHECK(of(S::kOpen) == std::vector<std::uint64_t>{5});
+    CHECK(of(S::kRunning) == std::vector<std::uint64_t>{6});
+    CHECK(of(S::kCancelling) == std::vector<std::uint64_t>{4});
+    CHECK(of(S::kFinished) == std::vector<std::uint64_t>{8, 2, 1});
+    CHECK(of(S::kCancelled) == std::vector<std::uint64_t>{9, 3});
+    CHECK(of(S::kExpired) == std::vector<std::uint64_t>{7});
+    CHECK(of(S::kAll).size() == 9);
+  }
+  SUBCASE("label and submitter") {
+    BatchFilter nightly;
+    nightly.label = "nightly";
+    CHECK(idsOf(list(nightly, 0, 20)) == std::vector<std::uint64_t>{8, 1});
+    CHECK(idsOf(list(nightly, 8, 20)) == std::vector<std::uint64_t>{1});
+    BatchFilter none;
+    none.label = "";
+    CHECK(idsOf(list(none, 0, 20)) == std::vector<std::uint64_t>{9, 7, 6, 5, 4, 3, 2});
+    BatchFilter other;
+    other.clientKey = "other";
+    CHECK(idsOf(list(other, 0, 20)) == std::vector<std::uint64_t>{8});
+    other.state = BatchFilter::State::kRunning;
+    CHECK(list(other, 0, 20).batches.empty());
+    BatchFilter nobody;
+    nobody.label = "nightly";
+    nobody.clientKey = "k";
+    CHECK(idsOf(list(nobody, 0, 20)) == std::vector<std::uint64_t>{1});
+  }
+  SUBCASE("each call looks at a bounded range of ids and says where to go on") {
+    BatchFilter nightly;
+    nightly.label = "nightly";
+    auto p = list(nightly, 0, 20, 3);  // ids 7-9
+    CHECK(idsOf(p) == std::vector<std::uint64_t>{8});
+    CHECK(p.nextBefore == 7);
+    p = list(nightly, p.nextBefore, 20, 3);  // ids 4-6
+    CHECK(p.batches.empty());
+    CHECK(p.nextBefore == 4);
+    p = list(nightly, p.nextBefore, 20, 3);  // ids 1-3
+    CHECK(idsOf(p) == std::vector<std::uint64_t>{1});
+    CHECK(p.nextBefore == 0);
+    // A gap in the ids is skipped: the next range starts at the highest id below it.
+    WriteSet far;
+    far.newBatches.push_back(listedBatch(1000, "nightly", "k"));
+    REQUIRE(tasks.apply(far).ok());
+    p = list(nightly, 0, 20, 3);  // ids 998-1000
+    CHECK(idsOf(p) == std::vector<std::uint64_t>{1000});
+    CHECK(p.nextBefore == 10);
+  }
+}
+
+TEST_CASE("a batch's final counts are stored with its end, given or counted in that transaction") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  addBatch(tasks, 1, 100, 4, 1000, {0, 0, 3, 5});  // the end in the set of its results: counted
+  auto b = tasks.batch(1);
+  REQUIRE(b.ok());
+  CHECK((*b)->keptSucceeded == 2);
+  CHECK((*b)->keptFailed == 1);
+  CHECK((*b)->keptCancelled == 1);
+  addBatch(tasks, 2, 200, 2, std::nullopt, {0, 0});
+  WriteSet end;
+  BatchUpdate u;
+  u.batch = 2;
+  u.finishedMs = 2000;
+  u.finalCounts = BatchCounts{2, 0, 0};
+  end.updates.push_back(u);
+  REQUIRE(tasks.apply(end).ok());
+  CHECK((*tasks.batch(2))->keptSucceeded == 2);
+  // progress() of a finished batch reads them, not its rows.
+  REQUIRE(db->exec("UPDATE batches SET kept_succeeded = 7 WHERE id = 2").ok());
+  auto p = tasks.progress(2);
+  REQUIRE(p.ok());
+  CHECK((*p)->counts.succeeded == 7);
+  // A running batch's come from its rows.
+  addBatch(tasks, 3, 300, 3, std::nullopt, {0, 3});
+  auto running = tasks.progress(3);
+  CHECK((*running)->counts.succeeded == 1);
+  CHECK((*running)->counts.failed == 1);
+  CHECK((*tasks.batch(3))->keptSucceeded == 0);
+}
+
+TEST_CASE("a version 7 database gets the final counts of its finished batches at the upgrade") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);
+    addBatch(tasks, 1, 100, 5, 1000, {0, 0, 0, 3, 5});  // finished
+    addBatch(tasks, 2, 200, 2, std::nullopt, {0});      // running
+    addBatch(tasks, 3, 300, 2, 1000, {0, 3});           // finished, then expired
+    REQUIRE(db->exec("UPDATE batches SET expired_ms = 9000, first_task = 300, last_task = 301, kept_succeeded = 1, "
+                     "kept_failed = 1 WHERE id = 3; DELETE FROM results WHERE task IN (300, 301); "
+                     "DELETE FROM tasks WHERE id IN (300, 301)").ok());
+    // As version 7 left them: no counts until a batch expired.
+    REQUIRE(db->exec("UPDATE batches SET kept_succeeded = 0, kept_failed = 0, kept_cancelled = 0 WHERE id IN (1, 2)").ok());
+    REQUIRE(db->exec("PRAGMA user_version = 7").ok());
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  auto b = tasks.batch(1);
+  REQUIRE(b.ok());
+  CHECK((*b)->keptSucceeded == 3);
+  CHECK((*b)->keptFailed == 1);
+  CHECK((*b)->keptCancelled == 1);
+  CHECK((*tasks.batch(2))->keptSucceeded == 0);  // not finished: counted in memory, as before
+  CHECK((*tasks.batch(3))->keptSucceeded == 1);  // expired: its counts were final already
+  CHECK((*tasks.batch(3))->keptFailed == 1);
 }
