@@ -55,6 +55,8 @@ struct Envelope {
     retry @35 :Retry;            # client -> nexus: `mesh retry`, a new batch of a batch's failed tasks
     retryAck @36 :RetryAck;
     taskAtRequest @37 :TaskRef;  # client -> nexus: `mesh task BATCH:INDEX` (batch and index set); reply taskReply
+    batchesRequest @38 :BatchesRequest;  # client -> nexus: `mesh batches`, a page of the stored batches
+    batchesReply @39 :BatchesReply;
   }
 }
 
@@ -279,6 +281,38 @@ struct BatchSummary {
   priority @3 :UInt8;
   progress @4 :Progress;
   submittedMs @5 :Int64;
+  # Set in a BatchesReply (0 or empty in a StatusReply):
+  finishedMs @6 :Int64;        # 0: not finished
+  retryOf @7 :UInt64;          # a batch made by `mesh retry`: the batch it retries; else 0
+  owner @8 :Text;              # the fingerprint of the key that submitted it
+}
+
+# `mesh batches`: the batches the nexus has stored, newest (highest id) first, a page at a time.
+# docs/protocol.md section 4.19.
+struct BatchesRequest {
+  state @0 :BatchState;        # only batches in this state; all: any
+  label @1 :Text;              # with byLabel: only batches with exactly this label (at most 256 bytes)
+  byLabel @2 :Bool;
+  limit @3 :UInt32;            # 1-1000 batches in the reply
+  before @4 :UInt64;           # only batches with a lower id; 0: from the newest
+  mine @5 :Bool;               # only batches submitted with the requester's key
+  enum BatchState {
+    all @0;
+    open @1;                   # not sealed: its client may add tasks
+    running @2;                # sealed, not finished
+    cancelling @3;             # cancelled, the ends of its tasks not all written
+    finished @4;               # every task has a result; not cancelled
+    cancelled @5;              # finished after a cancel
+    expired @6;                # finished, and its tasks and results removed (--keep-finished)
+  }
+}
+
+struct BatchesReply {
+  batches @0 :List(BatchSummary);  # at most the limit asked, highest id first; progress.expiry is empty
+  nextBefore @1 :UInt64;       # 0: no batch with a lower id exists. Else ask again with before =
+                               # nextBefore for more: the nexus looks at a bounded range of ids per
+                               # request, so a page may hold fewer batches than asked (even none)
+                               # while older ones match.
 }
 
 struct StatusReply {

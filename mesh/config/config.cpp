@@ -392,16 +392,22 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("version", po::value<std::uint64_t>(&c.bundle.version)->default_value(0), "bundle version, strictly increasing per name")
       ("expires", po::value<std::string>(&c.bundle.expires)->default_value("30d"), "the bundle is refused once this long has passed")
       ("bundle-handlers", po::value<std::vector<std::string>>(), "handlers (default: every top-level executable file)");
+  po::options_description batches("batches (and --label L: exactly that label; --limit N: 1-1000, default 20)");
+  batches.add_options()
+      ("state", po::value<std::string>(&c.batches.state)->default_value("all"),
+       "only batches in this state: open, running, cancelling, finished, cancelled, expired or all")
+      ("before", po::value<std::uint64_t>(&c.batches.before), "only batches with a lower id (the next page)")
+      ("mine", po::bool_switch(&c.batches.mine), "only batches submitted with this client's key");
   po::options_description other("Other");
   other.add_options()
       ("quiet,q", po::bool_switch(&c.quiet), "wait: no progress output")
-      ("limit", po::value<std::uint64_t>(&c.limit)->default_value(0), "results: at most this many rows")
+      ("limit", po::value<std::uint64_t>(&c.limit)->default_value(0), "results: at most this many rows; batches: see above")
       ("raw", po::bool_switch(&c.raw), "results: print each successful task's output as is, in order");
   po::options_description hidden;
   hidden.add_options()("words", po::value<std::vector<std::string>>(), "command words");
   po::options_description all, visible;
-  all.add(global).add(submit).add(mr).add(keys).add(bundle).add(other).add(hidden);
-  visible.add(global).add(submit).add(mr).add(keys).add(bundle).add(other);
+  all.add(global).add(submit).add(mr).add(keys).add(bundle).add(batches).add(other).add(hidden);
+  visible.add(global).add(submit).add(mr).add(keys).add(bundle).add(batches).add(other);
   po::positional_options_description positional;
   positional.add("words", -1);
   po::variables_map vm;
@@ -419,6 +425,9 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "                             the batch has not finished: the results so far; exit 6 if\n"
         "                             they were removed after the nexus's --keep-finished)\n"
         "  status                     the nexus: nodes, queues, batches, counters, limits\n"
+        "  batches [--state S] [--label L] [--mine] [--limit N] [--before ID]\n"
+        "                             the batches the nexus has stored, newest first, finished and\n"
+        "                             removed ones too (a hint on stderr gives the next page)\n"
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
         "  task TASK | BATCH:INDEX    one task's timeline, and why it waits if it does\n"
         "  cancel BATCH               stop a batch: queued tasks never run, running ones are killed;\n"
@@ -470,6 +479,20 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
     const std::string first = words[0];
     if (first == "submit") mine.add(submit).add(other);
     if (first == "wait" || first == "results") mine.add(other);
+    if (first == "batches") {
+      po::options_description filters("batches");
+      filters.add_options()
+          ("state", po::value<std::string>(), "only batches in this state: open, running, cancelling, finished, "
+                                              "cancelled, expired or all (the default)")
+          ("label", po::value<std::string>(), "only batches with exactly this label (\"\": those without one)")
+          ("mine", po::bool_switch(), "only batches submitted with this client's key")
+          ("limit", po::value<std::uint64_t>(), "at most this many batches, 1-1000 (default 20)")
+          ("before", po::value<std::uint64_t>(), "only batches with a lower id: the next page");
+      mine.add(filters);
+      lines += "\nColumns: BATCH, LABEL, HANDLER (with :map or :reduce for a map-reduce stage), PRIO,\n"
+               "SUBMITTED (local time), TOTAL, OK, FAILED, STATE (as `mesh status` names it), TOOK (from\n"
+               "submit to finish). --json: one object per batch, times in ms since the epoch.\n";
+    }
     if (first == "retry") {
       // Help only: the submit options retry reads (they are parsed with submit's).
       po::options_description retry("retry (what is not given stays as the batch retried had it)");
@@ -505,6 +528,9 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   if (*timeout <= 0) return usage("--timeout must be more than 0, e.g. 10s", "mesh");
   c.client.timeoutMs = *timeout;
   c.keyGiven = vm.count("key") > 0;
+  c.batches.labelGiven = vm.count("label") > 0;
+  c.batches.limitGiven = vm.count("limit") && !vm["limit"].defaulted();
+  c.batches.beforeGiven = vm.count("before") > 0;
   c.bundle.handlers = listOption(vm, "bundle-handlers");
   if (vm.count("files")) c.submit.files = vm["files"].as<std::vector<std::string>>();
   c.submit.requiredTags = listOption(vm, "requires");

@@ -121,6 +121,16 @@ struct BundleSignOptions {
   std::vector<std::string> handlers;  // empty: every top-level executable
 };
 
+// mesh batches
+struct BatchesOptions {
+  std::string state = "all";  // all, open, running, cancelling, finished, cancelled, expired
+  std::uint64_t before = 0;   // only batches with a lower id; 0: from the newest
+  bool beforeGiven = false;
+  bool mine = false;          // only batches submitted with this client's key
+  bool labelGiven = false;    // --label given (even empty: batches without a label)
+  bool limitGiven = false;    // --limit given (batches: otherwise 20)
+};
+
 struct CliCommand {
   std::vector<std::string> words;    // e.g. {"keys", "accept"} or {"submit"}
   std::vector<std::string> args;     // positional arguments after the command words
@@ -135,6 +145,7 @@ struct CliCommand {
   BundleSignOptions bundle;
   bool quiet = false;
   std::uint64_t limit = 0;
+  BatchesOptions batches;
 };
 
 template <typename T>

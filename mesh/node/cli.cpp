@@ -583,6 +583,153 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   return 0;
 }
 
+// ---- batches ---------------------------------------------------------------------------------
+
+// A local time to the second, for a table: 2026-11-22 10:21:55.
+std::string localTime(std::int64_t ms) {
+  if (ms <= 0) return "-";
+  time_t secs = static_cast<time_t>(ms / 1000);
+  tm local{};
+  localtime_r(&secs, &local);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d", local.tm_year + 1900, local.tm_mon + 1,
+                local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
+  return buf;
+}
+
+// A duration for a table, in its two largest units: 40ms, 12.3s, 4m05s, 2h05m, 3d04h.
+std::string shortDuration(std::int64_t ms) {
+  if (ms < 0) ms = 0;
+  char buf[64];
+  std::int64_t s = ms / 1000;
+  if (ms < 1000) std::snprintf(buf, sizeof buf, "%" PRId64 "ms", ms);
+  else if (ms < 60'000) std::snprintf(buf, sizeof buf, "%.1fs", static_cast<double>(ms) / 1000.0);
+  else if (s < 3600) std::snprintf(buf, sizeof buf, "%" PRId64 "m%02" PRId64 "s", s / 60, s % 60);
+  else if (s < 86400) std::snprintf(buf, sizeof buf, "%" PRId64 "h%02" PRId64 "m", s / 3600, s / 60 % 60);
+  else std::snprintf(buf, sizeof buf, "%" PRId64 "d%02" PRId64 "h", s / 86400, s / 3600 % 24);
+  return buf;
+}
+
+// At most `max` bytes of `s` for a table column, cut on a UTF-8 boundary, marked with "~" when cut.
+std::string column(std::string s, std::size_t max) {
+  if (s.size() <= max) return s;
+  std::size_t end = max - 1;
+  while (end > 0 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end;
+  return s.substr(0, end) + "~";
+}
+
+std::string shellQuoted(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:=,+@") ==
+                        std::string::npos) {
+    return s;
+  }
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// `mesh batches`: the stored batches, newest first (protocol section 4.19). Asks page after page
+// until it has --limit batches and knows whether one more exists (the nexus looks at a bounded
+// range of ids per request, so one page may hold fewer than asked).
+int batchesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  const auto& o = cmd.batches;
+  using State = proto::BatchesRequest::BatchState;
+  const std::pair<const char*, State> states[] = {
+      {"all", State::ALL},           {"open", State::OPEN},           {"running", State::RUNNING},
+      {"cancelling", State::CANCELLING}, {"finished", State::FINISHED}, {"cancelled", State::CANCELLED},
+      {"expired", State::EXPIRED}};
+  std::optional<State> state;
+  for (const auto& [name, value] : states) {
+    if (o.state == name) state = value;
+  }
+  if (!state) {
+    return usageError("unknown --state '" + o.state +
+                      "': use open, running, cancelling, finished, cancelled, expired or all");
+  }
+  std::uint64_t limit = o.limitGiven ? cmd.limit : 20;
+  if (limit < 1 || limit > 1000) return usageError("--limit for batches must be 1-1000, not " + std::to_string(limit));
+  if (o.beforeGiven && o.before == 0) return usageError("--before takes a batch id (1 or more): batches below it are listed");
+  if (o.labelGiven && cmd.submit.label.size() > 256) {
+    return usageError("--label is at most 256 bytes (a batch's label is cut to 256 when it is submitted)");
+  }
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  if (!cmd.client.json) {
+    std::printf("%-8s %-20s %-16s %4s %-19s %9s %9s %9s  %-10s %s\n", "BATCH", "LABEL", "HANDLER", "PRIO", "SUBMITTED",
+                "TOTAL", "OK", "FAILED", "STATE", "TOOK");
+  }
+  std::uint64_t shown = 0, last = 0, before = o.before;
+  bool more = false;
+  for (;;) {
+    wire::Encoder e((*client)->nextRequestId(), 32);
+    auto req = e.body().initBatchesRequest();
+    req.setState(*state);
+    if (o.labelGiven) {
+      req.setByLabel(true);
+      req.setLabel(cmd.submit.label);
+    }
+    req.setMine(o.mine);
+    req.setBefore(before);
+    // One more than the batches still to show: whether it comes says whether there are more.
+    req.setLimit(static_cast<std::uint32_t>(std::min<std::uint64_t>(1000, limit + 1 - shown)));
+    auto reply = (*client)->call(e);
+    if (!reply) return fail(reply.error());
+    auto page = reply->envelope().getBody().getBatchesReply();
+    for (auto b : page.getBatches()) {
+      if (shown == limit) {
+        more = true;
+        break;
+      }
+      auto p = b.getProgress();
+      ProgressView v = progressView(p);
+      const char* stage = v.stage == 1 ? "map" : v.stage == 2 ? "reduce" : nullptr;
+      std::int64_t took = b.getFinishedMs() > 0 ? b.getFinishedMs() - b.getSubmittedMs() : -1;
+      if (cmd.client.json) {
+        std::string out = "{\"batch\":" + std::to_string(b.getId()) + ",\"label\":" + util::jsonString(wire::view(b.getLabel())) +
+                          ",\"handler\":" + util::jsonString(wire::view(b.getHandler())) +
+                          ",\"stage\":" + (stage ? std::string("\"") + stage + "\"" : std::string("null")) +
+                          ",\"priority\":" + std::to_string(b.getPriority()) +
+                          ",\"owner\":" + util::jsonString(wire::view(b.getOwner())) +
+                          ",\"submitted_ms\":" + jsonTime(b.getSubmittedMs()) + ",\"finished_ms\":" + jsonTime(b.getFinishedMs()) +
+                          ",\"duration_ms\":" + (took >= 0 ? std::to_string(took) : std::string("null")) +
+                          ",\"total\":" + std::to_string(v.total) + ",\"succeeded\":" + std::to_string(v.succeeded) +
+                          ",\"failed\":" + std::to_string(v.failed) + ",\"cancelled\":" + std::to_string(v.cancelled) +
+                          ",\"queued\":" + std::to_string(v.queued) + ",\"running\":" + std::to_string(v.running) +
+                          ",\"state\":\"" + batchState(v) + "\",\"expired_ms\":" + jsonTime(v.expiredMs) +
+                          ",\"retry_of\":" + (b.getRetryOf() ? std::to_string(b.getRetryOf()) : std::string("null")) +
+                          ",\"next_batch\":" + (v.nextBatch ? std::to_string(v.nextBatch) : std::string("null")) + "}\n";
+        std::fputs(out.c_str(), stdout);
+      } else {
+        std::string label(wire::view(b.getLabel()));
+        std::string handler(wire::view(b.getHandler()));
+        if (stage) handler += std::string(":") + stage;
+        std::printf("%-8" PRIu64 " %-20s %-16s %4u %-19s %9" PRIu64 " %9" PRIu64 " %9" PRIu64 "  %-10s %s\n", b.getId(),
+                    label.empty() ? "-" : column(escaped(label), 20).c_str(), column(handler, 16).c_str(), b.getPriority(),
+                    localTime(b.getSubmittedMs()).c_str(), v.total, v.succeeded, v.failed, batchState(v),
+                    took >= 0 ? shortDuration(took).c_str() : "-");
+      }
+      ++shown;
+      last = b.getId();
+    }
+    if (more || page.getNextBefore() == 0) break;
+    before = page.getNextBefore();
+  }
+  std::fflush(stdout);
+  if (cmd.client.json) return 0;
+  if (more) {
+    std::string again = "mesh batches --before " + std::to_string(last);
+    if (o.state != "all") again += " --state " + o.state;
+    if (o.labelGiven) again += " --label " + shellQuoted(cmd.submit.label);
+    if (o.mine) again += " --mine";
+    if (o.limitGiven) again += " --limit " + std::to_string(limit);
+    std::fprintf(stderr, "mesh: more batches: %s\n", again.c_str());
+  } else if (shown == 0) {
+    std::fprintf(stderr, "mesh: no batch%s\n",
+                 o.state != "all" || o.labelGiven || o.mine || o.beforeGiven ? " matches" : " has been submitted yet");
+  }
+  return 0;
+}
+
 int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
@@ -1119,7 +1266,7 @@ int bundlesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
 
 int runCli(const config::CliCommand& cmd) {
   const std::string& verb = cmd.words[0];
-  if ((verb == "status" || verb == "nodes" || verb == "bundles") && !cmd.args.empty()) {
+  if ((verb == "status" || verb == "nodes" || verb == "bundles" || verb == "batches") && !cmd.args.empty()) {
     return usageError("`mesh " + verb + "` takes no arguments, not '" + cmd.args[0] + "'");
   }
   if (verb == "keys") return keysCommand(cmd);
@@ -1130,6 +1277,7 @@ int runCli(const config::CliCommand& cmd) {
   else if (verb == "wait") rc = waitCommand(ctx, cmd);
   else if (verb == "results") rc = resultsCommand(ctx, cmd);
   else if (verb == "status") rc = statusCommand(ctx, cmd);
+  else if (verb == "batches") rc = batchesCommand(ctx, cmd);
   else if (verb == "nodes") rc = nodesCommand(ctx, cmd);
   else if (verb == "task") rc = taskCommand(ctx, cmd);
   else if (verb == "cancel") rc = cancelCommand(ctx, cmd);

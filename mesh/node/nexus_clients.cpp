@@ -61,6 +61,9 @@ void NexusImpl::serveClient(const std::string& routingId, const std::string& key
     case Which::TASK_AT_REQUEST:
       onTaskAt(routingId, requestId, b.getTaskAtRequest());
       break;
+    case Which::BATCHES_REQUEST:
+      onBatches(routingId, key, requestId, b.getBatchesRequest());
+      break;
     case Which::CANCEL_BATCH:
       onCancel(routingId, key, requestId, b.getCancelBatch());
       break;
@@ -164,7 +167,7 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     s.priority = spec.getPriority();
     s.timeoutMs = spec.getTimeoutMs();
     s.maxAttempts = spec.getMaxAttempts();
-    s.label = std::string(wire::view(spec.getLabel())).substr(0, 256);
+    s.label = std::string(wire::view(spec.getLabel())).substr(0, kLabelMax);
     s.clientKey = key;
     s.submittedMs = clock_.wallMs();
     ps.batch = nextBatchId_++;
@@ -292,6 +295,21 @@ void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId
     out.setNextBatch((*rec)->nextBatch.value_or(0));
     out.setNote((*rec)->note);
   }
+}
+
+void NexusImpl::fillStoredProgress(proto::Progress::Builder out, const store::BatchRecord& rec) {
+  out.setBatch(rec.id);
+  out.setTotal(rec.total);
+  out.setSealed(rec.sealed);
+  out.setSucceeded(rec.keptSucceeded);
+  out.setFailed(rec.keptFailed);
+  out.setCancelled(rec.keptCancelled);
+  out.setFinished(rec.finishedMs.has_value());
+  out.setBatchCancelled(rec.cancelledMs.has_value());
+  out.setStage(rec.mrStage);
+  out.setNextBatch(rec.nextBatch.value_or(0));
+  out.setNote(rec.note);
+  out.setExpiredMs(rec.expiredMs.value_or(0));
 }
 
 NexusImpl::BatchEnd NexusImpl::batchEnd(std::uint64_t batchId) {
@@ -613,6 +631,76 @@ void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
   sendTo(clientSocket_, routingId, e.finish());
 }
 
+// `mesh batches`: a page of the stored batches, newest first (protocol section 4.19). The rows
+// come from the read-only store, a bounded range of ids per request (kBatchesScanIds), never a
+// task or result row: a finished batch's counts are the ones stored with its end. A batch the
+// scheduler holds (every unfinished one) shows its live progress, as in `mesh status`. Any
+// client or admin key may list every batch, as `mesh status` shows them all; `mine` narrows it.
+void NexusImpl::onBatches(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                          proto::BatchesRequest::Reader req) {
+  auto bad = [&](const std::string& message) {
+    counters_.add("batches_requests_refused");
+    replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST, message);
+  };
+  if (req.getLimit() < 1 || req.getLimit() > kBatchesPageMax) {
+    return bad("a batch listing takes a limit of 1-" + std::to_string(kBatchesPageMax) + " batches, not " +
+               std::to_string(req.getLimit()));
+  }
+  using State = store::BatchFilter::State;
+  using Asked = proto::BatchesRequest::BatchState;
+  store::BatchFilter filter;
+  switch (req.getState()) {
+    case Asked::ALL: filter.state = State::kAll; break;
+    case Asked::OPEN: filter.state = State::kOpen; break;
+    case Asked::RUNNING: filter.state = State::kRunning; break;
+    case Asked::CANCELLING: filter.state = State::kCancelling; break;
+    case Asked::FINISHED: filter.state = State::kFinished; break;
+    case Asked::CANCELLED: filter.state = State::kCancelled; break;
+    case Asked::EXPIRED: filter.state = State::kExpired; break;
+    default:
+      return bad("unknown batch state " + std::to_string(static_cast<unsigned>(req.getState())) +
+                 ": is this client newer than the nexus?");
+  }
+  if (req.getByLabel()) {
+    std::string_view label = wire::view(req.getLabel());
+    if (label.size() > kLabelMax) {
+      return bad("a label is at most " + std::to_string(kLabelMax) + " bytes, not " + std::to_string(label.size()));
+    }
+    filter.label = std::string(label);
+  }
+  if (req.getMine()) filter.clientKey = key;
+  counters_.add("batches_requests");
+  auto page = readStore_->listBatches(filter, req.getBefore(), req.getLimit(), kBatchesScanIds);
+  if (!page) {
+    MESH_ERROR("listing batches failed: %s", page.error().message.c_str());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "listing batches failed; see the nexus log");
+    return;
+  }
+  std::size_t words = 64;
+  for (const auto& r : page->batches) words += 48 + (r.label.size() + r.handler.size() + r.note.size()) / 8;
+  wire::Encoder e(requestId, static_cast<unsigned>(words));
+  auto reply = e.body().initBatchesReply();
+  reply.setNextBefore(page->nextBefore);
+  auto list = reply.initBatches(static_cast<unsigned>(page->batches.size()));
+  for (unsigned i = 0; i < page->batches.size(); ++i) {
+    const store::BatchRecord& rec = page->batches[i];
+    auto out = list[i];
+    out.setId(rec.id);
+    out.setLabel(rec.label);
+    out.setHandler(rec.handler);
+    out.setPriority(rec.priority);
+    out.setSubmittedMs(rec.submittedMs);
+    out.setFinishedMs(rec.finishedMs.value_or(0));
+    out.setRetryOf(rec.retryOf.value_or(0));
+    out.setOwner(rec.clientKey.empty() ? std::string() : fingerprintOf(rec.clientKey));
+    std::optional<routing::Progress> live;
+    if (scheduler_.batch(rec.id)) live = progressOf(rec.id);
+    if (live) fillProgress(out.initProgress(), rec.id, *live);
+    else fillStoredProgress(out.initProgress(), rec);
+  }
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
 // `mesh task BATCH:INDEX`: the task's id from the store, then as onTask; when there is none,
 // why (no such batch, an index past its end, or its rows were removed).
 void NexusImpl::onTaskAt(const std::string& routingId, std::uint64_t requestId, proto::TaskRef::Reader at) {
@@ -898,7 +986,7 @@ void NexusImpl::onRetry(const std::string& routingId, const std::string& key, st
   s.maxAttempts = req.getMaxAttempts() != 0 ? req.getMaxAttempts() : from.maxAttempts;
   std::string label(wire::view(req.getLabel()));
   if (label.empty()) label = from.label.empty() ? "retry of " + name : from.label + " (retry of " + name + ")";
-  s.label = label.substr(0, 256);
+  s.label = label.substr(0, kLabelMax);
   s.clientKey = key;
   s.submittedMs = clock_.wallMs();
   s.retryOf = original;

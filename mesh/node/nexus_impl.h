@@ -53,6 +53,11 @@ namespace nexus_detail {
 constexpr int kMaxMessagesPerTurn = 4096;
 constexpr std::uint32_t kResultPageMax = 1000;
 constexpr std::size_t kResultPageBytes = 8u << 20;
+// `mesh batches` (protocol section 4.19): at most this many batches per reply, and batch rows
+// looked at per request (ids): a request costs the loop a bounded read whatever its filter.
+constexpr std::uint32_t kBatchesPageMax = 1000;
+constexpr std::uint64_t kBatchesScanIds = 20000;
+constexpr std::size_t kLabelMax = 256;  // a Submit's label is cut to this many bytes
 constexpr std::size_t kAssignFrameBytes = 8u << 20;
 constexpr std::uint32_t kMaxTasksPerSubmit = 1'000'000;
 constexpr std::int64_t kProgressEveryMs = 250;
@@ -312,6 +317,8 @@ class NexusImpl {
   void onNodes(const std::string& routingId, std::uint64_t requestId);
   void onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId);
   void onTaskAt(const std::string& routingId, std::uint64_t requestId, proto::TaskRef::Reader at);
+  void onBatches(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                 proto::BatchesRequest::Reader req);
   void onCancel(const std::string& routingId, const std::string& key, std::uint64_t requestId, std::uint64_t batch);
   void onRetry(const std::string& routingId, const std::string& key, std::uint64_t requestId, proto::Retry::Reader req);
   // Whether some live spore can run `handler`: if not, the refusal (code, message); if it can
@@ -362,6 +369,9 @@ class NexusImpl {
   void replyError(const std::string& routingId, std::uint64_t requestId, proto::Error::Code code,
                   const std::string& message);
   void fillProgress(proto::Progress::Builder out, std::uint64_t batchId, const routing::Progress& p);
+  // The Progress of a batch that is not in memory (finished), from its row alone: its kept
+  // (final) counts; queued and running 0; no expiry line.
+  void fillStoredProgress(proto::Progress::Builder out, const store::BatchRecord& rec);
   // Whether the batch has finished (every result committed), as progressOf(...).finished says,
   // and whether it was cancelled, without counting its results. Both false for an unknown batch.
   struct BatchEnd {

@@ -17,6 +17,12 @@
 //   leave:NAME:ID,...  a hello, then leaving messages handing back those ids (also one whose
 //                      attempts list does not match), then a final one; prints its answer.
 //   bundles:NAME:N     a hello, then bundle reports for N different names; stays SEED seconds.
+//
+// Client-port modes (ROUNDS and SEED ignored), each printing one line per request with the
+// answer and exiting 0 when every answer was the one expected:
+//   retries            Retry requests that cannot be served: an Error each.
+//   batches            BatchesRequests out of range (limit 0 or over 1000, an unknown state, a
+//                      label over 256 bytes): a badRequest each; then a valid one: a batchesReply.
 #include <capnp/any.h>
 #include <capnp/schema.h>
 
@@ -116,6 +122,25 @@ std::string badRetry(int which) {
     case 3: r.setBatch(1); r.setPriority(-7); break;
     case 4: r.setBatch(1ull << 63); r.setLabel(std::string(100000, 'L')); r.setMaxAttempts(255); r.setTimeoutMs(UINT32_MAX); break;
     default: break;  // every field left out: batch 0
+  }
+  return bytesOf(e.finish());
+}
+
+// Batch listings (`mesh batches`) with fields out of range: each must get an Error (badRequest).
+// The last one is valid (the ids past the end of any store): it gets a batchesReply.
+constexpr int kBadBatches = 6;
+std::string batchesRequest(int which) {
+  wire::Encoder e(static_cast<std::uint64_t>(600 + which), 32);
+  auto r = e.body().initBatchesRequest();
+  r.setLimit(20);
+  switch (which) {
+    case 0: r.setLimit(0); break;
+    case 1: r.setLimit(1001); break;
+    case 2: r.setLimit(UINT32_MAX); r.setBefore(UINT64_MAX); break;
+    case 3: r.setState(static_cast<proto::BatchesRequest::BatchState>(77)); break;
+    case 4: r.setByLabel(true); r.setLabel(std::string(257, 'L')); break;
+    case 5: r = e.body().initBatchesRequest(); break;  // every field left out: limit 0
+    default: r.setBefore(UINT64_MAX); r.setMine(true); r.setByLabel(true); break;  // valid
   }
   return bytesOf(e.finish());
 }
@@ -327,6 +352,18 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::seconds(std::strtoull(argv[6], nullptr, 10)));
     return 0;
   }
+  if (port == "batches") {
+    int bad = 0;
+    for (int i = 0; i <= kBadBatches; ++i) {
+      s.send(zmq::buffer(batchesRequest(i)), zmq::send_flags::none);
+      std::string reply = awaitReply(s, 5000);
+      std::printf("batches %d: %s\n", i, reply.c_str());
+      bool wanted = i < kBadBatches ? reply.rfind("error 0 ", 0) == 0
+                                    : reply == "kind " + std::to_string(static_cast<unsigned>(proto::Envelope::Body::BATCHES_REPLY));
+      if (!wanted) bad = 1;
+    }
+    return bad;
+  }
   if (port == "retries") {
     int bad = 0;
     for (int i = 0; i < kBadRetries; ++i) {
@@ -338,7 +375,8 @@ int main(int argc, char** argv) {
     return bad;
   }
   std::string samples[] = {validHello(), validSubmit(), unknownArm(), wrongDirection(), absurdHello(),
-                           badRetry(0), badRetry(1), badRetry(2), badRetry(4),
+                           badRetry(0), badRetry(1), badRetry(2), badRetry(4), batchesRequest(0), batchesRequest(2),
+                           batchesRequest(3), batchesRequest(4), batchesRequest(kBadBatches),
                            resultsForUnknownTasks(), badSubmits(0), badSubmits(1), badSubmits(2), badSubmits(3)};
   int sent = 0;
   for (int round = 0; round < rounds; ++round) {
