@@ -296,6 +296,7 @@ struct BatchesRequest {
   limit @3 :UInt32;            # 1-1000 batches in the reply
   before @4 :UInt64;           # only batches with a lower id; 0: from the newest
   mine @5 :Bool;               # only batches submitted with the requester's key
+  failedOnly @6 :Bool;         # only finished batches with a failed task (what `mesh retry` takes)
   enum BatchState {
     all @0;
     open @1;                   # not sealed: its client may add tasks

@@ -397,7 +397,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("state", po::value<std::string>(&c.batches.state)->default_value("all"),
        "only batches in this state: open, running, cancelling, finished, cancelled, expired or all")
       ("before", po::value<std::uint64_t>(&c.batches.before), "only batches with a lower id (the next page)")
-      ("mine", po::bool_switch(&c.batches.mine), "only batches submitted with this client's key");
+      ("mine", po::bool_switch(&c.batches.mine), "only batches submitted with this client's key")
+      ("failed", po::bool_switch(&c.batches.failed), "only finished batches with a failed task (what mesh retry takes)");
   po::options_description other("Other");
   other.add_options()
       ("quiet,q", po::bool_switch(&c.quiet), "wait: no progress output")
@@ -425,7 +426,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "                             the batch has not finished: the results so far; exit 6 if\n"
         "                             they were removed after the nexus's --keep-finished)\n"
         "  status                     the nexus: nodes, queues, batches, counters, limits\n"
-        "  batches [--state S] [--label L] [--mine] [--limit N] [--before ID]\n"
+        "  batches [--state S] [--label L] [--mine] [--failed] [--limit N] [--before ID]\n"
         "                             the batches the nexus has stored, newest first, finished and\n"
         "                             removed ones too (a hint on stderr gives the next page)\n"
         "  nodes                      the spores: load, slots, tasks in flight, last heartbeat\n"
@@ -486,6 +487,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
                                               "cancelled, expired or all (the default)")
           ("label", po::value<std::string>(), "only batches with exactly this label (\"\": those without one)")
           ("mine", po::bool_switch(), "only batches submitted with this client's key")
+          ("failed", po::bool_switch(), "only finished batches with a failed task (what `mesh retry` takes)")
           ("limit", po::value<std::uint64_t>(), "at most this many batches, 1-1000 (default 20)")
           ("before", po::value<std::uint64_t>(), "only batches with a lower id: the next page");
       mine.add(filters);

@@ -127,6 +127,7 @@ struct BatchesOptions {
   std::uint64_t before = 0;   // only batches with a lower id; 0: from the newest
   bool beforeGiven = false;
   bool mine = false;          // only batches submitted with this client's key
+  bool failed = false;        // only finished batches with a failed task
   bool labelGiven = false;    // --label given (even empty: batches without a label)
   bool limitGiven = false;    // --limit given (batches: otherwise 20)
 };

@@ -669,6 +669,7 @@ int batchesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
       req.setLabel(cmd.submit.label);
     }
     req.setMine(o.mine);
+    req.setFailedOnly(o.failed);
     req.setBefore(before);
     // One more than the batches still to show: whether it comes says whether there are more.
     req.setLimit(static_cast<std::uint32_t>(std::min<std::uint64_t>(1000, limit + 1 - shown)));
@@ -721,11 +722,12 @@ int batchesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     if (o.state != "all") again += " --state " + o.state;
     if (o.labelGiven) again += " --label " + shellQuoted(cmd.submit.label);
     if (o.mine) again += " --mine";
+    if (o.failed) again += " --failed";
     if (o.limitGiven) again += " --limit " + std::to_string(limit);
     std::fprintf(stderr, "mesh: more batches: %s\n", again.c_str());
   } else if (shown == 0) {
     std::fprintf(stderr, "mesh: no batch%s\n",
-                 o.state != "all" || o.labelGiven || o.mine || o.beforeGiven ? " matches" : " has been submitted yet");
+                 o.state != "all" || o.labelGiven || o.mine || o.failed || o.beforeGiven ? " matches" : " has been submitted yet");
   }
   return 0;
 }

@@ -669,6 +669,7 @@ void NexusImpl::onBatches(const std::string& routingId, const std::string& key, 
     filter.label = std::string(label);
   }
   if (req.getMine()) filter.clientKey = key;
+  filter.failedOnly = req.getFailedOnly();
   counters_.add("batches_requests");
   auto page = readStore_->listBatches(filter, req.getBefore(), req.getLimit(), kBatchesScanIds);
   if (!page) {

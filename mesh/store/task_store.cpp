@@ -506,14 +506,15 @@ util::Result<BatchListing> TaskStore::listBatches(const BatchFilter& filter, std
   }
   auto st = db_.prepare(std::string("SELECT ") + kBatchColumns +
                         " FROM batches WHERE id < ?1 AND id >= ?2 AND (?3 IS NULL OR label = ?3) AND "
-                        "(?4 IS NULL OR client_key = ?4) AND (" + state + ") ORDER BY id DESC LIMIT ?5");
+                        "(?4 IS NULL OR client_key = ?4) AND (?6 = 0 OR (finished_ms IS NOT NULL AND kept_failed > 0)) AND (" +
+                        state + ") ORDER BY id DESC LIMIT ?5");
   if (!st) return st.error();
   st->bind(1, static_cast<std::int64_t>(before)).bind(2, static_cast<std::int64_t>(floor));
   if (filter.label) st->bindText(3, *filter.label);
   else st->bindNull(3);
   if (filter.clientKey) st->bindText(4, *filter.clientKey);
   else st->bindNull(4);
-  st->bind(5, static_cast<std::int64_t>(limit));
+  st->bind(5, static_cast<std::int64_t>(limit)).bind(6, static_cast<std::int64_t>(filter.failedOnly ? 1 : 0));
   if (auto s = forRows(*st, [&](Statement& s) { out.batches.push_back(readBatch(s)); }); !s) return s.error();
   // A full page goes on below its last batch; a short one below the range it looked at.
   std::uint64_t next = out.batches.size() >= limit && limit > 0 ? out.batches.back().id : floor;

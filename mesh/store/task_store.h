@@ -187,6 +187,7 @@ struct BatchFilter {
   State state = State::kAll;
   std::optional<std::string> label;      // exactly this label ("" too), or any
   std::optional<std::string> clientKey;  // submitted by this key, or by any
+  bool failedOnly = false;               // only finished batches with a failed task (kept_failed > 0)
 };
 
 // One page of a listing, newest first.

@@ -2,7 +2,7 @@
 # `mesh batches`: the stored batches newest first, in text and --json, with their states (one
 # removed by --keep-finished, failed, cancelled, running, a map-reduce job's two stages), the
 # counts stored with each batch's end (equal to its result rows), filters (--state, --label,
-# --mine), paging with --before and the hint on stderr, usage errors (exit 2), hostile listings
+# --mine, --failed), paging with --before and the hint on stderr, usage errors (exit 2), hostile listings
 # (badRequest each, counted), and the same listing after a nexus restart.
 . "$(dirname "$0")/lib.sh"
 up --spores 2 --nexus-args "--keep-finished 2s"
@@ -106,6 +106,8 @@ ids() { expect_rc 0 mesh batches --json "$@"; grep -o '^{"batch":[0-9]*' "$T/out
 [ "$(ids --label 'long one')" = "$running" ] || fail "--label 'long one': $(ids --label 'long one')"
 [ "$(ids --label '')" = "$cancelled $gone" ] || fail "--label '': $(ids --label '')"
 [ "$(ids --label nightly --state running)" = "" ] || fail "--label nightly --state running"
+[ "$(ids --failed)" = "$bad" ] || fail "--failed (finished with a failed task): $(ids --failed)"
+[ "$(ids --failed --label nightly)" = "" ] || fail "--failed --label nightly: $(ids --failed --label nightly)"
 [ "$(MESH_KEY=$T/other.key ids --mine)" = "$theirs" ] || fail "--mine (other key): $(MESH_KEY=$T/other.key ids --mine)"
 [ "$(ids --mine --state finished)" = "$reduce $map $bad $nightly" ] || fail "--mine: $(ids --mine --state finished)"
 expect_rc 0 mesh batches --label nothing-has-this

@@ -1114,7 +1114,6 @@ TEST_CASE("a failed task's payload moves from the payload log into its row; othe
 
 TEST_CASE("a retry chunk copies every failed task in index order with its payload and its origin") {
   LoggedStore store;
-  auto& db = store.db;
   TaskStore& tasks = *store.tasks;
   std::string big(3000, 'b');
   big[0] = 'B';
@@ -1355,6 +1354,13 @@ TEST_CASE("a batch listing pages newest first and filters by state, label and su
     CHECK(of(S::kCancelled) == std::vector<std::uint64_t>{9, 3});
     CHECK(of(S::kExpired) == std::vector<std::uint64_t>{7});
     CHECK(of(S::kAll).size() == 9);
+  }
+  SUBCASE("finished with a failed task") {
+    BatchFilter failed;
+    failed.failedOnly = true;
+    CHECK(idsOf(list(failed, 0, 20)) == std::vector<std::uint64_t>{7, 2});  // removed ones keep their counts
+    failed.state = BatchFilter::State::kExpired;
+    CHECK(idsOf(list(failed, 0, 20)) == std::vector<std::uint64_t>{7});
   }
   SUBCASE("label and submitter") {
     BatchFilter nightly;
