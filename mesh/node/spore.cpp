@@ -323,7 +323,7 @@ void SporeImpl::run(const std::atomic<int>& stops) {
     }
     if (stops.load() == 1 && !leaving_) beginLeaving(now);
     if (leaving_ && (running_ == 0 || now >= leaveDeadlineMono_)) {
-      finishLeaving();
+      finishLeaving(stops);
       break;
     }
     if (!connected_ && now >= reconnectAtMono_) connect(now);

@@ -328,7 +328,7 @@ class SporeImpl {
   // Sends a Leaving message with what is in toGiveBack_ (final: the spore is gone).
   void sendLeaving(bool final);
   // The last words: results, then a final Leaving, and a short wait for its acknowledgement.
-  void finishLeaving();
+  void finishLeaving(const std::atomic<int>& stops);
   struct JobRef {
     std::uint8_t attempt = 0;
     std::shared_ptr<std::atomic<bool>> cancel;

@@ -464,7 +464,7 @@ void SporeImpl::sendLeaving(bool final) {
   if (send(e.finish())) toGiveBack_.clear();
 }
 
-void SporeImpl::finishLeaving() {
+void SporeImpl::finishLeaving(const std::atomic<int>& stops) {
   if (running_ > 0) {
     MESH_WARN("stop grace (%.0f s) over: %u running tasks go back to the queue and are stopped here",
               config_.stopGraceMs / 1000.0, running_);
@@ -482,8 +482,17 @@ void SporeImpl::finishLeaving() {
   for (int i = 0; i < 100 && connected_; ++i) {
     std::int64_t left = deadline - clock_.monotonicMs();
     if (left <= 0) break;
+    if (stops.load() >= 2) {
+      MESH_WARN("stopping at once (second signal) without the nexus's answer to this spore's leave");
+      return;
+    }
     zmq::pollitem_t item{dealer_.handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, std::chrono::milliseconds(left));
+    try {
+      zmq::poll(&item, 1, std::chrono::milliseconds(left));
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+      continue;  // a signal: the second one stops the wait above
+    }
     zmq::message_t m;
     while (dealer_.recv(m, zmq::recv_flags::dontwait)) {
       auto d = wire::decode(std::move(m), limits_);

@@ -102,3 +102,22 @@ store_check "$one" 1
 [ "$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $more")" -eq 0 ] ||
   fail "a stopping spore was given a task by the restarted nexus"
 expect_rc 0 mesh cancel "$more"
+
+# 5. A second signal while the spore waits for the nexus's answer to its final leave (the nexus
+# is stopped with SIGSTOP, so no answer comes) stops it at once, not with a crash (the wait's
+# poll was interrupted by the signal and the spore died "fatal: Interrupted system call").
+"$cluster" add-spore "$T/c" slow-4 --tags slow > /dev/null
+slow4=$(pid_of slow-4)
+nexus_pid=$(pid_of nexus)
+kill -STOP "$nexus_pid"
+at_exit="kill -CONT $nexus_pid"
+kill -TERM "$slow4"
+wait_until 5 "slow-4 to start leaving" sh -c "grep -q 'stopping: 0 queued tasks' '$T/c/slow-4.log'"
+kill -TERM "$slow4"
+slow4_gone() { ! kill -0 "$slow4" 2>/dev/null; }
+wait_until 5 "slow-4 to stop at the second signal" slow4_gone
+kill -CONT "$nexus_pid"
+at_exit=""
+grep -q "fatal" "$T/c/slow-4.log" && fail "slow-4 crashed at the second signal: $(tail -3 "$T/c/slow-4.log")"
+grep -q "stopping at once (second signal)" "$T/c/slow-4.log" || fail "slow-4 did not say it stopped at once: $(tail -3 "$T/c/slow-4.log")"
+note "ok"
