@@ -89,6 +89,14 @@ std::string isoTime(std::int64_t ms) {
   return buf;
 }
 
+// At most `max` bytes of `s` for a table column, cut on a UTF-8 boundary, marked with "~" when cut.
+std::string column(std::string s, std::size_t max) {
+  if (s.size() <= max) return s;
+  std::size_t end = max - 1;
+  while (end > 0 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end;
+  return s.substr(0, end) + "~";
+}
+
 // Text for a terminal: printable as is, everything else escaped.
 std::string escaped(std::string_view s) {
   std::string out;
@@ -565,12 +573,15 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     std::printf("limits: payload %" PRIu64 " bytes per task (--max-payload), message %" PRIu64 " bytes (--max-frame)\n",
                 s.getMaxPayloadBytes(), s.getMaxFrameBytes());
   }
-  std::printf("\n%-8s %-12s %-10s %4s %9s %9s %9s %9s %8s  %s\n", "BATCH", "HANDLER", "LABEL", "PRIO", "TOTAL", "OK",
+  std::printf("\n%-8s %-16s %-20s %4s %9s %9s %9s %9s %8s  %s\n", "BATCH", "HANDLER", "LABEL", "PRIO", "TOTAL", "OK",
               "FAILED", "RUNNING", "QUEUED", "STATE");
   for (auto b : s.getBatches()) {
     auto p = b.getProgress();
-    std::printf("%-8" PRIu64 " %-12s %-10s %4u %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %8" PRIu64 "  %s\n",
-                b.getId(), std::string(wire::view(b.getHandler())).c_str(), std::string(wire::view(b.getLabel())).c_str(),
+    std::string label(wire::view(b.getLabel()));
+    // Cut to their columns, as `mesh batches` does, so that a long label keeps the table straight.
+    std::printf("%-8" PRIu64 " %-16s %-20s %4u %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %8" PRIu64 "  %s\n",
+                b.getId(), column(std::string(wire::view(b.getHandler())), 16).c_str(),
+                label.empty() ? "-" : column(escaped(label), 20).c_str(),
                 b.getPriority(), p.getTotal(), p.getSucceeded(), p.getFailed(), p.getRunning(), p.getQueued(),
                 batchState(progressView(p)));
   }
@@ -608,14 +619,6 @@ std::string shortDuration(std::int64_t ms) {
   else if (s < 86400) std::snprintf(buf, sizeof buf, "%" PRId64 "h%02" PRId64 "m", s / 3600, s / 60 % 60);
   else std::snprintf(buf, sizeof buf, "%" PRId64 "d%02" PRId64 "h", s / 86400, s / 3600 % 24);
   return buf;
-}
-
-// At most `max` bytes of `s` for a table column, cut on a UTF-8 boundary, marked with "~" when cut.
-std::string column(std::string s, std::size_t max) {
-  if (s.size() <= max) return s;
-  std::size_t end = max - 1;
-  while (end > 0 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end;
-  return s.substr(0, end) + "~";
 }
 
 std::string shellQuoted(const std::string& s) {

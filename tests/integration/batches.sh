@@ -162,4 +162,12 @@ grep -v "\"batch\":$running," "$T/out" > "$T/after.json"
 diff "$T/before.json" "$T/after.json" > /dev/null || fail "the listing changed at the restart: $(diff "$T/before.json" "$T/after.json")"
 grep -q "{\"batch\":$running,.*\"state\":\"running\"" "$T/out" || fail "the running batch after the restart: $(cat "$T/out")"
 [ "$(ids)" = "$all" ] || fail "after the restart: $(ids)"
+
+note "mesh status keeps its table straight with a long label"
+wait_until 60 "the spores to reconnect" spores_back
+long=$(echo x | mesh submit --handler echo --lines - --label "a label much longer than its column is wide" --wait)
+expect_rc 0 mesh status
+at=$(grep -m1 '^BATCH ' "$T/out" | awk '{ print index($0, "STATE") }')
+row=$(grep "^$long " "$T/out") || fail "batch $long is not in mesh status: $(cat "$T/out")"
+[ "$(awk '{ print index($0, "finished") }' <<< "$row")" -eq "$at" ] || fail "the long label pushed the row out of its columns: $(cat "$T/out")"
 note "ok: $all"
