@@ -275,15 +275,150 @@ void Scheduler::setLeaving(NodeId id) {
   if (Node* n = node(id)) n->leaving = true;
 }
 
-bool Scheduler::giveBack(NodeId id, std::uint64_t task, std::uint8_t attempt, std::int64_t nowWallMs) {
+void Scheduler::setDrained(NodeId id, bool drained) {
+  Node* n = node(id);
+  if (!n || n->drained == drained) return;
+  n->drained = drained;
+  // Batches that waited for it may have left their turn (no eligible node): back in.
+  if (!drained) {
+    for (auto& [bid, b] : batches_) makeActive(*b);
+  }
+}
+
+bool Scheduler::giveBack(NodeId id, std::uint64_t task, std::uint8_t attempt, std::int64_t nowWallMs,
+                         GiveBackWhy why) {
   auto it = tasks_.find(task);
   if (it == tasks_.end()) return false;
   Task& t = *it->second;
   if (t.state != Task::State::kRunning || t.node != id || t.attempts != attempt) return false;
   counters_.add("tasks_handed_back");
-  endAttempt(t, Status::kCrashed, "handed back by spore " + nodeName(id) + " (stopping) before it started", 0, nowWallMs,
-             true, nullptr, false);
+  bool recalled = why == GiveBackWhy::kRecalled;
+  endAttempt(t, Status::kCrashed,
+             "handed back by spore " + nodeName(id) + (recalled ? " (recalled)" : " (stopping)") + " before it started", 0,
+             nowWallMs, true, nullptr, false, recalled ? "recalled" : "node left");
   return true;
+}
+
+std::size_t Scheduler::handBack(NodeId id, const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks,
+                                std::int64_t nowWallMs) {
+  Node* n = node(id);
+  if (!n) return 0;
+  n->recallSentMono = -1;
+  n->recallsIgnored = false;  // it knows recall after all (a slow answer)
+  counters_.add("handbacks");
+  std::size_t back = 0;
+  for (auto [task, attempt] : tasks) {
+    if (giveBack(id, task, attempt, nowWallMs, GiveBackWhy::kRecalled)) {
+      ++back;
+    } else {
+      counters_.add("handback_unheld");
+    }
+  }
+  return back;
+}
+
+std::int64_t Scheduler::overdueUs(const Batch& b) const {
+  if (b.avgTaskUs <= 0) return 0;
+  return std::max<std::int64_t>(config_.overdueMinUs, static_cast<std::int64_t>(config_.overdueFactor * b.avgTaskUs));
+}
+
+bool Scheduler::liveOn(const Node& n, const std::pair<std::uint64_t, std::uint8_t>& entry) const {
+  auto it = tasks_.find(entry.first);
+  if (it == tasks_.end()) return false;
+  const Task& t = *it->second;
+  return t.state == Task::State::kRunning && t.node == n.id && t.attempts == entry.second;
+}
+
+bool Scheduler::roomElsewhere(const Node& n, const Batch& b) const {
+  for (const auto& [id, m] : nodes_) {
+    if (id != n.id && eligible(m, b) && (freeSlots(m) > 0 || credit(m, b) > 0)) return true;
+  }
+  return false;
+}
+
+void Scheduler::collectRecall(Node& n, std::size_t from, bool elsewhere, Recall& r, std::int64_t nowMono) {
+  std::unordered_map<const Batch*, bool> room;  // roomElsewhere, once per batch
+  for (std::size_t at = from; at < n.order.size(); ++at) {
+    if (!liveOn(n, n.order[at])) continue;
+    Task& t = *tasks_.at(n.order[at].first);
+    if (t.recalled) continue;
+    if (elsewhere) {
+      auto known = room.find(t.batch);
+      if (known == room.end()) known = room.emplace(t.batch, roomElsewhere(n, *t.batch)).first;
+      if (!known->second) continue;
+    }
+    t.recalled = true;
+    r.tasks.push_back(n.order[at]);
+  }
+  if (r.tasks.empty()) return;
+  n.recallSentMono = nowMono;
+  counters_.add("recalls_sent");
+  counters_.add("tasks_recalled", r.tasks.size());
+}
+
+RecallCheck Scheduler::recalls(std::int64_t nowMono) {
+  RecallCheck out;
+  for (auto& [id, n] : nodes_) {
+    if (n.recallSentMono >= 0) {
+      if (nowMono - n.recallSentMono < config_.recallAnswerMs) continue;
+      n.recallSentMono = -1;
+      n.recallsIgnored = true;
+      counters_.add("recalls_unanswered");
+      out.unanswered.push_back(id);
+      continue;
+    }
+    if (n.inFlight == 0) {
+      n.order.clear();  // every entry is an ended attempt
+      continue;
+    }
+    if (n.leaving || n.recallsIgnored) continue;
+    while (!n.order.empty() && !liveOn(n, n.order.front())) n.order.pop_front();
+    Recall r;
+    r.node = id;
+    if (n.drained) {
+      r.drain = true;
+      collectRecall(n, 0, false, r, nowMono);
+      if (!r.tasks.empty()) out.recalls.push_back(std::move(r));
+      continue;
+    }
+    if (n.inFlight <= n.info.slots) continue;  // nothing can be waiting behind its running tasks
+    // The node's first `slots` tasks are the ones it can be running: one of them far past its
+    // batch's average counts as long from now on (no prefetch is sized by its slot).
+    std::size_t at = 0, seen = 0;
+    for (; at < n.order.size() && seen < n.info.slots; ++at) {
+      if (!liveOn(n, n.order[at])) continue;
+      ++seen;
+      Task& t = *tasks_.at(n.order[at].first);
+      if (t.frontSinceMono < 0) t.frontSinceMono = nowMono;
+      if (!t.overdue && !t.heldLong) {
+        std::int64_t limit = overdueUs(*t.batch);
+        if (limit > 0 && (nowMono - t.frontSinceMono) * 1000 > limit) {
+          t.overdue = true;
+          t.heldLong = true;
+          ++n.longInFlight;
+          counters_.add("tasks_overdue");
+        }
+      }
+      if (t.overdue && r.longTask == 0) r.longTask = t.id;
+    }
+    // Recall only behind a task that overran (not behind tasks known long when they were given:
+    // nothing was prefetched behind those), and only when long tasks hold every slot: a short
+    // slot still works through what is queued.
+    if (r.longTask == 0 || shortSlots(n) > 0) continue;
+    collectRecall(n, at, true, r, nowMono);
+    if (!r.tasks.empty()) out.recalls.push_back(std::move(r));
+  }
+  return out;
+}
+
+Recall Scheduler::recallDrained(NodeId id, std::int64_t nowMono) {
+  Recall r;
+  r.node = id;
+  r.drain = true;
+  Node* n = node(id);
+  if (!n || !n->drained) return r;
+  collectRecall(*n, 0, false, r, nowMono);
+  return r;
 }
 
 double Scheduler::score(const Node& n) const {
@@ -336,12 +471,26 @@ void Scheduler::hold(Node& n, Task& t) const {
   // changes while it is in flight.
   t.heldLong = isLong(*t.batch);
   if (t.heldLong) ++n.longInFlight;
+  t.recalled = false;
+  t.overdue = false;
+  t.frontSinceMono = -1;
+  n.order.emplace_back(t.id, t.attempts);
+  // When ended attempts outnumber the live ones (and some slack), keep the live ones only: a
+  // pass over the entries once per about as many holds, O(1) per hold amortized.
+  if (n.order.size() > 2 * std::size_t{n.inFlight} + 64) {
+    std::deque<std::pair<std::uint64_t, std::uint8_t>> live;
+    for (const auto& entry : n.order) {
+      if (liveOn(n, entry)) live.push_back(entry);
+    }
+    n.order = std::move(live);
+  }
 }
 
 void Scheduler::release(Node& n, Task& t) {
   if (n.inFlight > 0) --n.inFlight;
   if (t.heldLong && n.longInFlight > 0) --n.longInFlight;
   t.heldLong = false;
+  t.overdue = false;
   auto it = n.inFlightByPriority.find(t.batch->spec.priority);
   if (it != n.inFlightByPriority.end() && --it->second == 0) n.inFlightByPriority.erase(it);
 }
@@ -361,7 +510,9 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
       continue;
     }
     auto it = tasks_.find(tid);
-    if (it == tasks_.end() || it->second->state != Task::State::kQueued || !eligible(*n, *it->second->batch)) {
+    // A drained node still runs (and reports) what it runs: adopted, then recalled if not started.
+    if (it == tasks_.end() || it->second->state != Task::State::kQueued || n->leaving ||
+        !offers(*n, *it->second->batch)) {
       unknown.push_back(tid);
       continue;
     }
@@ -374,6 +525,7 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
     t.node = id;
     if (attempt > t.attempts) t.attempts = attempt;
     if (nowWallMs > 0) t.assignedWallMs = nowWallMs;  // the real assign time went with the connection
+    t.assignedMono = nowMono;
     t.deadlineMono = nowMono + t.batch->spec.timeoutMs + config_.deadlineGraceMs;
     deadlines_.insert({t.deadlineMono, t.id});
     n->running.insert(tid);
@@ -390,7 +542,7 @@ void Scheduler::adoptDone(NodeId id, const std::vector<std::uint64_t>& reported)
   if (!n) return;
   for (auto tid : reported) {
     auto it = tasks_.find(tid);
-    if (it == tasks_.end() || !eligible(*n, *it->second->batch)) continue;
+    if (it == tasks_.end() || n->leaving || !offers(*n, *it->second->batch)) continue;
     addFormerHolder(tid, id, 0);  // assigned before a restart: when is not known
     counters_.add("tasks_done_adopted");
   }
@@ -426,7 +578,10 @@ bool Scheduler::handlerOffered(const std::string& handler) const {
 }
 
 bool Scheduler::eligible(const Node& n, const Batch& b) const {
-  if (n.leaving) return false;
+  return !n.leaving && !n.drained && offers(n, b);
+}
+
+bool Scheduler::offers(const Node& n, const Batch& b) const {
   if (!n.info.handlers.count(b.spec.handler)) return false;
   for (const auto& h : b.spec.alsoNeeds) {
     if (!n.info.handlers.count(h)) return false;
@@ -463,7 +618,7 @@ Node* Scheduler::pickNode(const Batch& b, NodeId avoid, bool prefetch, const std
 std::string Scheduler::explainBlocked(const Batch& b) const {
   if (nodes_.empty()) return "no spore is connected";
   bool handler = false, tags = false, both = false;
-  std::uint64_t slots = 0, busy = 0;
+  std::uint64_t slots = 0, busy = 0, drained = 0, leaving = 0;
   for (const auto& [id, n] : nodes_) {
     bool h = n.info.handlers.count(b.spec.handler) > 0;
     for (const auto& extra : b.spec.alsoNeeds) h = h && n.info.handlers.count(extra) > 0;
@@ -473,8 +628,14 @@ std::string Scheduler::explainBlocked(const Batch& b) const {
     tags = tags || t;
     if (h && t) {
       both = true;
-      slots += n.info.slots;
-      busy += n.inFlight;
+      if (n.drained) {
+        ++drained;
+      } else if (n.leaving) {
+        ++leaving;
+      } else {
+        slots += n.info.slots;
+        busy += n.inFlight;
+      }
     }
   }
   std::string tagList;
@@ -484,6 +645,12 @@ std::string Scheduler::explainBlocked(const Batch& b) const {
   if (!handler) return "no live spore offers handler '" + handlers + "'";
   if (!tags) return "no live spore has tag(s) " + tagList;
   if (!both) return "no live spore has both handler '" + handlers + "' and tag(s) " + tagList;
+  if (slots == 0 && drained > 0) {
+    return "every live spore that can run it is drained (" + std::to_string(drained) + ")" +
+           (leaving ? " or stopping (" + std::to_string(leaving) + ")" : "") +
+           ": `mesh nodes undrain NAME` gives one work again";
+  }
+  if (slots == 0 && leaving > 0) return "every live spore that can run it is stopping (" + std::to_string(leaving) + ")";
   return "waiting for a free slot: eligible spores have " + std::to_string(slots) + " slots and " +
          std::to_string(busy) + " tasks in flight";
 }
@@ -551,6 +718,7 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
           t->node = n->id;
           ++t->attempts;
           t->assignedWallMs = nowWallMs;
+          t->assignedMono = nowMono;
           t->deadlineMono = nowMono + b->spec.timeoutMs + config_.deadlineGraceMs;
           deadlines_.insert({t->deadlineMono, t->id});
           n->running.insert(t->id);
@@ -630,7 +798,8 @@ void Scheduler::finish(Task& t, Status status, std::string output, std::string e
 }
 
 void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std::int64_t nowMono,
-                           std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge) {
+                           std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge,
+                           const char* leftOutcome) {
   NodeId node = t.node;
   std::string nodeLabel = nodeName(node);
   addFormerHolder(t.id, node, t.assignedWallMs);  // its late result still counts
@@ -664,7 +833,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
   a.node = nodeLabel;
   a.assignedMs = t.assignedWallMs;
   a.endedMs = nowWallMs;
-  a.outcome = nodeLost ? (charge ? "node lost" : "node left") : statusName(status);  // left: not its fault (the reason is in error)
+  a.outcome = nodeLost ? (charge ? "node lost" : leftOutcome) : statusName(status);  // left: not its fault (the reason is in error)
   a.error = error;
   a.nodeLost = nodeLost && charge;
   effects_.attempts.push_back(std::move(a));

@@ -33,6 +33,24 @@
 // - A failed attempt is retried with exponential backoff until maxAttempts; a task whose node
 //   dies under it is re-queued at once, and quarantined after `quarantineAfter` such deaths.
 // - First final result wins; anything later for the same task is a counted duplicate.
+// - Recall (recalls(), called every few hundred ms): the tasks a node holds beyond its slots may
+//   wait behind the ones it runs. A task that stays in flight far longer than its batch's
+//   measured average (overdueUs(): over max(overdueMinUs, overdueFactor x the average), 1 s and
+//   20x by default) among the `slots` a node was given first (those it can be running) counts as
+//   long from then on, like a task of a long batch: no prefetch is sized by its slot. The nexus
+//   does not know when a spore starts a task: a task's time runs from the first check that found
+//   it among those first `slots` (so a task that waited in the spore's queue is not taken for
+//   one that ran; a check every 250 ms errs by that much, late). When long
+//   tasks then hold every slot of the node, its other tasks (the ones assigned after those
+//   `slots`) are asked back, those for which another node has room: the spore hands back the
+//   ones it has not started (giveBack, uncharged) and runs the others. A node has at most one
+//   recall outstanding, a task is recalled at most once per attempt, and a node that leaves a
+//   recall unanswered for recallAnswerMs (a spore older than recall) is sent no more. The
+//   nodes' tasks in assignment order are kept per node (Node::order: O(1) per task held,
+//   compacted in amortized O(1)); a check walks, per node, only its first `slots` live tasks,
+//   and its others only when it recalls.
+// - A drained node (setDrained, `mesh nodes drain`) is given nothing; every task it holds is
+//   recalled once (its running ones finish there).
 //
 // Thread rule: owned by the nexus loop thread.
 #pragma once
@@ -76,6 +94,16 @@ struct SchedulerConfig {
   // little, and refilling the slot only when it frees would cost a round trip per task (~1 ms:
   // 5-20 % of 5-20 ms tasks, e.g. the word count's map tasks).
   std::int64_t longTaskUs = 100'000;
+  // A task in flight longer than max(overdueMinUs, overdueFactor x its batch's average) runs far
+  // longer than its batch's tasks do (see recalls()). 20x is far outside the spread of a batch's
+  // task times (the average is a moving one) and the 1 s floor keeps millisecond tasks (the word
+  // count's maps, ~5-20 ms) clear of a stall of the host: a recall costs a round trip and a
+  // re-send, small against a second of waiting.
+  std::int64_t overdueMinUs = 1'000'000;
+  double overdueFactor = 20;
+  // A recall not answered within this long: the node does not know recall (an older spore); it
+  // is sent no more on this connection.
+  std::int64_t recallAnswerMs = 10'000;
   std::int64_t retryBaseMs = 200;
   std::int64_t retryMaxMs = 30000;
   std::uint8_t quarantineAfter = 3;
@@ -128,6 +156,12 @@ struct Task {
   bool heldLong = false;       // counted in its node's longInFlight (decided when it was held)
   NodeId lastNode = kNoNode;   // the node of the last ended attempt
   std::int64_t assignedWallMs = 0;
+  std::int64_t assignedMono = 0;  // when its attempt was held (given or adopted)
+  bool recalled = false;          // its attempt has been recalled (never twice)
+  bool overdue = false;           // found in flight far past its batch's average (then heldLong)
+  // When a recall check first found it among the first `slots` tasks its node holds (the ones
+  // the node can be running), -1 before: the earliest it is taken to have started.
+  std::int64_t frontSinceMono = -1;
   std::int64_t deadlineMono = 0;
   std::int64_t notBeforeMono = 0;
 };
@@ -173,6 +207,25 @@ struct Node {
   std::unordered_set<std::uint64_t> running;
   std::uint64_t done = 0;
   bool leaving = false;  // stopping: it finishes what it runs and is given nothing more
+  bool drained = false;  // `mesh nodes drain`: given nothing, what it holds is recalled
+  // The (task, attempt) it was given, in that order; entries whose attempt has ended are dropped
+  // lazily (at the front, and by a compaction when they outnumber the live ones).
+  std::deque<std::pair<std::uint64_t, std::uint8_t>> order;
+  std::int64_t recallSentMono = -1;  // when its outstanding recall was sent; -1: none
+  bool recallsIgnored = false;       // left a recall unanswered: sent no more
+};
+
+// Tasks (id, attempt) the nexus asks a node to hand back if it has not started them.
+struct Recall {
+  NodeId node = kNoNode;
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> tasks;
+  bool drain = false;          // the node is drained; else long tasks hold its slots
+  std::uint64_t longTask = 0;  // (not drain) a task that runs far longer than its batch's average
+};
+
+struct RecallCheck {
+  std::vector<Recall> recalls;
+  std::vector<NodeId> unanswered;  // nodes that left a recall unanswered (sent no more)
 };
 
 // A task's final result (the nexus writes it to the store).
@@ -274,10 +327,31 @@ class Scheduler {
   void removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why, bool nodeFault = true);
   // The node is stopping: it is given no task from now on (its running ones may still end).
   void setLeaving(NodeId id);
+  // Drains (true) or undrains a node: a drained node is given no task; recalls() asks back what
+  // it holds. Undraining lets batches that waited for it take a turn again.
+  void setDrained(NodeId id, bool drained);
+  // Why a task goes back without charge: its spore stops, or it answers a recall.
+  enum class GiveBackWhy : std::uint8_t { kLeaving, kRecalled };
   // The node hands back a task it holds (attempt `attempt`) and will not start: it goes back to
-  // the front of its queue at once, not charged to the task (an attempt that ended "node left").
-  // False if the task is not running there under that attempt (ended, or re-sent meanwhile).
-  bool giveBack(NodeId id, std::uint64_t task, std::uint8_t attempt, std::int64_t nowWallMs);
+  // the front of its queue at once, not charged to the task (an attempt that ended "node left",
+  // or "recalled"). False if the task is not running there under that attempt (ended, or
+  // re-sent meanwhile).
+  bool giveBack(NodeId id, std::uint64_t task, std::uint8_t attempt, std::int64_t nowWallMs,
+                GiveBackWhy why = GiveBackWhy::kLeaving);
+  // The node answers a recall (any hand-back answers the outstanding one): each task it holds
+  // under that attempt goes back as giveBack(kRecalled) does; any other is counted
+  // (handback_unheld) and changes nothing. Returns how many went back.
+  std::size_t handBack(NodeId id, const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks,
+                       std::int64_t nowWallMs);
+  // The periodic recall check (see the header comment): the recalls to send now (each is
+  // recorded as sent) and the nodes found not answering.
+  RecallCheck recalls(std::int64_t nowMono);
+  // Recalls every task the drained node holds and that was not recalled yet, whether or not
+  // a recall is outstanding (an operator's drain does not wait). Empty tasks: nothing to recall.
+  Recall recallDrained(NodeId id, std::int64_t nowMono);
+  // A task of its batch in flight longer than this (µs) runs far past the batch's average; 0
+  // while the batch has no measured task (then nothing is overdue).
+  std::int64_t overdueUs(const Batch& b) const;
   Node* node(NodeId id);
   const std::map<NodeId, Node>& nodes() const { return nodes_; }
   double score(const Node& n) const;
@@ -349,17 +423,29 @@ class Scheduler {
   // The best node with room for the batch: a free slot (prefetch false) or credit (true), and
   // not in `reserved`.
   Node* pickNode(const Batch& b, NodeId avoid, bool prefetch, const std::set<NodeId>& reserved);
+  // Not leaving, not drained, and offers(n, b).
   bool eligible(const Node& n, const Batch& b) const;
+  // The node has the batch's handlers and tags (whether or not it may be given tasks now).
+  bool offers(const Node& n, const Batch& b) const;
   // nodeLost: the attempt ended because its node went away (re-queue at once, no backoff);
-  // charge: count that loss toward quarantine.
+  // charge: count that loss toward quarantine; leftOutcome: the attempt's outcome when it ended
+  // without charge ("node left", "recalled").
   void endAttempt(Task& t, Status status, const std::string& error, std::int64_t nowMono,
-                  std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge = true);
+                  std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge = true,
+                  const char* leftOutcome = "node left");
   void finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
               std::int64_t startedMs, std::uint64_t durationUs, NodeId node);
   void detachFromNode(Task& t);
   // Counts a task in (hold) or out of (release) the node's in flight, and in its long ones.
   void hold(Node& n, Task& t) const;
   static void release(Node& n, Task& t);
+  // Whether the node's order entry is a live attempt on it.
+  bool liveOn(const Node& n, const std::pair<std::uint64_t, std::uint8_t>& entry) const;
+  // Takes the node's tasks not recalled yet into r (and marks them recalled), from its order
+  // entry `from` on (counted in live ones); with `elsewhere`, only those of batches another node
+  // has room for.
+  void collectRecall(Node& n, std::size_t from, bool elsewhere, Recall& r, std::int64_t nowMono);
+  bool roomElsewhere(const Node& n, const Batch& b) const;
   std::string nodeName(NodeId id) const;
   std::string explainBlocked(const Batch& b) const;
 

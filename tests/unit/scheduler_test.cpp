@@ -924,3 +924,252 @@ TEST_CASE("a reconnecting node cannot adopt a task it is not eligible for") {
   CHECK(unknown == std::vector<std::uint64_t>{100});
   CHECK(s.task(100)->state == Task::State::kQueued);
 }
+
+// ---- recall and drain ---------------------------------------------------------------------------
+
+namespace {
+// Two nodes of one slot; a batch of 12 sleep tasks measured at 1 ms (prefetch 5 per short slot):
+// a holds tasks 1-6 (task 1 first: the one it runs), b holds 7-12 and finishes them at once, so
+// the queue is empty and b has room.
+struct BehindLong {
+  Scheduler s;
+  NodeId a, b;
+  explicit BehindLong(SchedulerConfig c = {}) : s(c) {
+    a = s.addNode(nodeInfo("a", 1));
+    batchOf(s, 1, spec("sleep"), 12, 1).avgTaskUs = 1000;
+    REQUIRE(assignedTo(s.dispatch(0, 0), a) == 6);
+    b = s.addNode(nodeInfo("b", 1));
+    REQUIRE(assignedTo(s.dispatch(0, 0), b) == 6);
+    for (std::uint64_t id = 7; id <= 12; ++id) s.onReport(b, ok(id, 1), 10, 0);
+    REQUIRE(s.batch(1)->queued == 0);
+    // The first check finds task 1 at a's front: its time runs from here (t = 0).
+    REQUIRE(s.recalls(0).recalls.empty());
+  }
+};
+std::vector<std::uint64_t> idsOf(const Recall& r) {
+  std::vector<std::uint64_t> ids;
+  for (auto [id, attempt] : r.tasks) ids.push_back(id);
+  return ids;
+}
+}  // namespace
+
+TEST_CASE("the tasks behind one that runs far past its batch's average are recalled once, then run elsewhere") {
+  BehindLong x;
+  auto& s = x.s;
+  // Under max(1 s, 20 x 1 ms) in flight: nothing.
+  CHECK(s.recalls(999).recalls.empty());
+  CHECK(s.node(x.a)->longInFlight == 0);
+  // Past it: task 1 (the one a can be running) counts as long now, and 2-6 are recalled.
+  auto check = s.recalls(1001);
+  REQUIRE(check.recalls.size() == 1);
+  const Recall& r = check.recalls[0];
+  CHECK(r.node == x.a);
+  CHECK_FALSE(r.drain);
+  CHECK(r.longTask == 1);
+  CHECK(idsOf(r) == std::vector<std::uint64_t>{2, 3, 4, 5, 6});
+  for (auto [id, attempt] : r.tasks) CHECK(attempt == 1);
+  CHECK(s.node(x.a)->longInFlight == 1);
+  CHECK(s.shortSlots(*s.node(x.a)) == 0);
+  CHECK(s.counters().get("recalls_sent") == 1);
+  CHECK(s.counters().get("tasks_recalled") == 5);
+  CHECK(s.counters().get("tasks_overdue") == 1);
+  // One outstanding recall per node.
+  CHECK(s.recalls(1200).recalls.empty());
+  // a hands back 2, 3 and 4 (it had started 5 and 6, say); a task it does not hold and a wrong
+  // attempt re-queue nothing and are counted.
+  CHECK(s.handBack(x.a, {{2, 1}, {3, 1}, {4, 1}, {999, 1}, {5, 2}}, 0) == 3);
+  CHECK(s.counters().get("handback_unheld") == 2);
+  CHECK(s.counters().get("tasks_handed_back") == 3);
+  CHECK(s.task(2)->state == Task::State::kQueued);
+  CHECK(s.task(5)->state == Task::State::kRunning);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.attempts.size() == 3);
+  for (const auto& a : fx.attempts) {
+    CHECK(a.outcome == "recalled");
+    CHECK_FALSE(a.nodeLost);
+  }
+  // Answered, but 5 and 6 were recalled already: not again.
+  CHECK(s.recalls(1300).recalls.empty());
+  // The handed-back ones go to b; a, whose only slot is long, gets nothing.
+  auto as = s.dispatch(1300, 0);
+  CHECK(assignedTo(as, x.a) == 0);
+  CHECK(assignedTo(as, x.b) == 3);
+  // Uncharged: task 2 runs its second attempt, the first one counted as a node that left by no
+  // fault of its own (not toward its attempts or quarantine).
+  CHECK(s.task(2)->attempts == 2);
+  CHECK(s.task(2)->nodesLost == 1);
+  CHECK(s.task(2)->reconnects == 1);
+}
+
+TEST_CASE("no recall while a short slot is left, no other node has room, or the batch is not measured") {
+  SUBCASE("a second slot still works through the queue") {
+    Scheduler s(SchedulerConfig{});
+    NodeId a = s.addNode(nodeInfo("a", 2));
+    batchOf(s, 1, spec("sleep"), 20, 1).avgTaskUs = 1000;
+    REQUIRE(assignedTo(s.dispatch(0, 0), a) == 12);  // 2 slots + 10
+    NodeId b = s.addNode(nodeInfo("b", 1));
+    (void)b;
+    CHECK(s.recalls(0).recalls.empty());  // tasks 1 and 2 at the front
+    // The second slot moves on every 100 ms; task 1 stays.
+    for (std::uint64_t id = 2, t = 100; id <= 8; ++id, t += 100) {
+      s.onReport(a, ok(id, 1), static_cast<std::int64_t>(t), 0);
+      CHECK(s.recalls(static_cast<std::int64_t>(t) + 5).recalls.empty());
+    }
+    // At 1.5 s task 1 counts as long; task 9, assigned at 0 but at the front only from 705 ms on
+    // (it waited in the spore's queue), does not. Its second slot still works: no recall.
+    CHECK(s.recalls(1500).recalls.empty());
+    CHECK(s.node(a)->longInFlight == 1);
+    CHECK(s.counters().get("tasks_overdue") == 1);
+    CHECK(s.task(1)->overdue);
+    CHECK_FALSE(s.task(9)->overdue);
+  }
+  SUBCASE("every other node is full: recalled once one has room") {
+    BehindLong x;
+    auto& s = x.s;
+    batchOf(s, 2, spec("sleep", 0, {}, 3), 20, 100).avgTaskUs = 1000;  // fills b: 1 + 5
+    REQUIRE(assignedTo(s.dispatch(0, 0), x.b) == 6);
+    CHECK(s.recalls(2000).recalls.empty());
+    CHECK(s.counters().get("tasks_overdue") == 1);
+    for (std::uint64_t id = 100; id < 106; ++id) s.onReport(x.b, ok(id, 1), 2000, 0);
+    auto check = s.recalls(2100);
+    REQUIRE(check.recalls.size() == 1);
+    CHECK(idsOf(check.recalls[0]) == std::vector<std::uint64_t>{2, 3, 4, 5, 6});
+  }
+  SUBCASE("tasks of a few ms in flight half a second: no recall (the word count's maps)") {
+    BehindLong x;
+    x.s.batch(1)->avgTaskUs = 20'000;
+    CHECK(x.s.recalls(500).recalls.empty());
+    CHECK(x.s.counters().get("tasks_overdue") == 0);
+  }
+  SUBCASE("20 x the average when that is over 1 s") {
+    BehindLong x;
+    x.s.batch(1)->avgTaskUs = 90'000;  // 1.8 s
+    CHECK(x.s.recalls(1700).recalls.empty());
+    CHECK(x.s.recalls(1900).recalls.size() == 1);
+  }
+  SUBCASE("a task known long when given (an unmeasured batch) is no reason: nothing was prefetched behind it") {
+    Scheduler s(SchedulerConfig{});
+    NodeId a = s.addNode(nodeInfo("a", 1));
+    batchOf(s, 1, spec("sleep"), 1, 1);  // not measured: long
+    REQUIRE(assignedTo(s.dispatch(0, 0), a) == 1);
+    NodeId b = s.addNode(nodeInfo("b", 1));
+    batchOf(s, 2, spec("echo"), 3, 10).avgTaskUs = 1000;
+    CHECK(assignedTo(s.dispatch(0, 0), b) == 3);  // a, whose only slot is long, gets none
+    for (std::uint64_t id = 10; id < 13; ++id) s.onReport(b, ok(id, 1), 0, 0);
+    CHECK(s.recalls(0).recalls.empty());
+    CHECK(s.recalls(100'000).recalls.empty());
+    CHECK(s.counters().get("tasks_overdue") == 0);
+  }
+}
+
+TEST_CASE("a node that leaves a recall unanswered is sent no more, until it answers one") {
+  BehindLong x;
+  auto& s = x.s;
+  REQUIRE(s.recalls(1001).recalls.size() == 1);
+  auto late = s.recalls(1001 + SchedulerConfig{}.recallAnswerMs);
+  CHECK(late.recalls.empty());
+  CHECK(late.unanswered == std::vector<NodeId>{x.a});
+  CHECK(s.counters().get("recalls_unanswered") == 1);
+  CHECK(s.node(x.a)->recallsIgnored);
+  // Even for tasks it is given later (here: the nexus drains it), nothing is sent to it.
+  s.setDrained(x.a, true);
+  CHECK(s.recalls(20'000).recalls.empty());
+  CHECK(s.recalls(40'000).unanswered.empty());  // said once
+  // A late answer: it knows recall after all.
+  CHECK(s.handBack(x.a, {{2, 1}}, 0) == 1);
+  CHECK_FALSE(s.node(x.a)->recallsIgnored);
+}
+
+TEST_CASE("a drained node is given nothing, what it holds is recalled once, and undraining gives it work again") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2, {"gpu"}));
+  NodeId b = s.addNode(nodeInfo("b", 2));
+  Batch& any = batchOf(s, 1, spec("sleep"), 40, 1);
+  any.avgTaskUs = 1000;
+  auto as = s.dispatch(0, 0);
+  std::size_t onA = assignedTo(as, a);
+  REQUIRE(onA == 12);
+  s.setDrained(a, true);
+  Recall r = s.recallDrained(a, 0);
+  CHECK(r.drain);
+  CHECK(r.tasks.size() == onA);
+  CHECK(s.recallDrained(a, 0).tasks.empty());  // never twice
+  CHECK(s.recalls(100).recalls.empty());
+  // It hands back all but the two it runs; they go to b, never to a.
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> back(r.tasks.begin() + 2, r.tasks.end());
+  CHECK(s.handBack(a, back, 0) == onA - 2);
+  for (int round = 0; round < 100 && s.batch(1)->queued > 0; ++round) {
+    auto more = s.dispatch(0, 0);
+    CHECK(assignedTo(more, a) == 0);
+    for (auto id : std::vector<std::uint64_t>(s.node(b)->running.begin(), s.node(b)->running.end())) {
+      s.onReport(b, ok(id, s.task(id)->attempts), 0, 0);
+    }
+  }
+  CHECK(s.batch(1)->queued == 0);
+  CHECK(s.node(a)->inFlight == 2);
+  // A batch only a can run (tag gpu) waits, and says why.
+  batchOf(s, 2, spec("echo", 0, {"gpu"}), 1, 100);
+  CHECK(assignedTo(s.dispatch(0, 0), a) == 0);
+  CHECK(s.whyWaiting(*s.task(100), 0).find("drained") != std::string::npos);
+  // Undrained: it takes it.
+  s.setDrained(a, false);
+  CHECK(assignedTo(s.dispatch(0, 0), a) == 1);
+}
+
+TEST_CASE("a drained node keeps and reports the tasks it adopts after a reconnect; those are recalled") {
+  Scheduler s(SchedulerConfig{});
+  batchOf(s, 1, spec(), 3, 100);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  CHECK(s.adoptRunning(a, {{100, 1}, {101, 1}}, 0).empty());
+  s.setDrained(a, true);
+  auto check = s.recalls(0);
+  REQUIRE(check.recalls.size() == 1);
+  CHECK(check.recalls[0].drain);
+  CHECK(idsOf(check.recalls[0]) == std::vector<std::uint64_t>{100, 101});
+  CHECK(s.handBack(a, {{101, 1}}, 0) == 1);
+  s.onReport(a, ok(100, 1), 0, 0);
+  CHECK(s.takeEffects().finals.size() == 1);
+  CHECK(s.node(a)->inFlight == 0);
+  CHECK(s.dispatch(0, 0).empty());  // nobody else: task 101 and 102 wait
+  CHECK(s.whyWaiting(*s.task(101), 0).find("drained") != std::string::npos);
+}
+
+TEST_CASE("tasks handed back many times are never charged: no quarantine, no failure") {
+  SchedulerConfig c;
+  c.quarantineAfter = 1;
+  Scheduler s(c);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  batchOf(s, 1, spec("sleep", 0, {}, 1), 1, 1);
+  for (int i = 0; i < 10; ++i) {
+    auto as = s.dispatch(0, 0);
+    REQUIRE(assignedTo(as, a) == 1);
+    CHECK(s.handBack(a, {{1, s.task(1)->attempts}}, 0) == 1);
+  }
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 1);
+  s.onReport(a, ok(1, 11), 0, 0);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].status == Status::kOk);
+  CHECK(s.counters().get("tasks_quarantined") == 0);
+}
+
+TEST_CASE("a node's assignment order stays proportional to its tasks in flight") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  batchOf(s, 1, spec("sleep"), 1, 1);  // a long one that stays in flight throughout
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 1);
+  batchOf(s, 2, spec("echo"), 20000, 100).avgTaskUs = 1000;
+  std::size_t most = 0;
+  for (int round = 0; round < 100000 && s.batch(2)->queued > 0; ++round) {
+    s.dispatch(0, 0);
+    const Node& n = *s.node(a);
+    most = std::max(most, n.order.size());
+    CHECK(n.order.size() <= 2 * std::size_t{n.inFlight} + 64);
+    for (auto id : std::vector<std::uint64_t>(n.running.begin(), n.running.end())) {
+      if (id != 1) s.onReport(a, ok(id, 1), 0, 0);
+    }
+  }
+  CHECK(s.batch(2)->queued == 0);
+  CHECK(most <= 2 * (2 + 5) + 64);
+  CHECK(s.node(a)->running.count(1) == 1);
+}
