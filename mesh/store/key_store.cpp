@@ -104,6 +104,33 @@ util::Status KeyStore::revoke(const crypto::PublicKey& key, std::int64_t nowMs) 
   return {};
 }
 
+util::Status KeyStore::setDrained(const std::string& z85, std::optional<std::int64_t> sinceMs) {
+  auto st = db_.prepare("UPDATE keys SET drained_ms = ?2 WHERE public_key = ?1");
+  if (!st) return st.error();
+  st->bindText(1, z85);
+  if (sinceMs) {
+    st->bind(2, *sinceMs);
+  } else {
+    st->bindNull(2);
+  }
+  if (auto s = st->run(); !s) return s;
+  if (db_.changes() == 0) return util::err("no such key: " + z85);
+  return {};
+}
+
+util::Result<std::map<std::string, std::int64_t>> KeyStore::drained() {
+  auto st = db_.prepare("SELECT public_key, drained_ms FROM keys WHERE drained_ms IS NOT NULL");
+  if (!st) return st.error();
+  std::map<std::string, std::int64_t> out;
+  for (;;) {
+    auto row = st->step();
+    if (!row) return row.error();
+    if (!*row) break;
+    out[st->getText(0)] = st->getInt(1);
+  }
+  return out;
+}
+
 util::Result<KeyRecord> KeyStore::resolve(const std::string& text) {
   // A full key or a key file first.
   bool isFile = access(text.c_str(), F_OK) == 0;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,6 +55,11 @@ class KeyStore {
   // Errors when nothing or more than one key matches.
   util::Result<KeyRecord> resolve(const std::string& text);
   util::Result<std::vector<KeyRecord>> list(std::optional<KeyState> state = std::nullopt);
+  // `mesh nodes drain`: marks the key (z85) drained since sinceMs, or not drained (nullopt).
+  // Errors when the table has no such key.
+  util::Status setDrained(const std::string& z85, std::optional<std::int64_t> sinceMs);
+  // The drained keys (z85) and since when.
+  util::Result<std::map<std::string, std::int64_t>> drained();
 
  private:
   Db& db_;

@@ -140,6 +140,11 @@ UPDATE batches SET (kept_succeeded, kept_cancelled, kept_failed) = (
   FROM tasks t JOIN results r ON r.task = t.id WHERE t.batch = batches.id)
 WHERE finished_ms IS NOT NULL AND expired_ms IS NULL;
 )sql";
+// Version 9: `mesh nodes drain`. A node key's drained_ms says since when the spore with that key
+// is drained (given no task until undrained); NULL: not drained.
+const char* kV9 = R"sql(
+ALTER TABLE keys ADD COLUMN drained_ms INTEGER;
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -154,7 +159,7 @@ util::Status migrate(Db& db) {
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
   // Step n brings version n-1 to n, each in its own transaction.
-  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7, kV8};
+  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7, kV8, kV9};
   static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
   for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);

@@ -115,6 +115,52 @@ TEST_CASE("keys move from pending to accepted to revoked") {
   CHECK_FALSE(keys.revoke(crypto::KeyPair::generate().publicKey, 15).ok());
 }
 
+TEST_CASE("a node key stays drained until undrained, across a reopen, and accepting it again keeps that") {
+  TempDb t;
+  auto k = crypto::KeyPair::generate();
+  auto other = crypto::KeyPair::generate();
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    KeyStore keys(*db);
+    REQUIRE(keys.accept(k.publicKey, Role::kNode, "", 10).ok());
+    REQUIRE(keys.accept(other.publicKey, Role::kNode, "", 10).ok());
+    CHECK(keys.drained()->empty());
+    REQUIRE(keys.setDrained(k.publicKey.z85(), 42).ok());
+    CHECK_FALSE(keys.setDrained(crypto::KeyPair::generate().publicKey.z85(), 43).ok());  // no such key
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  KeyStore keys(*db);
+  CHECK(*keys.drained() == std::map<std::string, std::int64_t>{{k.publicKey.z85(), 42}});
+  REQUIRE(keys.accept(k.publicKey, Role::kNode, "again", 11).ok());
+  CHECK(keys.drained()->size() == 1);
+  REQUIRE(keys.setDrained(k.publicKey.z85(), std::nullopt).ok());
+  CHECK(keys.drained()->empty());
+}
+
+void dropVersion9(Db& db);  // below, with the other steps back
+
+TEST_CASE("a version 8 database learns which node keys are drained (none)") {
+  TempDb t;
+  auto k = crypto::KeyPair::generate();
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    KeyStore keys(*db);
+    REQUIRE(keys.accept(k.publicKey, Role::kNode, "", 10).ok());
+    dropVersion9(*db);
+    REQUIRE(db->exec("PRAGMA user_version = 8").ok());
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  KeyStore keys(*db);
+  CHECK(keys.drained()->empty());
+  REQUIRE(keys.setDrained(k.publicKey.z85(), 5).ok());
+  CHECK(keys.drained()->size() == 1);
+  CHECK((*keys.find(k.publicKey))->state == KeyState::kAccepted);
+}
+
 TEST_CASE("at most KeyStore::kMaxPending keys stay pending; accepted ones are never trimmed") {
   TempDb t;
   auto db = Db::open(t.path);
@@ -657,8 +703,13 @@ TEST_CASE("the writer deletes payload segments that no unfinished batch needs") 
   }
 }
 
-// Takes a database back to schema version 6: drops what version 7 (`mesh retry`) added.
+// Takes a database back to schema version 8: drops what version 9 (`mesh nodes drain`) added.
+void dropVersion9(Db& db) { REQUIRE(db.exec("ALTER TABLE keys DROP COLUMN drained_ms").ok()); }
+
+// Takes a database back to schema version 6: drops what versions 7 (`mesh retry`) and later added
+// (version 8 added no column).
 void dropVersion7(Db& db) {
+  dropVersion9(db);
   REQUIRE(db.exec("ALTER TABLE batches DROP COLUMN retry_of").ok());
   REQUIRE(db.exec("ALTER TABLE tasks DROP COLUMN retry_of_task").ok());
   REQUIRE(db.exec("ALTER TABLE tasks DROP COLUMN retry_of_idx").ok());
@@ -1449,6 +1500,7 @@ TEST_CASE("a version 7 database gets the final counts of its finished batches at
                      "DELETE FROM tasks WHERE id IN (300, 301)").ok());
     // As version 7 left them: no counts until a batch expired.
     REQUIRE(db->exec("UPDATE batches SET kept_succeeded = 0, kept_failed = 0, kept_cancelled = 0 WHERE id IN (1, 2)").ok());
+    dropVersion9(*db);
     REQUIRE(db->exec("PRAGMA user_version = 7").ok());
   }
   auto db = Db::open(t.path);
