@@ -57,6 +57,11 @@ struct Envelope {
     taskAtRequest @37 :TaskRef;  # client -> nexus: `mesh task BATCH:INDEX` (batch and index set); reply taskReply
     batchesRequest @38 :BatchesRequest;  # client -> nexus: `mesh batches`, a page of the stored batches
     batchesReply @39 :BatchesReply;
+    # ---- recall and drain (docs/protocol.md section 4.20) -----------------------------------
+    recall @40 :TaskAttempts;    # nexus -> spore: hand these back if you have not started them
+    handBack @41 :TaskAttempts;  # spore -> nexus: these were not started and will not be (may be empty)
+    drainRequest @42 :DrainRequest;  # client -> nexus (admin): `mesh nodes drain|undrain`
+    drainAck @43 :DrainAck;
   }
 }
 
@@ -104,6 +109,12 @@ struct Leaving {
                                # task it has not reported a result for goes back to the queue
   giveBack @2 :List(UInt64);   # tasks it holds and will not start: back to the queue now
   giveBackAttempts @3 :List(UInt8);  # the attempt of each task in giveBack
+}
+
+# Tasks by id, each with the attempt it is under (the lists have the same length).
+struct TaskAttempts {
+  ids @0 :List(UInt64);
+  attempts @1 :List(UInt8);
 }
 
 struct Welcome {
@@ -351,6 +362,8 @@ struct NodeInfo {
   softwareVersion @15 :Text;
   handlers @16 :List(Text);
   leaving @17 :Bool;           # stopping: it finishes what it runs and takes no new task
+  drained @18 :Bool;           # drained (`mesh nodes drain`): takes no new task; with inFlight 0
+                               # it holds none (drained), else its running ones finish (draining)
 }
 
 struct NodesReply {
@@ -408,6 +421,24 @@ struct RetryAck {
   count @2 :UInt64;
   retried @3 :UInt64;          # the original batch
   warning @4 :Text;            # as SubmitAck.warning
+}
+
+# `mesh nodes drain|undrain NODE` (admin key). A drained spore gets no new task, and the nexus
+# recalls the tasks it holds and has not started; running ones finish. Kept by the spore's key
+# across its reconnects and nexus restarts until undrained. docs/protocol.md section 4.20.
+struct DrainRequest {
+  node @0 :Text;               # a connected spore's name, or the fingerprint (or z85 key) of a node key
+  drain @1 :Bool;              # true: drain; false: undrain
+}
+
+struct DrainAck {
+  name @0 :Text;               # the spore's name (empty when it is not connected)
+  fingerprint @1 :Text;
+  drained @2 :Bool;            # the state now
+  changed @3 :Bool;            # false: it was already in that state
+  connected @4 :Bool;
+  inFlight @5 :UInt32;         # tasks it holds now (counted by the nexus)
+  recalled @6 :UInt32;         # of which the nexus has just asked back (the spore returns those not started)
 }
 
 # ---- events port -----------------------------------------------------------------------------

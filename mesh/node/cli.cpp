@@ -750,6 +750,11 @@ int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   for (auto n : nodes) {
     std::string tags;
     for (auto t : n.getTags()) tags += (tags.empty() ? "" : ",") + std::string(wire::view(t));
+    // stopping (leaving), draining (drained, tasks still in flight), drained (none), or active.
+    const char* state = n.getLeaving()                         ? "stopping"
+                        : n.getDrained() && n.getInFlight() > 0 ? "draining"
+                        : n.getDrained()                        ? "drained"
+                                                                : "active";
     if (cmd.client.json) {
       std::string handlers;
       for (auto h : n.getHandlers()) handlers += std::string(handlers.empty() ? "" : ",") + util::jsonString(wire::view(h));
@@ -758,21 +763,64 @@ int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
       std::printf("{\"name\":%s,\"fingerprint\":%s,\"key\":%s,\"address\":%s,\"found_by\":%s,\"slots\":%u,"
                   "\"in_flight\":%u,\"cpu_pct\":%s,\"mem_pct\":%s,\"score\":%s,\"tasks_done\":%" PRIu64
                   ",\"last_heartbeat_ms_ago\":%" PRIu64 ",\"connected_ms\":%" PRId64 ",\"version\":%s,\"tags\":[%s],\"handlers\":[%s],"
-                  "\"leaving\":%s}\n",
+                  "\"leaving\":%s,\"drained\":%s,\"state\":\"%s\"}\n",
                   util::jsonString(wire::view(n.getName())).c_str(), util::jsonString(wire::view(n.getFingerprint())).c_str(),
                   util::jsonString(wire::view(n.getKey())).c_str(), util::jsonString(wire::view(n.getAddress())).c_str(),
                   util::jsonString(wire::view(n.getFoundBy())).c_str(), n.getSlots(), n.getInFlight(),
                   util::jsonNumber(n.getCpuPct(), 1).c_str(), util::jsonNumber(n.getMemPct(), 1).c_str(),
                   util::jsonNumber(n.getScore(), 3).c_str(), n.getTasksDone(), n.getLastBeatMsAgo(), n.getConnectedMs(),
                   util::jsonString(wire::view(n.getSoftwareVersion())).c_str(), tagsJson.c_str(), handlers.c_str(),
-                  n.getLeaving() ? "true" : "false");
+                  n.getLeaving() ? "true" : "false", n.getDrained() ? "true" : "false", state);
     } else {
       std::printf("%-16s %-19s %-22s %-6s %5u %6u %5.1f %5.1f %6.3f %8" PRIu64 " %5" PRIu64 "ms  %s\n",
                   std::string(wire::view(n.getName())).c_str(), std::string(wire::view(n.getFingerprint())).c_str(),
                   std::string(wire::view(n.getAddress())).c_str(), std::string(wire::view(n.getFoundBy())).c_str(),
                   n.getSlots(), n.getInFlight(), n.getCpuPct(), n.getMemPct(), n.getScore(), n.getTasksDone(),
-                  n.getLastBeatMsAgo(), (tags + (n.getLeaving() ? (tags.empty() ? "(stopping)" : " (stopping)") : "")).c_str());
+                  n.getLastBeatMsAgo(),
+                  (tags + (std::strcmp(state, "active") == 0 ? "" : (tags.empty() ? "(" : " (") + std::string(state) + ")"))
+                      .c_str());
     }
+  }
+  return 0;
+}
+
+// `mesh nodes drain|undrain NODE`: NODE is a spore's name or fingerprint (admin key).
+int drainCommand(zmq::context_t& ctx, const CliCommand& cmd) {
+  const bool drain = cmd.args[0] == "drain";
+  if (cmd.args.size() != 2) {
+    return usageError("`mesh nodes " + cmd.args[0] + "` takes one spore: its name or fingerprint (`mesh nodes` lists them)");
+  }
+  auto client = connectClient(ctx, cmd);
+  if (!client) return fail(client.error());
+  wire::Encoder e;
+  auto req = e.body().initDrainRequest();
+  req.setNode(cmd.args[1]);
+  req.setDrain(drain);
+  auto reply = (*client)->call(e);
+  if (!reply) return fail(reply.error());
+  if (reply->which() != proto::Envelope::Body::DRAIN_ACK) return fail(util::err("unexpected reply to a drain request", kExitFailed));
+  auto ack = reply->envelope().getBody().getDrainAck();
+  std::string name(wire::view(ack.getName())), fp(wire::view(ack.getFingerprint()));
+  if (cmd.client.json) {
+    std::printf("{\"name\":%s,\"fingerprint\":%s,\"drained\":%s,\"changed\":%s,\"connected\":%s,\"in_flight\":%u,"
+                "\"recalled\":%u}\n",
+                name.empty() ? "null" : util::jsonString(name).c_str(), util::jsonString(fp).c_str(),
+                ack.getDrained() ? "true" : "false", ack.getChanged() ? "true" : "false",
+                ack.getConnected() ? "true" : "false", ack.getInFlight(), ack.getRecalled());
+    return 0;
+  }
+  std::string who = name.empty() ? fp : escaped(name) + " (" + fp + ")";
+  if (!ack.getChanged()) {
+    std::printf("%s was already %s\n", who.c_str(), drain ? "drained" : "not drained");
+  } else if (!drain) {
+    std::printf("%s undrained: it is given tasks again\n", who.c_str());
+  } else if (!ack.getConnected()) {
+    std::printf("%s drained: it is not connected; it gets no task when it comes back (until `mesh nodes undrain`)\n",
+                who.c_str());
+  } else {
+    std::printf("%s drained: it gets no new task; %u in flight, %u of them recalled (those not started come back; "
+                "running ones finish there). `mesh nodes` shows it drained once it holds none\n",
+                who.c_str(), ack.getInFlight(), ack.getRecalled());
   }
   return 0;
 }
@@ -1271,6 +1319,10 @@ int bundlesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
 
 int runCli(const config::CliCommand& cmd) {
   const std::string& verb = cmd.words[0];
+  if (verb == "nodes" && !cmd.args.empty() && (cmd.args[0] == "drain" || cmd.args[0] == "undrain")) {
+    auto ctx = transport::makeContext();
+    return drainCommand(ctx, cmd);
+  }
   if ((verb == "status" || verb == "nodes" || verb == "bundles" || verb == "batches") && !cmd.args.empty()) {
     return usageError("`mesh " + verb + "` takes no arguments, not '" + cmd.args[0] + "'");
   }

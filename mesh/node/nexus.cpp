@@ -67,6 +67,10 @@ util::Status NexusImpl::start() {
 util::Status NexusImpl::openKeys() {
   keys_ = std::make_unique<store::KeyStore>(readDb_);
   if (auto s = reloadKeys(); !s) return s;
+  auto drained = keys_->drained();
+  if (!drained) return drained.error();
+  drained_ = std::move(*drained);
+  if (!drained_.empty()) MESH_INFO("%zu spores are drained (`mesh nodes` shows them once connected)", drained_.size());
   // The ZAP thread brings its own connection (a Db belongs to one thread).
   struct ZapState {
     std::string path;

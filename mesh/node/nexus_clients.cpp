@@ -76,6 +76,9 @@ void NexusImpl::serveClient(const std::string& routingId, const std::string& key
     case Which::RETRY:
       onRetry(routingId, key, requestId, b.getRetry());
       break;
+    case Which::DRAIN_REQUEST:
+      onDrain(routingId, key, requestId, b.getDrainRequest());
+      break;
     default:
       counters_.add("unknown_messages");
       replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
@@ -585,6 +588,7 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   counters["tasks_expired"] = expiry.tasks;
   counters["expiry_errors"] = expiry.errors;
   counters["tasks_in_memory"] = scheduler_.tasksInMemory();
+  counters["nodes_drained"] = drained_.size();
   auto cl = s.initCounters(static_cast<unsigned>(counters.size()));
   unsigned i = 0;
   for (const auto& [k, v] : counters) {
@@ -626,6 +630,7 @@ void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
       out.setScore(static_cast<float>(scheduler_.score(*n)));
       out.setTasksDone(n->done);
       out.setLeaving(n->leaving);
+      out.setDrained(n->drained);
     }
   }
   sendTo(clientSocket_, routingId, e.finish());
@@ -699,6 +704,113 @@ void NexusImpl::onBatches(const std::string& routingId, const std::string& key, 
     if (live) fillProgress(out.initProgress(), rec.id, *live);
     else fillStoredProgress(out.initProgress(), rec);
   }
+  sendTo(clientSocket_, routingId, e.finish());
+}
+
+// `mesh nodes drain|undrain NODE` (admin): NODE is a connected spore's name, or the fingerprint
+// (at least 4 hex digits) or z85 key of an accepted node key, connected or not. The state is
+// stored by the key first (keys.drained_ms), then applied: a drained spore is given nothing and
+// what it holds is recalled now (it hands back what it has not started).
+void NexusImpl::onDrain(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+                        proto::DrainRequest::Reader req) {
+  const bool drain = req.getDrain();
+  const char* verb = drain ? "drain" : "undrain";
+  auto role = roleOf(key);
+  if (!role || *role != store::Role::kAdmin) {
+    counters_.add("drains_forbidden");
+    replyError(routingId, requestId, proto::Error::Code::FORBIDDEN,
+               std::string(drain ? "draining" : "undraining") + " a spore needs an admin key (mesh keys accept FP --role admin)");
+    return;
+  }
+  std::string text(wire::view(req.getNode()));
+  if (text.empty() || text.size() > 128) {
+    replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+               "name the spore to " + std::string(verb) + " by its name or fingerprint (`mesh nodes` lists them)");
+    return;
+  }
+  // A connected spore by name first, then a node key by fingerprint (prefix) or whole key.
+  std::vector<const NodeConn*> named;
+  for (const auto& [rid, c] : conns_) {
+    if (c.name == text) named.push_back(&c);
+  }
+  if (named.size() > 1) {
+    replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+               std::to_string(named.size()) + " spores are named '" + bundle::printable(text, 128) +
+                   "': give the fingerprint of one (`mesh nodes` lists them)");
+    return;
+  }
+  std::string target = named.empty() ? std::string() : named[0]->key;
+  if (target.empty()) {
+    std::string want = crypto::normalizeFingerprint(text);
+    std::vector<std::string> matches;
+    for (const auto& [k, r] : accepted_) {
+      if (r != store::Role::kNode) continue;
+      if (k == text || (want.size() >= 4 && crypto::normalizeFingerprint(fingerprintOf(k)).rfind(want, 0) == 0)) {
+        matches.push_back(k);
+      }
+    }
+    if (matches.size() > 1) {
+      replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+                 "'" + bundle::printable(text, 128) + "' matches " + std::to_string(matches.size()) +
+                     " node keys: give more digits of the fingerprint");
+      return;
+    }
+    if (matches.empty()) {
+      replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+                 "no connected spore is named '" + bundle::printable(text, 128) +
+                     "' and no accepted node key has that fingerprint: see `mesh nodes` and `mesh keys list`");
+      return;
+    }
+    target = matches[0];
+  }
+  const std::int64_t now = clock_.wallMs();
+  const bool was = drained_.count(target) > 0;
+  if (was != drain) {
+    if (auto s = keys_->setDrained(target, drain ? std::optional<std::int64_t>(now) : std::nullopt); !s) {
+      counters_.add("store_errors");
+      MESH_ERROR("could not store the %s of node key %s: %s", verb, fingerprintOf(target).c_str(),
+                 s.error().message.c_str());
+      replyError(routingId, requestId, proto::Error::Code::INTERNAL,
+                 std::string("the nexus could not store the ") + verb + " (see its log); nothing changed: try again");
+      return;
+    }
+    if (drain) {
+      drained_[target] = now;
+    } else {
+      drained_.erase(target);
+    }
+    counters_.add(drain ? "drains" : "undrains");
+  }
+  const NodeConn* conn = nullptr;
+  for (const auto& [rid, c] : conns_) {
+    if (c.key == target) conn = &c;
+  }
+  std::uint32_t inFlight = 0;
+  std::size_t recalled = 0;
+  if (conn) {
+    scheduler_.setDrained(conn->id, drain);
+    if (drain) {
+      auto r = scheduler_.recallDrained(conn->id, clock_.monotonicMs());
+      recalled = r.tasks.size();
+      sendRecall(r);
+    }
+    if (const routing::Node* n = scheduler_.node(conn->id)) inFlight = n->inFlight;
+  }
+  std::string who = conn ? conn->name + " (" + conn->fingerprint + ")" : fingerprintOf(target) + " (not connected)";
+  if (was != drain) {
+    MESH_INFO("node %s %s by %s: %s", who.c_str(), drain ? "drained" : "undrained", fingerprintOf(key).c_str(),
+              drain ? "it is given no task; what it has not started comes back, its running tasks finish there"
+                    : "it is given tasks again");
+  }
+  wire::Encoder e(requestId, 64);
+  auto ack = e.body().initDrainAck();
+  ack.setName(conn ? conn->name : "");
+  ack.setFingerprint(fingerprintOf(target));
+  ack.setDrained(drain);
+  ack.setChanged(was != drain);
+  ack.setConnected(conn != nullptr);
+  ack.setInFlight(inFlight);
+  ack.setRecalled(static_cast<std::uint32_t>(recalled));
   sendTo(clientSocket_, routingId, e.finish());
 }
 

@@ -62,6 +62,8 @@ constexpr std::size_t kAssignFrameBytes = 8u << 20;
 constexpr std::uint32_t kMaxTasksPerSubmit = 1'000'000;
 constexpr std::int64_t kProgressEveryMs = 250;
 constexpr std::int64_t kKeyCheckEveryMs = 1000;
+constexpr std::int64_t kRecallCheckEveryMs = 250;  // Scheduler::recalls (docs/protocol.md section 4.20)
+constexpr std::size_t kHandBackMax = 65536;        // ids in one handBack (more: refused as malformed)
 constexpr std::size_t kBundleChunkMax = 1u << 20;      // largest upload chunk and fetch reply
 constexpr std::uint64_t kFetchSlackBytes = 16u << 20;  // bundle bytes served past a spore's progress (onBundleFetch)
 constexpr std::uint64_t kFetchRestarts = 8;            // fetches of one bundle started again lower, per connection
@@ -306,6 +308,14 @@ class NexusImpl {
   std::optional<std::string> readHello(proto::Hello::Reader hello, HelloFields& out);
   void onResults(routing::NodeId from, proto::Results::Reader results);
   void onLeaving(NodeConn& conn, proto::Leaving::Reader leaving);
+  void onHandBack(NodeConn& conn, proto::TaskAttempts::Reader handBack);
+  // The periodic recall check: sends what Scheduler::recalls() decides, logs the nodes that
+  // left a recall unanswered.
+  void checkRecalls();
+  // Sends one recall to its node and logs it (one line).
+  void sendRecall(const routing::Recall& r);
+  void onDrain(const std::string& routingId, const std::string& key, std::uint64_t requestId,
+               proto::DrainRequest::Reader req);
   void onClientMessage(const std::string& routingId, zmq::message_t& body);
   void serveClient(const std::string& routingId, const std::string& key, std::uint64_t requestId,
                    wire::Decoded decoded);
@@ -435,7 +445,9 @@ class NexusImpl {
   std::map<std::uint64_t, TicketInfo> tickets_;
 
   std::int64_t startedMono_ = 0;
-  std::int64_t nextHeartbeat_ = 0, nextProgress_ = 0, nextKeyCheck_ = 0;
+  std::int64_t nextHeartbeat_ = 0, nextProgress_ = 0, nextKeyCheck_ = 0, nextRecallCheck_ = 0;
+  // Drained node keys (z85) and since when (wall ms), as the store keeps them (keys.drained_ms).
+  std::map<std::string, std::int64_t> drained_;
 
   // Signed bundles (docs/bundles.md): trusted release keys, the version ledger (the same check 4
   // a spore runs), the stored bundles, publishes in progress and what the spores reported.

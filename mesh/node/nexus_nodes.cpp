@@ -79,6 +79,9 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
     case Which::LEAVING:
       onLeaving(conn, bodyReader.getLeaving());
       break;
+    case Which::HAND_BACK:
+      onHandBack(conn, bodyReader.getHandBack());
+      break;
     case Which::BUNDLE_FETCH:
       onBundleFetch(conn, env.getRequestId(), bodyReader.getBundleFetch());
       break;
@@ -252,8 +255,13 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
   auto& stored = conns_[routingId] = std::move(conn);
   auto unknown = scheduler_.adoptRunning(stored.id, f.running, clock_.monotonicMs(), clock_.wallMs());
   scheduler_.adoptDone(stored.id, f.done);
-  MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there", f.name.c_str(),
-            stored.fingerprint.c_str(), stored.slots, stored.handlers.size(), f.running.size() - unknown.size());
+  // Drained by its key (before a reconnect or a nexus restart): it finishes what it runs, is
+  // given nothing, and the next recall check asks back what it has not started.
+  bool drained = drained_.count(key) > 0;
+  if (drained) scheduler_.setDrained(stored.id, true);
+  MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there%s", f.name.c_str(),
+            stored.fingerprint.c_str(), stored.slots, stored.handlers.size(), f.running.size() - unknown.size(),
+            drained ? "; it is drained (`mesh nodes undrain` gives it work again)" : "");
   sendWelcome(routingId);
   if (!unknown.empty()) {
     wire::Encoder cancel(0, 64 + unknown.size());
@@ -316,6 +324,85 @@ void NexusImpl::onLeaving(NodeConn& conn, proto::Leaving::Reader leaving) {
   wire::Encoder ack(0, 16);
   ack.body().setLeftAck();
   sendTo(nodeSocket_, routingId, ack.finish());
+}
+
+// A spore's answer to a recall: the recalled tasks it had not started, back to the queue
+// uncharged (as a stopping spore's). Tasks it does not hold under those attempts change nothing
+// and are counted (handback_unheld); a malformed one is dropped and counted (bad_handbacks).
+void NexusImpl::onHandBack(NodeConn& conn, proto::TaskAttempts::Reader handBack) {
+  auto ids = handBack.getIds();
+  auto attempts = handBack.getAttempts();
+  if (attempts.size() != ids.size() || ids.size() > kHandBackMax) {
+    counters_.add("bad_handbacks");
+    if (auto held = nodeLog_.admit("bad_handback")) {
+      MESH_WARN("dropped a hand-back from node %s: %u tasks and %u attempts (equal, at most %zu)%s", conn.name.c_str(),
+                ids.size(), attempts.size(), kHandBackMax, util::heldBack(*held).c_str());
+    }
+    return;
+  }
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> tasks;
+  tasks.reserve(ids.size());
+  for (unsigned i = 0; i < ids.size(); ++i) tasks.emplace_back(ids[i], attempts[i]);
+  const std::uint64_t unheldBefore = scheduler_.counters().get("handback_unheld");
+  std::size_t back = scheduler_.handBack(conn.id, tasks, clock_.wallMs());
+  auto unheld = scheduler_.counters().get("handback_unheld") - unheldBefore;
+  if (back > 0) MESH_INFO("node %s handed back %zu recalled tasks it had not started", conn.name.c_str(), back);
+  if (unheld > 0) {
+    if (auto held = nodeLog_.admit("handback_unheld")) {
+      MESH_WARN("node %s handed back %llu tasks it does not hold (ended, re-sent, or never its own): ignored%s",
+                conn.name.c_str(), static_cast<unsigned long long>(unheld), util::heldBack(*held).c_str());
+    }
+  }
+}
+
+void NexusImpl::checkRecalls() {
+  auto check = scheduler_.recalls(clock_.monotonicMs());
+  for (auto id : check.unanswered) {
+    auto r = nodeRoute_.find(id);
+    auto c = r == nodeRoute_.end() ? conns_.end() : conns_.find(r->second);
+    MESH_WARN("node %s did not answer a recall within %lld ms (a spore older than recall?): it is sent no more "
+              "recalls; what it holds runs there",
+              c == conns_.end() ? "?" : c->second.name.c_str(),
+              static_cast<long long>(scheduler_.config().recallAnswerMs));
+  }
+  for (const auto& r : check.recalls) sendRecall(r);
+}
+
+void NexusImpl::sendRecall(const routing::Recall& r) {
+  auto route = nodeRoute_.find(r.node);
+  if (route == nodeRoute_.end() || r.tasks.empty()) return;
+  auto c = conns_.find(route->second);
+  std::string name = c == conns_.end() ? "?" : c->second.name;
+  wire::Encoder e(0, static_cast<unsigned>(64 + r.tasks.size() * 2));
+  auto body = e.body().initRecall();
+  auto ids = body.initIds(static_cast<unsigned>(r.tasks.size()));
+  auto attempts = body.initAttempts(static_cast<unsigned>(r.tasks.size()));
+  for (unsigned i = 0; i < r.tasks.size(); ++i) {
+    ids.set(i, r.tasks[i].first);
+    attempts.set(i, r.tasks[i].second);
+  }
+  if (!sendTo(nodeSocket_, route->second, e.finish())) {
+    // The node is gone (its tasks go back when it is dropped): nothing to wait for.
+    counters_.add("recalls_unsent");
+    if (routing::Node* n = scheduler_.node(r.node)) n->recallSentMono = -1;
+    return;
+  }
+  if (r.drain) {
+    MESH_INFO("recalled %zu tasks from node %s (drained): it hands back those it has not started; its running ones "
+              "finish there",
+              r.tasks.size(), name.c_str());
+    return;
+  }
+  const routing::Task* t = scheduler_.task(r.longTask);
+  std::string why = t ? "task " + std::to_string(t->id) + " of batch " + std::to_string(t->batch->id) +
+                            " has been in flight there for " +
+                            std::to_string((clock_.monotonicMs() - t->assignedMono) / 1000) +
+                            " s, far past its batch's average of " +
+                            std::to_string(static_cast<long long>(t->batch->avgTaskUs / 1000)) + " ms"
+                      : "its slots are held by tasks that overran";
+  MESH_INFO("recalled %zu tasks from node %s, which may wait there behind long tasks (%s): it hands back those it "
+            "has not started",
+            r.tasks.size(), name.c_str(), why.c_str());
 }
 
 void NexusImpl::dropNode(routing::NodeId id, const std::string& why, bool nodeFault) {

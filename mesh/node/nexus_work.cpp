@@ -464,6 +464,10 @@ void NexusImpl::timers() {
       ++it;
     }
   }
+  if (now >= nextRecallCheck_) {
+    nextRecallCheck_ = now + kRecallCheckEveryMs;
+    checkRecalls();
+  }
   if (now >= nextKeyCheck_) {
     nextKeyCheck_ = now + kKeyCheckEveryMs;
     if (auto s = reloadKeys(); !s) MESH_WARN("reloading keys failed: %s", s.error().message.c_str());

@@ -244,6 +244,9 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
     case Which::CANCEL_TASKS:
       onCancel(body.getCancelTasks());
       break;
+    case Which::RECALL:
+      onRecall(body.getRecall());
+      break;
     case Which::ERROR: {
       auto e = body.getError();
       std::string message(wire::view(e.getMessage()));

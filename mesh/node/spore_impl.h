@@ -222,6 +222,10 @@ class SporeImpl {
   void onNexusMessage(zmq::message_t& frame);
   void onAssign(proto::Assign::Reader assign);
   void onCancel(proto::CancelTasks::Reader cancel);
+  // The nexus asks back tasks it sent (docs/protocol.md section 4.20): those queued here (or in
+  // a worker's run, not started) go back in a handBack; the others run as usual.
+  void onRecall(proto::TaskAttempts::Reader asked);
+  void sendHandBack(const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks);
   void onWorker(unsigned index, zmq::message_t& frame);
   void onDone(Done&& d);
   // Runs one job in the calling thread (a worker's, or the loop's for instant built-ins).
@@ -304,6 +308,9 @@ class SporeImpl {
   // Asks worker w for the jobs of its run it has not started (they come back in its next report).
   void recall(unsigned w);
   void takeBack(std::vector<Job>&& returned);
+  // Tasks (id -> attempt) the nexus recalled that may still be in a worker's run, not started:
+  // handed back if the run comes back with them; forgotten once no recalled run is out.
+  std::unordered_map<std::uint64_t, std::uint8_t> recallWanted_;
   routing::RunQueue<Job> queue_;  // not started, not in a worker's run
   std::unordered_map<std::string, std::uint32_t> slowLeft_;  // handler -> tasks it stays slow for
   bool isSlow(const Job& job) const { return slowLeft_.count(job.handler) > 0; }

@@ -222,6 +222,70 @@ void SporeImpl::onCancel(proto::CancelTasks::Reader cancel) {
   });
 }
 
+void SporeImpl::onRecall(proto::TaskAttempts::Reader asked) {
+  auto ids = asked.getIds();
+  auto attempts = asked.getAttempts();
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> back;
+  if (ids.size() != attempts.size()) {
+    counters_.add("bad_recalls");
+    MESH_WARN("the nexus recalled %u tasks with %u attempts: answered with none", ids.size(), attempts.size());
+    sendHandBack(back);  // an answer all the same: the nexus waits for one
+    return;
+  }
+  counters_.add("recalls");
+  if (leaving_) {
+    // Everything not started goes back with the leaving messages already.
+    sendHandBack(back);
+    return;
+  }
+  // The tasks the nexus wants under the attempt this spore holds them for (a task re-sent
+  // under a newer attempt is the nexus's only under that one).
+  std::unordered_map<std::uint64_t, std::uint8_t> wanted;
+  for (unsigned i = 0; i < ids.size(); ++i) {
+    auto held = jobs_.find(ids[i]);
+    if (held != jobs_.end() && held->second.attempt == attempts[i] && !held->second.cancel->load()) {
+      wanted[ids[i]] = attempts[i];
+    } else if (auto next = reassigned_.find(ids[i]); next != reassigned_.end() && next->second.attempt == attempts[i]) {
+      // Waiting for its older attempt to be stopped: not started.
+      back.emplace_back(ids[i], attempts[i]);
+      reassigned_.erase(next);
+    }
+  }
+  queue_.removeIf([&](const Job& j) {
+    auto w = wanted.find(j.id);
+    if (w == wanted.end()) return false;
+    back.emplace_back(j.id, w->second);
+    jobs_.erase(j.id);
+    wanted.erase(w);
+    return true;
+  });
+  // The rest run, or wait in a worker's run: the runs give back what they have not started at
+  // their next report (within about 1 ms), and takeBack hands the wanted ones back.
+  if (!wanted.empty()) {
+    for (auto& [id, attempt] : wanted) recallWanted_[id] = attempt;
+    for (unsigned w = 0; w < workers_.size(); ++w) {
+      if (workers_[w].busy && !workers_[w].recalled && workers_[w].left > 1) recall(w);
+    }
+  }
+  counters_.add("tasks_handed_back", back.size());
+  if (!back.empty()) MESH_INFO("the nexus recalled %u tasks: handed back %zu not started", ids.size(), back.size());
+  sendHandBack(back);
+}
+
+void SporeImpl::sendHandBack(const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks) {
+  wire::Encoder e(0, static_cast<unsigned>(64 + tasks.size() * 2));
+  auto h = e.body().initHandBack();
+  auto ids = h.initIds(static_cast<unsigned>(tasks.size()));
+  auto attempts = h.initAttempts(static_cast<unsigned>(tasks.size()));
+  for (unsigned i = 0; i < tasks.size(); ++i) {
+    ids.set(i, tasks[i].first);
+    attempts.set(i, tasks[i].second);
+  }
+  // Not sent (no connection): the tasks are no longer ours, so the next hello does not name
+  // them and the nexus re-queues them when it replaces this connection.
+  if (!send(e.finish())) counters_.add("handbacks_unsent");
+}
+
 bool SporeImpl::isInstant(const Job& job) const {
   return job.quick && job.payload.size() <= kInstantPayloadMax &&
          registry_.snapshot()->where(job.handler) == "builtin";  // built-ins are never shadowed
@@ -299,6 +363,10 @@ void SporeImpl::onWorker(unsigned index, zmq::message_t& frame) {
   for (auto& d : done->done) onDone(std::move(d));
   if (!done->returned.empty()) takeBack(std::move(done->returned));
   if (done->idle) run = WorkerRun{};
+  if (!recallWanted_.empty() &&
+      std::none_of(workers_.begin(), workers_.end(), [](const WorkerRun& r) { return r.busy && r.recalled; })) {
+    recallWanted_.clear();  // every recalled run has come back: the wanted tasks not handed back have started
+  }
 }
 
 void SporeImpl::takeBack(std::vector<Job>&& returned) {
@@ -325,6 +393,29 @@ void SporeImpl::takeBack(std::vector<Job>&& returned) {
     }
     sendLeaving(false);
     return;
+  }
+  if (!recallWanted_.empty()) {
+    // Recalled by the nexus while in this run: back to it, not to the queue.
+    std::vector<std::pair<std::uint64_t, std::uint8_t>> back;
+    std::vector<Job> keep;
+    for (auto& job : again) {
+      auto w = recallWanted_.find(job.id);
+      auto held = jobs_.find(job.id);
+      if (w != recallWanted_.end() && held != jobs_.end() && held->second.attempt == w->second) {
+        back.emplace_back(job.id, w->second);
+        jobs_.erase(held);
+        recallWanted_.erase(w);
+      } else {
+        keep.push_back(std::move(job));
+      }
+    }
+    if (!back.empty()) {
+      counters_.add("tasks_handed_back", back.size());
+      MESH_INFO("handed back %zu more recalled tasks, not started", back.size());
+      sendHandBack(back);
+    }
+    again = std::move(keep);
+    if (again.empty()) return;
   }
   queue_.pushFront(priority, std::move(again));
 }

@@ -17,6 +17,8 @@
 //   leave:NAME:ID,...  a hello, then leaving messages handing back those ids (also one whose
 //                      attempts list does not match), then a final one; prints its answer.
 //   bundles:NAME:N     a hello, then bundle reports for N different names; stays SEED seconds.
+//   handback:NAME:ID,...  a hello, then hand-backs (answers to a recall it never got) of those ids
+//                      (attempt 1), and one whose attempts list does not match; stays SEED seconds.
 //
 // Client-port modes (ROUNDS and SEED ignored), each printing one line per request with the
 // answer and exiting 0 when every answer was the one expected:
@@ -223,6 +225,19 @@ std::string leavingWith(const std::string& idList, bool final, int attempts = -1
   return bytesOf(e.finish());
 }
 
+// A hand-back of `idList` (attempt 1 each); `attempts` of them when given (malformed).
+std::string handBackWith(const std::string& idList, int attempts = -1) {
+  std::vector<std::uint64_t> ids = idsOf(idList);
+  wire::Encoder e(0, 64);
+  auto h = e.body().initHandBack();
+  auto list = h.initIds(static_cast<unsigned>(ids.size()));
+  for (unsigned i = 0; i < ids.size(); ++i) list.set(i, ids[i]);
+  unsigned n = attempts < 0 ? static_cast<unsigned>(ids.size()) : static_cast<unsigned>(attempts);
+  auto at = h.initAttempts(n);
+  for (unsigned i = 0; i < n; ++i) at.set(i, 1);
+  return bytesOf(e.finish());
+}
+
 // Runs a crafted node-port conversation (see the header); returns the exit code.
 int conversation(zmq::socket_t& s, const std::string& mode, int seconds) {
   auto first = mode.find(':');
@@ -266,6 +281,12 @@ int conversation(zmq::socket_t& s, const std::string& mode, int seconds) {
     s.send(zmq::buffer(leavingWith(arg, false, 0)), zmq::send_flags::none);
     s.send(zmq::buffer(leavingWith(arg, true)), zmq::send_flags::none);
     say(awaitReply(s, 5000));  // "leftAck"
+    return 0;
+  }
+  if (kind == "handback") {
+    s.send(zmq::buffer(handBackWith(arg)), zmq::send_flags::none);
+    s.send(zmq::buffer(handBackWith(arg, 0)), zmq::send_flags::none);
+    stay();
     return 0;
   }
   if (kind == "beat") {
@@ -328,7 +349,7 @@ int main(int argc, char** argv) {
     return s;
   };
   zmq::socket_t s = fresh();
-  for (const char* mode : {"hello:", "forge:", "helloforge:", "beat:", "bundles:", "leave:"}) {
+  for (const char* mode : {"hello:", "forge:", "helloforge:", "beat:", "bundles:", "leave:", "handback:"}) {
     if (port.rfind(mode, 0) == 0) return conversation(s, port, std::atoi(argv[6]));
   }
   if (port.rfind("fetchflood:", 0) == 0) {

@@ -2,7 +2,8 @@
 # An accepted node key cannot record results for tasks it was never given: results sent before
 # a hello are refused ("hello first") and not processed; after a hello, results for tasks
 # queued (that need a tag it lacks) or running on another spore are dropped and counted; nor
-# can it hand them back as a stopping spore would (docs/protocol.md section 4.18).
+# can it hand them back as a stopping spore would (docs/protocol.md section 4.18), or as if it
+# answered a recall (section 4.20).
 . "$(dirname "$0")/lib.sh"
 up --spores 1 --slots 2
 node=$(awk '$1 == "node" { print $2 }' "$T/c/nexus/endpoints")
@@ -34,6 +35,16 @@ expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/leaver.key" "leave:le
 [ "$(counter tasks_handed_back)" -eq 0 ] || fail "tasks another node runs were handed back by a stranger"
 [ "$(counter bad_leaving)" -eq 1 ] || fail "the malformed leaving was not counted: bad_leaving=$(counter bad_leaving)"
 [ "$(counter nodes_left)" -eq 1 ] || fail "the leaver's leave was not taken"
+# Nor can it answer a recall it never got with tasks another spore holds: nothing is re-queued,
+# each is counted, and a hand-back whose attempts do not match its ids is dropped and counted.
+mesh keys gen "$T/returner.key" > /dev/null
+mesh keys accept "$T/returner.key.pub" --role node > /dev/null
+expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/returner.key" "handback:returner:$both" 0 1
+[ "$(head -1 "$T/out")" = welcome ] || fail "the returner's hello got '$(cat "$T/out")'"
+[ "$(counter handback_unheld)" -eq 7 ] || fail "7 tasks handed back by a stranger, handback_unheld=$(counter handback_unheld)"
+[ "$(counter bad_handbacks)" -eq 1 ] || fail "the malformed hand-back was not counted: bad_handbacks=$(counter bad_handbacks)"
+[ "$(counter tasks_handed_back)" -eq 0 ] || fail "tasks another node runs were re-queued by a stranger's hand-back"
+[ "$(sql "SELECT COUNT(*) FROM attempts WHERE outcome = 'recalled'")" -eq 0 ] || fail "a stranger's hand-back ended an attempt"
 expect_rc 0 timeout 60 mesh wait "$running"
 expect_rc 0 mesh results "$running"
 ! grep -q FORGED "$T/out" || fail "a forged result was recorded: $(cat "$T/out")"
