@@ -259,7 +259,22 @@ std::optional<std::pair<proto::Error::Code, std::string>> NexusImpl::checkServab
       *warning = "no live spore that offers handler '" + handler + "' has the tags " + want +
                  ": its tasks wait until one joins (a spore gets tags with --tags; see mesh nodes)";
       counters_.add("submits_unservable");
+      return std::nullopt;
     }
+  }
+  // Every spore that could run it is drained (`mesh nodes drain`): allowed, but said.
+  bool undrained = false, any = false;
+  for (const auto& [id, n] : scheduler_.nodes()) {
+    if (!n.info.handlers.count(handler) ||
+        !std::all_of(tags.begin(), tags.end(), [&](const std::string& t) { return n.info.tags.count(t) > 0; })) {
+      continue;
+    }
+    any = true;
+    undrained = undrained || !n.drained;
+  }
+  if (any && !undrained) {
+    *warning = "every live spore that can run handler '" + handler +
+               "' is drained: its tasks wait until one is undrained (mesh nodes undrain NAME) or another joins";
   }
   return std::nullopt;
 }

@@ -56,7 +56,9 @@ grep -q "was already drained" "$T/out" || fail "a second drain said: $(cat "$T/o
 # 2. A batch whose only eligible spores are drained waits, and `mesh task` says why.
 expect_rc 0 mesh nodes drain "$other" --json
 grep -q '"drained":true,"changed":true,"connected":true' "$T/out" || fail "drain --json said: $(cat "$T/out")"
-waits=$(echo 1 | mesh submit --handler echo --lines -)
+waits=$(echo 1 | mesh submit --handler echo --lines - 2> "$T/submit.err")
+grep -q "every live spore that can run handler 'echo' is drained" "$T/submit.err" ||
+  fail "the submit did not warn that only drained spores can run it: $(cat "$T/submit.err")"
 task=$(sql "SELECT id FROM tasks WHERE batch = $waits")
 why() { mesh task "$task" > "$T/task.txt" && grep -q "drained" "$T/task.txt"; }
 wait_until 10 "mesh task to say why the task waits" why
