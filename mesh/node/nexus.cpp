@@ -240,7 +240,7 @@ util::Status NexusImpl::recover() {
       lost.push_back(std::move(t));  // failed below, once the batch's counts are restored
       return;
     }
-    scheduler_.addTask(*b, t.id, t.index, std::move(t.payload), t.attemptsMade, t.nodesLost);
+    scheduler_.addTask(*b, t.id, t.index, std::move(t.payload), t.attemptsMade, t.nodesLost, t.reconnects);
     ++pending;
   });
   if (!s) return s;

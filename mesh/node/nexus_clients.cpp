@@ -781,14 +781,10 @@ void NexusImpl::onDrain(const std::string& routingId, const std::string& key, st
   const std::int64_t now = clock_.wallMs();
   const bool was = drained_.count(target) > 0;
   if (was != drain) {
-    if (auto s = keys_->setDrained(target, drain ? std::optional<std::int64_t>(now) : std::nullopt); !s) {
-      counters_.add("store_errors");
-      MESH_ERROR("could not store the %s of node key %s: %s", verb, fingerprintOf(target).c_str(),
-                 s.error().message.c_str());
-      replyError(routingId, requestId, proto::Error::Code::INTERNAL,
-                 std::string("the nexus could not store the ") + verb + " (see its log); nothing changed: try again");
-      return;
-    }
+    // Stored by the writer with the next group commit (never from this loop, which would wait
+    // for the writer's lock behind a commit of up to a million tasks); the ack goes once it is
+    // durable. It takes effect here at once.
+    current_->drains.push_back({target, drain ? std::optional<std::int64_t>(now) : std::nullopt});
     if (drain) {
       drained_[target] = now;
     } else {
@@ -826,7 +822,11 @@ void NexusImpl::onDrain(const std::string& routingId, const std::string& key, st
   ack.setConnected(conn != nullptr);
   ack.setInFlight(inFlight);
   ack.setRecalled(static_cast<std::uint32_t>(recalled));
-  sendTo(clientSocket_, routingId, e.finish());
+  if (was == drain) {
+    sendTo(clientSocket_, routingId, e.finish());  // nothing to store
+    return;
+  }
+  currentInfo_.replies.emplace_back(routingId, e.finish());
 }
 
 // `mesh task BATCH:INDEX`: the task's id from the store, then as onTask; when there is none,

@@ -232,6 +232,7 @@ struct PendingCancel {
 struct TicketInfo {
   std::vector<PendingSubmit> submits;
   std::vector<PendingCancel> cancels;
+  std::vector<std::pair<std::string, zmq::message_t>> replies;  // (routing id, reply) to send once durable
   std::map<std::uint64_t, std::array<std::uint64_t, 3>> finals;  // batch -> ok, failed, cancelled
   std::vector<std::uint64_t> finishing;
   std::uint64_t submitTasks = 0;

@@ -384,7 +384,7 @@ void NexusImpl::sendRecall(const routing::Recall& r) {
   if (!sendTo(nodeSocket_, route->second, e.finish())) {
     // The node is gone (its tasks go back when it is dropped): nothing to wait for.
     counters_.add("recalls_unsent");
-    if (routing::Node* n = scheduler_.node(r.node)) n->recallSentMono = -1;
+    scheduler_.recallUnsent(r);
     return;
   }
   if (r.drain) {
@@ -396,7 +396,7 @@ void NexusImpl::sendRecall(const routing::Recall& r) {
   const routing::Task* t = scheduler_.task(r.longTask);
   std::string why = t ? "task " + std::to_string(t->id) + " of batch " + std::to_string(t->batch->id) +
                             " has been in flight there for " +
-                            std::to_string((clock_.monotonicMs() - t->assignedMono) / 1000) +
+                            std::to_string((clock_.monotonicMs() - t->frontSinceMono) / 1000) +
                             " s, far past its batch's average of " +
                             std::to_string(static_cast<long long>(t->batch->avgTaskUs / 1000)) + " ms"
                       : "its slots are held by tasks that overran";

@@ -140,7 +140,7 @@ bool NexusImpl::holdingWrites() {
 
 void NexusImpl::flushWrites(bool force) {
   if (current_->empty() && currentInfo_.submits.empty() && currentInfo_.finishing.empty() &&
-      currentInfo_.cancels.empty()) {
+      currentInfo_.cancels.empty() && currentInfo_.replies.empty()) {
     return;
   }
   if (force) holdSinceUs_ = -1;
@@ -208,6 +208,7 @@ void NexusImpl::onCommits() {
           if (!known) list.push_back({ps.routingId, ps.requestId});
         }
       }
+      for (auto& [routingId, reply] : info.replies) sendTo(clientSocket_, routingId, std::move(reply));
       for (const auto& c : info.cancels) {
         wire::Encoder e(c.requestId, 32);
         auto ack = e.body().initCancelAck();

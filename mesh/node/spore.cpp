@@ -127,6 +127,7 @@ void SporeImpl::disconnect(bool stopping) {
   if (connected_) dealer_.close();
   connected_ = false;
   welcomed_ = false;
+  handBackUnsent_.clear();  // not named in the next hello: the nexus re-queues them
 }
 
 void SporeImpl::sendHello() {
@@ -422,6 +423,7 @@ void SporeImpl::run(const std::atomic<int>& stops) {
       if (installer_) bundleTimers(now);
       feedWorkers();
       flushResults();
+      resendHandBack();
     } catch (const std::exception& e) {
       counters_.add("internal_errors");
       MESH_ERROR("internal error in the spore loop (continuing): %s", e.what());

@@ -226,6 +226,9 @@ class SporeImpl {
   // a worker's run, not started) go back in a handBack; the others run as usual.
   void onRecall(proto::TaskAttempts::Reader asked);
   void sendHandBack(const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks);
+  // Sends again what sendHandBack could not (called every loop turn); forgotten at a disconnect.
+  void resendHandBack();
+  std::vector<std::pair<std::uint64_t, std::uint8_t>> handBackUnsent_;
   void onWorker(unsigned index, zmq::message_t& frame);
   void onDone(Done&& d);
   // Runs one job in the calling thread (a worker's, or the loop's for instant built-ins).

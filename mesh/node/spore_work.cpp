@@ -281,9 +281,19 @@ void SporeImpl::sendHandBack(const std::vector<std::pair<std::uint64_t, std::uin
     ids.set(i, tasks[i].first);
     attempts.set(i, tasks[i].second);
   }
-  // Not sent (no connection): the tasks are no longer ours, so the next hello does not name
-  // them and the nexus re-queues them when it replaces this connection.
-  if (!send(e.finish())) counters_.add("handbacks_unsent");
+  if (send(e.finish())) return;
+  counters_.add("handbacks_unsent");
+  // The tasks are no longer this spore's: the next hello does not name them, so the nexus
+  // re-queues them when it replaces this connection. While this one lasts (a send refused by a
+  // full queue), they are sent again from the loop, or they would wait for their deadline there.
+  if (connected_) handBackUnsent_.insert(handBackUnsent_.end(), tasks.begin(), tasks.end());
+}
+
+void SporeImpl::resendHandBack() {
+  if (handBackUnsent_.empty() || !welcomed_) return;
+  auto tasks = std::move(handBackUnsent_);
+  handBackUnsent_.clear();
+  sendHandBack(tasks);
 }
 
 bool SporeImpl::isInstant(const Job& job) const {

@@ -44,7 +44,7 @@ const Task* Scheduler::task(std::uint64_t id) const {
 }
 
 void Scheduler::addTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string payload,
-                        std::uint8_t attemptsMade, std::uint8_t nodesLost) {
+                        std::uint8_t attemptsMade, std::uint8_t nodesLost, std::uint8_t reconnects) {
   MESH_ASSERT(!tasks_.count(id), "task id added twice");
   auto t = std::make_unique<Task>();
   t->id = id;
@@ -53,6 +53,7 @@ void Scheduler::addTask(Batch& b, std::uint64_t id, std::uint64_t index, std::st
   t->payload = std::move(payload);
   t->attempts = attemptsMade;
   t->nodesLost = nodesLost;
+  t->reconnects = reconnects;
   tasks_[id] = std::move(t);
   b.ready.push_back(id);
   ++b.queued;
@@ -293,9 +294,14 @@ bool Scheduler::giveBack(NodeId id, std::uint64_t task, std::uint8_t attempt, st
   if (t.state != Task::State::kRunning || t.node != id || t.attempts != attempt) return false;
   counters_.add("tasks_handed_back");
   bool recalled = why == GiveBackWhy::kRecalled;
+  // Attempt numbers are 8 bits: a task handed back over and over (a spore that keeps taking it
+  // and giving it back) is charged from kChargedHandBacksFrom on, so that quarantine ends it
+  // long before its attempt number could wrap.
+  bool charge = t.attempts >= kChargedHandBacksFrom;
+  if (charge) counters_.add("hand_backs_charged");
   endAttempt(t, Status::kCrashed,
              "handed back by spore " + nodeName(id) + (recalled ? " (recalled)" : " (stopping)") + " before it started", 0,
-             nowWallMs, true, nullptr, false, recalled ? "recalled" : "node left");
+             nowWallMs, true, nullptr, charge, recalled ? "recalled" : "node left");
   return true;
 }
 
@@ -329,24 +335,28 @@ bool Scheduler::liveOn(const Node& n, const std::pair<std::uint64_t, std::uint8_
   return t.state == Task::State::kRunning && t.node == n.id && t.attempts == entry.second;
 }
 
-bool Scheduler::roomElsewhere(const Node& n, const Batch& b) const {
-  for (const auto& [id, m] : nodes_) {
-    if (id != n.id && eligible(m, b) && (freeSlots(m) > 0 || credit(m, b) > 0)) return true;
+bool Scheduler::roomElsewhere(const Node& n, const Batch& b, RoomByBatch& room) const {
+  auto known = room.find(&b);
+  if (known == room.end()) {
+    // One pass over the nodes per batch and check: up to two nodes with room are enough to
+    // answer for every node (a check that asked per node would cost nodes x nodes).
+    std::vector<NodeId> with;
+    for (const auto& [id, m] : nodes_) {
+      if (eligible(m, b) && (freeSlots(m) > 0 || credit(m, b) > 0)) with.push_back(id);
+      if (with.size() == 2) break;
+    }
+    known = room.emplace(&b, std::move(with)).first;
   }
-  return false;
+  const auto& with = known->second;
+  return with.size() == 2 || (with.size() == 1 && with[0] != n.id);
 }
 
-void Scheduler::collectRecall(Node& n, std::size_t from, bool elsewhere, Recall& r, std::int64_t nowMono) {
-  std::unordered_map<const Batch*, bool> room;  // roomElsewhere, once per batch
+void Scheduler::collectRecall(Node& n, std::size_t from, RoomByBatch* room, Recall& r, std::int64_t nowMono) {
   for (std::size_t at = from; at < n.order.size(); ++at) {
     if (!liveOn(n, n.order[at])) continue;
     Task& t = *tasks_.at(n.order[at].first);
     if (t.recalled) continue;
-    if (elsewhere) {
-      auto known = room.find(t.batch);
-      if (known == room.end()) known = room.emplace(t.batch, roomElsewhere(n, *t.batch)).first;
-      if (!known->second) continue;
-    }
+    if (room && !roomElsewhere(n, *t.batch, *room)) continue;
     t.recalled = true;
     r.tasks.push_back(n.order[at]);
   }
@@ -358,6 +368,7 @@ void Scheduler::collectRecall(Node& n, std::size_t from, bool elsewhere, Recall&
 
 RecallCheck Scheduler::recalls(std::int64_t nowMono) {
   RecallCheck out;
+  RoomByBatch room;  // nothing is dispatched during a check: room stays as found
   for (auto& [id, n] : nodes_) {
     if (n.recallSentMono >= 0) {
       if (nowMono - n.recallSentMono < config_.recallAnswerMs) continue;
@@ -377,7 +388,7 @@ RecallCheck Scheduler::recalls(std::int64_t nowMono) {
     r.node = id;
     if (n.drained) {
       r.drain = true;
-      collectRecall(n, 0, false, r, nowMono);
+      collectRecall(n, 0, nullptr, r, nowMono);
       if (!r.tasks.empty()) out.recalls.push_back(std::move(r));
       continue;
     }
@@ -405,10 +416,19 @@ RecallCheck Scheduler::recalls(std::int64_t nowMono) {
     // nothing was prefetched behind those), and only when long tasks hold every slot: a short
     // slot still works through what is queued.
     if (r.longTask == 0 || shortSlots(n) > 0) continue;
-    collectRecall(n, at, true, r, nowMono);
+    collectRecall(n, at, &room, r, nowMono);
     if (!r.tasks.empty()) out.recalls.push_back(std::move(r));
   }
   return out;
+}
+
+void Scheduler::recallUnsent(const Recall& r) {
+  Node* n = node(r.node);
+  if (!n) return;
+  n->recallSentMono = -1;
+  for (const auto& entry : r.tasks) {
+    if (liveOn(*n, entry)) tasks_.at(entry.first)->recalled = false;
+  }
 }
 
 Recall Scheduler::recallDrained(NodeId id, std::int64_t nowMono) {
@@ -417,7 +437,7 @@ Recall Scheduler::recallDrained(NodeId id, std::int64_t nowMono) {
   r.drain = true;
   Node* n = node(id);
   if (!n || !n->drained) return r;
-  collectRecall(*n, 0, false, r, nowMono);
+  collectRecall(*n, 0, nullptr, r, nowMono);
   return r;
 }
 
@@ -525,7 +545,6 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
     t.node = id;
     if (attempt > t.attempts) t.attempts = attempt;
     if (nowWallMs > 0) t.assignedWallMs = nowWallMs;  // the real assign time went with the connection
-    t.assignedMono = nowMono;
     t.deadlineMono = nowMono + t.batch->spec.timeoutMs + config_.deadlineGraceMs;
     deadlines_.insert({t.deadlineMono, t.id});
     n->running.insert(tid);
@@ -675,6 +694,9 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
     }
     auto anyRoom = [&](std::uint8_t priority) {
       for (auto& [id, n] : nodes_) {
+        // A drained or stopping node's room is no room: counting it would send every dispatch
+        // through every waiting batch for nothing while it sits idle.
+        if (n.drained || n.leaving) continue;
         std::uint64_t most =
             n.info.slots + (prefetchPass ? prefetchFor(static_cast<std::uint16_t>(shortSlots(n)), shortest) : 0);
         if (most > (prefetchPass ? ahead(n, priority) : n.inFlight) && roomAtMost(n) > 0) return true;
@@ -718,7 +740,6 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
           t->node = n->id;
           ++t->attempts;
           t->assignedWallMs = nowWallMs;
-          t->assignedMono = nowMono;
           t->deadlineMono = nowMono + b->spec.timeoutMs + config_.deadlineGraceMs;
           deadlines_.insert({t->deadlineMono, t->id});
           n->running.insert(t->id);

@@ -75,6 +75,8 @@ namespace mesh::routing {
 
 using NodeId = std::uint32_t;
 constexpr NodeId kNoNode = 0;
+// From this attempt on, a task handed back (giveBack) is charged as a node loss: see giveBack.
+constexpr std::uint8_t kChargedHandBacksFrom = 200;
 
 // proto::TaskStatus values, repeated here so the scheduler does not depend on the wire schema.
 enum class Status : std::uint8_t { kOk = 0, kFailed = 1, kTimedOut = 2, kCrashed = 3, kUnknownHandler = 4,
@@ -154,13 +156,14 @@ struct Task {
   enum class State : std::uint8_t { kQueued, kWaiting, kRunning } state = State::kQueued;
   NodeId node = kNoNode;       // while running
   bool heldLong = false;       // counted in its node's longInFlight (decided when it was held)
+  bool recalled = false;       // its attempt has been recalled (never twice)
+  bool overdue = false;        // found in flight far past its batch's average (then heldLong)
   NodeId lastNode = kNoNode;   // the node of the last ended attempt
   std::int64_t assignedWallMs = 0;
-  std::int64_t assignedMono = 0;  // when its attempt was held (given or adopted)
-  bool recalled = false;          // its attempt has been recalled (never twice)
-  bool overdue = false;           // found in flight far past its batch's average (then heldLong)
   // When a recall check first found it among the first `slots` tasks its node holds (the ones
-  // the node can be running), -1 before: the earliest it is taken to have started.
+  // the node can be running), -1 before: the earliest it is taken to have started. (A Task is
+  // kept per queued task, a million of them for a large batch: the fields are packed so that
+  // it stays in malloc's 112-byte chunk.)
   std::int64_t frontSinceMono = -1;
   std::int64_t deadlineMono = 0;
   std::int64_t notBeforeMono = 0;
@@ -289,10 +292,10 @@ class Scheduler {
   // ---- batches and tasks
   Batch& addBatch(std::uint64_t id, BatchSpec spec);
   Batch* batch(std::uint64_t id);
-  // Adds a task at the end of its batch's queue. `attemptsMade`/`nodesLost` carry history
-  // over a restart.
+  // Adds a task at the end of its batch's queue. `attemptsMade`, `nodesLost` and `reconnects`
+  // (Task's fields) carry its history over a restart.
   void addTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string payload,
-               std::uint8_t attemptsMade = 0, std::uint8_t nodesLost = 0);
+               std::uint8_t attemptsMade = 0, std::uint8_t nodesLost = 0, std::uint8_t reconnects = 0);
   // After a restart: a task that cannot run again (its payload is lost) ends as failed with
   // `error` at once; its result is written like any other.
   void addFailedTask(Batch& b, std::uint64_t id, std::uint64_t index, std::string error, std::int64_t nowWallMs);
@@ -346,6 +349,9 @@ class Scheduler {
   // The periodic recall check (see the header comment): the recalls to send now (each is
   // recorded as sent) and the nodes found not answering.
   RecallCheck recalls(std::int64_t nowMono);
+  // A recall that could not be sent (the node's queue was full, or it is gone): its tasks may be
+  // recalled again, and the node has no recall outstanding.
+  void recallUnsent(const Recall& r);
   // Recalls every task the drained node holds and that was not recalled yet, whether or not
   // a recall is outstanding (an operator's drain does not wait). Empty tasks: nothing to recall.
   Recall recallDrained(NodeId id, std::int64_t nowMono);
@@ -441,11 +447,14 @@ class Scheduler {
   static void release(Node& n, Task& t);
   // Whether the node's order entry is a live attempt on it.
   bool liveOn(const Node& n, const std::pair<std::uint64_t, std::uint8_t>& entry) const;
+  // Per batch, up to two nodes with room for it (eligible, a free slot or credit): computed once
+  // per recall check, when first asked.
+  using RoomByBatch = std::unordered_map<const Batch*, std::vector<NodeId>>;
   // Takes the node's tasks not recalled yet into r (and marks them recalled), from its order
-  // entry `from` on (counted in live ones); with `elsewhere`, only those of batches another node
-  // has room for.
-  void collectRecall(Node& n, std::size_t from, bool elsewhere, Recall& r, std::int64_t nowMono);
-  bool roomElsewhere(const Node& n, const Batch& b) const;
+  // entry `from` on (counted in live ones); with `room`, only those of batches another node has
+  // room for.
+  void collectRecall(Node& n, std::size_t from, RoomByBatch* room, Recall& r, std::int64_t nowMono);
+  bool roomElsewhere(const Node& n, const Batch& b, RoomByBatch& room) const;
   std::string nodeName(NodeId id) const;
   std::string explainBlocked(const Batch& b) const;
 

@@ -261,6 +261,14 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
       if (auto s = st->run(); !s) return s;
     }
   }
+  for (const auto& d : set.drains) {
+    auto st = db_.prepare("UPDATE keys SET drained_ms = ?2 WHERE public_key = ?1");
+    if (!st) return st.error();
+    st->bindText(1, d.key);
+    if (d.sinceMs) st->bind(2, *d.sinceMs);
+    else st->bindNull(2);
+    if (auto s = st->run(); !s) return s;
+  }
   return {};
 }
 
@@ -337,12 +345,22 @@ util::Result<std::uint64_t> TaskStore::maxBatchId() {
   return static_cast<std::uint64_t>(st->getInt(0));
 }
 
+// The outcomes of attempts that ended without charge to the task (routing::Scheduler::endAttempt:
+// a spore that reconnected or stopped, or that handed the task back at a recall): stored with
+// node_lost 0, and yet, like a charged node loss, not failures.
+constexpr const char* kUnchargedOutcomes = "'node left', 'recalled'";
+
 util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&&)>& each) {
   auto st = db_.prepare(
-      "SELECT t.id, t.batch, t.idx, t.payload, "
-      "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id), "
-      "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id AND a.node_lost = 1), "
-      "  t.payload_segment, t.payload_offset, t.payload_length "
+      std::string("SELECT t.id, t.batch, t.idx, t.payload, "
+                  "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id), "
+                  "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id AND (a.node_lost = 1 OR a.outcome IN (") +
+      kUnchargedOutcomes +
+      "))), "
+      "  t.payload_segment, t.payload_offset, t.payload_length, "
+      "  (SELECT COUNT(*) FROM attempts a WHERE a.task = t.id AND a.node_lost = 0 AND a.outcome IN (" +
+      kUnchargedOutcomes +
+      ")) "
       "FROM tasks t JOIN batches b ON b.id = t.batch "
       "WHERE b.finished_ms IS NULL "
       "  AND NOT EXISTS (SELECT 1 FROM results r WHERE r.task = t.id) "
@@ -368,6 +386,7 @@ util::Status TaskStore::forEachPendingTask(const std::function<void(PendingTask&
     }
     p.attemptsMade = static_cast<std::uint8_t>(std::min<std::int64_t>(255, s.getInt(4)));
     p.nodesLost = static_cast<std::uint8_t>(std::min<std::int64_t>(255, s.getInt(5)));
+    p.reconnects = static_cast<std::uint8_t>(std::min<std::int64_t>(255, s.getInt(9)));
     each(std::move(p));
   });
 }

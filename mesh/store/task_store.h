@@ -122,14 +122,23 @@ struct BatchUpdate {
 };
 
 // Everything one group commit writes.
+// `mesh nodes drain|undrain`: a node key's keys.drained_ms (since when; none: undrained). A key
+// that is no longer in the table changes nothing (it was removed meanwhile).
+struct KeyDrain {
+  std::string key;  // z85 public key
+  std::optional<std::int64_t> sinceMs;
+};
+
 struct WriteSet {
   std::vector<BatchRecord> newBatches;
   std::vector<TaskChunk> chunks;
   std::vector<ResultRecord> results;
   std::vector<AttemptRecord> attempts;
   std::vector<BatchUpdate> updates;
+  std::vector<KeyDrain> drains;
   bool empty() const {
-    return newBatches.empty() && chunks.empty() && results.empty() && attempts.empty() && updates.empty();
+    return newBatches.empty() && chunks.empty() && results.empty() && attempts.empty() && updates.empty() &&
+           drains.empty();
   }
 };
 
@@ -140,7 +149,9 @@ struct PendingTask {
   std::uint64_t index = 0;
   std::string payload;
   std::uint8_t attemptsMade = 0;   // attempts already recorded
-  std::uint8_t nodesLost = 0;      // of which the spore died under the task
+  std::uint8_t nodesLost = 0;      // of which ended by their spore going away: died (charged), or
+                                   // reconnected, stopped or handed it back (uncharged)
+  std::uint8_t reconnects = 0;     // of nodesLost, the uncharged ones (not toward quarantine)
   std::string payloadError;        // the payload could not be read back (then payload is empty)
 };
 

@@ -668,6 +668,28 @@ TEST_CASE("an adopted task keeps the attempt number its node runs") {
   CHECK(s.node(n)->inFlight == 0);
 }
 
+TEST_CASE("after a restart, attempts that ended without charge (left, recalled) are not failures") {
+  Scheduler s(SchedulerConfig{});
+  BatchSpec sp = spec();
+  sp.maxAttempts = 3;
+  Batch& b = s.addBatch(1, sp);
+  // Two recorded attempts, both handed back uncharged (a recall, a spore that stopped).
+  s.addTask(b, 100, 0, "p", /*attemptsMade=*/2, /*nodesLost=*/2, /*reconnects=*/2);
+  s.seal(b, 1);
+  NodeId n = s.addNode(nodeInfo("n", 1));
+  REQUIRE(assignedTo(s.dispatch(0, 0), n) == 1);
+  s.onReport(n, failed(100, 3), 0, 0);  // its first real failure: retried, not final
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.empty());
+  REQUIRE(fx.attempts.size() == 1);
+  CHECK(fx.attempts[0].outcome == "failed");
+  // A charged loss of the node now is its first: no quarantine.
+  s.tick(1'000'000, 0);  // its backoff is over
+  REQUIRE(assignedTo(s.dispatch(1'000'000, 0), n) == 1);
+  s.removeNode(n, 0, "silent");
+  CHECK(s.takeEffects().finals.empty());
+}
+
 TEST_CASE("the first result wins and a late duplicate is dropped") {
   Scheduler s(SchedulerConfig{});
   NodeId a = s.addNode(nodeInfo("a", 1));
@@ -1114,6 +1136,40 @@ TEST_CASE("a drained node is given nothing, what it holds is recalled once, and 
   // Undrained: it takes it.
   s.setDrained(a, false);
   CHECK(assignedTo(s.dispatch(0, 0), a) == 1);
+}
+
+TEST_CASE("a task handed back over and over is quarantined before its attempt number wraps") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  batchOf(s, 1, spec(), 1, 100);
+  std::uint8_t last = 0;
+  bool ended = false;
+  for (int round = 0; round < 300 && !ended; ++round) {
+    REQUIRE(assignedTo(s.dispatch(round, 0), a) == 1);
+    const Task* t = s.task(100);
+    REQUIRE(t->attempts > last);  // never wraps
+    last = t->attempts;
+    REQUIRE(s.giveBack(a, 100, t->attempts, 0));
+    auto fx = s.takeEffects();
+    ended = !fx.finals.empty();
+  }
+  CHECK(ended);
+  CHECK(last >= kChargedHandBacksFrom);
+  CHECK(last < kChargedHandBacksFrom + 5);
+  CHECK(s.counters().get("hand_backs_charged") > 0);
+}
+
+TEST_CASE("a recall that could not be sent is made again") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  batchOf(s, 1, spec("sleep"), 4, 1).avgTaskUs = 1000;  // measured short: prefetched
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 4);
+  s.setDrained(a, true);
+  Recall r = s.recallDrained(a, 0);
+  REQUIRE(r.tasks.size() == 4);
+  CHECK(s.recallDrained(a, 0).tasks.empty());
+  s.recallUnsent(r);  // the nexus could not send it
+  CHECK(s.recallDrained(a, 0).tasks.size() == 4);
 }
 
 TEST_CASE("a drained node keeps and reports the tasks it adopts after a reconnect; those are recalled") {

@@ -219,6 +219,13 @@ TEST_CASE("tasks without results are pending after a restart, and the first resu
     a.outcome = "node lost";
     a.nodeLost = true;
     results.attempts.push_back(a);
+    // Attempts that ended without charge: not failures after a restart either.
+    a.nodeLost = false;
+    for (const char* outcome : {"node left", "recalled", "failed"}) {
+      ++a.attempt;
+      a.outcome = outcome;
+      results.attempts.push_back(a);
+    }
     REQUIRE(tasks.apply(results).ok());
   }
   auto db = Db::open(t.path);
@@ -232,8 +239,9 @@ TEST_CASE("tasks without results are pending after a restart, and the first resu
   CHECK(pending[0].id == 100);
   CHECK(pending[0].payload == "a");
   CHECK(pending[1].id == 102);
-  CHECK(pending[1].attemptsMade == 1);
-  CHECK(pending[1].nodesLost == 1);
+  CHECK(pending[1].attemptsMade == 4);
+  CHECK(pending[1].nodesLost == 3);   // the charged loss and the two uncharged ends
+  CHECK(pending[1].reconnects == 2);  // not toward quarantine
   auto page = tasks.resultsPage(1, 0, 10);
   REQUIRE(page.ok());
   REQUIRE(page->size() == 1);
@@ -244,7 +252,7 @@ TEST_CASE("tasks without results are pending after a restart, and the first resu
   REQUIRE(info->has_value());
   CHECK_FALSE((*info)->result.has_value());
   CHECK((*info)->batchRecord.requiredTags.size() == 2);
-  CHECK((*info)->attempts.size() == 1);
+  CHECK((*info)->attempts.size() == 4);
   auto counts = tasks.countResults(1);
   REQUIRE(counts.ok());
   CHECK(counts->succeeded == 1);
