@@ -56,7 +56,7 @@ constexpr std::size_t kResultPageBytes = 8u << 20;
 // `mesh batches` (protocol section 4.19): at most this many batches per reply, and batch rows
 // looked at per request (ids): a request costs the loop a bounded read whatever its filter.
 constexpr std::uint32_t kBatchesPageMax = 1000;
-constexpr std::uint64_t kBatchesScanIds = 20000;
+constexpr std::uint64_t kBatchesScanIds = 5000;
 constexpr std::size_t kLabelMax = 256;  // a Submit's label is cut to this many bytes
 constexpr std::size_t kAssignFrameBytes = 8u << 20;
 constexpr std::uint32_t kMaxTasksPerSubmit = 1'000'000;
