@@ -8,8 +8,12 @@
 up --spores 1 --slots 2
 node=$(awk '$1 == "node" { print $2 }' "$T/c/nexus/endpoints")
 hc=$MESH_BUILD/tests/integration/hostile_client
-mesh keys gen "$T/forger.key" > /dev/null
-mesh keys accept "$T/forger.key.pub" --role node > /dev/null
+# node_key NAME: a node key pair $T/NAME.key, accepted, for a hand-made node.
+node_key() {
+  mesh keys gen "$T/$1.key" > /dev/null
+  mesh keys accept "$T/$1.key.pub" --role node > /dev/null
+}
+node_key forger
 queued=$(seq 1 5 | mesh submit --handler echo --requires gpu --lines -)
 running=$(printf '3000\n3000\n' | mesh submit --handler sleep --lines -)
 ids() { sql "SELECT id FROM tasks WHERE batch = $1 ORDER BY id" | paste -sd, -; }
@@ -28,8 +32,7 @@ wait_until 10 "7 results dropped as unassigned" sh -c "[ \$(mesh status --json |
   fail "a forged result was recorded: $(mesh results "$queued")"
 # A node that "stops" and hands back tasks it was never given: nothing is re-queued (they run
 # on spore-1), the malformed hand-back is counted, and its leave is taken.
-mesh keys gen "$T/leaver.key" > /dev/null
-mesh keys accept "$T/leaver.key.pub" --role node > /dev/null
+node_key leaver
 expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/leaver.key" "leave:leaver:$both" 0 0
 [ "$(sed -n 2p "$T/out")" = leftAck ] || fail "the leaver's final leaving got '$(cat "$T/out")'"
 [ "$(counter tasks_handed_back)" -eq 0 ] || fail "tasks another node runs were handed back by a stranger"
@@ -37,8 +40,7 @@ expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/leaver.key" "leave:le
 [ "$(counter nodes_left)" -eq 1 ] || fail "the leaver's leave was not taken"
 # Nor can it answer a recall it never got with tasks another spore holds: nothing is re-queued,
 # each is counted, and a hand-back whose attempts do not match its ids is dropped and counted.
-mesh keys gen "$T/returner.key" > /dev/null
-mesh keys accept "$T/returner.key.pub" --role node > /dev/null
+node_key returner
 expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/returner.key" "handback:returner:$both" 0 1
 [ "$(head -1 "$T/out")" = welcome ] || fail "the returner's hello got '$(cat "$T/out")'"
 [ "$(counter handback_unheld)" -eq 7 ] || fail "7 tasks handed back by a stranger, handback_unheld=$(counter handback_unheld)"

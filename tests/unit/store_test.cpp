@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <algorithm>
+#include <array>
 #include <functional>
 #include <map>
 #include <optional>
@@ -387,6 +388,14 @@ std::unique_ptr<StoreWriter> startWriter(zmq::context_t& ctx, const TempDb& t, s
   auto writer = StoreWriter::start(ctx, t.path, options);
   REQUIRE(writer.ok());
   return std::move(*writer);
+}
+
+// A batch row's kept (final) counts: succeeded, failed, cancelled.
+std::array<std::uint64_t, 3> kept(TaskStore& tasks, std::uint64_t id) {
+  auto b = tasks.batch(id);
+  REQUIRE(b.ok());
+  REQUIRE(b->has_value());
+  return {(*b)->keptSucceeded, (*b)->keptFailed, (*b)->keptCancelled};
 }
 
 std::int64_t countRows(const std::string& path, const char* sql) {
@@ -952,11 +961,7 @@ TEST_CASE("an expired batch reads its final counts from the first step on, and a
     CHECK(s->tasks == 2);
     CHECK_FALSE(s->done);
     // Two of its five tasks are gone; the row says what all five came to.
-    auto b = tasks.batch(1);
-    REQUIRE(b.ok());
-    CHECK((*b)->keptSucceeded == 3);
-    CHECK((*b)->keptFailed == 1);
-    CHECK((*b)->keptCancelled == 1);
+    CHECK(kept(tasks, 1) == std::array<std::uint64_t, 3>{3, 1, 1});
     auto p = tasks.progress(1);
     REQUIRE(p.ok());
     REQUIRE(p->has_value());
@@ -999,9 +1004,7 @@ TEST_CASE("an expired batch reads its final counts from the first step on, and a
   CHECK((*b)->expiredMs == 9000);
   CHECK((*b)->firstTask == 100);
   CHECK((*b)->lastTask == 104);
-  CHECK((*b)->keptSucceeded == 3);
-  CHECK((*b)->keptFailed == 1);
-  CHECK((*b)->keptCancelled == 1);
+  CHECK(kept(tasks, 1) == std::array<std::uint64_t, 3>{3, 1, 1});
   // A running batch's counts come from its rows.
   auto p2 = tasks.progress(2);
   REQUIRE(p2.ok());
@@ -1034,11 +1037,7 @@ TEST_CASE("a removal that schema version 5 left half done gets its final counts 
   auto db = Db::open(t.path);
   REQUIRE(db.ok());
   TaskStore tasks(*db);
-  auto b = tasks.batch(1);
-  REQUIRE(b.ok());
-  CHECK((*b)->keptSucceeded == 3);
-  CHECK((*b)->keptFailed == 1);
-  CHECK((*b)->keptCancelled == 1);
+  CHECK(kept(tasks, 1) == std::array<std::uint64_t, 3>{3, 1, 1});
   auto done = tasks.batch(2);
   CHECK((*done)->keptSucceeded == 1);  // untouched: its counts were complete
   CHECK((*done)->keptFailed == 1);
@@ -1047,10 +1046,7 @@ TEST_CASE("a removal that schema version 5 left half done gets its final counts 
     REQUIRE(s.ok());
     if (s->batch == 0) break;
   }
-  b = tasks.batch(1);
-  CHECK((*b)->keptSucceeded == 3);
-  CHECK((*b)->keptFailed == 1);
-  CHECK((*b)->keptCancelled == 1);
+  CHECK(kept(tasks, 1) == std::array<std::uint64_t, 3>{3, 1, 1});
   CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 0);
   CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE purging = 1") == 0);
 }
@@ -1514,11 +1510,7 @@ TEST_CASE("a version 7 database gets the final counts of its finished batches at
   auto db = Db::open(t.path);
   REQUIRE(db.ok());
   TaskStore tasks(*db);
-  auto b = tasks.batch(1);
-  REQUIRE(b.ok());
-  CHECK((*b)->keptSucceeded == 3);
-  CHECK((*b)->keptFailed == 1);
-  CHECK((*b)->keptCancelled == 1);
+  CHECK(kept(tasks, 1) == std::array<std::uint64_t, 3>{3, 1, 1});
   CHECK((*tasks.batch(2))->keptSucceeded == 0);  // not finished: counted in memory, as before
   CHECK((*tasks.batch(3))->keptSucceeded == 1);  // expired: its counts were final already
   CHECK((*tasks.batch(3))->keptFailed == 1);
