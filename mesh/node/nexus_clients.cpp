@@ -603,7 +603,14 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   counters["tasks_expired"] = expiry.tasks;
   counters["expiry_errors"] = expiry.errors;
   counters["tasks_in_memory"] = scheduler_.tasksInMemory();
-  counters["nodes_drained"] = drained_.size();
+  // The drained keys that may connect: a revoked key keeps its drain (were it accepted again),
+  // but no spore of it can be given work, drained or not.
+  std::uint64_t drainedNodes = 0;
+  for (const auto& [k, since] : drained_) {
+    auto role = accepted_.find(k);
+    drainedNodes += role != accepted_.end() && role->second == store::Role::kNode ? 1 : 0;
+  }
+  counters["nodes_drained"] = drainedNodes;
   auto cl = s.initCounters(static_cast<unsigned>(counters.size()));
   unsigned i = 0;
   for (const auto& [k, v] : counters) {
@@ -758,10 +765,16 @@ void NexusImpl::onDrain(const std::string& routingId, const std::string& key, st
   if (target.empty()) {
     std::string want = crypto::normalizeFingerprint(text);
     std::vector<std::string> matches;
+    auto matchesText = [&](const std::string& k) {
+      return k == text || (want.size() >= 4 && crypto::normalizeFingerprint(fingerprintOf(k)).rfind(want, 0) == 0);
+    };
     for (const auto& [k, r] : accepted_) {
-      if (r != store::Role::kNode) continue;
-      if (k == text || (want.size() >= 4 && crypto::normalizeFingerprint(fingerprintOf(k)).rfind(want, 0) == 0)) {
-        matches.push_back(k);
+      if (r == store::Role::kNode && matchesText(k)) matches.push_back(k);
+    }
+    // A drained key no longer accepted (revoked since) can still be undrained.
+    if (!drain) {
+      for (const auto& [k, since] : drained_) {
+        if (!accepted_.count(k) && matchesText(k)) matches.push_back(k);
       }
     }
     if (matches.size() > 1) {

@@ -106,4 +106,16 @@ expect_rc 1 mesh nodes drain no-such-spore
 grep -q "no connected spore is named 'no-such-spore'" "$T/err" || fail "an unknown spore got: $(cat "$T/err")"
 expect_rc 2 mesh nodes drain
 expect_rc 2 mesh nodes drain a b
+
+# 6. A drained spore whose key is revoked: no longer counted among the drained spores (none of
+# its spores can connect), and it can still be undrained by its fingerprint.
+fp=$(mesh keys fingerprint "$T/c/$name/spore.key.pub")
+expect_rc 0 mesh nodes drain "$name"
+[ "$(counter nodes_drained)" -eq 1 ] || fail "nodes_drained is $(counter nodes_drained) after the drain"
+expect_rc 0 mesh keys revoke "$fp"
+gone() { ! mesh nodes | grep -q "^$name "; }
+wait_until 20 "$name to be shut out" gone
+[ "$(counter nodes_drained)" -eq 0 ] || fail "a revoked key counts as drained: nodes_drained=$(counter nodes_drained)"
+expect_rc 0 mesh nodes undrain "$fp"
+[ "$(sql "SELECT COUNT(*) FROM keys WHERE drained_ms IS NOT NULL")" -eq 0 ] || fail "the revoked key's drain was not lifted"
 note "recalled at the drain: $recalled, of which $back ran on $other; drains=$(counter drains) undrains=$(counter undrains)"
