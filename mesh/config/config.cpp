@@ -403,7 +403,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   other.add_options()
       ("quiet,q", po::bool_switch(&c.quiet), "wait: no progress output")
       ("limit", po::value<std::uint64_t>(&c.limit)->default_value(0), "results: at most this many rows; batches: see above")
-      ("raw", po::bool_switch(&c.raw), "results: print each successful task's output as is, in order");
+      ("raw", po::bool_switch(&c.raw), "results: print each successful task's output as is, in order")
+      ("all", po::bool_switch(&c.allNodes), "nodes: also the accepted node keys with no spore connected");
   po::options_description hidden;
   hidden.add_options()("words", po::value<std::vector<std::string>>(), "command words");
   po::options_description all, visible;
@@ -429,7 +430,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "  batches [--state S] [--label L] [--mine] [--failed] [--limit N] [--before ID]\n"
         "                             the batches the nexus has stored, newest first, finished and\n"
         "                             removed ones too (a hint on stderr gives the next page)\n"
-        "  nodes                      the spores: load, slots, tasks in flight, last heartbeat, state\n"
+        "  nodes [--all]              the spores: load, slots, tasks in flight, last heartbeat, state;\n"
+        "                             --all: also each accepted node key with no spore connected\n"
         "  nodes drain NAME|FP        give a spore no new task and take back what it has not started\n"
         "                             (running ones finish; admin key); kept until undrained\n"
         "  nodes undrain NAME|FP      give a drained spore tasks again (admin key)\n"
@@ -517,6 +519,14 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
                "text rows a fourth column B:I (`mesh task` says \"retry of task T (batch B, index I)\").\n"
                "A batch with no failed task makes none: nothing on stdout, a line on stderr, exit 0.\n"
                "A map-reduce stage is refused: submit the job again.\n";
+    }
+    if (first == "nodes" && (words.size() == 1 || (words[1] != "drain" && words[1] != "undrain"))) {
+      po::options_description nodes("nodes");
+      nodes.add_options()("all", po::bool_switch(), "also list each accepted node key that has no spore connected "
+                                                    "(state offline; drained too if it is)");
+      mine.add(nodes);
+      lines += "\nState: active, stopping, draining (drained, running tasks finish), drained (holds none);\n"
+               "with --all also offline (NAME and ADDRESS as last seen by this nexus since it started).\n";
     }
     if (first == "mapreduce") mine.add(mr).add(submit);
     if (first == "keys") mine.add(keys);

@@ -147,6 +147,7 @@ struct CliCommand {
   bool quiet = false;
   std::uint64_t limit = 0;
   BatchesOptions batches;
+  bool allNodes = false;             // nodes --all: also accepted spores not connected
 };
 
 template <typename T>

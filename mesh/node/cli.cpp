@@ -748,10 +748,15 @@ int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                 "SLOTS", "FLIGHT", "CPU%", "MEM%", "SCORE", "DONE", "BEAT", "TAGS");
   }
   for (auto n : nodes) {
+    // An accepted node key with no spore connected (a nexus before --all sends none).
+    const bool offline = !n.getAlive();
+    if (offline && !cmd.allNodes) continue;
     std::string tags;
     for (auto t : n.getTags()) tags += (tags.empty() ? "" : ",") + std::string(wire::view(t));
-    // stopping (leaving), draining (drained, tasks still in flight), drained (none), or active.
-    const char* state = n.getLeaving()                         ? "stopping"
+    // offline, stopping (leaving), draining (drained, tasks still in flight), drained (none), or active.
+    const char* state = offline && n.getDrained()              ? "offline, drained"
+                        : offline                               ? "offline"
+                        : n.getLeaving()                        ? "stopping"
                         : n.getDrained() && n.getInFlight() > 0 ? "draining"
                         : n.getDrained()                        ? "drained"
                                                                 : "active";
@@ -763,18 +768,21 @@ int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
       std::printf("{\"name\":%s,\"fingerprint\":%s,\"key\":%s,\"address\":%s,\"found_by\":%s,\"slots\":%u,"
                   "\"in_flight\":%u,\"cpu_pct\":%s,\"mem_pct\":%s,\"score\":%s,\"tasks_done\":%" PRIu64
                   ",\"last_heartbeat_ms_ago\":%" PRIu64 ",\"connected_ms\":%" PRId64 ",\"version\":%s,\"tags\":[%s],\"handlers\":[%s],"
-                  "\"leaving\":%s,\"drained\":%s,\"state\":\"%s\"}\n",
+                  "\"leaving\":%s,\"drained\":%s,\"connected\":%s,\"state\":\"%s\"}\n",
                   util::jsonString(wire::view(n.getName())).c_str(), util::jsonString(wire::view(n.getFingerprint())).c_str(),
                   util::jsonString(wire::view(n.getKey())).c_str(), util::jsonString(wire::view(n.getAddress())).c_str(),
                   util::jsonString(wire::view(n.getFoundBy())).c_str(), n.getSlots(), n.getInFlight(),
                   util::jsonNumber(n.getCpuPct(), 1).c_str(), util::jsonNumber(n.getMemPct(), 1).c_str(),
                   util::jsonNumber(n.getScore(), 3).c_str(), n.getTasksDone(), n.getLastBeatMsAgo(), n.getConnectedMs(),
                   util::jsonString(wire::view(n.getSoftwareVersion())).c_str(), tagsJson.c_str(), handlers.c_str(),
-                  n.getLeaving() ? "true" : "false", n.getDrained() ? "true" : "false", state);
+                  n.getLeaving() ? "true" : "false", n.getDrained() ? "true" : "false", offline ? "false" : "true",
+                  offline ? "offline" : state);
     } else {
       std::printf("%-16s %-19s %-22s %-6s %5u %6u %5.1f %5.1f %6.3f %8" PRIu64 " %5" PRIu64 "ms  %s\n",
-                  std::string(wire::view(n.getName())).c_str(), std::string(wire::view(n.getFingerprint())).c_str(),
-                  std::string(wire::view(n.getAddress())).c_str(), std::string(wire::view(n.getFoundBy())).c_str(),
+                  n.getName().size() ? std::string(wire::view(n.getName())).c_str() : "-",
+                  std::string(wire::view(n.getFingerprint())).c_str(),
+                  n.getAddress().size() ? std::string(wire::view(n.getAddress())).c_str() : "-",
+                  n.getFoundBy().size() ? std::string(wire::view(n.getFoundBy())).c_str() : "-",
                   n.getSlots(), n.getInFlight(), n.getCpuPct(), n.getMemPct(), n.getScore(), n.getTasksDone(),
                   n.getLastBeatMsAgo(),
                   (tags + (std::strcmp(state, "active") == 0 ? "" : (tags.empty() ? "(" : " (") + std::string(state) + ")"))

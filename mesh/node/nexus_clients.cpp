@@ -2,6 +2,7 @@
 #include "mesh/node/nexus_impl.h"
 
 #include <ctime>
+#include <unordered_set>
 
 namespace mesh::node {
 
@@ -621,11 +622,28 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   sendTo(clientSocket_, routingId, e.finish());
 }
 
+// `mesh nodes`: the connected spores by name, then every accepted node key with no spore
+// connected (alive false: `mesh nodes --all` shows them, as offline), by fingerprint.
 void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
-  wire::Encoder e(requestId, 1024);
-  auto list = e.body().initNodesReply().initNodes(static_cast<unsigned>(conns_.size()));
   std::vector<const NodeConn*> sorted;
-  for (const auto& [rid, c] : conns_) sorted.push_back(&c);
+  std::unordered_set<std::string> connected;
+  for (const auto& [rid, c] : conns_) {
+    sorted.push_back(&c);
+    connected.insert(c.key);
+  }
+  std::vector<std::pair<std::string, std::string>> offline;  // fingerprint, key
+  for (const auto& [k, role] : accepted_) {
+    if (role == store::Role::kNode && !connected.count(k)) offline.emplace_back(fingerprintOf(k), k);
+  }
+  std::sort(offline.begin(), offline.end());
+  // An entry for a key that is connected again or no longer accepted is of no more use.
+  for (auto g = goneNodes_.begin(); g != goneNodes_.end();) {
+    auto a = accepted_.find(g->first);
+    g = connected.count(g->first) || a == accepted_.end() || a->second != store::Role::kNode ? goneNodes_.erase(g)
+                                                                                              : std::next(g);
+  }
+  wire::Encoder e(requestId, 1024);
+  auto list = e.body().initNodesReply().initNodes(static_cast<unsigned>(conns_.size() + offline.size()));
   std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name || (a->name == b->name && a->id < b->id); });
   std::int64_t now = clock_.monotonicMs();
   for (unsigned i = 0; i < sorted.size(); ++i) {
@@ -654,6 +672,20 @@ void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
       out.setLeaving(n->leaving);
       out.setDrained(n->drained);
     }
+  }
+  const std::int64_t nowWall = clock_.wallMs();
+  for (unsigned i = 0; i < offline.size(); ++i) {
+    auto out = list[static_cast<unsigned>(sorted.size()) + i];
+    const std::string& key = offline[i].second;
+    out.setKey(key);
+    out.setFingerprint(offline[i].first);
+    if (auto g = goneNodes_.find(key); g != goneNodes_.end()) {
+      out.setName(g->second.name);
+      out.setAddress(g->second.address);
+      out.setLastBeatMsAgo(static_cast<std::uint64_t>(std::max<std::int64_t>(0, nowWall - g->second.goneWallMs)));
+    }
+    out.setAlive(false);
+    out.setDrained(drained_.count(key) > 0);
   }
   sendTo(clientSocket_, routingId, e.finish());
 }
@@ -750,47 +782,63 @@ void NexusImpl::onDrain(const std::string& routingId, const std::string& key, st
                "name the spore to " + std::string(verb) + " by its name or fingerprint (`mesh nodes` lists them)");
     return;
   }
-  // A connected spore by name first, then a node key by fingerprint (prefix) or whole key.
-  std::vector<const NodeConn*> named;
-  for (const auto& [rid, c] : conns_) {
-    if (c.name == text) named.push_back(&c);
+  // A node key by whole key, whole fingerprint or fingerprint prefix, and a connected spore by
+  // name. A name is the spore's own word, so it never wins over a key the text names exactly,
+  // and a name that is also a prefix of another key's fingerprint is refused as ambiguous.
+  const std::string want = crypto::normalizeFingerprint(text);
+  std::vector<std::string> byKey;
+  bool exact = false;
+  auto matchKey = [&](const std::string& k) {
+    const std::string fp = crypto::normalizeFingerprint(fingerprintOf(k));
+    if (k == text || fp == want) {
+      if (!exact) byKey.clear();
+      exact = true;
+      byKey.push_back(k);
+    } else if (!exact && want.size() >= 4 && fp.rfind(want, 0) == 0) {
+      byKey.push_back(k);
+    }
+  };
+  for (const auto& [k, r] : accepted_) {
+    if (r == store::Role::kNode) matchKey(k);
   }
-  if (named.size() > 1) {
+  // A drained key no longer accepted (revoked since) can still be undrained.
+  if (!drain) {
+    for (const auto& [k, since] : drained_) {
+      if (!accepted_.count(k)) matchKey(k);
+    }
+  }
+  std::vector<std::string> byName;
+  if (!exact) {
+    for (const auto& [rid, c] : conns_) {
+      if (c.name == text && std::find(byName.begin(), byName.end(), c.key) == byName.end()) byName.push_back(c.key);
+    }
+  }
+  if (byName.size() > 1) {
     replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
-               std::to_string(named.size()) + " spores are named '" + bundle::printable(text, 128) +
+               std::to_string(byName.size()) + " spores are named '" + bundle::printable(text, 128) +
                    "': give the fingerprint of one (`mesh nodes` lists them)");
     return;
   }
-  std::string target = named.empty() ? std::string() : named[0]->key;
-  if (target.empty()) {
-    std::string want = crypto::normalizeFingerprint(text);
-    std::vector<std::string> matches;
-    auto matchesText = [&](const std::string& k) {
-      return k == text || (want.size() >= 4 && crypto::normalizeFingerprint(fingerprintOf(k)).rfind(want, 0) == 0);
-    };
-    for (const auto& [k, r] : accepted_) {
-      if (r == store::Role::kNode && matchesText(k)) matches.push_back(k);
-    }
-    // A drained key no longer accepted (revoked since) can still be undrained.
-    if (!drain) {
-      for (const auto& [k, since] : drained_) {
-        if (!accepted_.count(k) && matchesText(k)) matches.push_back(k);
-      }
-    }
-    if (matches.size() > 1) {
-      replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
-                 "'" + bundle::printable(text, 128) + "' matches " + std::to_string(matches.size()) +
-                     " node keys: give more digits of the fingerprint");
-      return;
-    }
-    if (matches.empty()) {
-      replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
-                 "no connected spore is named '" + bundle::printable(text, 128) +
-                     "' and no accepted node key has that fingerprint: see `mesh nodes` and `mesh keys list`");
-      return;
-    }
-    target = matches[0];
+  if (byName.size() == 1 && !byKey.empty() && (byKey.size() > 1 || byKey[0] != byName[0])) {
+    counters_.add("drains_ambiguous");
+    replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+               "'" + bundle::printable(text, 128) + "' is the name of spore " + fingerprintOf(byName[0]) +
+                   " and the start of another node key's fingerprint: give that spore's whole fingerprint");
+    return;
   }
+  if (byName.empty() && byKey.size() > 1) {
+    replyError(routingId, requestId, proto::Error::Code::BAD_REQUEST,
+               "'" + bundle::printable(text, 128) + "' matches " + std::to_string(byKey.size()) +
+                   " node keys: give more digits of the fingerprint");
+    return;
+  }
+  if (byName.empty() && byKey.empty()) {
+    replyError(routingId, requestId, proto::Error::Code::NOT_FOUND,
+               "no connected spore is named '" + bundle::printable(text, 128) +
+                   "' and no accepted node key has that fingerprint: see `mesh nodes` and `mesh keys list`");
+    return;
+  }
+  const std::string target = byName.empty() ? byKey[0] : byName[0];
   const std::int64_t now = clock_.wallMs();
   const bool was = drained_.count(target) > 0;
   if (was != drain) {

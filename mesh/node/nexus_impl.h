@@ -449,6 +449,15 @@ class NexusImpl {
   std::int64_t nextHeartbeat_ = 0, nextProgress_ = 0, nextKeyCheck_ = 0, nextRecallCheck_ = 0;
   // Drained node keys (z85) and since when (wall ms), as the store keeps them (keys.drained_ms).
   std::map<std::string, std::int64_t> drained_;
+  // Node keys whose spore was connected since this nexus started and is not now: its name and
+  // address then, and when it went (wall ms), for `mesh nodes --all`. At most one entry per
+  // accepted node key (an entry goes when its key connects again or is no longer accepted).
+  struct GoneNode {
+    std::string name, address;
+    std::int64_t goneWallMs = 0;
+  };
+  std::unordered_map<std::string, GoneNode> goneNodes_;
+  void rememberGone(const NodeConn& c);
 
   // Signed bundles (docs/bundles.md): trusted release keys, the version ledger (the same check 4
   // a spore runs), the stored bundles, publishes in progress and what the spores reported.

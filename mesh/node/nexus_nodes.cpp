@@ -319,6 +319,7 @@ void NexusImpl::onLeaving(NodeConn& conn, proto::Leaving::Reader leaving) {
             unfinished ? ("; " + std::to_string(unfinished) + " unfinished tasks go back to the queue").c_str() : "");
   scheduler_.removeNode(conn.id, nowWall, "stopped before its tasks ended", false);
   nodeRoute_.erase(conn.id);
+  rememberGone(conn);
   conns_.erase(routingId);  // conn is gone from here on
   publish(proto::Event::Kind::NODE_LOST, 0, name, "stopped");
   wire::Encoder ack(0, 16);
@@ -405,6 +406,11 @@ void NexusImpl::sendRecall(const routing::Recall& r) {
             r.tasks.size(), name.c_str(), why.c_str());
 }
 
+void NexusImpl::rememberGone(const NodeConn& c) {
+  if (c.key.empty()) return;
+  goneNodes_[c.key] = GoneNode{c.name, c.address, clock_.wallMs()};
+}
+
 void NexusImpl::dropNode(routing::NodeId id, const std::string& why, bool nodeFault) {
   auto r = nodeRoute_.find(id);
   if (r == nodeRoute_.end()) return;
@@ -412,7 +418,10 @@ void NexusImpl::dropNode(routing::NodeId id, const std::string& why, bool nodeFa
   std::string name = c != conns_.end() ? c->second.name : "?";
   MESH_WARN("node %s lost: %s; its tasks go back to the queue", name.c_str(), why.c_str());
   scheduler_.removeNode(id, clock_.wallMs(), why, nodeFault);
-  if (c != conns_.end()) conns_.erase(c);
+  if (c != conns_.end()) {
+    rememberGone(c->second);
+    conns_.erase(c);
+  }
   nodeRoute_.erase(r);
   publish(proto::Event::Kind::NODE_LOST, 0, name, why);
 }

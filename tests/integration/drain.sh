@@ -80,6 +80,15 @@ b2=$(short_batch)
 expect_rc 0 timeout 30 mesh wait "$b2" --quiet
 [ "$(on_node_after "$name" 0 "$b2")" -eq 0 ] || fail "$name got tasks after a nexus restart"
 "$cluster" stop "$T/c" "$name"
+# Stopped, it is no longer among the spores, but `mesh nodes --all` shows its key offline and
+# drained, under the name and address it had.
+! mesh nodes --json | grep -q "\"name\":\"$name\"" || fail "mesh nodes lists the stopped spore $name"
+mesh nodes --all --json > "$T/all.json"
+grep "\"name\":\"$name\"" "$T/all.json" | grep -q '"drained":true,"connected":false,"state":"offline"' ||
+  fail "mesh nodes --all does not show $name offline and drained: $(cat "$T/all.json")"
+mesh nodes --all > "$T/all.txt"
+grep -q "^$name .*(offline, drained)" "$T/all.txt" || fail "mesh nodes --all (text): $(cat "$T/all.txt")"
+[ "$(grep -c '"connected":true' "$T/all.json")" -eq 1 ] || fail "mesh nodes --all: $(cat "$T/all.json")"
 "$cluster" add-spore "$T/c" "$name" > /dev/null
 [ "$(state_of "$name")" = drained ] || fail "after its restart $name is $(state_of "$name")"
 b3=$(short_batch)
@@ -106,6 +115,21 @@ expect_rc 1 mesh nodes drain no-such-spore
 grep -q "no connected spore is named 'no-such-spore'" "$T/err" || fail "an unknown spore got: $(cat "$T/err")"
 expect_rc 2 mesh nodes drain
 expect_rc 2 mesh nodes drain a b
+# A spore may call itself anything: one named like the start of another spore's fingerprint does
+# not catch a drain meant for that key (refused as ambiguous), and a whole fingerprint always
+# names its key, whatever a spore calls itself.
+other_fp=$(mesh keys fingerprint "$T/c/$other/spore.key.pub")
+alias=$(printf '%s' "$other_fp" | tr -d ':' | cut -c1-8)
+"$cluster" add-spore "$T/c" "$alias" > /dev/null
+expect_rc 1 mesh nodes drain "$alias"
+grep -q "is the name of spore .* and the start of another node key's fingerprint" "$T/err" ||
+  fail "a name that is also a fingerprint prefix got: $(cat "$T/err")"
+[ "$(state_of "$alias")" = active ] && [ "$(state_of "$other")" = active ] || fail "an ambiguous drain changed a spore"
+expect_rc 0 mesh nodes drain "$other_fp"
+grep -q "^$other (" "$T/out" || fail "a whole fingerprint did not drain $other: $(cat "$T/out")"
+[ "$(state_of "$alias")" = active ] || fail "a drain by fingerprint caught the spore named $alias"
+expect_rc 0 mesh nodes undrain "$other_fp"
+"$cluster" stop "$T/c" "$alias"
 
 # 6. A drained spore whose key is revoked: no longer counted among the drained spores (none of
 # its spores can connect), and it can still be undrained by its fingerprint.
