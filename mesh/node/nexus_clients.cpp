@@ -1002,7 +1002,9 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
       out.setNumber(live->attempts);
       auto r = nodeRoute_.find(live->node);
       std::string node = "?";
-      if (r != nodeRoute_.end()) node = conns_[r->second].name;
+      if (r != nodeRoute_.end()) {
+        if (auto c = conns_.find(r->second); c != conns_.end()) node = c->second.name;
+      }
       out.setNode(node);
       out.setAssignedMs(live->assignedWallMs);
       out.setOutcome("running");
