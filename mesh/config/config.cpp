@@ -151,6 +151,9 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
       ("quarantine-after", po::value<unsigned>()->default_value(3), "quarantine a task after its spore dies under it this often")
       ("max-payload", po::value<std::string>()->default_value("16M"), "largest task payload accepted")
       ("max-frame", po::value<std::string>()->default_value("64M"), "largest message accepted from the network")
+      ("max-shuffle", po::value<std::string>()->default_value("1G"),
+       "largest total map output of a map-reduce job: the nexus builds the reduce stage's input from it in "
+       "memory (about twice this at once); a job over it stops with a note")
       ("max-queued", po::value<std::uint64_t>(&c.maxQueuedTasks)->default_value(c.maxQueuedTasks), "refuse submissions beyond this many unfinished tasks")
       ("io-threads", po::value<int>(&c.ioThreads)->default_value(c.ioThreads), "ZeroMQ I/O threads, 1-16 (with 2 or more, encryption for spores and for clients runs on different ones)")
       ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error")
@@ -207,6 +210,9 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
   auto frame = sizeOption(vm, "max-frame", c.maxFrameBytes);
   if (!frame) return frame.error();
   c.maxFrameBytes = *frame;
+  auto shuffle = sizeOption(vm, "max-shuffle", c.maxShuffleBytes);
+  if (!shuffle) return shuffle.error();
+  c.maxShuffleBytes = *shuffle;
   if (c.maxPayloadBytes > c.maxFrameBytes / 2) {
     return usage("--max-payload must be at most half of --max-frame (a payload travels in one message, with others)",
                  "nexus");

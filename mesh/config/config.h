@@ -28,6 +28,9 @@ struct NexusConfig {
   std::uint64_t maxPayloadBytes = 16ull << 20;
   std::uint64_t maxFrameBytes = 64ull << 20;
   std::uint64_t maxQueuedTasks = 20'000'000;
+  // The largest total map output (bytes) a reduce stage is built from: the nexus reads it whole
+  // and holds it about twice while it builds the partitions.
+  std::uint64_t maxShuffleBytes = 1ull << 30;
   // ZeroMQ I/O threads (Curve work): with 2 or more, spores and clients are on different ones.
   int ioThreads = 2;
   // Discovery (LAN beacon).

@@ -347,28 +347,51 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
     current_->updates.push_back(u);
   };
   if (map.cancelledMs) return stop("cancelled: the reduce stage did not start");
-  auto outputs = readStore_->outputs(map.id);
-  if (!outputs) return stop("cannot read the map outputs: " + outputs.error().message);
-  if (outputs->size() != map.total) {
-    return stop(std::to_string(map.total - outputs->size()) + " of " + std::to_string(map.total) +
+  // Counted and sized first, without reading an output: a job with failed map tasks, or with
+  // more output than the nexus may hold, stops here (this runs on the loop, and again at every
+  // start while the job waits for its reduce stage: reading it all first could run the nexus
+  // out of memory on every start).
+  auto size = readStore_->outputsSize(map.id);
+  if (!size) return stop("cannot read the map outputs: " + size.error().message);
+  if (size->count != map.total) {
+    return stop(std::to_string(map.total - std::min(map.total, size->count)) + " of " + std::to_string(map.total) +
                 " map tasks failed: the reduce stage did not start (see mesh results " + std::to_string(map.id) + ")");
   }
-  const std::uint32_t r = map.mrPartitions;
-  std::vector<std::vector<std::string_view>> runs(r);
-  for (std::size_t i = 0; i < outputs->size(); ++i) {
-    auto parts = exec::decodeParts((*outputs)[i]);
-    if (!parts || parts->size() != r) {
-      return stop("map task " + std::to_string(i) + " returned malformed output: the reduce stage did not start");
-    }
-    for (std::uint32_t k = 0; k < r; ++k) runs[k].push_back((*parts)[k]);
+  if (size->bytes > config_.maxShuffleBytes) {
+    counters_.add("reduce_stages_too_large");
+    return stop("the map stage's output is " + std::to_string(size->bytes) + " bytes, over the nexus's --max-shuffle of " +
+                std::to_string(config_.maxShuffleBytes) +
+                ": the reduce stage did not start (a combiner shrinks the map output; or raise --max-shuffle)");
   }
+  const std::uint32_t r = map.mrPartitions;
   auto payloads = std::make_shared<std::vector<std::string>>();
-  for (std::uint32_t k = 0; k < r; ++k) {
-    payloads->push_back(exec::encodeParts(runs[k]));
-    if (payloads->back().size() > config_.maxFrameBytes / 2) {
-      return stop("reduce partition " + std::to_string(k) + " would be " + std::to_string(payloads->back().size()) +
-                  " bytes, over the limit of " + std::to_string(config_.maxFrameBytes / 2) + ": use more reducers");
+  try {
+    auto outputs = readStore_->outputs(map.id);
+    if (!outputs) return stop("cannot read the map outputs: " + outputs.error().message);
+    if (outputs->size() != map.total) {
+      return stop(std::to_string(map.total - std::min<std::uint64_t>(map.total, outputs->size())) + " of " +
+                  std::to_string(map.total) + " map tasks failed: the reduce stage did not start (see mesh results " +
+                  std::to_string(map.id) + ")");
     }
+    std::vector<std::vector<std::string_view>> runs(r);
+    for (std::size_t i = 0; i < outputs->size(); ++i) {
+      auto parts = exec::decodeParts((*outputs)[i]);
+      if (!parts || parts->size() != r) {
+        return stop("map task " + std::to_string(i) + " returned malformed output: the reduce stage did not start");
+      }
+      for (std::uint32_t k = 0; k < r; ++k) runs[k].push_back((*parts)[k]);
+    }
+    for (std::uint32_t k = 0; k < r; ++k) {
+      payloads->push_back(exec::encodeParts(runs[k]));
+      if (payloads->back().size() > config_.maxFrameBytes / 2) {
+        return stop("reduce partition " + std::to_string(k) + " would be " + std::to_string(payloads->back().size()) +
+                    " bytes, over the limit of " + std::to_string(config_.maxFrameBytes / 2) + ": use more reducers");
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    counters_.add("reduce_stages_too_large");
+    return stop("not enough memory to build the reduce stage from " + std::to_string(size->bytes) +
+                " bytes of map output: lower --max-shuffle, or use a combiner");
   }
   routing::BatchSpec s;
   s.handler = map.mrReducer;

@@ -581,6 +581,24 @@ util::Result<std::vector<std::string>> TaskStore::outputs(std::uint64_t batch) {
   return out;
 }
 
+util::Result<TaskStore::OutputsSize> TaskStore::outputsSize(std::uint64_t batch) {
+  // length() of a blob is read from the record header; the output's pages are not loaded.
+  auto st = db_.prepare(
+      "SELECT COUNT(*), COALESCE(SUM(length(r.output)), 0) FROM tasks t JOIN results r ON r.task = t.id "
+      "WHERE t.batch = ? AND r.status = 0");
+  if (!st) return st.error();
+  st->bind(1, static_cast<std::int64_t>(batch));
+  OutputsSize out;
+  if (auto s = forRows(*st, [&](Statement& s) {
+        out.count = static_cast<std::uint64_t>(s.getInt(0));
+        out.bytes = static_cast<std::uint64_t>(s.getInt(1));
+      });
+      !s) {
+    return s.error();
+  }
+  return out;
+}
+
 util::Result<std::vector<BatchRecord>> TaskStore::mapStagesWithoutReduce() {
   auto st = db_.prepare(std::string("SELECT ") + kBatchColumns +
                         " FROM batches WHERE mr_stage = 1 AND finished_ms IS NOT NULL AND next_batch IS NULL "

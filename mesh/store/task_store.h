@@ -255,6 +255,12 @@ class TaskStore {
   util::Result<std::vector<ResultRow>> resultsPage(std::uint64_t batch, std::uint64_t fromIndex, int limit);
   // The outputs of a batch's successful tasks in index order (the map stage's outputs).
   util::Result<std::vector<std::string>> outputs(std::uint64_t batch);
+  // How many tasks of a batch succeeded and the total size of their outputs, without reading
+  // the outputs (what `outputs` would return).
+  struct OutputsSize {
+    std::uint64_t count = 0, bytes = 0;
+  };
+  util::Result<OutputsSize> outputsSize(std::uint64_t batch);
   // Finished map batches whose reduce stage was never started (a crash in between).
   util::Result<std::vector<BatchRecord>> mapStagesWithoutReduce();
   util::Result<std::optional<TaskRow>> task(std::uint64_t id);

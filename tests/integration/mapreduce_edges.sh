@@ -52,4 +52,29 @@ grep -q "is not a map-reduce job" "$T/err" || fail "--job with a plain batch: $(
 [ $((SECONDS - start)) -le 2 ] || fail "--job with a running plain batch waited $((SECONDS - start)) s before refusing"
 expect_rc 1 timeout 10 mesh mapreduce --job 99999 --output "$T/o9"
 grep -q "no batch 99999" "$T/err" || fail "--job with an unknown batch: $(cat "$T/err")"
-note "empty, huge, binary, spaced keys, failures and --job behave as documented"
+# A map stage whose output is over the nexus's --max-shuffle stops the job before any output is
+# read (the nexus would hold it all in memory), says why, and stays stopped after a restart.
+expect_rc 0 mesh cancel "$plain"
+spores_back() { [ "$(mesh nodes --json | grep -c '"name"')" -eq 2 ]; }
+echo "--max-shuffle 64K" > "$T/c/nexus-args"
+"$cluster" kill "$T/c" nexus
+"$cluster" restart-nexus "$T/c" > /dev/null
+wait_until 30 "both spores to rejoin" spores_back
+expect_rc 1 timeout 60 mesh mapreduce --mapper echo --reducer echo --reducers 1 --chunk-size 64K --output "$T/o10" "$T/huge"
+grep -q "over the nexus's --max-shuffle of 65536: the reduce stage did not start" "$T/err" ||
+  fail "a map output over --max-shuffle: $(cat "$T/err")"
+[ "$(counter reduce_stages_too_large)" -eq 1 ] || fail "reduce_stages_too_large is $(counter reduce_stages_too_large)"
+big=$(sql "SELECT MAX(id) FROM batches WHERE mr_stage = 1")
+"$cluster" kill "$T/c" nexus
+"$cluster" restart-nexus "$T/c" > /dev/null
+wait_until 30 "both spores to rejoin" spores_back
+[ "$(sql "SELECT next_batch IS NULL AND note LIKE '%--max-shuffle%' FROM batches WHERE id = $big")" -eq 1 ] ||
+  fail "the stopped job $big changed at a restart"
+# Within the limit, the same job runs.
+echo "" > "$T/c/nexus-args"
+"$cluster" kill "$T/c" nexus
+"$cluster" restart-nexus "$T/c" > /dev/null
+wait_until 30 "both spores to rejoin" spores_back
+expect_rc 0 timeout 60 mesh mapreduce --mapper echo --reducer echo --reducers 1 --chunk-size 64K --output "$T/o11" "$T/huge"
+cmp -s "$T/huge" "$T/o11/part-00000" || fail "the huge line did not come through after --max-shuffle was lifted"
+note "empty, huge, binary, spaced keys, failures, --max-shuffle and --job behave as documented"
