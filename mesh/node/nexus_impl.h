@@ -353,6 +353,9 @@ class NexusImpl {
 
   // ---- work
   void dispatch();
+  // Sends `assign` messages for these tasks (under their current attempt) to a node, in frames
+  // of about kAssignFrameBytes. False if a frame could not be sent (the node is gone).
+  bool sendAssign(const std::string& routingId, const routing::Task* const* tasks, std::size_t count);
   void collectEffects();
   // Hands the current write set to the writer, unless it is held for an early batch's results
   // (commit hold); `force` hands it over regardless (when the nexus stops).

@@ -253,7 +253,8 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
   conn.id = scheduler_.addNode(std::move(info));
   nodeRoute_[conn.id] = routingId;
   auto& stored = conns_[routingId] = std::move(conn);
-  auto unknown = scheduler_.adoptRunning(stored.id, f.running, clock_.monotonicMs(), clock_.wallMs());
+  std::vector<std::uint64_t> behind;
+  auto unknown = scheduler_.adoptRunning(stored.id, f.running, clock_.monotonicMs(), clock_.wallMs(), &behind);
   scheduler_.adoptDone(stored.id, f.done);
   // Drained by its key (before a reconnect or a nexus restart): it finishes what it runs, is
   // given nothing, and the next recall check asks back what it has not started.
@@ -268,6 +269,20 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
     auto ids = cancel.body().initCancelTasks().initIds(static_cast<unsigned>(unknown.size()));
     for (unsigned i = 0; i < unknown.size(); ++i) ids.set(i, unknown[i]);
     sendTo(nodeSocket_, routingId, cancel.finish());
+  }
+  if (!behind.empty()) {
+    // It runs them under an attempt the nexus gave up since: assigned again under the nexus's
+    // number, the spore reports them under it (it runs them on, not twice: section 4.3).
+    std::vector<const routing::Task*> again;
+    for (auto id : behind) {
+      if (const routing::Task* t = scheduler_.task(id)) again.push_back(t);
+    }
+    MESH_INFO("node %s runs %zu tasks under an attempt given up since: told their current attempt", f.name.c_str(),
+              again.size());
+    if (!sendAssign(routingId, again.data(), again.size())) {
+      dropNode(stored.id, "cannot send to it");
+      return;
+    }
   }
   publish(proto::Event::Kind::NODE_JOINED, 0, f.name, "");
 }

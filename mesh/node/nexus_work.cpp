@@ -18,39 +18,43 @@ void NexusImpl::dispatch() {
       scheduler_.removeNode(a.node, clock_.wallMs(), "no route to it", /*nodeFault=*/false);
       continue;
     }
-    std::size_t start = 0;
-    bool failed = false;
-    while (start < a.tasks.size() && !failed) {
-      std::size_t end = start, bytes = 0;
-      while (end < a.tasks.size() && (end == start || bytes + a.tasks[end]->payload.size() < kAssignFrameBytes)) {
-        bytes += a.tasks[end]->payload.size() + 64;
-        ++end;
-      }
-      wire::Encoder e(0, static_cast<unsigned>(bytes / 8 + 64));
-      auto list = e.body().initAssign().initTasks(static_cast<unsigned>(end - start));
-      for (std::size_t i = start; i < end; ++i) {
-        const routing::Task* t = a.tasks[i];
-        auto out = list[static_cast<unsigned>(i - start)];
-        out.setId(t->id);
-        out.setAttempt(t->attempts);
-        out.setHandler(t->batch->spec.handler);
-        out.setPayload(wire::asData(t->payload));
-        out.setTimeoutMs(t->batch->spec.timeoutMs);
-        out.setPriority(t->batch->spec.priority);
-        const auto& spec = t->batch->spec;
-        if (spec.mrStage != 0) {
-          auto mr = out.initMapreduce();
-          mr.setStage(static_cast<proto::MapReduce::Stage>(spec.mrStage));
-          mr.setPartitions(spec.mrPartitions);
-          mr.setCombiner(spec.mrCombiner);
-        }
-      }
-      failed = !sendTo(nodeSocket_, route->second, e.finish());
-      start = end;
-    }
+    bool failed = !sendAssign(route->second, a.tasks.data(), a.tasks.size());
     counters_.add("tasks_dispatched", a.tasks.size());
     if (failed) dropNode(a.node, "cannot send to it");
   }
+}
+
+bool NexusImpl::sendAssign(const std::string& routingId, const routing::Task* const* tasks, std::size_t count) {
+  std::size_t start = 0;
+  while (start < count) {
+    std::size_t end = start, bytes = 0;
+    while (end < count && (end == start || bytes + tasks[end]->payload.size() < kAssignFrameBytes)) {
+      bytes += tasks[end]->payload.size() + 64;
+      ++end;
+    }
+    wire::Encoder e(0, static_cast<unsigned>(bytes / 8 + 64));
+    auto list = e.body().initAssign().initTasks(static_cast<unsigned>(end - start));
+    for (std::size_t i = start; i < end; ++i) {
+      const routing::Task* t = tasks[i];
+      auto out = list[static_cast<unsigned>(i - start)];
+      out.setId(t->id);
+      out.setAttempt(t->attempts);
+      out.setHandler(t->batch->spec.handler);
+      out.setPayload(wire::asData(t->payload));
+      out.setTimeoutMs(t->batch->spec.timeoutMs);
+      out.setPriority(t->batch->spec.priority);
+      const auto& spec = t->batch->spec;
+      if (spec.mrStage != 0) {
+        auto mr = out.initMapreduce();
+        mr.setStage(static_cast<proto::MapReduce::Stage>(spec.mrStage));
+        mr.setPartitions(spec.mrPartitions);
+        mr.setCombiner(spec.mrCombiner);
+      }
+    }
+    if (!sendTo(nodeSocket_, routingId, e.finish())) return false;
+    start = end;
+  }
+  return true;
 }
 
 void NexusImpl::collectEffects() {

@@ -521,7 +521,8 @@ std::uint32_t Scheduler::freeSlots(const Node& n) const {
 
 std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
                                                    const std::vector<std::pair<std::uint64_t, std::uint8_t>>& reported,
-                                                   std::int64_t nowMono, std::int64_t nowWallMs) {
+                                                   std::int64_t nowMono, std::int64_t nowWallMs,
+                                                   std::vector<std::uint64_t>* behind) {
   std::vector<std::uint64_t> unknown;
   Node* n = node(id);
   for (auto [tid, attempt] : reported) {
@@ -544,6 +545,10 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
     t.state = Task::State::kRunning;
     t.node = id;
     if (attempt > t.attempts) t.attempts = attempt;
+    if (attempt < t.attempts) {
+      counters_.add("tasks_adopted_behind");
+      if (behind) behind->push_back(tid);
+    }
     if (nowWallMs > 0) t.assignedWallMs = nowWallMs;  // the real assign time went with the connection
     t.deadlineMono = nowMono + t.batch->spec.timeoutMs + config_.deadlineGraceMs;
     deadlines_.insert({t.deadlineMono, t.id});

@@ -381,11 +381,17 @@ class Scheduler {
   // slots - in_flight, or 0.
   std::uint32_t freeSlots(const Node& n) const;
   // Tasks (id, attempt) the node reports as still running after a reconnect or a nexus
-  // restart: those still queued are assigned back to it under the attempt it runs, with a
-  // fresh deadline, and the adoption (nowWallMs, when given) as their assign time. Returns the
-  // ids it must drop (done, or running elsewhere meanwhile).
+  // restart: those still queued are assigned back to it, with a fresh deadline, and the
+  // adoption (nowWallMs, when given) as their assign time. Returns the ids it must drop (done,
+  // or running elsewhere meanwhile). A task runs on under the attempt the node reports when that
+  // is the nexus's or a newer one (after a restart, the nexus's may never have been recorded);
+  // under an older one (the nexus gave that attempt up, and a later one was lost elsewhere),
+  // it keeps the nexus's number and its id goes to `behind`: the caller assigns it to the node
+  // again under that number, which the node takes as "report it under this attempt" (else a
+  // failure report would be dropped as stale and the task wait for its deadline).
   std::vector<std::uint64_t> adoptRunning(NodeId id, const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks,
-                                          std::int64_t nowMono, std::int64_t nowWallMs = 0);
+                                          std::int64_t nowMono, std::int64_t nowWallMs = 0,
+                                          std::vector<std::uint64_t>* behind = nullptr);
   // Tasks the node finished while it was away from this nexus (a nexus restart, a lost
   // connection), whose results it sends after its hello: their results are accepted from it
   // like late results (see onReport). Tasks it is not eligible for are ignored.

@@ -938,6 +938,37 @@ TEST_CASE("an adopted task's assign time is its adoption") {
   CHECK(fx.finals[0].attempts == 2);
 }
 
+TEST_CASE("a task adopted under an attempt given up since keeps the nexus's number, and its failure counts") {
+  Scheduler s(SchedulerConfig{});
+  batchOf(s, 1, spec("echo", 0, {}, 5), 1, 100);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 1);  // 100 runs on a under attempt 1
+  s.removeNode(a, 0, "went silent");          // a flaky link: a is declared lost, but runs on
+  NodeId b = s.addNode(nodeInfo("b", 1));
+  REQUIRE(assignedTo(s.dispatch(0, 0), b) == 1);  // attempt 2 on b
+  s.removeNode(b, 0, "went silent");
+  s.removeNode(b, 0, "again");                 // (a no-op)
+  REQUIRE(s.task(100)->state == Task::State::kQueued);
+  const std::uint8_t nexusAttempt = s.task(100)->attempts;
+  NodeId a2 = s.addNode(nodeInfo("a", 1));     // a comes back, still running attempt 1
+  std::vector<std::uint64_t> behind;
+  CHECK(s.adoptRunning(a2, {{100, 1}}, 0, 0, &behind).empty());
+  CHECK(behind == std::vector<std::uint64_t>{100});  // to be assigned again under the nexus's number
+  CHECK(s.task(100)->attempts == nexusAttempt);
+  CHECK(s.task(100)->state == Task::State::kRunning);
+  // Told its attempt, the spore reports the failure under it: counted, not dropped as stale.
+  s.onReport(a2, failed(100, nexusAttempt), 0, 0);
+  CHECK(s.counters().get("results_stale_dropped") == 0);
+  CHECK(s.task(100)->state != Task::State::kRunning);
+  // Adopted under the nexus's own attempt (or a newer one): nothing to tell.
+  Scheduler t(SchedulerConfig{});
+  batchOf(t, 1, spec(), 1, 100);
+  NodeId c = t.addNode(nodeInfo("c", 1));
+  behind.clear();
+  CHECK(t.adoptRunning(c, {{100, 2}}, 0, 0, &behind).empty());
+  CHECK(behind.empty());
+}
+
 TEST_CASE("a reconnecting node cannot adopt a task it is not eligible for") {
   Scheduler s(SchedulerConfig{});
   batchOf(s, 1, spec("echo", 0, {"gpu"}), 1, 100);
