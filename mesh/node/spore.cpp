@@ -141,12 +141,17 @@ void SporeImpl::sendHello() {
   auto names = registry_.snapshot()->names();
   auto handlers = h.initHandlers(static_cast<unsigned>(names.size()));
   for (unsigned i = 0; i < names.size(); ++i) handlers.set(i, names[i]);
-  unsigned held = static_cast<unsigned>(std::min(jobs_.size(), kHelloTasksMax));
+  // A job being cancelled (its handler still dying) is not listed: its result will not be
+  // sent, so the nexus must not adopt it (it would wait for the task's deadline).
+  std::size_t live = 0;
+  for (const auto& [id, job] : jobs_) live += job.cancel->load() ? 0 : 1;
+  unsigned held = static_cast<unsigned>(std::min(live, kHelloTasksMax));
   auto running = h.initRunning(held);
   auto attempts = h.initRunningAttempts(held);
   unsigned i = 0;
   for (const auto& [id, job] : jobs_) {
     if (i == held) break;
+    if (job.cancel->load()) continue;
     running.set(i, id);
     attempts.set(i, job.attempt);
     ++i;

@@ -156,7 +156,10 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
   for (auto t : assign.getTasks()) {
     auto held = jobs_.find(t.getId());
     if (held != jobs_.end()) {
-      if (t.getAttempt() <= held->second.attempt) {
+      // A repeat of an attempt this spore runs is a duplicate; one of an attempt it is stopping
+      // (cancelled) is not: a restarted nexus that lost the attempt's record asks for it again
+      // under the same number, and it runs once the old run has ended (below).
+      if (t.getAttempt() <= held->second.attempt && !held->second.cancel->load()) {
         counters_.add("assign_duplicates");
         continue;
       }
