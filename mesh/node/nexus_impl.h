@@ -368,7 +368,8 @@ class NexusImpl {
   void timers();
   // nodeFault: the node died or went silent (charged to its tasks toward quarantine), as
   // opposed to a reconnection or a revoked key.
-  void dropNode(routing::NodeId id, const std::string& why, bool nodeFault = true);
+  void dropNode(routing::NodeId id, const std::string& why, bool nodeFault = true,
+                const std::unordered_set<std::uint64_t>* stillHeld = nullptr);
   void sendWelcome(const std::string& routingId);
   void sendProgress(std::uint64_t batch, bool final);
   void keepInline(const routing::FinalResult& f);

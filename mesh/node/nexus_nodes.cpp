@@ -222,13 +222,21 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
                                  c.address + "): give each spore its own data dir / key"));
     return;
   }
-  // A new hello replaces whatever that key had. That is a reconnection, not a failure: its
-  // tasks go back to the queue (or are adopted below) without being charged.
+  // A new hello replaces whatever that key had. For the tasks it still holds (its running and
+  // done lists) that is a reconnection, not a failure: they go back to the queue (or are adopted
+  // below) without being charged. The others died with the spore's old process (a restart by
+  // its supervisor, faster than the nexus declares a silent spore dead): charged, as for a spore
+  // that died, so that a task that kills its spore is quarantined however fast it comes back.
   std::vector<routing::NodeId> replaced;
   for (const auto& [rid, c] : conns_) {
     if (c.key == key || rid == routingId) replaced.push_back(c.id);
   }
-  for (auto id : replaced) dropNode(id, "reconnected", /*nodeFault=*/false);
+  if (!replaced.empty()) {
+    std::unordered_set<std::uint64_t> stillHeld(f.running.size() + f.done.size());
+    for (const auto& [id, attempt] : f.running) stillHeld.insert(id);
+    stillHeld.insert(f.done.begin(), f.done.end());
+    for (auto id : replaced) dropNode(id, "reconnected", /*nodeFault=*/false, &stillHeld);
+  }
   NodeConn conn;
   conn.routingId = routingId;
   conn.key = key;
@@ -426,13 +434,20 @@ void NexusImpl::rememberGone(const NodeConn& c) {
   goneNodes_[c.key] = GoneNode{c.name, c.address, clock_.wallMs()};
 }
 
-void NexusImpl::dropNode(routing::NodeId id, const std::string& why, bool nodeFault) {
+// With stillHeld (a key's new hello replaces its connection): the tasks it lists end uncharged,
+// the others charged (Scheduler::replaceNode).
+void NexusImpl::dropNode(routing::NodeId id, const std::string& why, bool nodeFault,
+                         const std::unordered_set<std::uint64_t>* stillHeld) {
   auto r = nodeRoute_.find(id);
   if (r == nodeRoute_.end()) return;
   auto c = conns_.find(r->second);
   std::string name = c != conns_.end() ? c->second.name : "?";
   MESH_WARN("node %s lost: %s; its tasks go back to the queue", name.c_str(), why.c_str());
-  scheduler_.removeNode(id, clock_.wallMs(), why, nodeFault);
+  if (stillHeld) {
+    scheduler_.replaceNode(id, clock_.wallMs(), *stillHeld);
+  } else {
+    scheduler_.removeNode(id, clock_.wallMs(), why, nodeFault);
+  }
   if (c != conns_.end()) {
     rememberGone(c->second);
     conns_.erase(c);

@@ -449,7 +449,7 @@ void NexusImpl::timers() {
   std::int64_t now = clock_.monotonicMs();
   if (now >= nextHeartbeat_) {
     nextHeartbeat_ = now + config_.heartbeatMs;
-    std::vector<routing::NodeId> dead;
+    std::vector<routing::NodeId> dead, gone;
     std::int64_t silentLimit = config_.heartbeatMs * config_.missedBeats;
     for (auto& [rid, c] : conns_) {
       if (now - c.lastSeenMono > silentLimit) {
@@ -458,11 +458,17 @@ void NexusImpl::timers() {
       }
       wire::Encoder e(0, 32);
       e.body().initHeartbeat();
-      if (!sendTo(nodeSocket_, rid, e.finish())) dead.push_back(c.id);
+      if (!sendTo(nodeSocket_, rid, e.finish())) gone.push_back(c.id);
     }
     for (auto id : dead) {
       counters_.add("heartbeats_missed");
       dropNode(id, "no heartbeat for " + std::to_string(silentLimit) + " ms");
+    }
+    for (auto id : gone) {
+      // ZeroMQ has closed its connection (the process died, its host closed the socket): known
+      // at the next heartbeat, long before the silence limit.
+      counters_.add("nodes_disconnected");
+      dropNode(id, "its connection closed (the heartbeat could not be sent)");
     }
     // Nodes and routes are made and dropped together; should a node ever be left without its
     // route (a bug), its tasks go back to the queue instead of waiting for their timeout.

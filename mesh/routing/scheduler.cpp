@@ -272,6 +272,26 @@ void Scheduler::removeNode(NodeId id, std::int64_t nowWallMs, const std::string&
   nodes_.erase(id);
 }
 
+void Scheduler::replaceNode(NodeId id, std::int64_t nowWallMs, const std::unordered_set<std::uint64_t>& stillHeld) {
+  Node* n = node(id);
+  if (!n) return;
+  std::vector<std::uint64_t> running(n->running.begin(), n->running.end());
+  std::sort(running.begin(), running.end());
+  bool lostAny = false;
+  for (std::uint64_t tid : running) {
+    auto it = tasks_.find(tid);
+    if (it == tasks_.end()) continue;
+    const bool held = stillHeld.count(tid) > 0;
+    lostAny = lostAny || !held;
+    endAttempt(*it->second, Status::kCrashed,
+               "spore " + n->info.name + " lost: " +
+                   (held ? std::string("reconnected") : std::string("restarted, without this task")),
+               0, nowWallMs, true, nullptr, /*charge=*/!held);
+  }
+  if (lostAny) counters_.add("nodes_restarted");
+  nodes_.erase(id);
+}
+
 void Scheduler::setLeaving(NodeId id) {
   if (Node* n = node(id)) n->leaving = true;
 }

@@ -328,6 +328,11 @@ class Scheduler {
   // true (the node died or went silent) the loss is charged to each task, which is quarantined
   // after `quarantineAfter` charges; a reconnection or a revoked key is not charged.
   void removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why, bool nodeFault = true);
+  // A node replaced by a new connection with its key (a reconnection, or the spore restarted):
+  // the tasks the new connection still holds (`stillHeld`: its hello's running and done) end
+  // uncharged, as a reconnection; the others were lost with the old process, which may have
+  // died of one of them, so they are charged like a node that died (`why` says so).
+  void replaceNode(NodeId id, std::int64_t nowWallMs, const std::unordered_set<std::uint64_t>& stillHeld);
   // The node is stopping: it is given no task from now on (its running ones may still end).
   void setLeaving(NodeId id);
   // Drains (true) or undrains a node: a drained node is given no task; recalls() asks back what

@@ -969,6 +969,25 @@ TEST_CASE("a task adopted under an attempt given up since keeps the nexus's numb
   CHECK(behind.empty());
 }
 
+TEST_CASE("a node replaced by a new connection: the tasks it still holds are not charged, the others are") {
+  SchedulerConfig c;
+  c.quarantineAfter = 1;
+  Scheduler s(c);
+  batchOf(s, 1, spec(), 2, 100);
+  NodeId a = s.addNode(nodeInfo("a", 2));
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 2);
+  s.replaceNode(a, 0, {100});  // the new connection's hello lists 100 only: 101 died with it
+  CHECK(s.task(100)->state == Task::State::kQueued);  // a reconnection: not charged
+  CHECK(s.task(100)->nodesLost == s.task(100)->reconnects);
+  CHECK(s.task(101) == nullptr);                      // charged: quarantined at the first loss
+  auto fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 1);
+  CHECK(fx.finals[0].task == 101);
+  CHECK(fx.finals[0].status == Status::kQuarantined);
+  CHECK(fx.finals[0].error.find("restarted, without this task") != std::string::npos);
+  CHECK(s.counters().get("nodes_restarted") == 1);
+}
+
 TEST_CASE("a reconnecting node cannot adopt a task it is not eligible for") {
   Scheduler s(SchedulerConfig{});
   batchOf(s, 1, spec("echo", 0, {"gpu"}), 1, 100);
