@@ -113,6 +113,13 @@ Task* Scheduler::frontTask(Batch& b) {
 
 std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
   b.cancelled = true;
+  if (b.queued + b.waiting + b.running == 0) {
+    // Nothing of it in memory (a repeated cancel, or one of a batch whose tasks have all
+    // ended): no need to walk every task the scheduler holds.
+    b.ready.clear();
+    deactivate(b);
+    return 0;
+  }
   std::vector<Task*> mine;
   for (auto& [id, t] : tasks_) {
     if (t->batch == &b) mine.push_back(t.get());
