@@ -572,9 +572,12 @@ std::vector<std::uint64_t> Scheduler::adoptRunning(NodeId id,
     t.state = Task::State::kRunning;
     t.node = id;
     if (attempt > t.attempts) t.attempts = attempt;
-    if (attempt < t.attempts) {
+    if (attempt < t.attempts && behind) {
+      // Its run there is a new attempt for the nexus (the numbers up to t.attempts name attempts
+      // that ended elsewhere): the next number, which the spore is told.
+      if (t.attempts < 255) ++t.attempts;
       counters_.add("tasks_adopted_behind");
-      if (behind) behind->push_back(tid);
+      behind->push_back(tid);
     }
     if (nowWallMs > 0) t.assignedWallMs = nowWallMs;  // the real assign time went with the connection
     t.deadlineMono = nowMono + t.batch->spec.timeoutMs + config_.deadlineGraceMs;

@@ -391,9 +391,10 @@ class Scheduler {
   // or running elsewhere meanwhile). A task runs on under the attempt the node reports when that
   // is the nexus's or a newer one (after a restart, the nexus's may never have been recorded);
   // under an older one (the nexus gave that attempt up, and a later one was lost elsewhere),
-  // it keeps the nexus's number and its id goes to `behind`: the caller assigns it to the node
-  // again under that number, which the node takes as "report it under this attempt" (else a
-  // failure report would be dropped as stale and the task wait for its deadline).
+  // it runs under the nexus's next number (a new attempt) and its id goes to `behind`: the
+  // caller assigns it to the node again under that number, which the node takes as "report it
+  // under this attempt" (else a failure report would be dropped as stale and the task wait for
+  // its deadline). Without `behind`, the task runs under the nexus's number as it is.
   std::vector<std::uint64_t> adoptRunning(NodeId id, const std::vector<std::pair<std::uint64_t, std::uint8_t>>& tasks,
                                           std::int64_t nowMono, std::int64_t nowWallMs = 0,
                                           std::vector<std::uint64_t>* behind = nullptr);

@@ -938,7 +938,7 @@ TEST_CASE("an adopted task's assign time is its adoption") {
   CHECK(fx.finals[0].attempts == 2);
 }
 
-TEST_CASE("a task adopted under an attempt given up since keeps the nexus's number, and its failure counts") {
+TEST_CASE("a task adopted under an attempt given up since runs under the nexus's next number, and its failure counts") {
   Scheduler s(SchedulerConfig{});
   batchOf(s, 1, spec("echo", 0, {}, 5), 1, 100);
   NodeId a = s.addNode(nodeInfo("a", 1));
@@ -953,11 +953,11 @@ TEST_CASE("a task adopted under an attempt given up since keeps the nexus's numb
   NodeId a2 = s.addNode(nodeInfo("a", 1));     // a comes back, still running attempt 1
   std::vector<std::uint64_t> behind;
   CHECK(s.adoptRunning(a2, {{100, 1}}, 0, 0, &behind).empty());
-  CHECK(behind == std::vector<std::uint64_t>{100});  // to be assigned again under the nexus's number
-  CHECK(s.task(100)->attempts == nexusAttempt);
+  CHECK(behind == std::vector<std::uint64_t>{100});  // to be assigned again under the nexus's next number
+  CHECK(s.task(100)->attempts == nexusAttempt + 1);
   CHECK(s.task(100)->state == Task::State::kRunning);
   // Told its attempt, the spore reports the failure under it: counted, not dropped as stale.
-  s.onReport(a2, failed(100, nexusAttempt), 0, 0);
+  s.onReport(a2, failed(100, nexusAttempt + 1), 0, 0);
   CHECK(s.counters().get("results_stale_dropped") == 0);
   CHECK(s.task(100)->state != Task::State::kRunning);
   // Adopted under the nexus's own attempt (or a newer one): nothing to tell.
