@@ -300,19 +300,58 @@ void StoreWriter::collectPayloadSegments(TaskStore& store, const PayloadLog& log
 }
 
 namespace {
+using Broken = std::map<std::uint64_t, std::uint64_t>;
+
+// No total stored for a broken batch passes the first index refused of it.
+void clampTotals(WriteSet& set, const Broken& broken) {
+  if (broken.empty()) return;
+  for (auto& u : set.updates) {
+    if (!u.total) continue;
+    if (auto it = broken.find(u.batch); it != broken.end()) u.total = std::min(*u.total, it->second);
+  }
+}
+
 // What of a failed set is written again: its results, attempts and batch updates. Its batches
-// and tasks are not (the nexus refuses those submits), nor the totals of the batches they grew.
-void keepForRetry(WriteSet& set) {
-  std::vector<std::uint64_t> refused;
-  for (const auto& b : set.newBatches) refused.push_back(b.id);
-  for (const auto& c : set.chunks) refused.push_back(c.batch);
+// and tasks are not (the nexus refuses those submits), nor the totals of the new batches it
+// carried, nor a link (nextBatch) to one of them. A chunk of a batch that exists already breaks
+// that batch (`broken`): the totals of its updates stop at the first index refused.
+void keepForRetry(WriteSet& set, Broken& broken) {
+  std::vector<std::uint64_t> created;
+  for (const auto& b : set.newBatches) created.push_back(b.id);
+  auto isCreated = [&](std::uint64_t id) { return std::find(created.begin(), created.end(), id) != created.end(); };
+  for (const auto& c : set.chunks) {
+    if (isCreated(c.batch)) continue;
+    auto [it, fresh] = broken.emplace(c.batch, c.firstIndex);
+    if (!fresh) it->second = std::min(it->second, c.firstIndex);
+  }
   set.newBatches.clear();
   set.chunks.clear();
   set.updates.erase(std::remove_if(set.updates.begin(), set.updates.end(),
-                                   [&](const BatchUpdate& u) {
-                                     return u.total && std::find(refused.begin(), refused.end(), u.batch) != refused.end();
-                                   }),
+                                   [&](const BatchUpdate& u) { return u.total && isCreated(u.batch); }),
                     set.updates.end());
+  for (auto& u : set.updates) {
+    if (u.nextBatch && isCreated(*u.nextBatch)) u.nextBatch.reset();
+  }
+  clampTotals(set, broken);
+}
+
+// Before a set is first tried: drops its chunks of broken batches (reported in `notice`) and
+// clamps its totals of them.
+void refuseBroken(std::uint64_t ticket, WriteSet& set, const Broken& broken, CommitNotice& notice) {
+  if (broken.empty()) return;
+  auto& chunks = set.chunks;
+  for (auto c = chunks.begin(); c != chunks.end();) {
+    if (!broken.count(c->batch)) {
+      ++c;
+      continue;
+    }
+    std::pair<std::uint64_t, std::uint64_t> refused{ticket, c->batch};
+    if (std::find(notice.refusedChunks.begin(), notice.refusedChunks.end(), refused) == notice.refusedChunks.end()) {
+      notice.refusedChunks.push_back(refused);
+    }
+    c = chunks.erase(c);
+  }
+  clampTotals(set, broken);
 }
 
 bool carriesSubmit(const WriteSet& set) { return !set.newBatches.empty() || !set.chunks.empty(); }
@@ -370,13 +409,14 @@ void StoreWriter::run(Db db, std::string endpoint, std::unique_ptr<PayloadLog> p
         continue;
       }
       submits = submits || carriesSubmit(*j->set);
+      refuseBroken(j->ticket, *j->set, broken_, *notice);
       work.push_back(j.get());
     }
     // A failed set's remainder: reported failed (its submits are refused), written later, and
     // reported committed then. So is every set behind it, untried.
     auto hold = [&](Job& j, const std::string& error) {
       notice->failed.emplace_back(j.ticket, error);
-      keepForRetry(*j.set);
+      keepForRetry(*j.set, broken_);
       held.push_back(std::make_unique<Job>(std::move(j)));
     };
     std::int64_t start = clock.monotonicUs();

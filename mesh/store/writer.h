@@ -10,6 +10,13 @@
 // committed then. So a set is never durable before one handed over ahead of it: a batch's
 // `finished` is not stored while some of its results wait to be written again.
 //
+// A refused chunk of a batch that exists already (a client's later chunk) breaks that batch:
+// the writer never writes another chunk of it (CommitNotice::refusedChunks), and no total it
+// stores for it passes the first index it refused, so a batch never has a gap in its task
+// indexes, even when the error was transient and the next try succeeds. A refused new batch
+// takes with it the updates that refer to it: its total, and a map stage's link to it
+// (BatchUpdate::nextBatch), so that no row points at a batch that was never stored.
+//
 // WAL checkpoints (copying committed pages from the WAL into the database file, and that
 // file's fsync) run on a second thread with its own connection, woken each time the WAL has
 // grown by WriterOptions::checkpointPages, instead of inside a commit as SQLite's automatic
@@ -34,6 +41,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -82,6 +90,10 @@ struct CommitNotice {
   // Tickets whose sets failed, with the error: their submits are refused; the rest of each set
   // is kept by the writer, and the ticket comes back in `committed` once that is written.
   std::vector<std::pair<std::uint64_t, std::string>> failed;
+  // (ticket, batch): chunks of that batch the set carried that were not written, although the
+  // ticket is (or will be) committed, because an earlier chunk of the batch was refused: their
+  // submits are refused as failed ones are. A ticket may also be in `failed`.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> refusedChunks;
   std::int64_t commitUs = 0;
 };
 
@@ -131,6 +143,9 @@ class StoreWriter {
   // The writer thread's: when the next expiry pass starts (-1: at once), and the current pass.
   std::int64_t nextExpiryMs_ = -1;
   bool expiryPass_ = false;
+  // The writer thread's: batches broken by a refused chunk, each with the first task index it
+  // refused (where the batch's stored tasks end). Never more chunks for them; totals clamped.
+  std::map<std::uint64_t, std::uint64_t> broken_;
   std::uint64_t passBatches_ = 0, passTasks_ = 0;
   zmq::socket_t socket_;
   std::thread thread_;

@@ -355,6 +355,7 @@ namespace {
 struct Notices {
   std::vector<std::uint64_t> committed;
   std::map<std::uint64_t, std::string> failed;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> refusedChunks;
   bool collect(StoreWriter& writer, const std::function<bool()>& done) {
     std::int64_t deadline = util::systemClock().monotonicMs() + 10000;
     while (!done() && util::systemClock().monotonicMs() < deadline) {
@@ -363,6 +364,7 @@ struct Notices {
       while (auto n = writer.receive()) {
         for (auto c : n->committed) committed.push_back(c);
         for (auto& f : n->failed) failed[f.first] = f.second;
+        for (auto& r : n->refusedChunks) refusedChunks.push_back(r);
       }
     }
     return done();
@@ -466,6 +468,122 @@ TEST_CASE("a failed set's results are written later, and nothing handed over aft
   CHECK(countRows(t.path, "SELECT total FROM batches WHERE id = 1") == 3);
   CHECK(countRows(t.path, "SELECT count(*) FROM tasks") == 4);
   CHECK(writer->queued() == 0);
+}
+
+namespace {
+// A chunk of a batch that exists already: tasks firstId.. at indexes firstIndex.., with the
+// update an append carries (the batch's new total, sealed or not).
+std::unique_ptr<WriteSet> appendChunk(std::uint64_t batch, std::uint64_t firstId, std::uint64_t firstIndex,
+                                      const std::vector<std::string>& payloads, bool seal,
+                                      std::shared_ptr<std::vector<std::string>>* keep) {
+  auto set = std::make_unique<WriteSet>();
+  *keep = std::make_shared<std::vector<std::string>>(payloads);
+  TaskChunk c;
+  c.batch = batch;
+  c.firstId = firstId;
+  c.firstIndex = firstIndex;
+  for (auto& p : **keep) c.payloads.push_back(p);
+  c.keepAlive = *keep;
+  set->chunks.push_back(std::move(c));
+  BatchUpdate u;
+  u.batch = batch;
+  u.total = firstIndex + payloads.size();
+  u.sealed = seal;
+  set->updates.push_back(u);
+  return set;
+}
+}  // namespace
+
+// A client's chunks are pipelined: when chunk k of a stored batch is refused, k+1 may already be
+// with the writer, and the next try may succeed (a disk that filled and was freed). Storing k+1
+// would leave a gap at k's indexes that no task can ever fill.
+TEST_CASE("after a refused chunk of a stored batch, the writer stores no later chunk of it and no total past it") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  auto writer = startWriter(ctx, t, 100);
+  std::shared_ptr<std::vector<std::string>> keep1, keep2, keep3, keep4;
+  WriteSet first = batchWithTasks(1, 1, {"a", "b"}, &keep1);
+  first.newBatches[0].sealed = false;  // an open batch: more chunks follow
+  auto t1 = writer->submit(std::make_unique<WriteSet>(std::move(first)));
+  Notices n;
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t1); }));
+  // Chunk 2 fails (its first task id is taken: as a full disk would, the set fails), chunk 3
+  // (sealing) is behind it, with a new batch that has nothing to do with it.
+  auto t2 = writer->submit(appendChunk(1, 2, 2, {"c", "d"}, false, &keep2));
+  REQUIRE(n.collect(*writer, [&] { return n.failed.count(t2) == 1; }));
+  auto third = appendChunk(1, 20, 4, {"e", "f"}, true, &keep3);
+  WriteSet other = batchWithTasks(2, 30, {"g"}, &keep4);
+  third->newBatches = other.newBatches;
+  third->chunks.push_back(std::move(other.chunks[0]));
+  auto t3 = writer->submit(std::move(third));
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t2) && n.isCommitted(t3); }));
+  CHECK(n.failed.count(t3) == 0);
+  // Chunk 3 was not stored, and the notice says so; the rest of its set was.
+  CHECK(n.refusedChunks == std::vector<std::pair<std::uint64_t, std::uint64_t>>{{t3, 1}});
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 1") == 2);
+  CHECK(countRows(t.path, "SELECT max(idx) FROM tasks WHERE batch = 1") == 1);
+  CHECK(countRows(t.path, "SELECT count(*) FROM tasks WHERE batch = 2") == 1);
+  // Its totals stop at the first index refused: the batch can end at the tasks it has.
+  CHECK(countRows(t.path, "SELECT total FROM batches WHERE id = 1") == 2);
+  // The nexus seals it there (its own update); a total past the gap is still clamped.
+  auto seal = std::make_unique<WriteSet>();
+  BatchUpdate u;
+  u.batch = 1;
+  u.total = 6;
+  u.sealed = true;
+  seal->updates.push_back(u);
+  auto t4 = writer->submit(std::move(seal));
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t4); }));
+  CHECK(countRows(t.path, "SELECT total FROM batches WHERE id = 1") == 2);
+  CHECK(countRows(t.path, "SELECT sealed FROM batches WHERE id = 1") == 1);
+  CHECK(writer->queued() == 0);
+}
+
+// startReduce puts the reduce batch, its tasks and the map's link to it in one set. If the set
+// fails, the link must not be written without the batch: a restart starts a reduce stage only
+// for a map row that links none (TaskStore::mapStagesWithoutReduce).
+TEST_CASE("a refused new batch takes the link to it (nextBatch) with it, so a restart finds the job again") {
+  TempDb t;
+  auto ctx = zmq::context_t();
+  auto writer = startWriter(ctx, t, 100);
+  std::shared_ptr<std::vector<std::string>> keep1, keep2, keep3;
+  WriteSet map = batchWithTasks(1, 1, {"a"}, &keep1);
+  map.newBatches[0].mrStage = 1;
+  auto t1 = writer->submit(std::make_unique<WriteSet>(std::move(map)));
+  Notices n;
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t1); }));
+  ResultRecord r;
+  r.task = 1;
+  r.attempts = 1;
+  BatchUpdate end;
+  end.batch = 1;
+  end.finishedMs = 5;
+  auto ended = std::make_unique<WriteSet>();
+  ended->results.push_back(r);
+  ended->updates.push_back(end);
+  auto t2 = writer->submit(std::move(ended));
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t2); }));
+  // The reduce stage: batch 2, whose task id is taken (the set fails), and the map's link to it.
+  auto reduce = std::make_unique<WriteSet>(batchWithTasks(2, 1, {"r"}, &keep2));
+  BatchUpdate link;
+  link.batch = 1;
+  link.nextBatch = 2;
+  reduce->updates.push_back(link);
+  reduce->results.push_back(r);  // kept (a duplicate here: ignored)
+  auto t3 = writer->submit(std::move(reduce));
+  REQUIRE(n.collect(*writer, [&] { return n.failed.count(t3) == 1; }));
+  auto t4 = writer->submit(std::make_unique<WriteSet>(batchWithTasks(3, 10, {"x"}, &keep3)));
+  REQUIRE(n.collect(*writer, [&] { return n.isCommitted(t3) && n.isCommitted(t4); }));
+  CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE id = 2") == 0);
+  CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE id = 1 AND next_batch IS NULL") == 1);
+  CHECK(countRows(t.path, "SELECT count(*) FROM batches WHERE id = 3") == 1);
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  auto orphans = tasks.mapStagesWithoutReduce();
+  REQUIRE(orphans.ok());
+  REQUIRE(orphans->size() == 1);
+  CHECK((*orphans)[0].id == 1);
 }
 
 namespace {
