@@ -250,6 +250,19 @@ util::Status NexusImpl::recover() {
     if (!counts) return counts.error();
     scheduler_.restoreCounts(*b, counts->succeeded, counts->failed, counts->cancelled);
     if (rec.sealed) scheduler_.seal(*b, rec.total);
+    if (rec.cancelledMs && !rec.sealed) {
+      // Cancelled while its sealing chunk waited for a commit that failed, by a release that
+      // then never sealed it: no more tasks can come, so it ends at the tasks it has.
+      MESH_WARN("batch %llu was cancelled but never sealed (its last chunk was not stored): sealed at its %llu tasks",
+                static_cast<unsigned long long>(rec.id), static_cast<unsigned long long>(rec.total));
+      counters_.add("batches_sealed_at_start");
+      store::BatchUpdate u;
+      u.batch = rec.id;
+      u.total = rec.total;
+      u.sealed = true;
+      current_->updates.push_back(u);
+      scheduler_.seal(*b, rec.total);
+    }
     if (rec.cancelledMs) scheduler_.cancel(*b, clock_.wallMs());
   }
   for (auto& t : lost) {

@@ -334,12 +334,14 @@ void NexusImpl::fillStoredProgress(proto::Progress::Builder out, const store::Ba
 NexusImpl::BatchEnd NexusImpl::batchEnd(std::uint64_t batchId) {
   if (routing::Batch* b = scheduler_.batch(batchId)) {
     // As progressOf says: a map stage is finished once its reduce stage is linked.
-    bool finished = !(b->spec.mrStage == 1 && !jobLinks_.count(batchId)) && scheduler_.progress(*b).finished;
+    bool finished = !(b->spec.mrStage == 1 && !reduceLinked(batchId)) && scheduler_.progress(*b).finished;
     return {finished, b->cancelled};
   }
   auto rec = readStore_->batch(batchId);  // one row, not the count progressOf makes
   if (!rec || !*rec) return {};
-  return {(*rec)->finishedMs.has_value(), (*rec)->cancelledMs.has_value()};
+  auto link = jobLinks_.find(batchId);
+  bool pending = link != jobLinks_.end() && link->second.pending;
+  return {(*rec)->finishedMs.has_value() && !pending, (*rec)->cancelledMs.has_value()};
 }
 
 std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
@@ -347,7 +349,7 @@ std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
     routing::Progress p = scheduler_.progress(*b);
     // A map stage is finished for its client only once the reduce stage is linked (or the
     // reason it is not), so that `finished` always comes with nextBatch or a note.
-    if (b->spec.mrStage == 1 && !jobLinks_.count(batchId)) p.finished = false;
+    if (b->spec.mrStage == 1 && !reduceLinked(batchId)) p.finished = false;
     return p;
   }
   // The row and the counts from one snapshot: an expired batch's are its kept (final) counts,
@@ -365,7 +367,9 @@ std::optional<routing::Progress> NexusImpl::progressOf(std::uint64_t batchId) {
   p.succeeded = bp.counts.succeeded;
   p.failed = bp.counts.failed;
   p.cancelled = bp.counts.cancelled;
-  p.finished = bp.record.finishedMs.has_value();
+  // A map stage whose reduce stage is not stored yet (its commit, or a retry, is pending).
+  p.finished = bp.record.finishedMs.has_value() && (bp.record.mrStage != 1 || !jobLinks_.count(batchId) ||
+                                                    reduceLinked(batchId));
   p.batchCancelled = bp.record.cancelledMs.has_value();
   return p;
 }
@@ -1087,7 +1091,7 @@ void NexusImpl::onCancel(const std::string& routingId, const std::string& key, s
             static_cast<unsigned long long>(n));
   // Acknowledged once the cancel is committed (onCommits), so that a nexus crash cannot undo a
   // cancel its client was told about.
-  currentInfo_.cancels.push_back({routingId, requestId, batchId, n});
+  currentInfo_.cancels.push_back({routingId, requestId, batchId, n, {}});
 }
 
 // `mesh retry`: a new batch holding a copy of every failed task of a finished batch. The copy is

@@ -95,6 +95,10 @@ constexpr std::int64_t kCommitHoldMaxUs = 1000;
 // scheduler's own copies.
 constexpr std::uint64_t kRetryLoadTasks = 10'000;
 constexpr std::size_t kRetryLoadBytes = 16u << 20;
+// A reduce stage whose submit the store refused (a full disk) is started again this much later,
+// doubling per attempt up to the maximum (NexusImpl::retryReduces).
+constexpr std::int64_t kReduceRetryFirstMs = 1000;
+constexpr std::int64_t kReduceRetryMaxMs = 30'000;
 
 // A hello's lists (protocol section 3.3, `hello`): longer ones are refused as malformed.
 constexpr std::size_t kHelloHandlersMax = 10000;
@@ -198,6 +202,11 @@ struct PendingSubmit {
   // tasks are loaded from the store in steps once committed (loadRetries), and it is acked
   // with a RetryAck.
   std::uint64_t retryOf = 0;
+  // A reduce stage (made by the nexus, no routingId): the job's map batch.
+  std::uint64_t reduceOf = 0;
+  // Set when the writer did not store this chunk although its set was committed (an earlier
+  // chunk of the batch was refused, CommitNotice::refusedChunks): refused like a failed one.
+  std::string refused;
   // The payloads, read from the message once (every read of a Cap'n Proto message counts
   // against its traversal limit): views into `frame` (a client's submit) or `owned` (a reduce
   // stage the nexus made), which they keep alive.
@@ -215,9 +224,19 @@ struct RetryLoad {
 };
 
 // A map-reduce job's link from its map batch to its reduce batch, or why there is none.
+// `pending`: the reduce stage is made but not yet stored (its submit waits for its commit, or
+// is to be tried again after the store refused it); the map stage is not finished for clients
+// until then, and `next` is 0: a client only ever follows a reduce batch that exists.
 struct JobLink {
   std::uint64_t next = 0;
   std::string note;
+  bool pending = false;
+};
+
+// A reduce stage to start again (the store refused its submit): when, and how many refusals.
+struct ReduceRetry {
+  std::uint32_t refusals = 0;
+  std::int64_t atMono = 0;  // INT64_MAX while an attempt waits for its commit
 };
 
 // What a write ticket carries besides its WriteSet: what to do once it is durable.
@@ -227,6 +246,9 @@ struct PendingCancel {
   std::uint64_t requestId = 0;
   std::uint64_t batch = 0;
   std::uint64_t cancelled = 0;
+  // Set when the batch turned out never stored (its submit was refused after the cancel came):
+  // the client gets this as a NOT_FOUND error instead of an ack.
+  std::string refused;
 };
 
 struct TicketInfo {
@@ -365,6 +387,17 @@ class NexusImpl {
   // Microseconds left of the current hold (0 when there is none).
   std::int64_t holdLeftUs() const;
   void onCommits();
+  // A submit the store refused (its set failed, or the writer dropped its chunk because an
+  // earlier one of the batch was refused): undoes what it did in memory and tells its client.
+  // A chunk of a batch that exists already breaks that batch: it is cancelled and, once no
+  // chunk of it waits, sealed at the tasks stored. A refused reduce stage is tried again later.
+  void refuseSubmit(PendingSubmit& ps, const std::string& error);
+  // Cancels of `batch` not yet acknowledged get `why` as their answer (the batch was never stored).
+  void refuseCancels(std::uint64_t batch, const std::string& why);
+  // Starts again the reduce stages whose retry is due.
+  void retryReduces();
+  // Whether a map stage's reduce stage is stored (or the reason it has none is known).
+  bool reduceLinked(std::uint64_t mapBatch) const;
   void timers();
   // nodeFault: the node died or went silent (charged to its tasks toward quarantine), as
   // opposed to a reconnection or a revoked key.
@@ -436,6 +469,7 @@ class NexusImpl {
   util::LogThrottle storeLog_{clock_};  // failed writes (a full disk): one line a minute
   util::LogThrottle nodeLog_{clock_, 10'000};  // refused node messages: a line per kind each 10 s
   std::map<std::uint64_t, JobLink> jobLinks_;  // map batch -> its reduce stage
+  std::map<std::uint64_t, ReduceRetry> reduceRetries_;  // map batch -> its refused reduce stage
   std::deque<RetryLoad> retryLoads_;           // committed retries still loading, oldest first
 
   std::uint64_t nextBatchId_ = 1;

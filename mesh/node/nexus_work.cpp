@@ -158,12 +158,27 @@ void NexusImpl::onCommits() {
   while (auto notice = writer_->receive()) {
     counters_.add("group_commits");
     if (!notice->committed.empty()) commitUsAverage_ += (notice->commitUs - commitUsAverage_) / 8;
+    // Chunks the writer did not store (their batch broke on an earlier one): marked first, so
+    // that their ticket, committed now or later, refuses them.
+    for (const auto& [ticket, batch] : notice->refusedChunks) {
+      auto it = tickets_.find(ticket);
+      if (it == tickets_.end()) continue;
+      for (auto& ps : it->second.submits) {
+        if (ps.batch == batch) {
+          ps.refused = "not stored, because an earlier chunk of batch " + std::to_string(batch) + " could not be";
+        }
+      }
+    }
     for (std::uint64_t ticket : notice->committed) {
       auto it = tickets_.find(ticket);
       if (it == tickets_.end()) continue;
       TicketInfo info = std::move(it->second);
       tickets_.erase(it);
       for (auto& ps : info.submits) {
+        if (!ps.refused.empty()) {
+          refuseSubmit(ps, ps.refused);
+          continue;
+        }
         if (ps.count > 0) durableTaskIdMax_ = std::max(durableTaskIdMax_, ps.firstId + ps.count - 1);
         routing::Batch* b = scheduler_.batch(ps.batch);
         if (ps.retryOf != 0) {
@@ -186,6 +201,15 @@ void NexusImpl::onCommits() {
           if (b->cancelled) scheduler_.cancel(*b, clock_.wallMs());
         }
         counters_.add("tasks_submitted", ps.count);
+        if (ps.reduceOf != 0) {
+          // The reduce stage is stored: its job's map stage is finished for clients now, and
+          // they follow it here.
+          JobLink& link = jobLinks_[ps.reduceOf];
+          link.next = ps.batch;
+          link.pending = false;
+          reduceRetries_.erase(ps.reduceOf);
+          sendProgress(ps.reduceOf, true);
+        }
         if (ps.routingId.empty()) continue;  // made by the nexus itself (a reduce stage)
         wire::Encoder e(ps.requestId, 32);
         if (ps.retryOf != 0) {
@@ -214,6 +238,10 @@ void NexusImpl::onCommits() {
       }
       for (auto& [routingId, reply] : info.replies) sendTo(clientSocket_, routingId, std::move(reply));
       for (const auto& c : info.cancels) {
+        if (!c.refused.empty()) {
+          replyError(c.routingId, c.requestId, proto::Error::Code::NOT_FOUND, c.refused);
+          continue;
+        }
         wire::Encoder e(c.requestId, 32);
         auto ack = e.body().initCancelAck();
         ack.setBatch(c.batch);
@@ -238,7 +266,8 @@ void NexusImpl::onCommits() {
           auto rec = readStore_->batch(batch);
           if (rec && *rec) startReduce(**rec);
         }
-        sendProgress(batch, true);
+        // A map stage whose reduce stage waits for its commit keeps its watchers until then.
+        sendProgress(batch, b->spec.mrStage != 1 || reduceLinked(batch));
         dropInline(batch);
         scheduler_.forget(batch);
         owners_.erase(batch);
@@ -253,29 +282,123 @@ void NexusImpl::onCommits() {
         MESH_ERROR("a write to %s failed: %s; submits are refused, results are kept and written again%s",
                    dbPath_.c_str(), error.c_str(), util::heldBack(*n).c_str());
       }
-      for (auto& ps : info.submits) {
-        if (!ps.early) pendingSubmitTasks_ -= ps.count;
-        if (ps.early) {
-          // Its tasks may be running or done: take them back. Their results already queued for
-          // the store are skipped there (a result is written only with its task).
-          scheduler_.withdraw(ps.batch);
-          counters_.add("tasks_withdrawn", ps.count);  // ended ones too: none of them was stored
-          owners_.erase(ps.batch);
-          dropInline(ps.batch);
-          MESH_WARN("batch %llu withdrawn: its %u tasks were dispatched before the failed commit",
-                    static_cast<unsigned long long>(ps.batch), ps.count);
-        } else if (routing::Batch* b = scheduler_.batch(ps.batch)) {
-          b->pendingAdds -= ps.count;
-          if (ps.newBatch && b->total == 0 && b->pendingAdds == 0) {
-            scheduler_.forget(ps.batch);
-            owners_.erase(ps.batch);
-          }
-        }
-        replyError(ps.routingId, ps.requestId, proto::Error::Code::INTERNAL,
-                   "the nexus could not store the batch (" + error + "); nothing was accepted: retry");
-      }
+      for (auto& ps : info.submits) refuseSubmit(ps, error);
       info.submits.clear();
     }
+  }
+}
+
+void NexusImpl::refuseCancels(std::uint64_t batch, const std::string& why) {
+  auto mark = [&](TicketInfo& info) {
+    for (auto& c : info.cancels) {
+      if (c.batch == batch) c.refused = why;
+    }
+  };
+  for (auto& [ticket, info] : tickets_) mark(info);
+  mark(currentInfo_);
+}
+
+void NexusImpl::refuseSubmit(PendingSubmit& ps, const std::string& error) {
+  if (!ps.early) pendingSubmitTasks_ -= ps.count;
+  std::string why = "the nexus could not store the batch (" + error + "); nothing was accepted: retry";
+  const std::string never = "batch " + std::to_string(ps.batch) + " was never stored (its submit failed: " + error +
+                            "): nothing to cancel";
+  if (ps.early) {
+    // Its tasks may be running or done: take them back. Their results already queued for
+    // the store are skipped there (a result is written only with its task).
+    scheduler_.withdraw(ps.batch);
+    counters_.add("tasks_withdrawn", ps.count);  // ended ones too: none of them was stored
+    owners_.erase(ps.batch);
+    dropInline(ps.batch);
+    refuseCancels(ps.batch, never);
+    MESH_WARN("batch %llu withdrawn: its %u tasks were dispatched before the failed commit",
+              static_cast<unsigned long long>(ps.batch), ps.count);
+  } else if (routing::Batch* b = scheduler_.batch(ps.batch)) {
+    b->pendingAdds -= ps.count;
+    if (ps.newBatch) {
+      // Its row was not stored either. A reduce stage knows its total before its commit.
+      if (ps.reduceOf != 0 || (b->total == 0 && b->pendingAdds == 0)) {
+        scheduler_.forget(ps.batch);
+        owners_.erase(ps.batch);
+        refuseCancels(ps.batch, never);
+      }
+    } else {
+      // A later chunk of a stored batch: the batch can never hold what its client sent (the
+      // writer stores no later chunk of it either), so it ends here, cancelled, with the tasks
+      // stored before this chunk. Sealed once no chunk of it waits for its commit, so that its
+      // end can be reached and recorded (`mesh wait` returns, a restart finds it sealed).
+      std::string what = ps.count == 0 ? "the seal" : "tasks " + std::to_string(ps.firstIndex) + "-" +
+                                                         std::to_string(ps.firstIndex + ps.count - 1);
+      why = "the nexus could not store " + what + " of batch " + std::to_string(ps.batch) + " (" + error +
+            "): the batch is cancelled, as it cannot be completed; submit it again";
+      std::int64_t now = clock_.wallMs();
+      if (!b->cancelled) {
+        std::uint64_t n = scheduler_.cancel(*b, now);
+        store::BatchUpdate u;
+        u.batch = ps.batch;
+        u.cancelledMs = now;
+        current_->updates.push_back(u);
+        counters_.add("batches_broken");
+        MESH_WARN("batch %llu cancelled: its tasks from index %llu on could not be stored (%s); %llu tasks will not run",
+                  static_cast<unsigned long long>(ps.batch), static_cast<unsigned long long>(ps.firstIndex),
+                  error.c_str(), static_cast<unsigned long long>(n));
+      }
+      if (b->pendingAdds == 0 && !b->sealed) {
+        b->sealPending = false;
+        store::BatchUpdate u;
+        u.batch = ps.batch;
+        u.total = b->total;
+        u.sealed = true;
+        current_->updates.push_back(u);
+        scheduler_.seal(*b, b->total);
+      }
+    }
+  }
+  if (ps.reduceOf != 0) {
+    // Nobody to refuse: the job waits, and its reduce stage is made again later (the map rows
+    // are stored). A restart finds the job too (its map row links no reduce batch).
+    ReduceRetry& r = reduceRetries_[ps.reduceOf];
+    std::int64_t delay = std::min<std::int64_t>(kReduceRetryMaxMs, kReduceRetryFirstMs << std::min<std::uint32_t>(r.refusals, 5));
+    ++r.refusals;
+    r.atMono = clock_.monotonicMs() + delay;
+    JobLink& link = jobLinks_[ps.reduceOf];
+    link.next = 0;
+    link.pending = true;
+    counters_.add("reduce_stages_refused");
+    MESH_WARN("job %llu: its reduce stage (batch %llu) could not be stored (%s); starting it again in %lld ms (refusal %u)",
+              static_cast<unsigned long long>(ps.reduceOf), static_cast<unsigned long long>(ps.batch), error.c_str(),
+              static_cast<long long>(delay), r.refusals);
+  }
+  if (!ps.routingId.empty()) replyError(ps.routingId, ps.requestId, proto::Error::Code::INTERNAL, why);
+}
+
+bool NexusImpl::reduceLinked(std::uint64_t mapBatch) const {
+  auto it = jobLinks_.find(mapBatch);
+  return it != jobLinks_.end() && !it->second.pending;
+}
+
+void NexusImpl::retryReduces() {
+  std::int64_t now = clock_.monotonicMs();
+  std::vector<std::uint64_t> due;
+  for (auto& [map, r] : reduceRetries_) {
+    if (now < r.atMono) continue;
+    r.atMono = INT64_MAX;  // until this attempt is committed or refused
+    due.push_back(map);
+  }
+  for (std::uint64_t map : due) {
+    ReduceRetry& r = reduceRetries_[map];
+    auto rec = readStore_->batch(map);
+    if (!rec || !*rec) {
+      std::string why = !rec ? rec.error().message : "its row is gone";
+      MESH_ERROR("job %llu: cannot read its map stage to start its reduce stage again: %s (trying again)",
+                 static_cast<unsigned long long>(map), why.c_str());
+      r.atMono = now + kReduceRetryMaxMs;
+      continue;
+    }
+    counters_.add("reduce_stage_retries");
+    MESH_INFO("job %llu: starting its reduce stage again (refused %u times)", static_cast<unsigned long long>(map),
+              r.refusals);
+    startReduce(**rec);  // ends the retry (stop) or hands a new submit to the writer
   }
 }
 
@@ -345,6 +468,8 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
   auto stop = [&](const std::string& why) {
     MESH_WARN("job %llu: %s", static_cast<unsigned long long>(map.id), why.c_str());
     link.note = why;
+    link.pending = false;
+    if (reduceRetries_.erase(map.id) > 0) sendProgress(map.id, true);  // its watchers waited for this
     store::BatchUpdate u;
     u.batch = map.id;
     u.note = why;
@@ -420,6 +545,7 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
   ps.count = r;
   ps.seal = true;
   ps.newBatch = true;
+  ps.reduceOf = map.id;
   ps.owned = payloads;
   ps.payloads.assign(payloads->begin(), payloads->end());
   nextTaskId_ += r;
@@ -436,7 +562,8 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
   u.batch = map.id;
   u.nextBatch = id;
   current_->updates.push_back(u);
-  link.next = id;
+  link.next = 0;  // linked once the reduce batch is stored (onCommits)
+  link.pending = true;
   pendingSubmitTasks_ += r;
   currentInfo_.submitTasks += r;
   currentInfo_.submits.push_back(std::move(ps));
@@ -447,6 +574,7 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
 
 void NexusImpl::timers() {
   std::int64_t now = clock_.monotonicMs();
+  if (!reduceRetries_.empty()) retryReduces();
   if (now >= nextHeartbeat_) {
     nextHeartbeat_ = now + config_.heartbeatMs;
     std::vector<routing::NodeId> dead, gone;
