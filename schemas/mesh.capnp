@@ -200,6 +200,12 @@ struct BatchSpec {
   maxAttempts @4 :UInt8;       # 0 = the nexus default
   label @5 :Text;
   mapreduce @6 :MapReduce;     # stage map: a map-reduce job (the client may not submit reduce)
+  # Batches this one waits for (docs/protocol.md section 4.21): none of its tasks is dispatched
+  # until each has finished, those in `after` with every task succeeded (else this batch is
+  # cancelled), those in `afterDone` whatever their outcome. A map-reduce job's id counts as
+  # finished once its last stage has. Lower ids only, at most 64 in all; new batches only.
+  after @7 :List(UInt64);
+  afterDone @8 :List(UInt64);
 }
 
 struct Submit {
@@ -244,6 +250,10 @@ struct Progress {
   expiredMs @14 :Int64;        # 0, or when the finished batch's tasks and results were removed
                                # (--keep-finished); the counts stay
   expiry @15 :Text;            # with expiredMs: one line that says when it finished and was removed
+  after @16 :List(UInt64);     # as its BatchSpec.after (section 4.21), ascending
+  afterDone @17 :List(UInt64); # as its BatchSpec.afterDone
+  waiting @18 :Bool;           # held: none of its tasks is dispatched until those it waits for finish
+  waitingFor @19 :List(UInt64);  # with waiting: those of after and afterDone that have not finished yet
 }
 
 struct FetchResults {
@@ -316,6 +326,7 @@ struct BatchesRequest {
     finished @4;               # every task has a result; not cancelled
     cancelled @5;              # finished after a cancel
     expired @6;                # finished, and its tasks and results removed (--keep-finished)
+    waiting @7;                # held until the batches it waits for finish (mesh submit --after)
   }
 }
 
@@ -395,6 +406,8 @@ struct TaskInfo {
   why @11 :Text;               # for a task not running: why not (no spore has tag gpu, ...)
   finishedMs @12 :Int64;
   retryOf @13 :TaskRef;        # a task made by `mesh retry`: the failed task it runs again; unset otherwise
+  after @14 :List(UInt64);     # its batch's BatchSpec.after (section 4.21)
+  afterDone @15 :List(UInt64); # its batch's BatchSpec.afterDone
 }
 
 struct CancelAck {

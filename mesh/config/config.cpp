@@ -376,7 +376,12 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
       ("null,0", po::bool_switch(&c.submit.null), "--files-from: the paths end with NUL, not newline (find -print0)")
       ("wait", po::bool_switch(&c.submit.wait), "wait for the batch to finish (like `mesh wait`)")
       ("results", po::bool_switch(&c.submit.results),
-       "wait, then print the results as `mesh results` does (the batch id goes to stderr)");
+       "wait, then print the results as `mesh results` does (the batch id goes to stderr)")
+      ("after", po::value<std::vector<std::string>>(),
+       "run none of its tasks until batch ID has finished with every task succeeded (cancelled if it fails); "
+       "repeat or ID,ID for several")
+      ("after-done", po::value<std::vector<std::string>>(),
+       "run none of its tasks until batch ID has finished, whatever its outcome; repeat or ID,ID");
   po::options_description mr("mapreduce");
   mr.add_options()
       ("mapper", po::value<std::string>(&c.mapreduce.mapper), "handler run on each input chunk; writes key<TAB>value lines")
@@ -555,6 +560,28 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   c.bundle.handlers = listOption(vm, "bundle-handlers");
   if (vm.count("files")) c.submit.files = vm["files"].as<std::vector<std::string>>();
   c.submit.requiredTags = listOption(vm, "requires");
+  for (const char* name : {"after", "after-done"}) {
+    auto& ids = std::string(name) == "after" ? c.submit.after : c.submit.afterDone;
+    // Split here, not with listOption, which drops empty items: `--after "$ID"` with an empty
+    // ID must not submit a batch that waits for nothing.
+    std::vector<std::string> items;
+    if (vm.count(name)) {
+      for (const auto& raw : vm[name].as<std::vector<std::string>>()) {
+        for (std::size_t at = 0;;) {
+          std::size_t comma = raw.find(',', at);
+          items.push_back(raw.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+          if (comma == std::string::npos) break;
+          at = comma + 1;
+        }
+      }
+    }
+    for (const auto& id : items) {
+      if (id.empty() || id.size() > 19 || id.find_first_not_of("0123456789") != std::string::npos || std::stoull(id) == 0) {
+        return usage("--" + std::string(name) + " takes batch ids (1 or more), not '" + id + "'", "mesh");
+      }
+      ids.push_back(std::stoull(id));
+    }
+  }
   if (vm.count("task-timeout")) {
     auto t = durationOption(vm, "task-timeout", 0);
     if (!t) return t.error();

@@ -105,6 +105,8 @@ struct SubmitOptions {
   bool wait = false;
   bool results = false;  // print the results once the batch finishes (implies wait)
   bool priorityGiven = false;  // --priority was given (retry: otherwise the original's)
+  // --after ID, --after-done ID (repeated, or ID,ID): batches the new one waits for.
+  std::vector<std::uint64_t> after, afterDone;
 };
 
 struct MapReduceOptions {

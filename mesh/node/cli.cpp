@@ -74,6 +74,21 @@ util::Result<std::vector<std::string>> readFileList(const std::string& list, cha
   return paths;
 }
 
+std::vector<std::uint64_t> ids(capnp::List<std::uint64_t>::Reader list) {
+  std::vector<std::uint64_t> out;
+  for (auto id : list) out.push_back(id);
+  return out;
+}
+
+// The dependency fields of a batch in --json (protocol section 4.21): ,"after":[..],"after_done":[..]
+// and, while it is held, "waiting_for":[..]; nothing for a batch that waits for none.
+std::string waitsJson(const ProgressView& v) {
+  if (v.after.empty() && v.afterDone.empty()) return "";
+  std::string out = ",\"after\":" + jsonIds(v.after) + ",\"after_done\":" + jsonIds(v.afterDone);
+  if (v.waiting) out += ",\"waiting_for\":" + jsonIds(v.waitingFor);
+  return out;
+}
+
 // A time for --json: milliseconds since the epoch, or null when it is unknown or does not apply
 // (the wire says 0: an attempt assigned before a nexus restart, a task not finished, ...).
 std::string jsonTime(std::int64_t ms) { return ms > 0 ? std::to_string(ms) : "null"; }
@@ -273,7 +288,25 @@ class ProgressPrinter {
     std::int64_t now = util::systemClock().monotonicMs();
     double secs = static_cast<double>(now - start_) / 1000.0;
     std::uint64_t done = p.succeeded + p.failed + p.cancelled;
-    if (tty_) {
+    // Held (mesh submit --after): what it waits for, instead of counts that do not move.
+    std::string waits;
+    if (p.waiting) {
+      for (std::size_t i = 0; i < p.waitingFor.size(); ++i) {
+        std::uint64_t id = p.waitingFor[i];
+        bool strict = std::find(p.after.begin(), p.after.end(), id) != p.after.end();
+        waits += (i ? ", " : "") + std::to_string(id) + (strict ? "" : " (done)");
+      }
+      waits = "waiting for batch" + std::string(p.waitingFor.size() == 1 ? " " : "es ") + waits;
+    }
+    if (tty_ && p.waiting) {
+      std::fprintf(stderr, "\r[%s] %" PRIu64 "/%" PRIu64 "%s  %s  %.1fs ", std::string(30, '.').c_str(), done, p.total,
+                   p.sealed ? "" : "+", waits.c_str(), secs);
+    } else if (p.waiting) {
+      if (now - lastLine_ >= 2000) {
+        lastLine_ = now;
+        std::fprintf(stderr, "batch %" PRIu64 ": %" PRIu64 " tasks, %s (%.1fs)\n", p.batch, p.total, waits.c_str(), secs);
+      }
+    } else if (tty_) {
       int width = 30;
       int filled = p.total ? static_cast<int>(width * done / p.total) : 0;
       std::string bar(static_cast<std::size_t>(filled), '#');
@@ -383,14 +416,23 @@ int finishWait(const CliCommand& cmd, const ProgressView& p) {
   if (cmd.client.json) {
     // expired_ms only for a batch that has expired.
     std::string expired = p.expiredMs > 0 ? ",\"expired_ms\":" + std::to_string(p.expiredMs) : std::string();
+    // after and after_done only for a batch submitted with them (protocol section 4.21).
+    if (!p.after.empty() || !p.afterDone.empty()) {
+      expired += ",\"after\":" + jsonIds(p.after) + ",\"after_done\":" + jsonIds(p.afterDone);
+    }
     std::printf("{\"batch\":%" PRIu64 ",\"total\":%" PRIu64 ",\"succeeded\":%" PRIu64 ",\"failed\":%" PRIu64
                 ",\"cancelled\":%" PRIu64 ",\"finished\":%s,\"state\":\"%s\"%s}\n",
                 p.batch, p.total, p.succeeded, p.failed, p.cancelled, p.finished ? "true" : "false", batchState(p),
                 expired.c_str());
   }
   if (p.batchCancelled) {
-    std::fprintf(stderr, "mesh: batch %" PRIu64 " was cancelled: %" PRIu64 " of its %" PRIu64 " tasks succeeded\n", p.batch,
-                 p.succeeded, p.total);
+    if (!p.note.empty() && p.stage == 0) {
+      // Cancelled because a batch it waited for failed (mesh submit --after): the note says which.
+      std::fprintf(stderr, "mesh: batch %" PRIu64 " was cancelled: %s\n", p.batch, p.note.c_str());
+    } else {
+      std::fprintf(stderr, "mesh: batch %" PRIu64 " was cancelled: %" PRIu64 " of its %" PRIu64 " tasks succeeded\n",
+                   p.batch, p.succeeded, p.total);
+    }
     return kExitFailed;
   }
   return p.failed == 0 && p.cancelled == 0 ? 0 : kExitFailed;
@@ -470,6 +512,8 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   o.maxAttempts = static_cast<std::uint8_t>(s.attempts);
   o.label = s.label;
   o.watch = s.wait || s.results;  // the wait listens to the progress its submit asked for
+  o.after = s.after;
+  o.afterDone = s.afterDone;
   auto batch = (*client)->submit(o, source);
   if (!batch) return fail(batch.error());
   if (!(*client)->submitWarning().empty()) {
@@ -503,7 +547,9 @@ int waitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     ProgressPrinter printer(cmd.quiet || cmd.client.json);
     auto p = (*client)->wait(batch, std::ref(printer), std::max<std::int64_t>(cmd.client.timeoutMs, 60000));
     if (!p) return fail(p.error());
-    if (!p->note.empty()) std::fprintf(stderr, "mesh: job %" PRIu64 ": %s\n", batch, p->note.c_str());
+    // A job's note says why it stopped early; a plain batch's why a batch it waited for cancelled
+    // it, which finishWait says.
+    if (!p->note.empty() && p->stage != 0) std::fprintf(stderr, "mesh: job %" PRIu64 ": %s\n", batch, p->note.c_str());
     // A map-reduce job: the map stage is done; follow it into its reduce stage.
     if (p->nextBatch == 0 || p->failed || p->cancelled || p->batchCancelled) return finishWait(cmd, *p);
     if (!cmd.quiet && !cmd.client.json) {
@@ -552,7 +598,7 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
              ",\"succeeded\":" + std::to_string(p.getSucceeded()) + ",\"failed\":" + std::to_string(p.getFailed()) +
              ",\"cancelled\":" + std::to_string(p.getCancelled()) +
              ",\"finished\":" + (p.getFinished() ? "true" : "false") + ",\"state\":\"" + batchState(progressView(p)) +
-             "\",\"expired_ms\":" + std::to_string(p.getExpiredMs()) + "}";
+             "\",\"expired_ms\":" + std::to_string(p.getExpiredMs()) + waitsJson(progressView(p)) + "}";
       first = false;
     }
     out += "],\"counters\":{";
@@ -640,14 +686,14 @@ int batchesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   const std::pair<const char*, State> states[] = {
       {"all", State::ALL},           {"open", State::OPEN},           {"running", State::RUNNING},
       {"cancelling", State::CANCELLING}, {"finished", State::FINISHED}, {"cancelled", State::CANCELLED},
-      {"expired", State::EXPIRED}};
+      {"expired", State::EXPIRED},   {"waiting", State::WAITING}};
   std::optional<State> state;
   for (const auto& [name, value] : states) {
     if (o.state == name) state = value;
   }
   if (!state) {
     return usageError("unknown --state '" + o.state +
-                      "': use open, running, cancelling, finished, cancelled, expired or all");
+                      "': use waiting, open, running, cancelling, finished, cancelled, expired or all");
   }
   std::uint64_t limit = o.limitGiven ? cmd.limit : 20;
   if (limit < 1 || limit > 1000) return usageError("--limit for batches must be 1-1000, not " + std::to_string(limit));
@@ -701,7 +747,8 @@ int batchesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                           ",\"queued\":" + std::to_string(v.queued) + ",\"running\":" + std::to_string(v.running) +
                           ",\"state\":\"" + batchState(v) + "\",\"expired_ms\":" + jsonTime(v.expiredMs) +
                           ",\"retry_of\":" + (b.getRetryOf() ? std::to_string(b.getRetryOf()) : std::string("null")) +
-                          ",\"next_batch\":" + (v.nextBatch ? std::to_string(v.nextBatch) : std::string("null")) + "}\n";
+                          ",\"next_batch\":" + (v.nextBatch ? std::to_string(v.nextBatch) : std::string("null")) +
+                          waitsJson(v) + "}\n";
         std::fputs(out.c_str(), stdout);
       } else {
         std::string label(wire::view(b.getLabel()));
@@ -870,6 +917,9 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                       ",\"priority\":" + std::to_string(t.getPriority()) + ",\"requires\":" + util::jsonString(tags) +
                       ",\"submitted_ms\":" + jsonTime(t.getSubmittedMs()) +
                       ",\"finished_ms\":" + jsonTime(t.getFinishedMs()) + ",\"why\":" + util::jsonString(wire::view(t.getWhy())) + ",";
+    if (t.getAfter().size() > 0 || t.getAfterDone().size() > 0) {
+      out += "\"after\":" + jsonIds(ids(t.getAfter())) + ",\"after_done\":" + jsonIds(ids(t.getAfterDone())) + ",";
+    }
     if (t.hasRetryOf()) {
       out += "\"retry_of\":{\"batch\":" + std::to_string(t.getRetryOf().getBatch()) + ",\"index\":" +
              std::to_string(t.getRetryOf().getIndex()) + ",\"task\":" + std::to_string(t.getRetryOf().getTask()) + "},";
@@ -895,6 +945,16 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (t.hasRetryOf()) {
     std::printf("retry of task %" PRIu64 " (batch %" PRIu64 ", index %" PRIu64 ")\n", t.getRetryOf().getTask(),
                 t.getRetryOf().getBatch(), t.getRetryOf().getIndex());
+  }
+  if (t.getAfter().size() > 0 || t.getAfterDone().size() > 0) {
+    auto list = [](const std::vector<std::uint64_t>& v) {
+      std::string out;
+      for (auto id : v) out += (out.empty() ? "" : ",") + std::to_string(id);
+      return out;
+    };
+    std::string after = list(ids(t.getAfter())), done = list(ids(t.getAfterDone()));
+    std::printf("its batch waits for: %s%s%s%s%s\n", after.empty() ? "" : "--after ", after.c_str(),
+                after.empty() || done.empty() ? "" : " ", done.empty() ? "" : "--after-done ", done.c_str());
   }
   std::printf("state: %s\n", std::string(wire::view(t.getState())).c_str());
   if (t.getWhy().size()) std::printf("why: %s\n", std::string(wire::view(t.getWhy())).c_str());
@@ -962,6 +1022,9 @@ int retryCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                                                     : nullptr;
   if (kept) return usageError(std::string("retry keeps the handler, requirements and payloads of the batch: ") + kept +
                               " is for submit");
+  if (!s.after.empty() || !s.afterDone.empty()) {
+    return usageError("--after and --after-done are for submit and mapreduce: a retry runs once it is made");
+  }
   if (s.timeoutMs < 0 || s.timeoutMs > UINT32_MAX) return usageError("--task-timeout is out of range");
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
@@ -1082,6 +1145,8 @@ int mapreduceCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     o.combiner = m.combiner;
     o.reducer = m.reducer;
     o.watch = true;
+    o.after = cmd.submit.after;
+    o.afterDone = cmd.submit.afterDone;
     std::size_t next = 0;
     auto id = (*client)->submit(o, [&](std::string* out) -> util::Result<bool> {
       if (next >= chunks.size()) return false;

@@ -52,13 +52,24 @@ ProgressView progressView(proto::Progress::Reader p) {
   v.batchCancelled = p.getBatchCancelled() || v.cancelled > 0;
   v.expiredMs = p.getExpiredMs();
   v.expiry = std::string(wire::view(p.getExpiry()));
+  for (auto id : p.getAfter()) v.after.push_back(id);
+  for (auto id : p.getAfterDone()) v.afterDone.push_back(id);
+  v.waiting = p.getWaiting();
+  for (auto id : p.getWaitingFor()) v.waitingFor.push_back(id);
   return v;
+}
+
+std::string jsonIds(const std::vector<std::uint64_t>& ids) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < ids.size(); ++i) out += (i ? "," : "") + std::to_string(ids[i]);
+  return out + "]";
 }
 
 const char* batchState(const ProgressView& p) {
   if (p.expiredMs > 0) return "expired";
   if (p.batchCancelled) return p.finished ? "cancelled" : "cancelling";
   if (p.finished) return "finished";
+  if (p.waiting) return "waiting";
   return p.sealed ? "running" : "open";
 }
 
@@ -321,6 +332,14 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
         mr.setPartitions(options.partitions);
         mr.setCombiner(options.combiner);
         mr.setReducer(options.reducer);
+      }
+      if (!options.after.empty()) {
+        auto ids = spec.initAfter(static_cast<unsigned>(options.after.size()));
+        for (unsigned i = 0; i < options.after.size(); ++i) ids.set(i, options.after[i]);
+      }
+      if (!options.afterDone.empty()) {
+        auto ids = spec.initAfterDone(static_cast<unsigned>(options.afterDone.size()));
+        for (unsigned i = 0; i < options.afterDone.size(); ++i) ids.set(i, options.afterDone[i]);
       }
     }
     auto list = s.initPayloads(static_cast<unsigned>(end - begin));

@@ -61,6 +61,9 @@ struct BatchOptions {
   // stored: a wait() on the batch that follows then needs no Watch round trip of its own.
   // Leave it off when nothing will wait (the progress messages would queue up unread).
   bool watch = false;
+  // Batches it waits for (protocol section 4.21): to finish with every task succeeded (after),
+  // or to finish at all (afterDone). Sent with the first chunk only.
+  std::vector<std::uint64_t> after, afterDone;
 };
 
 struct ProgressView {
@@ -74,6 +77,9 @@ struct ProgressView {
   std::uint8_t stage = 0;       // 0 a plain batch, 1 a job's map stage, 2 a reduce stage
   std::int64_t expiredMs = 0;   // its tasks and results were removed then (--keep-finished)
   std::string expiry;           // with expiredMs: the nexus's one line about it
+  std::vector<std::uint64_t> after, afterDone;  // the batches it waits (or waited) for
+  bool waiting = false;                         // held until those finish: none of its tasks runs yet
+  std::vector<std::uint64_t> waitingFor;        // with waiting: those not finished yet
 };
 
 // `mesh retry`: what may differ from the batch retried (0, -1, empty: as it was).
@@ -191,11 +197,13 @@ class Client {
 };
 
 ProgressView progressView(proto::Progress::Reader p);
-// The batch's state in one word, as `mesh status` and the --json outputs show it: "open" (not
-// sealed), "running", "finished" (every task has a result; the batch was not cancelled),
+// The batch's state in one word, as `mesh status` and the --json outputs show it: "waiting" (held
+// until the batches it waits for finish: mesh submit --after), "open" (not sealed), "running", "finished" (every task has a result; the batch was not cancelled),
 // "cancelling" (cancelled; the ends of its tasks not yet all written), "cancelled", "expired"
 // (finished, and its tasks and results removed after the nexus's --keep-finished).
 const char* batchState(const ProgressView& p);
 const char* taskStatusName(proto::TaskStatus s);
+// "[12,13]": ids as a JSON array.
+std::string jsonIds(const std::vector<std::uint64_t>& ids);
 
 }  // namespace mesh::node

@@ -227,8 +227,13 @@ util::Status NexusImpl::recover() {
     spec.mrReducer = rec.mrReducer;
     if (!rec.mrCombiner.empty()) spec.alsoNeeds.push_back(rec.mrCombiner);
     spec.retryOf = rec.retryOf.value_or(0);
+    spec.after = rec.after;
+    spec.afterDone = rec.afterDone;
     routing::Batch& b = scheduler_.addBatch(rec.id, spec);
     b.total = rec.total;
+    // Held before its tasks are added, so that none of them takes a turn; judged below.
+    b.held = rec.held && !rec.cancelledMs;
+    if (rec.cancelledMs && !rec.note.empty()) b.cancelWhy = rec.note;  // cancelled by a dependency
     owners_[rec.id] = rec.clientKey;
   }
   std::uint64_t pending = 0;
@@ -286,6 +291,15 @@ util::Status NexusImpl::recover() {
               static_cast<unsigned long long>(rec.id));
     startReduce(rec);
   }
+  // Held batches (protocol section 4.21): what they waited for may have finished meanwhile.
+  std::size_t held = 0;
+  for (auto& rec : *batches) {
+    routing::Batch* b = scheduler_.batch(rec.id);
+    if (!b || !b->held) continue;
+    ++held;
+    judgeWaiting(rec.id);
+  }
+  if (held > 0) MESH_INFO("%zu batches were waiting for others: judged again", held);
   collectEffects();
   return {};
 }

@@ -6,6 +6,19 @@
 
 namespace mesh::node {
 
+namespace {
+void fillIds(capnp::List<std::uint64_t>::Builder out, const std::vector<std::uint64_t>& ids) {
+  for (unsigned i = 0; i < ids.size(); ++i) out.set(i, ids[i]);
+}
+
+// A batch's dependency lists (protocol section 4.21), into a Progress or a TaskInfo.
+template <typename Builder>
+void fillWaits(Builder out, const std::vector<std::uint64_t>& after, const std::vector<std::uint64_t>& afterDone) {
+  if (!after.empty()) fillIds(out.initAfter(static_cast<unsigned>(after.size())), after);
+  if (!afterDone.empty()) fillIds(out.initAfterDone(static_cast<unsigned>(afterDone.size())), afterDone);
+}
+}  // namespace
+
 // ---- client port -----------------------------------------------------------------------------
 
 void NexusImpl::onClientMessage(const std::string& routingId, zmq::message_t& body) {
@@ -145,6 +158,24 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     if (auto refused = checkServable(handler, s.requiredTags, &ps.warning)) {
       return bad(refused->first, refused->second);
     }
+    // Batches it waits for (protocol section 4.21). The count first: a hostile list is not walked.
+    routing::Verdict waits;
+    if (spec.hasAfter() || spec.hasAfterDone()) {
+      std::size_t named = spec.getAfter().size() + spec.getAfterDone().size();
+      if (named > routing::kMaxAfter) {
+        counters_.add("submits_after_refused");
+        return bad(proto::Error::Code::BAD_REQUEST, "a batch waits for at most " + std::to_string(routing::kMaxAfter) +
+                                                        " batches (--after and --after-done together), not " +
+                                                        std::to_string(named));
+      }
+      for (auto id : spec.getAfter()) s.after.push_back(id);
+      for (auto id : spec.getAfterDone()) s.afterDone.push_back(id);
+      routing::normalizeDependencies(s.after, s.afterDone);
+      if (auto refused = checkDependencies(s.after, s.afterDone, &waits)) {
+        counters_.add("submits_after_refused");
+        return bad(refused->first, refused->second);
+      }
+    }
     auto mr = spec.getMapreduce();
     if (mr.getStage() == proto::MapReduce::Stage::REDUCE) {
       return bad(proto::Error::Code::BAD_REQUEST, "a reduce stage is started by the nexus, not submitted");
@@ -179,10 +210,23 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     b = &scheduler_.addBatch(ps.batch, s);
     owners_[ps.batch] = key;
     current_->newBatches.push_back(batchRecord(ps.batch, b->spec, ps.seal, ps.count));
+    if (waits.kind == routing::Verdict::Kind::kWait) {
+      // Held from the start: its tasks join the scheduler's queue but never its turns.
+      b->held = true;
+      current_->newBatches.back().held = true;
+      holdOn(ps.batch, waits);
+      ps.warning = waitingLine(ps.batch) + (ps.warning.empty() ? "" : "; " + ps.warning);
+      counters_.add("batches_held");
+    }
     ps.firstIndex = 0;
     counters_.add("batches_submitted");
   } else {
     ps.batch = submit.getBatch();
+    if (submit.hasSpec() && (submit.getSpec().hasAfter() || submit.getSpec().hasAfterDone())) {
+      counters_.add("submits_after_refused");
+      return bad(proto::Error::Code::BAD_REQUEST, "--after and --after-done go with a batch's first chunk (Submit.batch 0), "
+                                                  "not with tasks appended to batch " + std::to_string(ps.batch));
+    }
     b = scheduler_.batch(ps.batch);
     auto owner = owners_.find(ps.batch);
     if (!b || owner == owners_.end()) return bad(proto::Error::Code::NOT_FOUND, "no open batch " + std::to_string(ps.batch));
@@ -199,7 +243,7 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
   }
   ps.firstId = nextTaskId_;
   nextTaskId_ += ps.count;
-  ps.early = ps.newBatch && ps.seal && b->spec.mrStage == 0 && ps.count > 0 && ps.count <= kEarlyDispatchMax &&
+  ps.early = ps.newBatch && ps.seal && !b->held && b->spec.mrStage == 0 && ps.count > 0 && ps.count <= kEarlyDispatchMax &&
              ps.firstId + ps.count - 1 <= durableTaskIdMax_ + kEarlyIdWindow;
   if (ps.early) {
     // Runs while the submit is committed. The writer commits in order, so no result of these
@@ -301,11 +345,18 @@ void NexusImpl::fillProgress(proto::Progress::Builder out, std::uint64_t batchId
   }
   if (b) {
     out.setStage(b->spec.mrStage);
+    fillWaits(out, b->spec.after, b->spec.afterDone);
+    if (b->held) {
+      out.setWaiting(true);
+      if (auto it = waitingFor_.find(batchId); it != waitingFor_.end()) fillIds(out.initWaitingFor(static_cast<unsigned>(it->second.size())), it->second);
+    }
+    if (!linked && !b->cancelWhy.empty()) out.setNote(b->cancelWhy);  // cancelled by a dependency
     if (linked || !p.finished || b->spec.mrStage == 0) return;
   }
   auto rec = readStore_->batch(batchId);
   if (!rec || !*rec) return;
   out.setStage((*rec)->mrStage);
+  if (!b) fillWaits(out, (*rec)->after, (*rec)->afterDone);
   if ((*rec)->expiredMs) {
     out.setExpiredMs(*(*rec)->expiredMs);
     out.setExpiry(expiryLine(**rec));
@@ -329,6 +380,8 @@ void NexusImpl::fillStoredProgress(proto::Progress::Builder out, const store::Ba
   out.setNextBatch(rec.nextBatch.value_or(0));
   out.setNote(rec.note);
   out.setExpiredMs(rec.expiredMs.value_or(0));
+  fillWaits(out, rec.after, rec.afterDone);
+  out.setWaiting(rec.held && !rec.finishedMs && !rec.cancelledMs);
 }
 
 NexusImpl::BatchEnd NexusImpl::batchEnd(std::uint64_t batchId) {
@@ -720,6 +773,7 @@ void NexusImpl::onBatches(const std::string& routingId, const std::string& key, 
     case Asked::FINISHED: filter.state = State::kFinished; break;
     case Asked::CANCELLED: filter.state = State::kCancelled; break;
     case Asked::EXPIRED: filter.state = State::kExpired; break;
+    case Asked::WAITING: filter.state = State::kWaiting; break;
     default:
       return bad("unknown batch state " + std::to_string(static_cast<unsigned>(req.getState())) +
                  ": is this client newer than the nexus?");
@@ -960,6 +1014,7 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
   auto req = info.initRequires(static_cast<unsigned>(t.batchRecord.requiredTags.size()));
   for (unsigned i = 0; i < t.batchRecord.requiredTags.size(); ++i) req.set(i, t.batchRecord.requiredTags[i]);
   info.setSubmittedMs(t.batchRecord.submittedMs);
+  fillWaits(info, t.batchRecord.after, t.batchRecord.afterDone);
   if (t.retryOf) {
     auto from = info.initRetryOf();
     from.setBatch(t.retryOf->batch);
@@ -1015,7 +1070,8 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
       info.setState("running");
     } else {
       info.setState(live->state == routing::Task::State::kWaiting ? "waiting" : "queued");
-      info.setWhy(scheduler_.whyWaiting(*live, clock_.monotonicMs()));
+      std::string held = live->batch->held ? waitingLine(live->batch->id) : std::string();
+      info.setWhy(!held.empty() ? held : scheduler_.whyWaiting(*live, clock_.monotonicMs()));
     }
   } else {
     info.setState("finishing");
@@ -1062,7 +1118,7 @@ void NexusImpl::onCancel(const std::string& routingId, const std::string& key, s
   }
   auto owner = owners_.find(batchId);
   if (!mayCancel(owner == owners_.end() ? std::string() : owner->second)) return;
-  if (!b->cancelled && b->sealed && !b->sealPending && b->pendingAdds == 0 &&
+  if (!b->cancelled && !b->held && b->sealed && !b->sealPending && b->pendingAdds == 0 &&
       b->succeeded + b->failed + b->cancelledCount >= b->total) {
     // Sealed, and every task has its final result (some may still be being written): there is
     // nothing left to stop and nothing can be added, so the batch is complete, not cancelled.
@@ -1071,22 +1127,7 @@ void NexusImpl::onCancel(const std::string& routingId, const std::string& key, s
     finishedAlready("every one of its " + std::to_string(b->total) + " tasks has a result");
     return;
   }
-  std::int64_t now = clock_.wallMs();
-  if (!b->sealed && !b->sealPending) {
-    std::uint64_t total = b->total + b->pendingAdds;
-    store::BatchUpdate u;
-    u.batch = batchId;
-    u.total = total;
-    u.sealed = true;
-    current_->updates.push_back(u);
-    if (b->pendingAdds == 0) scheduler_.seal(*b, total);
-    else b->sealPending = true;
-  }
-  std::uint64_t n = scheduler_.cancel(*b, now);
-  store::BatchUpdate u;
-  u.batch = batchId;
-  u.cancelledMs = now;
-  current_->updates.push_back(u);
+  std::uint64_t n = cancelLive(*b, "");
   MESH_INFO("batch %llu cancelled: %llu tasks will not run", static_cast<unsigned long long>(batchId),
             static_cast<unsigned long long>(n));
   // Acknowledged once the cancel is committed (onCommits), so that a nexus crash cannot undo a

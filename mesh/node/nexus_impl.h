@@ -31,6 +31,7 @@
 #include "mesh/discovery/beacon_udp.h"
 #include "mesh/exec/mapreduce.h"
 #include "mesh/node/common.h"
+#include "mesh/routing/dependencies.h"
 #include "mesh/routing/scheduler.h"
 #include "mesh/store/key_store.h"
 #include "mesh/store/task_store.h"
@@ -279,6 +280,8 @@ inline store::BatchRecord batchRecord(std::uint64_t id, const routing::BatchSpec
   rec.mrCombiner = s.mrCombiner;
   rec.mrReducer = s.mrReducer;
   if (s.retryOf != 0) rec.retryOf = s.retryOf;
+  rec.after = s.after;
+  rec.afterDone = s.afterDone;
   return rec;
 }
 
@@ -361,6 +364,28 @@ class NexusImpl {
                                                                           std::string* warning);
   // Loads the next step of the committed retry batches' tasks into the scheduler.
   void loadRetries();
+
+  // ---- batches that wait for others (`mesh submit --after`, protocol section 4.21)
+  // What the nexus knows of a batch for routing::judgeDependencies: in memory means not finished;
+  // else its row (kept counts, stage link). A store that cannot be read answers "not finished".
+  routing::BatchEnd endOf(std::uint64_t batch);
+  // The refusal of a new batch's dependency lists (normalized), or nothing. `held` says whether
+  // the batch must wait; `warning` what its ack says then.
+  std::optional<std::pair<proto::Error::Code, std::string>> checkDependencies(const std::vector<std::uint64_t>& after,
+                                                                              const std::vector<std::uint64_t>& afterDone,
+                                                                              routing::Verdict* verdict);
+  // Judges a held batch again: it waits on (registered in waiters_), is released, or is cancelled.
+  void judgeWaiting(std::uint64_t batch);
+  // `ended` has finished (its end committed) or is gone: judges the batches that waited on it.
+  void wakeWaiters(std::uint64_t ended);
+  // Registers a held batch's verdict (kWait) in waiters_ and waitingFor_.
+  void holdOn(std::uint64_t batch, const routing::Verdict& v);
+  // "batch 12 (--after)" ... : what the held batch still waits for, in one line.
+  std::string waitingLine(std::uint64_t batch);
+  // Cancels a batch in memory (mesh cancel, or a dependency that failed: `why`, stored as its
+  // note and as its tasks' error): seals it, ends its tasks, writes cancelled_ms. Returns the
+  // tasks it ended.
+  std::uint64_t cancelLive(routing::Batch& b, const std::string& why);
 
   // ---- bundles
   util::Status openBundles();
@@ -471,6 +496,11 @@ class NexusImpl {
   std::map<std::uint64_t, JobLink> jobLinks_;  // map batch -> its reduce stage
   std::map<std::uint64_t, ReduceRetry> reduceRetries_;  // map batch -> its refused reduce stage
   std::deque<RetryLoad> retryLoads_;           // committed retries still loading, oldest first
+  // Held batches (protocol section 4.21): by the batch whose end each waits on (a named one, or
+  // a job's reduce stage), and what each still waits for (named ids). Entries of a batch that
+  // left memory or was released are dropped when found (wakeWaiters) or at once.
+  std::map<std::uint64_t, std::set<std::uint64_t>> waiters_;
+  std::map<std::uint64_t, std::vector<std::uint64_t>> waitingFor_;
 
   std::uint64_t nextBatchId_ = 1;
   std::uint64_t nextTaskId_ = 1;

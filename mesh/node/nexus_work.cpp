@@ -271,6 +271,9 @@ void NexusImpl::onCommits() {
         dropInline(batch);
         scheduler_.forget(batch);
         owners_.erase(batch);
+        waitingFor_.erase(batch);
+        // Batches held until this one (or the job it ends) finished: released or cancelled now.
+        wakeWaiters(batch);
       }
     }
     for (const auto& [ticket, error] : notice->failed) {
@@ -311,6 +314,8 @@ void NexusImpl::refuseSubmit(PendingSubmit& ps, const std::string& error) {
     owners_.erase(ps.batch);
     dropInline(ps.batch);
     refuseCancels(ps.batch, never);
+    waitingFor_.erase(ps.batch);
+    wakeWaiters(ps.batch);  // a batch that waited on it: it does not exist (cancelled)
     MESH_WARN("batch %llu withdrawn: its %u tasks were dispatched before the failed commit",
               static_cast<unsigned long long>(ps.batch), ps.count);
   } else if (routing::Batch* b = scheduler_.batch(ps.batch)) {
@@ -321,6 +326,8 @@ void NexusImpl::refuseSubmit(PendingSubmit& ps, const std::string& error) {
         scheduler_.forget(ps.batch);
         owners_.erase(ps.batch);
         refuseCancels(ps.batch, never);
+        waitingFor_.erase(ps.batch);
+        wakeWaiters(ps.batch);
       }
     } else {
       // A later chunk of a stored batch: the batch can never hold what its client sent (the
@@ -333,6 +340,8 @@ void NexusImpl::refuseSubmit(PendingSubmit& ps, const std::string& error) {
             "): the batch is cancelled, as it cannot be completed; submit it again";
       std::int64_t now = clock_.wallMs();
       if (!b->cancelled) {
+        b->cancelWhy = "cancelled: tasks " + std::to_string(ps.firstIndex) + " on of batch " + std::to_string(ps.batch) +
+                       " could not be stored (" + error + ")";
         std::uint64_t n = scheduler_.cancel(*b, now);
         store::BatchUpdate u;
         u.batch = ps.batch;
@@ -475,7 +484,11 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
     u.note = why;
     current_->updates.push_back(u);
   };
-  if (map.cancelledMs) return stop("cancelled: the reduce stage did not start");
+  if (map.cancelledMs) {
+    // Cancelled by a batch it waited for (mesh submit --after): its note says why.
+    return stop(map.note.empty() ? "cancelled: the reduce stage did not start"
+                                 : map.note + "; the reduce stage did not start");
+  }
   // Counted and sized first, without reading an output: a job with failed map tasks, or with
   // more output than the nexus may hold, stops here (this runs on the loop, and again at every
   // start while the job waits for its reduce stage: reading it all first could run the nexus

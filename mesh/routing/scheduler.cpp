@@ -76,7 +76,8 @@ void Scheduler::addFailedTask(Batch& b, std::uint64_t id, std::uint64_t index, s
 void Scheduler::seal(Batch& b, std::uint64_t total) {
   b.sealed = true;
   b.total = total;
-  if (b.succeeded + b.failed + b.cancelledCount == b.total) effects_.finishedBatches.push_back(b.id);
+  // A held batch with no task left to end (an empty one) finishes when it is released.
+  if (!b.held && b.succeeded + b.failed + b.cancelledCount == b.total) effects_.finishedBatches.push_back(b.id);
 }
 
 void Scheduler::restoreCounts(Batch& b, std::uint64_t succeeded, std::uint64_t failed, std::uint64_t cancelled) {
@@ -86,7 +87,7 @@ void Scheduler::restoreCounts(Batch& b, std::uint64_t succeeded, std::uint64_t f
 }
 
 void Scheduler::makeActive(Batch& b) {
-  if (b.cancelled || b.queued == 0 || inActive_.count(&b)) return;
+  if (b.held || b.cancelled || b.queued == 0 || inActive_.count(&b)) return;
   inActive_.insert(&b);
   active_[b.spec.priority].push_back(&b);
 }
@@ -111,18 +112,24 @@ Task* Scheduler::frontTask(Batch& b) {
   return nullptr;
 }
 
+void Scheduler::release(Batch& b) {
+  if (!b.held) return;
+  b.held = false;
+  makeActive(b);
+  if (b.sealed && b.succeeded + b.failed + b.cancelledCount == b.total) effects_.finishedBatches.push_back(b.id);
+}
+
 std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
   b.cancelled = true;
-  if (b.queued + b.waiting + b.running == 0) {
-    // Nothing of it in memory (a repeated cancel, or one of a batch whose tasks have all
-    // ended): no need to walk every task the scheduler holds.
-    b.ready.clear();
-    deactivate(b);
-    return 0;
-  }
+  const bool wasHeld = std::exchange(b.held, false);
+  const std::string why = b.cancelWhy.empty() ? "cancelled by the client" : b.cancelWhy;
   std::vector<Task*> mine;
-  for (auto& [id, t] : tasks_) {
-    if (t->batch == &b) mine.push_back(t.get());
+  // With none of its tasks in memory (a repeated cancel, or all of them ended), no need to
+  // walk every task the scheduler holds.
+  if (b.queued + b.waiting + b.running > 0) {
+    for (auto& [id, t] : tasks_) {
+      if (t->batch == &b) mine.push_back(t.get());
+    }
   }
   std::sort(mine.begin(), mine.end(), [](Task* x, Task* y) { return x->id < y->id; });
   for (Task* t : mine) {
@@ -130,7 +137,7 @@ std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
       effects_.cancels.emplace_back(t->node, t->id);
       NodeId node = t->node;
       detachFromNode(*t);
-      finish(*t, Status::kCancelled, "", "cancelled by the client", nowWallMs, 0, 0, node);
+      finish(*t, Status::kCancelled, "", why, nowWallMs, 0, 0, node);
     } else {
       if (t->state == Task::State::kQueued) {
         --b.queued;
@@ -139,12 +146,16 @@ std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
         --b.waiting;
         --queuedTotal_;
       }
-      finish(*t, Status::kCancelled, "", "cancelled by the client", nowWallMs, 0, 0, kNoNode);
+      finish(*t, Status::kCancelled, "", why, nowWallMs, 0, 0, kNoNode);
     }
   }
   b.ready.clear();
   deactivate(b);
   counters_.add("tasks_cancelled", mine.size());
+  // A held batch with no task to end (an empty one) did not finish at its seal: it does now.
+  if (wasHeld && mine.empty() && b.sealed && b.succeeded + b.failed + b.cancelledCount == b.total) {
+    effects_.finishedBatches.push_back(b.id);
+  }
   return mine.size();
 }
 
@@ -233,6 +244,7 @@ std::string Scheduler::whyWaiting(const Task& t, std::int64_t nowMono) const {
       return "waiting " + std::to_string(std::max<std::int64_t>(0, t.notBeforeMono - nowMono)) +
              " ms before attempt " + std::to_string(t.attempts + 1) + " (backoff after a failure)";
     case Task::State::kQueued:
+      if (t.batch->held) return "its batch waits for other batches to finish (mesh submit --after)";
       if (!t.batch->blockedWhy.empty()) return t.batch->blockedWhy;
       return explainBlocked(*t.batch);
   }

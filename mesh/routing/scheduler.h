@@ -135,6 +135,9 @@ struct BatchSpec {
   std::string mrReducer;
   // `mesh retry`: the batch whose failed tasks this one runs again (0: none). Not used here.
   std::uint64_t retryOf = 0;
+  // `mesh submit --after` / `--after-done`: the batches it waits for (the nexus decides when;
+  // see Batch::held). Not used here.
+  std::vector<std::uint64_t> after, afterDone;
 };
 
 struct Progress {
@@ -183,6 +186,12 @@ struct Batch {
   std::uint64_t succeeded = 0, failed = 0, cancelledCount = 0;
   std::uint64_t durableSucceeded = 0, durableFailed = 0, durableCancelled = 0;
   std::string blockedWhy;  // set when a dispatch round found no eligible node
+  // Held (the nexus's dependencies: `mesh submit --after`): its tasks are queued but the batch
+  // never takes a turn in dispatch (it is kept out of the turns, so a held batch costs dispatch
+  // nothing, however many tasks it has) until release(). Set before its first task is added.
+  bool held = false;
+  // The error of the tasks cancel() ends (empty: "cancelled by the client").
+  std::string cancelWhy;
   // Bookkeeping of the nexus for chunks accepted but not yet committed (not used here).
   std::uint64_t pendingAdds = 0;
   bool sealPending = false;
@@ -302,9 +311,12 @@ class Scheduler {
   void seal(Batch& b, std::uint64_t total);
   // After a restart: results the store already holds for the batch.
   void restoreCounts(Batch& b, std::uint64_t succeeded, std::uint64_t failed, std::uint64_t cancelled);
-  // Every queued, waiting and running task of the batch ends as cancelled; tasks added to the
-  // batch later are cancelled by calling this again. Returns how many tasks it ended.
+  // Every queued, waiting and running task of the batch ends as cancelled, with Batch::cancelWhy
+  // (or "cancelled by the client") as its error; tasks added to the batch later are cancelled by
+  // calling this again. Returns how many tasks it ended.
   std::uint64_t cancel(Batch& b, std::int64_t nowWallMs);
+  // A held batch (Batch::held) takes its turns in dispatch from now on. O(1).
+  void release(Batch& b);
   // Takes back a batch whose tasks were handed out before the store had them, when storing them
   // failed: running tasks are cancelled on their nodes (Effects::cancels), every task is dropped
   // without a final result, effects not yet taken that belong to the batch are dropped too, and

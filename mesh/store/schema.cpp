@@ -145,6 +145,20 @@ WHERE finished_ms IS NOT NULL AND expired_ms IS NULL;
 const char* kV9 = R"sql(
 ALTER TABLE keys ADD COLUMN drained_ms INTEGER;
 )sql";
+// Version 10: batches that wait for others (`mesh submit --after`, `--after-done`). A row of
+// batch_after says that `batch` waits for batch `dep` (a lower id) to finish: with need_ok 1
+// with every task succeeded (--after), with 0 whatever its outcome (--after-done). The rows
+// are written with the batch, in its submit's transaction, and never change. held is 1 while
+// the nexus holds the batch's tasks back (from its submit, when a dependency had not finished,
+// until the nexus releases or cancels it): `mesh batches --state waiting` reads it from the row.
+const char* kV10 = R"sql(
+CREATE TABLE batch_after(
+  batch INTEGER NOT NULL,
+  dep INTEGER NOT NULL,
+  need_ok INTEGER NOT NULL,
+  PRIMARY KEY(batch, dep)) WITHOUT ROWID;
+ALTER TABLE batches ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -159,7 +173,7 @@ util::Status migrate(Db& db) {
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
   // Step n brings version n-1 to n, each in its own transaction.
-  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7, kV8, kV9};
+  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7, kV8, kV9, kV10};
   static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
   for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);

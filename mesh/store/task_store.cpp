@@ -20,7 +20,7 @@ std::string joinTags(const std::vector<std::string>& tags) {
 const char* kBatchColumns =
     "id, label, handler, priority, requires, timeout_ms, max_attempts, client_key, submitted_ms, "
     "sealed, total, cancelled_ms, finished_ms, mr_stage, mr_partitions, mr_combiner, mr_reducer, next_batch, note, "
-    "expired_ms, first_task, last_task, kept_succeeded, kept_failed, kept_cancelled, retry_of";
+    "expired_ms, first_task, last_task, kept_succeeded, kept_failed, kept_cancelled, retry_of, held";
 
 BatchRecord readBatch(const Statement& st, int c = 0) {
   BatchRecord b;
@@ -50,6 +50,7 @@ BatchRecord readBatch(const Statement& st, int c = 0) {
   b.keptFailed = static_cast<std::uint64_t>(st.getInt(c + 23));
   b.keptCancelled = static_cast<std::uint64_t>(st.getInt(c + 24));
   if (!st.isNull(c + 25)) b.retryOf = static_cast<std::uint64_t>(st.getInt(c + 25));
+  b.held = st.getInt(c + 26) != 0;
   return b;
 }
 
@@ -120,8 +121,8 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
   if (!set.newBatches.empty()) {
     auto st = db_.prepare(
         "INSERT INTO batches(id, label, handler, priority, requires, timeout_ms, max_attempts, "
-        "client_key, submitted_ms, sealed, total, mr_stage, mr_partitions, mr_combiner, mr_reducer, retry_of) "
-        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        "client_key, submitted_ms, sealed, total, mr_stage, mr_partitions, mr_combiner, mr_reducer, retry_of, held) "
+        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     if (!st) return st.error();
     for (const auto& b : set.newBatches) {
       st->bind(1, static_cast<std::int64_t>(b.id)).bindText(2, b.label).bindText(3, b.handler)
@@ -131,8 +132,25 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
           .bind(13, b.mrPartitions).bindText(14, b.mrCombiner).bindText(15, b.mrReducer);
       if (b.retryOf) st->bind(16, static_cast<std::int64_t>(*b.retryOf));
       else st->bindNull(16);
+      st->bind(17, b.held ? 1 : 0);
       if (auto s = st->run(); !s) return s;
       st->reset();
+    }
+    std::optional<Statement> dep;
+    for (const auto& b : set.newBatches) {
+      for (int needOk = 1; needOk >= 0; --needOk) {
+        for (std::uint64_t d : needOk ? b.after : b.afterDone) {
+          MESH_ASSERT(d < b.id, "a batch waits only for batches with lower ids");
+          if (!dep) {
+            auto p = db_.prepare("INSERT INTO batch_after(batch, dep, need_ok) VALUES(?,?,?)");
+            if (!p) return p.error();
+            dep.emplace(std::move(*p));
+          }
+          dep->bind(1, static_cast<std::int64_t>(b.id)).bind(2, static_cast<std::int64_t>(d)).bind(3, needOk);
+          if (auto s = dep->run(); !s) return s;
+          dep->reset();
+        }
+      }
     }
   }
   if (!set.chunks.empty()) {
@@ -254,6 +272,12 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
       st->bind(1, static_cast<std::int64_t>(u.batch)).bind(2, static_cast<std::int64_t>(*u.nextBatch));
       if (auto s = st->run(); !s) return s;
     }
+    if (u.held) {
+      auto st = db_.prepare("UPDATE batches SET held = ?2 WHERE id = ?1");
+      if (!st) return st.error();
+      st->bind(1, static_cast<std::int64_t>(u.batch)).bind(2, *u.held ? 1 : 0);
+      if (auto s = st->run(); !s) return s;
+    }
     if (u.note) {
       auto st = db_.prepare("UPDATE batches SET note = ?2 WHERE id = ?1");
       if (!st) return st.error();
@@ -323,7 +347,25 @@ util::Result<std::vector<BatchRecord>> TaskStore::unfinishedBatches() {
   if (!st) return st.error();
   std::vector<BatchRecord> out;
   if (auto s = forRows(*st, [&](Statement& s) { out.push_back(readBatch(s)); }); !s) return s.error();
+  if (auto s = readAfter(out); !s) return s.error();
   return out;
+}
+
+util::Status TaskStore::readAfter(std::span<BatchRecord> records) {
+  if (records.empty()) return {};
+  auto st = db_.prepare("SELECT dep, need_ok FROM batch_after WHERE batch = ? ORDER BY dep");
+  if (!st) return st.error();
+  for (BatchRecord& b : records) {
+    b.after.clear();
+    b.afterDone.clear();
+    st->bind(1, static_cast<std::int64_t>(b.id));
+    auto s = forRows(*st, [&](Statement& row) {
+      (row.getInt(1) != 0 ? b.after : b.afterDone).push_back(static_cast<std::uint64_t>(row.getInt(0)));
+    });
+    if (!s) return s;
+    st->reset();
+  }
+  return {};
 }
 
 util::Result<std::uint64_t> TaskStore::maxTaskId() {
@@ -482,7 +524,10 @@ util::Result<std::optional<BatchRecord>> TaskStore::batch(std::uint64_t id) {
   auto row = st->step();
   if (!row) return row.error();
   if (!*row) return std::optional<BatchRecord>();
-  return std::optional<BatchRecord>(readBatch(*st));
+  BatchRecord rec = readBatch(*st);
+  st->reset();
+  if (auto s = readAfter(std::span<BatchRecord>(&rec, 1)); !s) return s.error();
+  return std::optional<BatchRecord>(std::move(rec));
 }
 
 util::Result<std::vector<BatchRecord>> TaskStore::recentBatches(int limit) {
@@ -512,8 +557,13 @@ util::Result<BatchListing> TaskStore::listBatches(const BatchFilter& filter, std
   const char* state = "1";
   switch (filter.state) {
     case BatchFilter::State::kAll: break;
-    case BatchFilter::State::kOpen: state = "finished_ms IS NULL AND cancelled_ms IS NULL AND sealed = 0"; break;
-    case BatchFilter::State::kRunning: state = "finished_ms IS NULL AND cancelled_ms IS NULL AND sealed != 0"; break;
+    case BatchFilter::State::kWaiting: state = "finished_ms IS NULL AND cancelled_ms IS NULL AND held != 0"; break;
+    case BatchFilter::State::kOpen:
+      state = "finished_ms IS NULL AND cancelled_ms IS NULL AND sealed = 0 AND held = 0";
+      break;
+    case BatchFilter::State::kRunning:
+      state = "finished_ms IS NULL AND cancelled_ms IS NULL AND sealed != 0 AND held = 0";
+      break;
     case BatchFilter::State::kCancelling: state = "finished_ms IS NULL AND cancelled_ms IS NOT NULL"; break;
     case BatchFilter::State::kFinished:
       state = "finished_ms IS NOT NULL AND expired_ms IS NULL AND cancelled_ms IS NULL AND kept_cancelled = 0";
@@ -535,6 +585,7 @@ util::Result<BatchListing> TaskStore::listBatches(const BatchFilter& filter, std
   else st->bindNull(4);
   st->bind(5, static_cast<std::int64_t>(limit)).bind(6, static_cast<std::int64_t>(filter.failedOnly ? 1 : 0));
   if (auto s = forRows(*st, [&](Statement& s) { out.batches.push_back(readBatch(s)); }); !s) return s.error();
+  if (auto s = readAfter(out.batches); !s) return s.error();
   // A full page goes on below its last batch; a short one below the range it looked at.
   std::uint64_t next = out.batches.size() >= limit && limit > 0 ? out.batches.back().id : floor;
   auto lower = db_.prepare("SELECT MAX(id) FROM batches WHERE id < ?");
@@ -626,7 +677,7 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
                         "b.client_key, b.submitted_ms, b.sealed, b.total, b.cancelled_ms, b.finished_ms, "
                         "b.mr_stage, b.mr_partitions, b.mr_combiner, b.mr_reducer, b.next_batch, b.note, "
                         "b.expired_ms, b.first_task, b.last_task, b.kept_succeeded, b.kept_failed, b.kept_cancelled, "
-                        "b.retry_of, t.retry_of_task, t.retry_of_idx"
+                        "b.retry_of, b.held, t.retry_of_task, t.retry_of_idx"
                         " FROM tasks t JOIN batches b ON b.id = t.batch LEFT JOIN results r ON r.task = t.id "
                         "WHERE t.id = ?");
   if (!st) return st.error();
@@ -640,10 +691,12 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
   t.index = static_cast<std::uint64_t>(st->getInt(2));
   if (st->getInt(12) == 0) t.result = readResult(*st, t.id, 3);
   t.batchRecord = readBatch(*st, 13);
-  if (!st->isNull(39)) {
-    t.retryOf = RetryOrigin{t.batchRecord.retryOf.value_or(0), static_cast<std::uint64_t>(st->getInt(39)),
-                            static_cast<std::uint64_t>(st->getInt(40))};
+  if (!st->isNull(40)) {
+    t.retryOf = RetryOrigin{t.batchRecord.retryOf.value_or(0), static_cast<std::uint64_t>(st->getInt(40)),
+                            static_cast<std::uint64_t>(st->getInt(41))};
   }
+  st->reset();
+  if (auto r = readAfter(std::span<BatchRecord>(&t.batchRecord, 1)); !r) return r.error();
   auto at = db_.prepare(
       "SELECT attempt, node, assigned_ms, ended_ms, outcome, error, node_lost FROM attempts "
       "WHERE task = ? ORDER BY attempt");

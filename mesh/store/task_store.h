@@ -52,6 +52,13 @@ struct BatchRecord {
   std::uint64_t keptSucceeded = 0, keptFailed = 0, keptCancelled = 0;
   // `mesh retry`: the batch whose failed tasks this one copies.
   std::optional<std::uint64_t> retryOf;
+  // `mesh submit --after` / `--after-done` (schema v10, table batch_after): the batches it waits
+  // for to finish with every task succeeded (after), or to finish at all (afterDone); lower ids,
+  // each in one list at most, in ascending order. Written with the batch's row, never changed.
+  std::vector<std::uint64_t> after, afterDone;
+  // Its tasks are held back until its dependencies finish (batches.held): set at the submit,
+  // cleared by a BatchUpdate when the nexus releases or cancels it.
+  bool held = false;
 };
 
 // A run of tasks of one batch with consecutive ids and indexes. The payload views point into
@@ -119,6 +126,8 @@ struct BatchUpdate {
   // With finishedMs: the batch's final counts (the nexus's, of the results it wrote), stored as
   // its kept_* in the same transaction. Without them the store counts its result rows there.
   std::optional<BatchCounts> finalCounts;
+  // batches.held (BatchRecord::held): false when the nexus releases or cancels a waiting batch.
+  std::optional<bool> held;
 };
 
 // Everything one group commit writes.
@@ -190,11 +199,12 @@ struct ExpiryStep {
 };
 
 // `mesh batches`: which batch rows a listing takes. The states are those of `mesh status`
-// (mesh/node/client.h, batchState), read from the row: open (not sealed), running (sealed, not
+// (mesh/node/client.h, batchState), read from the row: waiting (held: its dependencies have not
+// finished; not cancelled, not finished), open (not sealed, not held), running (sealed, not held, not
 // finished), cancelling (cancelled, not finished), finished (not cancelled), cancelled (finished
 // after a cancel, or with a cancelled result), expired (its rows removed: --keep-finished).
 struct BatchFilter {
-  enum class State : std::uint8_t { kAll, kOpen, kRunning, kCancelling, kFinished, kCancelled, kExpired };
+  enum class State : std::uint8_t { kAll, kOpen, kRunning, kCancelling, kFinished, kCancelled, kExpired, kWaiting };
   State state = State::kAll;
   std::optional<std::string> label;      // exactly this label ("" too), or any
   std::optional<std::string> clientKey;  // submitted by this key, or by any
@@ -285,6 +295,8 @@ class TaskStore {
   // The rows of a retry chunk (TaskChunk::retryOf); widens the segment range by the payload log
   // places it copies.
   util::Status copyFailedTasks(const TaskChunk& c, std::uint64_t& firstSegment, std::uint64_t& lastSegment);
+  // Fills the records' after and afterDone from batch_after (one indexed probe per record).
+  util::Status readAfter(std::span<BatchRecord> records);
   // Whether a payload goes to the payload log: applyAll and write must agree, payload by payload.
   bool inLog(std::string_view payload) const { return log_ && payload.size() >= PayloadLog::kMinBytes; }
   Db& db_;

@@ -1279,3 +1279,75 @@ TEST_CASE("a node's assignment order stays proportional to its tasks in flight")
   CHECK(most <= 2 * (2 + 5) + 64);
   CHECK(s.node(a)->running.count(1) == 1);
 }
+
+// ---- held batches (mesh submit --after: the nexus holds a batch until its dependencies end) --
+
+TEST_CASE("a held batch is never dispatched nor takes a turn, and runs once released") {
+  Scheduler s(SchedulerConfig{});
+  NodeId n = s.addNode(nodeInfo("a", 2));
+  Batch& held = s.addBatch(1, spec());
+  held.held = true;
+  for (int i = 0; i < 1000; ++i) s.addTask(held, 100 + i, i, "p");
+  s.seal(held, 1000);
+  // Queued (it counts toward the nexus's queue limit), but out of the turns: dispatch never
+  // looks at it.
+  CHECK(s.queuedTotal() == 1000);
+  CHECK(s.batchesInTurns() == 0);
+  CHECK(s.dispatch(0, 0).empty());
+  // A node joining or an undrain makes every batch active again: not a held one.
+  s.addNode(nodeInfo("b", 1));
+  s.setDrained(n, true);
+  s.setDrained(n, false);
+  CHECK(s.batchesInTurns() == 0);
+  CHECK(s.dispatch(0, 0).empty());
+  CHECK(s.whyWaiting(*s.task(100), 0).find("waits for other batches") != std::string::npos);
+  Batch& other = batchOf(s, 2, spec(), 1, 5000);
+  auto as = s.dispatch(0, 0);
+  REQUIRE(as.size() == 1);
+  CHECK(as[0].tasks[0]->batch == &other);
+  s.release(held);
+  CHECK(s.batchesInTurns() == 1);
+  std::size_t given = 0;
+  for (auto& a : s.dispatch(0, 0)) {
+    for (Task* t : a.tasks) {
+      CHECK(t->batch == &held);
+      ++given;
+    }
+  }
+  CHECK(given > 0);
+}
+
+TEST_CASE("a held batch cancelled ends every task with the batch's cancel reason") {
+  Scheduler s(SchedulerConfig{});
+  s.addNode(nodeInfo("a", 2));
+  Batch& b = s.addBatch(1, spec());
+  b.held = true;
+  for (int i = 0; i < 3; ++i) s.addTask(b, 10 + i, i, "p");
+  s.seal(b, 3);
+  b.cancelWhy = "batch 7 finished with 1 failed task; nothing of this batch ran";
+  CHECK(s.cancel(b, 5) == 3);
+  auto fx = s.takeEffects();
+  REQUIRE(fx.finals.size() == 3);
+  for (const auto& f : fx.finals) {
+    CHECK(f.status == Status::kCancelled);
+    CHECK(f.error == b.cancelWhy);
+  }
+  CHECK(fx.finishedBatches == std::vector<std::uint64_t>{1});
+  CHECK(s.queuedTotal() == 0);
+  CHECK(s.batchesInTurns() == 0);
+}
+
+TEST_CASE("an empty held batch finishes when released or cancelled, not at its seal") {
+  Scheduler s(SchedulerConfig{});
+  Batch& b = s.addBatch(1, spec());
+  b.held = true;
+  s.seal(b, 0);
+  CHECK(s.takeEffects().finishedBatches.empty());
+  s.release(b);
+  CHECK(s.takeEffects().finishedBatches == std::vector<std::uint64_t>{1});
+  Batch& c = s.addBatch(2, spec());
+  c.held = true;
+  s.seal(c, 0);
+  CHECK(s.cancel(c, 0) == 0);
+  CHECK(s.takeEffects().finishedBatches == std::vector<std::uint64_t>{2});
+}

@@ -823,13 +823,13 @@ TEST_CASE("the writer deletes payload segments that no unfinished batch needs") 
     commit(**w, batchWithTasks(3, 20, {std::string(3000, 'c')}, &keep.back()));
     CHECK(*listSegments(dir) == std::vector<std::uint64_t>{1, 2});  // batches 1 and 2 are unfinished
     WriteSet done;
-    done.updates.push_back(BatchUpdate{1, std::nullopt, false, std::nullopt, 5, std::nullopt, std::nullopt, std::nullopt});
+    done.updates.push_back(BatchUpdate{1, std::nullopt, false, std::nullopt, 5, std::nullopt, std::nullopt, std::nullopt, std::nullopt});
     commit(**w, std::move(done));
     CHECK(*listSegments(dir) == std::vector<std::uint64_t>{1, 2});  // batch 2 still needs segment 1
     WriteSet done2;
-    done2.updates.push_back(BatchUpdate{2, std::nullopt, false, std::nullopt, 6, std::nullopt, std::nullopt, std::nullopt});
+    done2.updates.push_back(BatchUpdate{2, std::nullopt, false, std::nullopt, 6, std::nullopt, std::nullopt, std::nullopt, std::nullopt});
     WriteSet done3;
-    done3.updates.push_back(BatchUpdate{3, std::nullopt, false, std::nullopt, 7, std::nullopt, std::nullopt, std::nullopt});
+    done3.updates.push_back(BatchUpdate{3, std::nullopt, false, std::nullopt, 7, std::nullopt, std::nullopt, std::nullopt, std::nullopt});
     commit(**w, std::move(done2));
     commit(**w, std::move(done3));
     // Segment 1 is gone; segment 2 is the one being appended to, so it stays.
@@ -838,8 +838,17 @@ TEST_CASE("the writer deletes payload segments that no unfinished batch needs") 
   }
 }
 
-// Takes a database back to schema version 8: drops what version 9 (`mesh nodes drain`) added.
-void dropVersion9(Db& db) { REQUIRE(db.exec("ALTER TABLE keys DROP COLUMN drained_ms").ok()); }
+// Takes a database back to schema version 9: drops what version 10 (`mesh submit --after`) added.
+void dropVersion10(Db& db) {
+  REQUIRE(db.exec("DROP TABLE batch_after").ok());
+  REQUIRE(db.exec("ALTER TABLE batches DROP COLUMN held").ok());
+}
+
+// Takes a database back to schema version 8: drops what versions 9 (`mesh nodes drain`) and later added.
+void dropVersion9(Db& db) {
+  dropVersion10(db);
+  REQUIRE(db.exec("ALTER TABLE keys DROP COLUMN drained_ms").ok());
+}
 
 // Takes a database back to schema version 6: drops what versions 7 (`mesh retry`) and later added
 // (version 8 added no column).
@@ -1632,4 +1641,127 @@ TEST_CASE("a version 7 database gets the final counts of its finished batches at
   CHECK((*tasks.batch(2))->keptSucceeded == 0);  // not finished: counted in memory, as before
   CHECK((*tasks.batch(3))->keptSucceeded == 1);  // expired: its counts were final already
   CHECK((*tasks.batch(3))->keptFailed == 1);
+}
+
+// ---- batches that wait for others (schema v10) -------------------------------------------------
+
+void dropVersion10(Db& db);  // above, with the other steps back
+
+namespace {
+BatchFilter filterOf(BatchFilter::State state) {
+  BatchFilter f;
+  f.state = state;
+  return f;
+}
+}  // namespace
+
+TEST_CASE("a batch's dependencies and its hold are stored with it and read back after a reopen") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);
+    addBatch(tasks, 1, 100, 2, 1000, {0, 0});
+    addBatch(tasks, 2, 200, 1, std::nullopt, {});
+    std::shared_ptr<std::vector<std::string>> keep;
+    WriteSet set = batchWithTasks(3, 300, {"a", "b"}, &keep);
+    set.newBatches[0].after = {1, 2};
+    set.newBatches[0].afterDone = {};
+    set.newBatches[0].held = true;
+    REQUIRE(tasks.apply(set).ok());
+    WriteSet other = batchWithTasks(4, 400, {"c"}, &keep);
+    other.newBatches[0].afterDone = {3};
+    REQUIRE(tasks.apply(other).ok());
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  auto three = tasks.batch(3);
+  REQUIRE(three.ok());
+  REQUIRE(three->has_value());
+  CHECK((*three)->after == std::vector<std::uint64_t>{1, 2});
+  CHECK((*three)->afterDone.empty());
+  CHECK((*three)->held);
+  auto unfinished = tasks.unfinishedBatches();
+  REQUIRE(unfinished.ok());
+  REQUIRE(unfinished->size() == 3);  // 2, 3 and 4
+  CHECK((*unfinished)[1].after == std::vector<std::uint64_t>{1, 2});
+  CHECK((*unfinished)[2].afterDone == std::vector<std::uint64_t>{3});
+  CHECK_FALSE((*unfinished)[2].held);
+  CHECK((*unfinished)[0].after.empty());
+  auto row = tasks.task(300);
+  REQUIRE(row.ok());
+  REQUIRE(row->has_value());
+  CHECK((*row)->batchRecord.after == std::vector<std::uint64_t>{1, 2});
+  CHECK((*row)->batchRecord.held);
+  // A listing by state: held batches are waiting, not open or running.
+  auto waiting = tasks.listBatches(filterOf(BatchFilter::State::kWaiting), 0, 10, 1000);
+  REQUIRE(waiting.ok());
+  REQUIRE(waiting->batches.size() == 1);
+  CHECK(waiting->batches[0].id == 3);
+  CHECK(waiting->batches[0].after == std::vector<std::uint64_t>{1, 2});
+  auto running = tasks.listBatches(filterOf(BatchFilter::State::kRunning), 0, 10, 1000);
+  REQUIRE(running.ok());
+  REQUIRE(running->batches.size() == 2);
+  CHECK(running->batches[0].id == 4);
+  CHECK(running->batches[1].id == 2);
+  // Released: held no more, and running.
+  WriteSet release;
+  BatchUpdate u;
+  u.batch = 3;
+  u.held = false;
+  release.updates.push_back(u);
+  REQUIRE(tasks.apply(release).ok());
+  CHECK_FALSE((*tasks.batch(3))->held);
+  CHECK((*tasks.batch(3))->after == std::vector<std::uint64_t>{1, 2});  // the dependencies stay
+  CHECK(tasks.listBatches(filterOf(BatchFilter::State::kWaiting), 0, 10, 1000)->batches.empty());
+  CHECK(tasks.listBatches(filterOf(BatchFilter::State::kRunning), 0, 10, 1000)->batches.size() == 3);
+}
+
+TEST_CASE("a version 9 database learns batch dependencies: its batches wait for none and are not held") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);
+    addBatch(tasks, 1, 100, 2, 1000, {0, 0});
+    addBatch(tasks, 2, 200, 1, std::nullopt, {});
+    dropVersion10(*db);
+    REQUIRE(db->exec("PRAGMA user_version = 9").ok());
+  }
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  auto st = db->prepare("PRAGMA user_version");
+  REQUIRE(st.ok());
+  REQUIRE(*st->step());
+  CHECK(st->getInt(0) == kSchemaVersion);
+  CHECK(kSchemaVersion == 10);
+  st->reset();
+  TaskStore tasks(*db);
+  auto unfinished = tasks.unfinishedBatches();
+  REQUIRE(unfinished.ok());
+  REQUIRE(unfinished->size() == 1);
+  CHECK_FALSE((*unfinished)[0].held);
+  CHECK((*unfinished)[0].after.empty());
+  CHECK(kept(tasks, 1) == std::array<std::uint64_t, 3>{2, 0, 0});
+  // And it takes a batch with dependencies now.
+  std::shared_ptr<std::vector<std::string>> keep;
+  WriteSet set = batchWithTasks(3, 300, {"a"}, &keep);
+  set.newBatches[0].after = {1};
+  set.newBatches[0].afterDone = {2};
+  set.newBatches[0].held = true;
+  REQUIRE(tasks.apply(set).ok());
+  CHECK((*tasks.batch(3))->afterDone == std::vector<std::uint64_t>{2});
+}
+
+TEST_CASE("a batch that names itself or a later batch as a dependency is a bug, and nothing of it is written") {
+  TempDb t;
+  auto db = Db::open(t.path);
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  std::shared_ptr<std::vector<std::string>> keep;
+  WriteSet set = batchWithTasks(5, 500, {"a"}, &keep);
+  set.newBatches[0].after = {5};
+  CHECK_THROWS(tasks.apply(set));
+  CHECK_FALSE(tasks.batch(5)->has_value());
 }
