@@ -6,7 +6,8 @@
 # runs; refusals (unknown id, a failed batch with --after, too many ids, not an id); a nexus
 # SIGKILLed while a batch waits keeps it waiting and starts it after its dependency; a waiting
 # batch can be cancelled; a map-reduce job (scripts/mapreduce.sh -a) waits, and a batch after
-# the job starts only once its reduce stage has finished.
+# the job starts only once its reduce stage has finished; hostile submits (hostile_client afters:)
+# are refused and counted, and the nexus keeps serving.
 . "$(dirname "$0")/lib.sh"
 up --spores 1 --slots 4
 
@@ -119,4 +120,13 @@ reduce=$(sql "SELECT next_batch FROM batches WHERE id = $job")
 runs_after "$s2" "$job"
 runs_after "$reduce" "$after_job"
 printf 'a\na\nb\nc\n' | cmp -s - "$T/mr/merged" || fail "the job's output: $(cat "$T/mr/merged")"
+
+note "hostile submits: 10,000 ids, its own id or a higher one, after on an appended chunk: refused and counted"
+refused0=$(counter submits_after_refused)
+latest=$(sql "SELECT MAX(id) FROM batches")
+expect_rc 0 timeout 60 "$MESH_BUILD/tests/integration/hostile_client" "$MESH_NEXUS" "$MESH_NEXUS_KEY" "$MESH_KEY" \
+  "afters:$latest" 0 0
+[ "$(counter submits_after_refused)" -eq $((refused0 + 8)) ] || fail "submits_after_refused: $(counter submits_after_refused)"
+[ "$(sql "SELECT COUNT(*) FROM batch_after WHERE batch > $latest")" -eq 1 ] || fail "a refused submit stored a dependency"
+expect_rc 0 mesh status
 note "ok"

@@ -25,6 +25,10 @@
 //   retries            Retry requests that cannot be served: an Error each.
 //   batches            BatchesRequests out of range (limit 0 or over 1000, an unknown state, a
 //                      label over 256 bytes): a badRequest each; then a valid one: a batchesReply.
+//   afters:ID          Submits whose after/afterDone lists must be refused (10,000 ids; 65 ids;
+//                      0, ID + 1 (the new batch's own id), ID + 10^6, 2^64-1; after on a chunk
+//                      appended to batch ID): a badRequest or notFound each; then a valid one
+//                      (afterDone ID, ID an existing batch): a submitAck.
 #include <capnp/any.h>
 #include <capnp/schema.h>
 
@@ -145,6 +149,35 @@ std::string batchesRequest(int which) {
     default: r.setBefore(UINT64_MAX); r.setMine(true); r.setByLabel(true); break;  // valid
   }
   return bytesOf(e.finish());
+}
+
+// Submits with dependency lists (protocol section 4.21) the nexus must refuse, with the code each
+// must get (proto::Error::Code: 0 badRequest, 1 notFound); the last one is valid. `existing` is a
+// batch the nexus has stored, the latest one.
+constexpr int kBadAfters = 8;
+std::pair<std::string, int> afterSubmit(int which, std::uint64_t existing) {
+  wire::Encoder e(static_cast<std::uint64_t>(700 + which), 20000);
+  auto s = e.body().initSubmit();
+  auto spec = s.initSpec();
+  spec.setHandler("echo");
+  s.initPayloads(1).set(0, wire::asData("x"));
+  s.setSeal(true);
+  auto ids = [](capnp::List<std::uint64_t>::Builder list, std::uint64_t first) {
+    for (unsigned i = 0; i < list.size(); ++i) list.set(i, first + i);
+  };
+  int code = 1;
+  switch (which) {
+    case 0: ids(spec.initAfter(10000), 1); code = 0; break;
+    case 1: ids(spec.initAfterDone(10000), 1); code = 0; break;
+    case 2: ids(spec.initAfter(33), 1); ids(spec.initAfterDone(32), 100); code = 0; break;
+    case 3: spec.initAfter(1).set(0, 0); break;
+    case 4: spec.initAfter(1).set(0, existing + 1); break;  // the id this batch would get
+    case 5: spec.initAfterDone(1).set(0, existing + 1'000'000); break;
+    case 6: spec.initAfter(2).set(0, existing); spec.getAfter().set(1, UINT64_MAX); break;
+    case 7: s.setBatch(existing); spec.initAfter(1).set(0, existing); code = 0; break;  // on an appended chunk
+    default: spec.initAfterDone(1).set(0, existing); code = -1; break;  // valid
+  }
+  return {bytesOf(e.finish()), code};
 }
 
 // The first reply within `ms`, as "welcome", "error CODE MESSAGE", another kind's number, or "silent".
@@ -385,6 +418,20 @@ int main(int argc, char** argv) {
     }
     return bad;
   }
+  if (port.rfind("afters:", 0) == 0) {
+    std::uint64_t existing = std::strtoull(port.substr(7).c_str(), nullptr, 10);
+    int bad = 0;
+    for (int i = 0; i <= kBadAfters; ++i) {
+      auto [frame, code] = afterSubmit(i, existing);
+      s.send(zmq::buffer(frame), zmq::send_flags::none);
+      std::string reply = awaitReply(s, 5000);
+      std::printf("after %d: %s\n", i, reply.c_str());
+      bool wanted = code >= 0 ? reply.rfind("error " + std::to_string(code) + " ", 0) == 0
+                              : reply == "kind " + std::to_string(static_cast<unsigned>(proto::Envelope::Body::SUBMIT_ACK));
+      if (!wanted) bad = 1;
+    }
+    return bad;
+  }
   if (port == "retries") {
     int bad = 0;
     for (int i = 0; i < kBadRetries; ++i) {
@@ -398,7 +445,8 @@ int main(int argc, char** argv) {
   std::string samples[] = {validHello(), validSubmit(), unknownArm(), wrongDirection(), absurdHello(),
                            badRetry(0), badRetry(1), badRetry(2), badRetry(4), batchesRequest(0), batchesRequest(2),
                            batchesRequest(3), batchesRequest(4), batchesRequest(kBadBatches),
-                           resultsForUnknownTasks(), badSubmits(0), badSubmits(1), badSubmits(2), badSubmits(3)};
+                           resultsForUnknownTasks(), badSubmits(0), badSubmits(1), badSubmits(2), badSubmits(3),
+                           afterSubmit(0, 1).first, afterSubmit(2, 1).first, afterSubmit(7, 1).first};
   int sent = 0;
   for (int round = 0; round < rounds; ++round) {
     std::string frame;
