@@ -406,7 +406,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   po::options_description batches("batches (and --label L: exactly that label; --limit N: 1-1000, default 20)");
   batches.add_options()
       ("state", po::value<std::string>(&c.batches.state)->default_value("all"),
-       "only batches in this state: open, running, cancelling, finished, cancelled, expired or all")
+       "only batches in this state: waiting, open, running, cancelling, finished, cancelled, expired or all")
       ("before", po::value<std::uint64_t>(&c.batches.before), "only batches with a lower id (the next page)")
       ("mine", po::bool_switch(&c.batches.mine), "only batches submitted with this client's key")
       ("failed", po::bool_switch(&c.batches.failed), "only finished batches with a failed task (what mesh retry takes)");
@@ -432,7 +432,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
   if (vm.count("help")) {
     const std::string commands =
         "  submit --handler H (--lines FILE|- | --files F... | --files-from LIST|-)\n"
-        "                             submit a batch, print its id\n"
+        "                             submit a batch, print its id; --after ID / --after-done ID:\n"
+        "                             hold it until batch ID finished ok / finished at all\n"
         "  wait BATCH                 wait for a batch (progress on a terminal); exit 0 if all succeeded\n"
         "  results BATCH              print each task's result in submission order (exit 4 if\n"
         "                             the batch has not finished: the results so far; exit 6 if\n"
@@ -499,8 +500,8 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
     if (first == "batches") {
       po::options_description filters("batches");
       filters.add_options()
-          ("state", po::value<std::string>(), "only batches in this state: open, running, cancelling, finished, "
-                                              "cancelled, expired or all (the default)")
+          ("state", po::value<std::string>(), "only batches in this state: waiting, open, running, cancelling, "
+                                              "finished, cancelled, expired or all (the default)")
           ("label", po::value<std::string>(), "only batches with exactly this label (\"\": those without one)")
           ("mine", po::bool_switch(), "only batches submitted with this client's key")
           ("failed", po::bool_switch(), "only finished batches with a failed task (what `mesh retry` takes)")

@@ -128,7 +128,7 @@ struct BundleSignOptions {
 
 // mesh batches
 struct BatchesOptions {
-  std::string state = "all";  // all, open, running, cancelling, finished, cancelled, expired
+  std::string state = "all";  // all, waiting, open, running, cancelling, finished, cancelled, expired
   std::uint64_t before = 0;   // only batches with a lower id; 0: from the newest
   bool beforeGiven = false;
   bool mine = false;          // only batches submitted with this client's key
