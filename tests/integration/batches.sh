@@ -137,7 +137,7 @@ expect_rc 0 mesh batches --json --limit 2
 
 note "usage errors"
 expect_rc 2 mesh batches --state failed
-grep -q "unknown --state 'failed': use open, running, cancelling, finished, cancelled, expired or all" "$T/err" || fail "$(cat "$T/err")"
+grep -q "unknown --state 'failed': use waiting, open, running, cancelling, finished, cancelled, expired or all" "$T/err" || fail "$(cat "$T/err")"
 expect_rc 2 mesh batches --limit 0
 expect_rc 2 mesh batches --limit 1001
 grep -q -- "--limit for batches must be 1-1000" "$T/err" || fail "$(cat "$T/err")"
