@@ -209,6 +209,9 @@ void NexusImpl::onCommits() {
           link.pending = false;
           reduceRetries_.erase(ps.reduceOf);
           sendProgress(ps.reduceOf, true);
+          // Batches held --after the job were woken at its map stage's end, when the link was
+          // not made yet: they wait on the reduce stage from now on.
+          wakeWaiters(ps.reduceOf);
         }
         if (ps.routingId.empty()) continue;  // made by the nexus itself (a reduce stage)
         wire::Encoder e(ps.requestId, 32);
@@ -483,6 +486,7 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
     u.batch = map.id;
     u.note = why;
     current_->updates.push_back(u);
+    wakeWaiters(map.id);  // a batch held --after the job is cancelled (--after-done: released)
   };
   if (map.cancelledMs) {
     // Cancelled by a batch it waited for (mesh submit --after): its note says why.
