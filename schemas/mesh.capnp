@@ -62,6 +62,7 @@ struct Envelope {
     handBack @41 :TaskAttempts;  # spore -> nexus: these were not started and will not be (may be empty)
     drainRequest @42 :DrainRequest;  # client -> nexus (admin): `mesh nodes drain|undrain`
     drainAck @43 :DrainAck;
+    nodesAllRequest @44 :Void;   # client -> nexus: `mesh nodes --all` (nodesReply with offline keys too)
   }
 }
 
@@ -99,6 +100,8 @@ struct Hello {
   pid @8 :UInt32;
   runningAttempts @9 :List(UInt8);  # the attempt number of each task in `running`
   done @10 :List(UInt64);      # tasks finished here whose results it sends after the welcome
+  instance @11 :UInt64;        # random, drawn once per spore process (0: a spore before it): a
+                               # hello with another instance than its key's connection is a restart
 }
 
 # A spore that is asked to stop (SIGTERM) lets its running tasks finish, for at most graceMs,
@@ -222,6 +225,8 @@ struct SubmitAck {
   firstIndex @2 :UInt64;       # and indexes firstIndex .. within their batch
   count @3 :UInt32;
   warning @4 :Text;            # something the submitter should know, e.g. no live spore can run it yet
+  dependencies @5 :UInt16;     # the batches it waits for (--after, --after-done) as the nexus took
+                               # them: 0 from a nexus older than BatchSpec.after, which ignores them
 }
 
 struct Watch {

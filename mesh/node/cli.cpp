@@ -786,9 +786,20 @@ int nodesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
   wire::Encoder e;
-  e.body().setNodesRequest();
+  if (cmd.allNodes) {
+    e.body().setNodesAllRequest();
+  } else {
+    e.body().setNodesRequest();
+  }
   auto reply = (*client)->call(e);
-  if (!reply) return fail(reply.error());
+  if (!reply) {
+    if (cmd.allNodes && reply.error().message.find("unknown request kind") != std::string::npos) {
+      return fail(util::err(reply.error().message + " (a nexus older than `mesh nodes --all` does not know it: upgrade "
+                                                    "the nexus, or use mesh nodes)",
+                            reply.error().code));
+    }
+    return fail(reply.error());
+  }
   auto nodes = reply->envelope().getBody().getNodesReply().getNodes();
   if (!cmd.client.json) {
     std::printf("%-16s %-19s %-22s %-6s %5s %6s %5s %5s %6s %8s %7s  %s\n", "NAME", "FINGERPRINT", "ADDRESS", "FOUND",

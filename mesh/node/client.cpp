@@ -257,7 +257,15 @@ util::Result<std::uint64_t> Client::submit(const BatchOptions& options, const Pa
       if (reply->which() != proto::Envelope::Body::SUBMIT_ACK) return util::err("unexpected reply to a submit", kExitFailed);
       auto ack = reply->envelope().getBody().getSubmitAck();
       if (ack.hasWarning() && submitWarning_.empty()) submitWarning_ = std::string(wire::view(ack.getWarning()));
+      const bool first = batch == 0;
       batch = ack.getBatch();
+      if (first && (!options.after.empty() || !options.afterDone.empty()) && ack.getDependencies() == 0) {
+        // A nexus older than --after stored the batch without its dependencies and may run it
+        // now: the caller cancels it.
+        return util::err("the nexus does not know --after and --after-done (it is older than this mesh) and would run "
+                         "batch " + std::to_string(batch) + " at once: upgrade the nexus",
+                         kExitFailed);
+      }
       accepted += ack.getCount();
       if (onChunk) onChunk(accepted);
       return {};

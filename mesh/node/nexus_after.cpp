@@ -6,6 +6,15 @@
 namespace mesh::node {
 
 routing::BatchEnd NexusImpl::endOf(std::uint64_t batch) {
+  if (endCache_) {
+    if (auto hit = endCache_->find(batch); hit != endCache_->end()) return hit->second;
+  }
+  routing::BatchEnd e = readEnd(batch);
+  if (endCache_) endCache_->emplace(batch, e);
+  return e;
+}
+
+routing::BatchEnd NexusImpl::readEnd(std::uint64_t batch) {
   routing::BatchEnd e;
   if (const routing::Batch* b = scheduler_.batch(batch)) {
     // Every batch whose end is not committed is in memory, and leaves it once it is.
@@ -141,7 +150,13 @@ void NexusImpl::wakeWaiters(std::uint64_t ended) {
   if (it == waiters_.end()) return;
   std::set<std::uint64_t> batches = std::move(it->second);
   waiters_.erase(it);
+  // Within this wake, no batch's end changes (a batch released or cancelled here ends later,
+  // and wakes its own waiters then): each dependency is looked up once, not once per waiter.
+  std::unordered_map<std::uint64_t, routing::BatchEnd> cache;
+  auto* outer = endCache_;
+  if (!outer) endCache_ = &cache;
   for (std::uint64_t b : batches) judgeWaiting(b);
+  endCache_ = outer;
 }
 
 std::uint64_t NexusImpl::cancelLive(routing::Batch& b, const std::string& why) {

@@ -67,7 +67,10 @@ void NexusImpl::serveClient(const std::string& routingId, const std::string& key
       onStatus(routingId, requestId);
       break;
     case Which::NODES_REQUEST:
-      onNodes(routingId, requestId);
+      onNodes(routingId, requestId, /*all=*/false);
+      break;
+    case Which::NODES_ALL_REQUEST:
+      onNodes(routingId, requestId, /*all=*/true);
       break;
     case Which::TASK_REQUEST:
       onTask(routingId, requestId, b.getTaskRequest());
@@ -175,6 +178,7 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
         counters_.add("submits_after_refused");
         return bad(refused->first, refused->second);
       }
+      ps.dependencies = static_cast<std::uint16_t>(s.after.size() + s.afterDone.size());
     }
     auto mr = spec.getMapreduce();
     if (mr.getStage() == proto::MapReduce::Stage::REDUCE) {
@@ -679,9 +683,10 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   sendTo(clientSocket_, routingId, e.finish());
 }
 
-// `mesh nodes`: the connected spores by name, then every accepted node key with no spore
-// connected (alive false: `mesh nodes --all` shows them, as offline), by fingerprint.
-void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
+// `mesh nodes`: the connected spores by name; with `all` (`mesh nodes --all`), then every
+// accepted node key with no spore connected (alive false: offline), by fingerprint. Only a
+// client that asks gets those rows: an older one would list them as connected spores.
+void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId, bool all) {
   std::vector<const NodeConn*> sorted;
   std::unordered_set<std::string> connected;
   for (const auto& [rid, c] : conns_) {
@@ -690,7 +695,7 @@ void NexusImpl::onNodes(const std::string& routingId, std::uint64_t requestId) {
   }
   std::vector<std::pair<std::string, std::string>> offline;  // fingerprint, key
   for (const auto& [k, role] : accepted_) {
-    if (role == store::Role::kNode && !connected.count(k)) offline.emplace_back(fingerprintOf(k), k);
+    if (all && role == store::Role::kNode && !connected.count(k)) offline.emplace_back(fingerprintOf(k), k);
   }
   std::sort(offline.begin(), offline.end());
   // An entry for a key that is connected again or no longer accepted is of no more use.

@@ -115,6 +115,8 @@ struct HelloFields {
   std::vector<std::string> handlers, tags;
   std::vector<std::pair<std::uint64_t, std::uint8_t>> running;  // task id, attempt
   std::vector<std::uint64_t> done;
+  std::uint32_t pid = 0;
+  std::uint64_t instance = 0;  // 0: a spore that does not send one
 };
 
 struct NodeConn {
@@ -125,6 +127,8 @@ struct NodeConn {
   std::string name, address, foundBy, softwareVersion;
   std::vector<std::string> handlers, tags;
   std::uint16_t slots = 0;
+  std::uint32_t pid = 0;        // from its hello
+  std::uint64_t instance = 0;   // from its hello: which process of the spore (0: not sent)
   std::int64_t lastSeenMono = 0;
   std::int64_t connectedWallMs = 0;
   // When a hello with this connection's key from another connection was last refused (-1:
@@ -199,6 +203,7 @@ struct PendingSubmit {
   bool watch = false;
   bool newBatch = false;
   bool early = false;  // its tasks went to the scheduler before the commit
+  std::uint16_t dependencies = 0;  // of a new batch: --after and --after-done ids (SubmitAck)
   // A retry (onRetry): the batch whose failed tasks the store copies; no payloads here. Its
   // tasks are loaded from the store in steps once committed (loadRetries), and it is acked
   // with a RetryAck.
@@ -350,7 +355,7 @@ class NexusImpl {
   void onWatch(const std::string& routingId, std::uint64_t requestId, std::uint64_t batch);
   void onFetchResults(const std::string& routingId, std::uint64_t requestId, proto::FetchResults::Reader req);
   void onStatus(const std::string& routingId, std::uint64_t requestId);
-  void onNodes(const std::string& routingId, std::uint64_t requestId);
+  void onNodes(const std::string& routingId, std::uint64_t requestId, bool all);
   void onTask(const std::string& routingId, std::uint64_t requestId, std::uint64_t taskId);
   void onTaskAt(const std::string& routingId, std::uint64_t requestId, proto::TaskRef::Reader at);
   void onBatches(const std::string& routingId, const std::string& key, std::uint64_t requestId,
@@ -369,6 +374,10 @@ class NexusImpl {
   // What the nexus knows of a batch for routing::judgeDependencies: in memory means not finished;
   // else its row (kept counts, stage link). A store that cannot be read answers "not finished".
   routing::BatchEnd endOf(std::uint64_t batch);
+  routing::BatchEnd readEnd(std::uint64_t batch);  // endOf without the cache
+  // While one wake judges many waiting batches, the ends looked up so far (each is read from
+  // the store at most once per wake, however many batches wait on it).
+  std::unordered_map<std::uint64_t, routing::BatchEnd>* endCache_ = nullptr;
   // The refusal of a new batch's dependency lists (normalized), or nothing. `held` says whether
   // the batch must wait; `warning` what its ack says then.
   std::optional<std::pair<proto::Error::Code, std::string>> checkDependencies(const std::vector<std::uint64_t>& after,

@@ -154,6 +154,8 @@ std::optional<std::string> NexusImpl::readHello(proto::Hello::Reader hello, Hell
     if (attempts.size() > running.size()) return "more running attempts than running tasks";
     if (done.size() > kHelloTasksMax) return std::to_string(done.size()) + " done tasks (at most 65536)";
     out.foundBy = bundle::printable(wire::view(hello.getFoundBy()), 16);
+    out.pid = hello.getPid();
+    out.instance = hello.getInstance();
     out.softwareVersion = bundle::printable(wire::view(hello.getSoftwareVersion()), 128);
     out.handlers.reserve(handlers.size());
     for (auto h : handlers) out.handlers.emplace_back(wire::view(h));
@@ -227,15 +229,22 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
   // below) without being charged. The others died with the spore's old process (a restart by
   // its supervisor, faster than the nexus declares a silent spore dead): charged, as for a spore
   // that died, so that a task that kills its spore is quarantined however fast it comes back.
-  std::vector<routing::NodeId> replaced;
+  // The same process (the same connection after a bundle install, or the spore's reconnect):
+  // an assign still on its way is not in its hello but reaches it or was never taken, so nothing
+  // is charged. Another process (its instance differs; for a spore that sends none, its pid):
+  // what its hello does not list died with the old one.
+  std::vector<std::pair<routing::NodeId, bool>> replaced;  // node, restarted
   for (const auto& [rid, c] : conns_) {
-    if (c.key == key || rid == routingId) replaced.push_back(c.id);
+    if (c.key != key && rid != routingId) continue;
+    const bool sameProcess = rid == routingId || (f.instance != 0 && c.instance == f.instance) ||
+                             (f.instance == 0 && c.instance == 0 && f.pid != 0 && c.pid == f.pid);
+    replaced.emplace_back(c.id, !sameProcess);
   }
   if (!replaced.empty()) {
     std::unordered_set<std::uint64_t> stillHeld(f.running.size() + f.done.size());
     for (const auto& [id, attempt] : f.running) stillHeld.insert(id);
     stillHeld.insert(f.done.begin(), f.done.end());
-    for (auto id : replaced) dropNode(id, "reconnected", /*nodeFault=*/false, &stillHeld);
+    for (auto [id, restarted] : replaced) dropNode(id, "reconnected", /*nodeFault=*/false, restarted ? &stillHeld : nullptr);
   }
   NodeConn conn;
   conn.routingId = routingId;
@@ -246,6 +255,8 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
   conn.foundBy = std::move(f.foundBy);
   conn.softwareVersion = std::move(f.softwareVersion);
   conn.slots = f.slots;
+  conn.pid = f.pid;
+  conn.instance = f.instance;
   conn.handlers = std::move(f.handlers);
   conn.tags = std::move(f.tags);
   conn.lastSeenMono = clock_.monotonicMs();

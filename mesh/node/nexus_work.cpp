@@ -229,6 +229,7 @@ void NexusImpl::onCommits() {
           ack.setFirstIndex(ps.firstIndex);
           ack.setCount(ps.count);
           if (!ps.warning.empty()) ack.setWarning(ps.warning);
+          ack.setDependencies(ps.dependencies);
         }
         sendTo(clientSocket_, ps.routingId, e.finish());
         if (ps.watch) {
@@ -343,13 +344,19 @@ void NexusImpl::refuseSubmit(PendingSubmit& ps, const std::string& error) {
             "): the batch is cancelled, as it cannot be completed; submit it again";
       std::int64_t now = clock_.wallMs();
       if (!b->cancelled) {
-        b->cancelWhy = "cancelled: tasks " + std::to_string(ps.firstIndex) + " on of batch " + std::to_string(ps.batch) +
-                       " could not be stored (" + error + ")";
+        // Not cancelLive: that would seal it at its total with the chunks still in flight,
+        // which the writer refuses too; it is sealed below once none is left.
+        b->cancelWhy = "its tasks from index " + std::to_string(ps.firstIndex) + " on could not be stored (" + error +
+                       ")";
+        const bool wasHeld = b->held;
         std::uint64_t n = scheduler_.cancel(*b, now);
         store::BatchUpdate u;
         u.batch = ps.batch;
         u.cancelledMs = now;
+        u.note = b->cancelWhy;
+        if (wasHeld) u.held = false;
         current_->updates.push_back(u);
+        waitingFor_.erase(ps.batch);
         counters_.add("batches_broken");
         MESH_WARN("batch %llu cancelled: its tasks from index %llu on could not be stored (%s); %llu tasks will not run",
                   static_cast<unsigned long long>(ps.batch), static_cast<unsigned long long>(ps.firstIndex),

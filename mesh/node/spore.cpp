@@ -2,7 +2,15 @@
 // Spore. The workers are in spore_work.cpp, bundles in spore_bundles.cpp (see spore_impl.h).
 #include "mesh/node/spore_impl.h"
 
+#include <random>
+
 namespace mesh::node {
+
+std::uint64_t SporeImpl::drawInstance() {
+  std::random_device rd;
+  std::uint64_t v = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+  return v == 0 ? 1 : v;
+}
 
 // ---- set-up ----------------------------------------------------------------------------------
 
@@ -165,6 +173,7 @@ void SporeImpl::sendHello() {
   h.setAdvertise(config_.advertise);
   h.setFoundBy(foundBy_);
   h.setPid(static_cast<std::uint32_t>(getpid()));
+  h.setInstance(instance_);
   send(e.finish());
 }
 

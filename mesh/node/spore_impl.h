@@ -349,6 +349,10 @@ class SporeImpl {
   // queued when it has ended.
   std::unordered_map<std::uint64_t, Job> reassigned_;
   std::int64_t lastHelloMono_ = -1000000;
+  // Drawn once per process, sent in every hello: the nexus tells this process's reconnects from
+  // a restart of the spore (whose tasks it charges then).
+  const std::uint64_t instance_ = drawInstance();
+  static std::uint64_t drawInstance();
   std::vector<Done> outbox_;
   // Results sent lately, with the time they were sent (see kResendMax).
   std::deque<std::pair<std::int64_t, Done>> sentLately_;

@@ -130,8 +130,27 @@ std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
   const std::string why = b.cancelWhy.empty() ? "cancelled by the client" : b.cancelWhy;
   std::vector<Task*> mine;
   // With none of its tasks in memory (a repeated cancel, or all of them ended), no need to
-  // walk every task the scheduler holds.
-  if (b.queued + b.waiting + b.running > 0) {
+  // walk every task the scheduler holds; with all of them queued (a held batch, or one not
+  // started), its `ready` list holds every one (and maybe ids that moved on: checked).
+  if (b.queued + b.waiting + b.running == 0) {
+    // nothing to walk
+  } else if (b.running == 0 && b.waiting == 0) {
+    for (std::uint64_t id : b.ready) {
+      auto it = tasks_.find(id);
+      if (it != tasks_.end() && it->second->batch == &b && it->second->state == Task::State::kQueued) {
+        mine.push_back(it->second.get());
+      }
+    }
+    std::sort(mine.begin(), mine.end());
+    mine.erase(std::unique(mine.begin(), mine.end()), mine.end());
+    if (mine.size() != b.queued) {
+      // Not expected (every queued task is in `ready`): the whole walk, to end them all.
+      counters_.add("cancel_ready_mismatch");
+      mine.clear();
+    }
+  }
+  if (mine.size() != b.queued + b.waiting + b.running) {
+    mine.clear();
     for (auto& [id, t] : tasks_) {
       if (t->batch == &b) mine.push_back(t.get());
     }

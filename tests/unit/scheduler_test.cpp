@@ -988,6 +988,25 @@ TEST_CASE("a node replaced by a new connection: the tasks it still holds are not
   CHECK(s.counters().get("nodes_restarted") == 1);
 }
 
+TEST_CASE("cancelling a batch whose tasks are all queued ends each of them, from its ready list") {
+  Scheduler s(SchedulerConfig{});
+  batchOf(s, 1, spec(), 100, 1000);
+  batchOf(s, 2, spec(), 50, 5000);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  CHECK(s.cancel(*s.batch(1), 0) == 100);
+  auto fx = s.takeEffects();
+  CHECK(fx.finals.size() == 100);
+  CHECK(s.counters().get("cancel_ready_mismatch") == 0);
+  CHECK(s.queuedTotal() == 50);
+  CHECK(s.cancel(*s.batch(1), 0) == 0);  // again: nothing left
+  // With a task running, the whole walk: the running one is cancelled on its node too.
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) >= 1);
+  const std::uint64_t left = s.queuedTotal();
+  CHECK(s.cancel(*s.batch(2), 0) == 50);
+  CHECK(s.takeEffects().cancels.size() == 50 - left);
+  CHECK(s.queuedTotal() == 0);
+}
+
 TEST_CASE("a reconnecting node cannot adopt a task it is not eligible for") {
   Scheduler s(SchedulerConfig{});
   batchOf(s, 1, spec("echo", 0, {"gpu"}), 1, 100);
