@@ -116,8 +116,13 @@ wait_until 5 "slow-4 to start leaving" sh -c "grep -q 'stopping: 0 queued tasks'
 # The second signal goes to one of its other threads (a worker or ZeroMQ's), as the kernel may
 # choose for a process-directed signal: it must still end the main thread's wait at once
 # (before, the wait ran out its 2 s and the spore left without noticing the signal).
-thread=$(ls "/proc/$slow4/task" | grep -vx "$slow4" | tail -1)
-[ -n "$thread" ] || fail "slow-4 has no thread besides its main one"
+# (Only a thread that does not block SIGTERM can get it: ZeroMQ's threads block every signal.)
+thread=""
+for t in $(ls "/proc/$slow4/task" | grep -vx "$slow4"); do
+  blocked=$(awk '/^SigBlk:/ { print $2 }' "/proc/$slow4/task/$t/status")
+  if [ $(( 0x$blocked & 0x4000 )) -eq 0 ]; then thread=$t; break; fi
+done
+[ -n "$thread" ] || fail "slow-4 has no thread besides its main one that takes SIGTERM"
 python3 -c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True)
 sys.exit(libc.syscall(234, int(sys.argv[1]), int(sys.argv[2]), 15) != 0)' "$slow4" "$thread" ||
   fail "could not signal thread $thread of slow-4"

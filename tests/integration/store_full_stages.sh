@@ -72,7 +72,10 @@ broken_batch() {
     fail "$name: the batch was not cancelled: $(cat "$T/$name.err")"
   # It ends although the disk is still full (its rows and results go to SQLite).
   expect_rc 1 timeout 20 mesh wait "$batch"
-  grep -q "batch $batch was cancelled: [0-9]* of its 512 tasks succeeded" "$T/err" || fail "$name: mesh wait said: $(cat "$T/err")"
+  grep -q "batch $batch was cancelled: its tasks from index 512 on could not be stored" "$T/err" ||
+    fail "$name: mesh wait said: $(cat "$T/err")"
+  [ "$(sql "SELECT held, note LIKE 'its tasks from index 512 on could not be stored%' FROM batches WHERE id = $batch")" = "0|1" ] ||
+    fail "$name: the batch's note: $(sql "SELECT held, note FROM batches WHERE id = $batch")"
   mesh batches --json > "$T/batches"
   grep -q "{\"batch\":$batch,.*\"state\":\"cancelled\"" "$T/batches" || fail "$name: mesh batches: $(grep "\"batch\":$batch," "$T/batches")"
   [ "$(sql "SELECT sealed, total, cancelled_ms IS NOT NULL, finished_ms IS NOT NULL FROM batches WHERE id = $batch")" = "1|512|1|1" ] ||
@@ -93,7 +96,8 @@ sql "UPDATE batches SET sealed = 0, finished_ms = NULL WHERE id = $a"
 grep -q "batch $a was cancelled but never sealed" "$T/c/nexus.log" || fail "the restart did not seal batch $a"
 for x in "$a" "$b"; do
   expect_rc 1 timeout 20 mesh wait "$x"
-  grep -q "batch $x was cancelled: [0-9]* of its 512 tasks succeeded" "$T/err" || fail "after the restart, mesh wait $x said: $(cat "$T/err")"
+  grep -Eq "batch $x was cancelled: ([0-9]* of its 512 tasks succeeded|its tasks from index 512 on could not be stored)" "$T/err" ||
+    fail "after the restart, mesh wait $x said: $(cat "$T/err")"
   store_check "$x" 512
 done
 grep -q "recovered 1 unfinished batches" "$T/c/nexus.log" || fail "the restart did not recover batch $a alone"
