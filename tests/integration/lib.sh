@@ -105,3 +105,9 @@ long_task_start() {
   [ "$us" -ge 2900000 ] || fail "batch $1: the long task $2 took $us µs, not about 3 s"
   echo "$started"
 }
+
+# word_counts FILE: "word<TAB>count" lines of FILE's whitespace-separated words, sorted bytewise
+# (what a word-count map-reduce of FILE must produce, merged).
+word_counts() {
+  tr -s ' \n' '\n\n' < "$1" | grep -v '^$' | LC_ALL=C sort | uniq -c | awk '{ print $2 "\t" $1 }'
+}

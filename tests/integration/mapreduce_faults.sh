@@ -26,7 +26,7 @@ wait "$client"
 rc=$?
 set -e
 [ "$rc" -eq 0 ] || fail "mapreduce exited $rc: $(cat "$T/mr.err")"
-tr -s ' \n' '\n\n' < "$T/corpus.txt" | grep -v '^$' | LC_ALL=C sort | uniq -c | awk '{ print $2 "\t" $1 }' > "$T/expected"
+word_counts "$T/corpus.txt" > "$T/expected"
 LC_ALL=C sort "$T/wc/merged" | cmp -s - "$T/expected" || fail "the answer changed when spores died"
 store_check "$job" "$(sql "SELECT total FROM batches WHERE id = $job")"
 store_check "$((job + 1))" 6

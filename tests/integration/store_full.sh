@@ -6,12 +6,7 @@
 # task of it has exactly one result; new submits work again. Then the same with payloads of 1 KiB
 # or more, which go to the payload log. Skips (77) where a mount namespace cannot be made.
 set -euo pipefail
-if [ -z "${MESH_STORE_FULL_NS:-}" ]; then
-  [ "$EUID" -eq 0 ] || { echo "SKIP: store_full: mounting a tmpfs needs root (CI runs the tests as root)"; exit 77; }
-  command -v unshare > /dev/null 2>&1 || { echo "SKIP: store_full: no unshare (util-linux)"; exit 77; }
-  unshare -m --propagation private true 2> /dev/null || { echo "SKIP: store_full: cannot make a mount namespace"; exit 77; }
-  MESH_STORE_FULL_NS=1 exec unshare -m --propagation private bash "$0" "$@"
-fi
+. "$(dirname "$0")/mount_ns.sh" store_full
 . "$(dirname "$0")/lib.sh"
 mkdir -p "$T/c/nexus"
 mount -t tmpfs -o size=16m tmpfs "$T/c/nexus"

@@ -11,12 +11,7 @@
 #    across a restart of the nexus in between.
 # Skips (77) where a mount namespace cannot be made.
 set -euo pipefail
-if [ -z "${MESH_STORE_STAGES_NS:-}" ]; then
-  [ "$EUID" -eq 0 ] || { echo "SKIP: store_full_stages: mounting a tmpfs needs root (CI runs the tests as root)"; exit 77; }
-  command -v unshare > /dev/null 2>&1 || { echo "SKIP: store_full_stages: no unshare (util-linux)"; exit 77; }
-  unshare -m --propagation private true 2> /dev/null || { echo "SKIP: store_full_stages: cannot make a mount namespace"; exit 77; }
-  MESH_STORE_STAGES_NS=1 exec unshare -m --propagation private bash "$0" "$@"
-fi
+. "$(dirname "$0")/mount_ns.sh" store_full_stages
 . "$(dirname "$0")/lib.sh"
 pl="$T/c/nexus/payloads"
 mkdir -p "$pl"
@@ -136,7 +131,7 @@ wait "$client"
 rc=$?
 set -e
 [ "$rc" -eq 0 ] || fail "mapreduce exited $rc: $(cat "$T/mr.err")"
-tr -s ' \n' '\n\n' < "$T/corpus.txt" | grep -v '^$' | LC_ALL=C sort | uniq -c | awk '{ print $2 "\t" $1 }' > "$T/expected"
+word_counts "$T/corpus.txt" > "$T/expected"
 LC_ALL=C sort "$T/wc/merged" | cmp -s - "$T/expected" || fail "the answer is wrong after the reduce stage was refused"
 reduce=$(sql "SELECT next_batch FROM batches WHERE id = $job")
 [ -n "$reduce" ] || fail "job $job has no reduce batch at the end"
