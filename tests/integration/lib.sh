@@ -111,3 +111,17 @@ long_task_start() {
 word_counts() {
   tr -s ' \n' '\n\n' < "$1" | grep -v '^$' | LC_ALL=C sort | uniq -c | awk '{ print $2 "\t" $1 }'
 }
+
+# check_word_count PID WHY: waits for the word-count `mesh mapreduce` running as PID (input
+# $T/corpus.txt, output $T/wc, stderr $T/mr.err): it must succeed with the right counts, or the
+# test fails with WHY.
+check_word_count() {
+  local rc
+  set +e
+  wait "$1"
+  rc=$?
+  set -e
+  [ "$rc" -eq 0 ] || fail "mapreduce exited $rc: $(cat "$T/mr.err")"
+  word_counts "$T/corpus.txt" > "$T/expected"
+  LC_ALL=C sort "$T/wc/merged" | cmp -s - "$T/expected" || fail "$2"
+}
