@@ -9,8 +9,12 @@ routing::BatchEnd NexusImpl::endOf(std::uint64_t batch) {
   if (endCache_) {
     if (auto hit = endCache_->find(batch); hit != endCache_->end()) return hit->second;
   }
+  const bool before = endReadFailed_;
+  endReadFailed_ = false;
   routing::BatchEnd e = readEnd(batch);
-  if (endCache_) endCache_->emplace(batch, e);
+  const bool failed = endReadFailed_;
+  endReadFailed_ = before || failed;
+  if (endCache_ && !failed) endCache_->emplace(batch, e);  // a failed read is tried again
   return e;
 }
 
@@ -24,7 +28,9 @@ routing::BatchEnd NexusImpl::readEnd(std::uint64_t batch) {
   }
   auto rec = readStore_->batch(batch);
   if (!rec) {
-    // Not finished, as far as this answer goes: judged again at its next wake or at a restart.
+    // Not finished, as far as this answer goes: the batch judged is judged again at the next
+    // heartbeat tick (rejudge_), since a batch that has ended wakes nobody again.
+    endReadFailed_ = true;
     if (auto n = storeLog_.admit("after-read")) {
       MESH_ERROR("reading batch %llu for the batches that wait on it failed: %s%s",
                  static_cast<unsigned long long>(batch), rec.error().message.c_str(), util::heldBack(*n).c_str());
@@ -117,8 +123,10 @@ void NexusImpl::judgeWaiting(std::uint64_t batch) {
     waitingFor_.erase(batch);
     return;
   }
+  endReadFailed_ = false;
   routing::Verdict v = routing::judgeDependencies(b->spec.after, b->spec.afterDone,
                                                   [this](std::uint64_t id) { return endOf(id); });
+  if (endReadFailed_ && v.kind == routing::Verdict::Kind::kWait) rejudge_.insert(batch);
   switch (v.kind) {
     case routing::Verdict::Kind::kWait:
       holdOn(batch, v);

@@ -510,6 +510,10 @@ class NexusImpl {
   // left memory or was released are dropped when found (wakeWaiters) or at once.
   std::map<std::uint64_t, std::set<std::uint64_t>> waiters_;
   std::map<std::uint64_t, std::vector<std::uint64_t>> waitingFor_;
+  // Held batches judged while a dependency's row could not be read (a store error): judged
+  // again at the next heartbeat tick, as the dependency may have ended and will not wake them.
+  std::set<std::uint64_t> rejudge_;
+  bool endReadFailed_ = false;  // set by readEnd, looked at by judgeWaiting
 
   std::uint64_t nextBatchId_ = 1;
   std::uint64_t nextTaskId_ = 1;

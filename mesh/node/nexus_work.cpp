@@ -599,6 +599,12 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
 void NexusImpl::timers() {
   std::int64_t now = clock_.monotonicMs();
   if (!reduceRetries_.empty()) retryReduces();
+  if (now >= nextHeartbeat_ && !rejudge_.empty()) {
+    std::set<std::uint64_t> again = std::move(rejudge_);
+    rejudge_.clear();
+    counters_.add("batches_rejudged", again.size());
+    for (std::uint64_t b : again) judgeWaiting(b);
+  }
   if (now >= nextHeartbeat_) {
     nextHeartbeat_ = now + config_.heartbeatMs;
     std::vector<routing::NodeId> dead, gone;
