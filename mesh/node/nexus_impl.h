@@ -243,6 +243,9 @@ struct JobLink {
 struct ReduceRetry {
   std::uint32_t refusals = 0;
   std::int64_t atMono = 0;  // INT64_MAX while an attempt waits for its commit
+  // The reduce tasks' payloads built for the refused attempt: the next one reuses them instead
+  // of reading every map output again (up to --max-shuffle, on the loop).
+  std::shared_ptr<std::vector<std::string>> payloads;
 };
 
 // What a write ticket carries besides its WriteSet: what to do once it is durable.

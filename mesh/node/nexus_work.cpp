@@ -377,6 +377,7 @@ void NexusImpl::refuseSubmit(PendingSubmit& ps, const std::string& error) {
     // Nobody to refuse: the job waits, and its reduce stage is made again later (the map rows
     // are stored). A restart finds the job too (its map row links no reduce batch).
     ReduceRetry& r = reduceRetries_[ps.reduceOf];
+    r.payloads = ps.owned;
     std::int64_t delay = std::min<std::int64_t>(kReduceRetryMaxMs, kReduceRetryFirstMs << std::min<std::uint32_t>(r.refusals, 5));
     ++r.refusals;
     r.atMono = clock_.monotonicMs() + delay;
@@ -500,51 +501,58 @@ void NexusImpl::startReduce(const store::BatchRecord& map) {
     return stop(map.note.empty() ? "cancelled: the reduce stage did not start"
                                  : map.note + "; the reduce stage did not start");
   }
-  // Counted and sized first, without reading an output: a job with failed map tasks, or with
-  // more output than the nexus may hold, stops here (this runs on the loop, and again at every
-  // start while the job waits for its reduce stage: reading it all first could run the nexus
-  // out of memory on every start).
-  auto size = readStore_->outputsSize(map.id);
-  if (!size) return stop("cannot read the map outputs: " + size.error().message);
-  if (size->count != map.total) {
-    return stop(std::to_string(map.total - std::min(map.total, size->count)) + " of " + std::to_string(map.total) +
-                " map tasks failed: the reduce stage did not start (see mesh results " + std::to_string(map.id) + ")");
-  }
-  if (size->bytes > config_.maxShuffleBytes) {
-    counters_.add("reduce_stages_too_large");
-    return stop("the map stage's output is " + std::to_string(size->bytes) + " bytes, over the nexus's --max-shuffle of " +
-                std::to_string(config_.maxShuffleBytes) +
-                ": the reduce stage did not start (a combiner shrinks the map output; or raise --max-shuffle)");
-  }
   const std::uint32_t r = map.mrPartitions;
-  auto payloads = std::make_shared<std::vector<std::string>>();
-  try {
-    auto outputs = readStore_->outputs(map.id);
-    if (!outputs) return stop("cannot read the map outputs: " + outputs.error().message);
-    if (outputs->size() != map.total) {
-      return stop(std::to_string(map.total - std::min<std::uint64_t>(map.total, outputs->size())) + " of " +
-                  std::to_string(map.total) + " map tasks failed: the reduce stage did not start (see mesh results " +
-                  std::to_string(map.id) + ")");
+  std::shared_ptr<std::vector<std::string>> payloads;
+  if (auto again = reduceRetries_.find(map.id); again != reduceRetries_.end() && again->second.payloads &&
+                                                again->second.payloads->size() == r) {
+    payloads = again->second.payloads;  // built for the attempt the store refused
+    counters_.add("reduce_stages_reused");
+  } else {
+    payloads = std::make_shared<std::vector<std::string>>();
+    // Counted and sized first, without reading an output: a job with failed map tasks, or with
+    // more output than the nexus may hold, stops here (this runs on the loop, and again at every
+    // start while the job waits for its reduce stage: reading it all first could run the nexus
+    // out of memory on every start).
+    auto size = readStore_->outputsSize(map.id);
+    if (!size) return stop("cannot read the map outputs: " + size.error().message);
+    if (size->count != map.total) {
+      return stop(std::to_string(map.total - std::min(map.total, size->count)) + " of " + std::to_string(map.total) +
+                  " map tasks failed: the reduce stage did not start (see mesh results " + std::to_string(map.id) + ")");
     }
-    std::vector<std::vector<std::string_view>> runs(r);
-    for (std::size_t i = 0; i < outputs->size(); ++i) {
-      auto parts = exec::decodeParts((*outputs)[i]);
-      if (!parts || parts->size() != r) {
-        return stop("map task " + std::to_string(i) + " returned malformed output: the reduce stage did not start");
+    if (size->bytes > config_.maxShuffleBytes) {
+      counters_.add("reduce_stages_too_large");
+      return stop("the map stage's output is " + std::to_string(size->bytes) + " bytes, over the nexus's --max-shuffle of " +
+                  std::to_string(config_.maxShuffleBytes) +
+                  ": the reduce stage did not start (a combiner shrinks the map output; or raise --max-shuffle)");
+    }
+    try {
+      auto outputs = readStore_->outputs(map.id);
+      if (!outputs) return stop("cannot read the map outputs: " + outputs.error().message);
+      if (outputs->size() != map.total) {
+        return stop(std::to_string(map.total - std::min<std::uint64_t>(map.total, outputs->size())) + " of " +
+                    std::to_string(map.total) + " map tasks failed: the reduce stage did not start (see mesh results " +
+                    std::to_string(map.id) + ")");
       }
-      for (std::uint32_t k = 0; k < r; ++k) runs[k].push_back((*parts)[k]);
-    }
-    for (std::uint32_t k = 0; k < r; ++k) {
-      payloads->push_back(exec::encodeParts(runs[k]));
-      if (payloads->back().size() > config_.maxFrameBytes / 2) {
-        return stop("reduce partition " + std::to_string(k) + " would be " + std::to_string(payloads->back().size()) +
-                    " bytes, over the limit of " + std::to_string(config_.maxFrameBytes / 2) + ": use more reducers");
+      std::vector<std::vector<std::string_view>> runs(r);
+      for (std::size_t i = 0; i < outputs->size(); ++i) {
+        auto parts = exec::decodeParts((*outputs)[i]);
+        if (!parts || parts->size() != r) {
+          return stop("map task " + std::to_string(i) + " returned malformed output: the reduce stage did not start");
+        }
+        for (std::uint32_t k = 0; k < r; ++k) runs[k].push_back((*parts)[k]);
       }
+      for (std::uint32_t k = 0; k < r; ++k) {
+        payloads->push_back(exec::encodeParts(runs[k]));
+        if (payloads->back().size() > config_.maxFrameBytes / 2) {
+          return stop("reduce partition " + std::to_string(k) + " would be " + std::to_string(payloads->back().size()) +
+                      " bytes, over the limit of " + std::to_string(config_.maxFrameBytes / 2) + ": use more reducers");
+        }
+      }
+    } catch (const std::bad_alloc&) {
+      counters_.add("reduce_stages_too_large");
+      return stop("not enough memory to build the reduce stage from " + std::to_string(size->bytes) +
+                  " bytes of map output: lower --max-shuffle, or use a combiner");
     }
-  } catch (const std::bad_alloc&) {
-    counters_.add("reduce_stages_too_large");
-    return stop("not enough memory to build the reduce stage from " + std::to_string(size->bytes) +
-                " bytes of map output: lower --max-shuffle, or use a combiner");
   }
   routing::BatchSpec s;
   s.handler = map.mrReducer;

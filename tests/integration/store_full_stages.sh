@@ -127,6 +127,7 @@ wait_until 30 "the reduce stage to be refused again" sh -c "[ \$(. '$T/c/env' &&
 rm -f "$pl/filler"
 wait_until 90 "mesh mapreduce to end" sh -c "! kill -0 $client"
 check_word_count "$client" "the answer is wrong after the reduce stage was refused"
+[ "$(counter reduce_stages_reused)" -ge 1 ] || fail "a retry of the reduce stage read the map outputs again"
 reduce=$(sql "SELECT next_batch FROM batches WHERE id = $job")
 [ -n "$reduce" ] || fail "job $job has no reduce batch at the end"
 store_check "$reduce" 3
