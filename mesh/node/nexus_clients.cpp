@@ -1041,6 +1041,7 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
     out.setNumber(a.attempt);
     out.setNode(a.node);
     out.setAssignedMs(a.assignedMs);
+    out.setStartedMs(a.startedMs);
     out.setEndedMs(a.endedMs);
     out.setOutcome(a.outcome);
     out.setError(a.error);

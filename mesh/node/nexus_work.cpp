@@ -86,6 +86,7 @@ void NexusImpl::collectEffects() {
     r.node = std::move(a.node);
     r.assignedMs = a.assignedMs;
     r.endedMs = a.endedMs;
+    r.startedMs = a.startedMs;
     r.outcome = std::move(a.outcome);
     r.error = std::move(a.error);
     r.nodeLost = a.nodeLost;

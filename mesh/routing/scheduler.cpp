@@ -925,6 +925,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
   a.node = nodeLabel;
   a.assignedMs = t.assignedWallMs;
   a.endedMs = nowWallMs;
+  a.startedMs = report ? report->startedMs : 0;
   a.outcome = nodeLost ? (charge ? "node lost" : leftOutcome) : statusName(status);  // left: not its fault (the reason is in error)
   a.error = error;
   a.nodeLost = nodeLost && charge;

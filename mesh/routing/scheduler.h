@@ -263,6 +263,7 @@ struct EndedAttempt {
   std::uint8_t attempt = 0;
   std::string node;
   std::int64_t assignedMs = 0, endedMs = 0;
+  std::int64_t startedMs = 0;  // as the spore reported it (0: no report, e.g. the node was lost)
   std::string outcome;
   std::string error;
   bool nodeLost = false;

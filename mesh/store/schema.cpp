@@ -159,6 +159,12 @@ CREATE TABLE batch_after(
   PRIMARY KEY(batch, dep)) WITHOUT ROWID;
 ALTER TABLE batches ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
 )sql";
+// Version 11: an ended attempt's start, as its spore reported it with its result (a failure, a
+// timeout reported by the spore); NULL when no report came (the spore was lost, or stopped, or
+// handed the task back) and for the attempts stored before this version.
+const char* kV11 = R"sql(
+ALTER TABLE attempts ADD COLUMN started_ms INTEGER;
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -173,7 +179,7 @@ util::Status migrate(Db& db) {
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
   // Step n brings version n-1 to n, each in its own transaction.
-  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7, kV8, kV9, kV10};
+  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7, kV8, kV9, kV10, kV11};
   static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
   for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);

@@ -222,13 +222,18 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
   }
   if (!set.attempts.empty()) {
     auto st = db_.prepare(
-        "INSERT OR IGNORE INTO attempts(task, attempt, node, assigned_ms, ended_ms, outcome, error, node_lost) "
-        "SELECT ?1,?2,?3,?4,?5,?6,?7,?8 WHERE EXISTS(SELECT 1 FROM tasks WHERE id = ?1)");
+        "INSERT OR IGNORE INTO attempts(task, attempt, node, assigned_ms, ended_ms, outcome, error, node_lost, "
+        "started_ms) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9 WHERE EXISTS(SELECT 1 FROM tasks WHERE id = ?1)");
     if (!st) return st.error();
     for (const auto& a : set.attempts) {
       st->bind(1, static_cast<std::int64_t>(a.task)).bind(2, a.attempt).bindText(3, a.node)
           .bind(4, a.assignedMs).bind(5, a.endedMs).bindText(6, a.outcome).bindText(7, a.error)
           .bind(8, a.nodeLost ? 1 : 0);
+      if (a.startedMs > 0) {
+        st->bind(9, a.startedMs);
+      } else {
+        st->bindNull(9);
+      }
       if (auto s = st->run(); !s) return s;
       st->reset();
     }
@@ -698,7 +703,7 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
   st->reset();
   if (auto r = readAfter(std::span<BatchRecord>(&t.batchRecord, 1)); !r) return r.error();
   auto at = db_.prepare(
-      "SELECT attempt, node, assigned_ms, ended_ms, outcome, error, node_lost FROM attempts "
+      "SELECT attempt, node, assigned_ms, ended_ms, outcome, error, node_lost, COALESCE(started_ms, 0) FROM attempts "
       "WHERE task = ? ORDER BY attempt");
   if (!at) return at.error();
   at->bind(1, static_cast<std::int64_t>(id));
@@ -712,6 +717,7 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
     a.outcome = s.getText(4);
     a.error = s.getText(5);
     a.nodeLost = s.getInt(6) != 0;
+    a.startedMs = s.getInt(7);
     t.attempts.push_back(std::move(a));
   });
   if (!s) return s.error();

@@ -104,6 +104,7 @@ struct AttemptRecord {
   std::string node;
   std::int64_t assignedMs = 0;
   std::int64_t endedMs = 0;
+  std::int64_t startedMs = 0;  // from the spore's report; 0 when none came (schema 11)
   std::string outcome;
   std::string error;
   bool nodeLost = false;

@@ -46,4 +46,14 @@ grep -q '"state":"ok",.*"finished_ms":[1-9][0-9]*,.*{"attempt":1,"node":"spore-1
 touch "$T/go2"
 expect_rc 0 timeout 60 mesh wait "$low" --quiet
 expect_rc 0 timeout 60 mesh wait "$high" --quiet
-note "a task that ended while the nexus was down: assigned_ms null"
+# An attempt that failed and was retried keeps the start its spore reported (schema 11), so
+# `mesh task` shows when each attempt ran, not only the last.
+f=$(echo boom | mesh submit --handler fail --attempts 2 --lines -)
+expect_rc 1 timeout 30 mesh wait "$f" --quiet
+ft=$(task_of "$f")
+mesh task "$ft" --json > "$T/failed.json"
+grep -q '{"attempt":1,"node":"spore-1","assigned_ms":[1-9][0-9]*,"started_ms":[1-9][0-9]*,"ended_ms":[1-9][0-9]*,"outcome":"failed"' "$T/failed.json" ||
+  fail "mesh task $ft --json: the failed attempt has no start: $(cat "$T/failed.json")"
+mesh task "$ft" > "$T/failed.txt"
+[ "$(grep -c "attempt [12] started" "$T/failed.txt")" -eq 2 ] || fail "mesh task $ft: $(cat "$T/failed.txt")"
+note "a task that ended while the nexus was down: assigned_ms null; a failed attempt's start kept"
