@@ -154,6 +154,8 @@ util::Result<Parsed<NexusConfig>> parseNexus(int argc, const char* const* argv) 
       ("max-shuffle", po::value<std::string>()->default_value("1G"),
        "largest total map output of a map-reduce job: the nexus builds the reduce stage's input from it in "
        "memory (about twice this at once); a job over it stops with a note")
+      ("max-waiting", po::value<std::uint64_t>(&c.maxWaitingBatches)->default_value(c.maxWaitingBatches),
+       "refuse a submit --after beyond this many batches waiting for others")
       ("max-queued", po::value<std::uint64_t>(&c.maxQueuedTasks)->default_value(c.maxQueuedTasks), "refuse submissions beyond this many unfinished tasks")
       ("io-threads", po::value<int>(&c.ioThreads)->default_value(c.ioThreads), "ZeroMQ I/O threads, 1-16 (with 2 or more, encryption for spores and for clients runs on different ones)")
       ("log-level", po::value<std::string>(&c.logLevel)->default_value("info"), "debug, info, warn or error")

@@ -31,6 +31,9 @@ struct NexusConfig {
   // The largest total map output (bytes) a reduce stage is built from: the nexus reads it whole
   // and holds it about twice while it builds the partitions.
   std::uint64_t maxShuffleBytes = 1ull << 30;
+  // The most batches held waiting for others (`mesh submit --after`) at once: each costs memory
+  // and judging work, and an empty one nothing against maxQueuedTasks.
+  std::uint64_t maxWaitingBatches = 100'000;
   // ZeroMQ I/O threads (Curve work): with 2 or more, spores and clients are on different ones.
   int ioThreads = 2;
   // Discovery (LAN beacon).

@@ -165,6 +165,12 @@ void NexusImpl::onSubmit(const std::string& routingId, const std::string& key, s
     routing::Verdict waits;
     if (spec.hasAfter() || spec.hasAfterDone()) {
       std::size_t named = spec.getAfter().size() + spec.getAfterDone().size();
+      if (named > 0 && waitingFor_.size() >= config_.maxWaitingBatches) {
+        counters_.add("submits_after_refused");
+        return bad(proto::Error::Code::UNAVAILABLE,
+                   "the nexus holds " + std::to_string(waitingFor_.size()) + " batches waiting for others (its --max-waiting " +
+                       "is " + std::to_string(config_.maxWaitingBatches) + "): submit more once some have started");
+      }
       if (named > routing::kMaxAfter) {
         counters_.add("submits_after_refused");
         return bad(proto::Error::Code::BAD_REQUEST, "a batch waits for at most " + std::to_string(routing::kMaxAfter) +

@@ -129,4 +129,17 @@ expect_rc 0 timeout 60 "$MESH_BUILD/tests/integration/hostile_client" "$MESH_NEX
 [ "$(counter submits_after_refused)" -eq $((refused0 + 8)) ] || fail "submits_after_refused: $(counter submits_after_refused)"
 [ "$(sql "SELECT COUNT(*) FROM batch_after WHERE batch > $latest")" -eq 1 ] || fail "a refused submit stored a dependency"
 expect_rc 0 mesh status
+
+note "at most --max-waiting batches wait at once"
+echo "--max-waiting 1" > "$T/c/nexus-args"
+"$cluster" kill "$T/c" nexus
+"$cluster" restart-nexus "$T/c"
+wait_until 20 "the spore to come back" sh -c "mesh status --json | grep -q '\"nodes_alive\":1'"
+x=$(echo 20000 | mesh submit --handler sleep --lines - --label X)
+y=$(echo 1 | mesh submit --handler echo --lines - --after "$x" 2> /dev/null)
+is_state "$y" waiting || fail "batch $y: $(state_of "$y")"
+expect_rc 1 mesh submit --handler echo --lines "$T/words" --after "$x"
+grep -q "the nexus holds 1 batches waiting for others (its --max-waiting is 1)" "$T/err" || fail "over --max-waiting: $(cat "$T/err")"
+expect_rc 0 mesh cancel "$x"
+expect_rc 1 timeout 20 mesh wait "$y"
 note "ok"
