@@ -300,39 +300,38 @@ Node* Scheduler::node(NodeId id) {
   return it == nodes_.end() ? nullptr : &it->second;
 }
 
-void Scheduler::removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why, bool nodeFault) {
-  Node* n = node(id);
-  if (!n) return;
-  std::vector<std::uint64_t> running(n->running.begin(), n->running.end());
+void Scheduler::endAllOn(Node& n, std::int64_t nowWallMs,
+                         const std::function<std::pair<std::string, bool>(std::uint64_t)>& how) {
+  std::vector<std::uint64_t> running(n.running.begin(), n.running.end());
   std::sort(running.begin(), running.end());
   for (std::uint64_t tid : running) {
     auto it = tasks_.find(tid);
     if (it == tasks_.end()) continue;
-    endAttempt(*it->second, Status::kCrashed, "spore " + n->info.name + " lost: " + why, 0, nowWallMs, true, nullptr,
-               nodeFault);
+    auto [why, charge] = how(tid);
+    endAttempt(*it->second, Status::kCrashed, "spore " + n.info.name + " lost: " + why, 0, nowWallMs, true, nullptr,
+               charge);
   }
+  const NodeId id = n.id;
+  nodes_.erase(id);  // n is gone from here on
+}
+
+void Scheduler::removeNode(NodeId id, std::int64_t nowWallMs, const std::string& why, bool nodeFault) {
+  Node* n = node(id);
+  if (!n) return;
   if (nodeFault) counters_.add("nodes_lost");
-  nodes_.erase(id);
+  endAllOn(*n, nowWallMs, [&](std::uint64_t) { return std::make_pair(why, nodeFault); });
 }
 
 void Scheduler::replaceNode(NodeId id, std::int64_t nowWallMs, const std::unordered_set<std::uint64_t>& stillHeld) {
   Node* n = node(id);
   if (!n) return;
-  std::vector<std::uint64_t> running(n->running.begin(), n->running.end());
-  std::sort(running.begin(), running.end());
   bool lostAny = false;
-  for (std::uint64_t tid : running) {
-    auto it = tasks_.find(tid);
-    if (it == tasks_.end()) continue;
+  endAllOn(*n, nowWallMs, [&](std::uint64_t tid) {
     const bool held = stillHeld.count(tid) > 0;
     lostAny = lostAny || !held;
-    endAttempt(*it->second, Status::kCrashed,
-               "spore " + n->info.name + " lost: " +
-                   (held ? std::string("reconnected") : std::string("restarted, without this task")),
-               0, nowWallMs, true, nullptr, /*charge=*/!held);
-  }
+    return std::make_pair(std::string(held ? "reconnected" : "restarted, without this task"), !held);
+  });
   if (lostAny) counters_.add("nodes_restarted");
-  nodes_.erase(id);
 }
 
 void Scheduler::setLeaving(NodeId id) {

@@ -57,6 +57,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <list>
 #include <map>
 #include <utility>
@@ -444,6 +445,10 @@ class Scheduler {
   }
 
  private:
+  // Ends every attempt running on the node (re-queued; `how(task)` gives the reason and whether
+  // the loss is charged), then forgets the node.
+  void endAllOn(Node& n, std::int64_t nowWallMs,
+                const std::function<std::pair<std::string, bool>(std::uint64_t)>& how);
   // The prefetch of a node with `slots` short slots for tasks of `avgTaskUs` (0: not measured).
   std::uint32_t prefetchFor(std::uint16_t slots, double avgTaskUs) const;
   void enqueueFront(Task& t);
