@@ -133,6 +133,16 @@ struct Heartbeat {
   memPct @1 :Float32;          # 100 - MemAvailable/MemTotal, from /proc/meminfo
   running @2 :UInt32;          # tasks executing now
   freeSlots @3 :UInt32;
+  # Tasks that started since the last beat and are still running (at most 4096; the rest go
+  # with the next beat), and after each welcome every running one again: the nexus shows the
+  # start of a running attempt, and keeps it for an attempt that ends without a report.
+  started @4 :List(TaskStart);
+}
+
+struct TaskStart {
+  id @0 :UInt64;
+  attempt @1 :UInt8;
+  startedMs @2 :Int64;         # wall clock of the spore, ms since the epoch
 }
 
 struct TaskRun {
@@ -357,6 +367,7 @@ struct StatusReply {
   maxFrameBytes @10 :UInt64;   # --max-frame: the largest message it takes (a larger one is
                                # dropped with its connection, unanswered). Both 0 from a nexus
                                # older than these fields: unknown.
+  keysPending @11 :UInt32;     # keys refused and waiting for `mesh keys accept` (at most 1,000)
 }
 
 struct NodeInfo {

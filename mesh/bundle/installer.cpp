@@ -27,6 +27,7 @@ constexpr const char* kCurrent = "current";
 constexpr const char* kPrevious = "previous";
 constexpr const char* kHeadFile = "bundle.head";
 constexpr const char* kFilesDir = "files";
+constexpr const char* kInterrupted = "the install was interrupted: the spore is stopping";
 
 // A version directory's name: a decimal number without leading zeros (one spelling per version).
 bool parseVersion(std::string_view text, std::uint64_t* out) {
@@ -96,6 +97,14 @@ std::vector<std::string> listNames(const std::string& dir) {
   return names;
 }
 
+// [a-z0-9][a-z0-9._-]*, at most kMaxSpoolId: what spoolId makes of any bundle name and version.
+bool isValidSpoolId(std::string_view id) {
+  auto lowerOrDigit = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (id.empty() || id.size() > kMaxSpoolId || !lowerOrDigit(id.front())) return false;
+  return std::all_of(id.begin(), id.end(),
+                     [&](char c) { return lowerOrDigit(c) || c == '.' || c == '_' || c == '-'; });
+}
+
 bool endsWith(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -104,8 +113,10 @@ bool endsWith(const std::string& s, std::string_view suffix) {
 // Unpacks the verified payload into `filesDir` (an empty directory): directories first made 0700
 // then set to 0755, files created O_EXCL|O_NOFOLLOW then given their mode, each file fsynced,
 // then every directory fsynced deepest first. The archive rules are checked again as it reads.
+// Stops with a kLocalError refusal once `stop` (may be null) reads true.
 std::optional<Refused> unpackPayload(const VerifiedBundle& bundle, const ReceiveLimits& limits,
-                                     int filesDir) {
+                                     int filesDir, const std::atomic<bool>* stop) {
+  auto stopped = [stop] { return stop != nullptr && stop->load(); };
   UniqueFd src(::open(bundle.bundlePath.c_str(), O_RDONLY | O_CLOEXEC));
   if (!src.valid()) {
     return refuse(Refusal::kLocalError,
@@ -115,6 +126,7 @@ std::optional<Refused> unpackPayload(const VerifiedBundle& bundle, const Receive
                        ArchiveLimits{limits.maxFiles, limits.maxUnpackedBytes});
   std::vector<std::string> dirs;
   for (;;) {
+    if (stopped()) return refuse(Refusal::kLocalError, kInterrupted);
     auto next = reader.next();
     if (!next) return next.refused();
     if (!next->has_value()) break;
@@ -143,8 +155,10 @@ std::optional<Refused> unpackPayload(const VerifiedBundle& bundle, const Receive
     if (!f.valid()) {
       return refuse(Refusal::kLocalError, "cannot create " + e.path + ": " + errnoText(errno));
     }
-    Status copied =
-        reader.copyData([&](std::string_view bytes) { return writeAll(f.get(), bytes, e.path); });
+    Status copied = reader.copyData([&](std::string_view bytes) -> Status {
+      if (stopped()) return err(kInterrupted);
+      return writeAll(f.get(), bytes, e.path);
+    });
     if (!copied) return refuse(Refusal::kLocalError, copied.error().message);
     if (::fchmod(f.get(), e.mode) != 0) {
       return refuse(Refusal::kLocalError,
@@ -159,6 +173,68 @@ std::optional<Refused> unpackPayload(const VerifiedBundle& bundle, const Receive
     if (auto s = fsyncFd(d->get(), *it); !s) return refuse(Refusal::kLocalError, s.error().message);
   }
   return std::nullopt;
+}
+
+// Recovery of a rollback cut short: rollback() marks the version bad before it switches
+// `current`, so a crash between the two leaves a bad version current (and never fetched again).
+// Finishes the switch to `previous` (audited); also drops a `previous` that names `current` (a
+// crash after the switch, before the link was removed), which a later rollback would mark bad.
+Status finishRollback(const FileVersionLedger& ledger, AuditLog& audit, const util::Clock& clock,
+                      const std::string& dirPath, const std::string& name) {
+  UniqueFd dir(::open(dirPath.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir.valid()) return {};  // not a bundle directory
+  auto current = readVersionLink(dir.get(), kCurrent);
+  auto previous = readVersionLink(dir.get(), kPrevious);
+  if (!current) return {};
+  if (previous == current) {
+    MESH_WARN("bundle %s: previous and current are both version %llu: removing previous",
+              name.c_str(), static_cast<unsigned long long>(*current));
+    if (::unlinkat(dir.get(), kPrevious, 0) != 0 && errno != ENOENT) {
+      return err("cannot remove " + dirPath + "/previous: " + errnoText(errno));
+    }
+    return fsyncFd(dir.get(), dirPath);
+  }
+  auto seen = ledger.seen(name);
+  if (!seen) {
+    MESH_WARN("bundle %s: %s", name.c_str(), seen.error().message.c_str());
+    return {};  // installs of that name are refused until the state is restored
+  }
+  if (!seen->has_value()) return {};
+  const std::vector<std::uint64_t>& bad = (*seen)->bad;
+  if (std::find(bad.begin(), bad.end(), *current) == bad.end()) return {};
+  const std::string prevName = previous ? std::to_string(*previous) : std::string();
+  struct stat st {};
+  if (!previous || ::fstatat(dir.get(), prevName.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+      !S_ISDIR(st.st_mode)) {
+    // A withdrawal cut short (a first install that failed its trial): finish it. The version is
+    // bad; with nothing to return to, its handlers go.
+    if (::unlinkat(dir.get(), kCurrent, 0) != 0 && errno != ENOENT) {
+      return err("cannot remove " + dirPath + "/current: " + errnoText(errno));
+    }
+    if (auto s = fsyncFd(dir.get(), dirPath); !s) return s;
+    const std::string message = "finished at start-up: version " + std::to_string(*current) +
+                                " was marked bad with no previous version to return to, and is removed";
+    MESH_WARN("bundle %s withdrawn: %s", name.c_str(), message.c_str());
+    if (auto s = audit.append({"rolled-back", name, *current, "interrupted-rollback", message, ""}, clock.wallMs()); !s) {
+      MESH_ERROR("audit log: %s", s.error().message.c_str());
+    }
+    return {};
+  }
+  if (auto s = switchLink(dir.get(), kCurrent, prevName); !s) return s;
+  if (::unlinkat(dir.get(), kPrevious, 0) != 0 && errno != ENOENT) {
+    return err("cannot remove " + dirPath + "/previous: " + errnoText(errno));
+  }
+  if (auto s = fsyncFd(dir.get(), dirPath); !s) return s;
+  const std::string message = "finished at start-up: current is version " + prevName +
+                              " again; version " + std::to_string(*current) +
+                              " was marked bad by a rollback cut short";
+  MESH_WARN("bundle %s rolled back: %s", name.c_str(), message.c_str());
+  if (auto s = audit.append({"rolled-back", name, *current, "interrupted-rollback", message, ""},
+                            clock.wallMs());
+      !s) {
+    MESH_ERROR("audit log: %s", s.error().message.c_str());
+  }
+  return {};
 }
 
 }  // namespace
@@ -201,6 +277,7 @@ Result<Installer> Installer::open(const std::string& rootIn, const util::Clock& 
       MESH_WARN("removing %s/%s left by an interrupted install", dir.c_str(), entry.c_str());
       if (auto s = removeTree(dir + "/" + entry); !s) return s.error();
     }
+    if (auto s = finishRollback(*ledger, *audit, clock, dir, name); !s) return s.error();
   }
   return Installer(root, std::move(*ledger), std::move(*audit), std::move(lock), clock);
 }
@@ -209,9 +286,59 @@ Result<std::optional<SeenVersion>> Installer::seen(const std::string& name) cons
   return ledger_.seen(name);
 }
 
+std::string Installer::spoolId(const std::string& name, std::uint64_t version) {
+  MESH_ASSERT(isValidBundleName(name), "a spool is named after a valid bundle name");
+  return name + "-" + std::to_string(version);
+}
+
 std::string Installer::incomingDir(const std::string& id) const {
-  MESH_ASSERT(isValidHandlerName(id), "incoming ids follow the name rule");
+  MESH_ASSERT(isValidSpoolId(id), "incoming ids follow the spool id rule");
   return root_ + "/.incoming/" + id;
+}
+
+Result<std::size_t> Installer::pruneSpools(const std::set<std::string>& wanted,
+                                           std::size_t keepAtMost) {
+  const std::string incoming = root_ + "/.incoming";
+  UniqueFd dir(::open(incoming.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir.valid()) return err("cannot open " + incoming + ": " + errnoText(errno));
+  std::size_t removed = 0;
+  auto remove = [&](const std::string& id, const char* why) {
+    MESH_INFO("removing the bundle spool %s/%s: %s", incoming.c_str(), printable(id).c_str(), why);
+    if (auto s = removeTreeAt(dir.get(), id); !s) {
+      MESH_WARN("%s", s.error().message.c_str());
+      return;
+    }
+    ++removed;
+  };
+  struct Kept {
+    std::int64_t writtenNs;
+    std::string id;
+  };
+  std::vector<Kept> kept;
+  for (const std::string& id : listNames(incoming)) {
+    if (wanted.count(id) == 0) {
+      remove(id, "no bundle offered needs it");
+      continue;
+    }
+    struct stat st {};
+    const std::string part = id + "/bundle.part";
+    if (::fstatat(dir.get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 &&
+        ::fstatat(dir.get(), id.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      continue;  // vanished meanwhile
+    }
+    kept.push_back({st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec, id});
+  }
+  // The most recently written first; the oldest go beyond keepAtMost.
+  std::sort(kept.begin(), kept.end(), [](const Kept& a, const Kept& b) {
+    return a.writtenNs != b.writtenNs ? a.writtenNs > b.writtenNs : a.id < b.id;
+  });
+  for (std::size_t i = keepAtMost; i < kept.size(); ++i) {
+    remove(kept[i].id, ("more than " + std::to_string(keepAtMost) + " spools").c_str());
+  }
+  if (removed > 0) {
+    if (auto s = fsyncFd(dir.get(), incoming); !s) MESH_WARN("%s", s.error().message.c_str());
+  }
+  return removed;
 }
 
 void Installer::audit(const AuditEvent& event) {
@@ -220,12 +347,21 @@ void Installer::audit(const AuditEvent& event) {
   }
 }
 
-Checked<InstallOutcome> Installer::install(BundleReceiver& receiver) {
+Checked<InstallOutcome> Installer::install(BundleReceiver& receiver,
+                                           const std::atomic<bool>* stop) {
   Checked<VerifiedBundle> verdict = receiver.refused() != nullptr
                                         ? Checked<VerifiedBundle>(*receiver.refused())
                                         : receiver.finish(*this);
-  Checked<InstallOutcome> outcome = verdict ? installVerified(*verdict, receiver.limits())
+  Checked<InstallOutcome> outcome = verdict ? installVerified(*verdict, receiver.limits(), stop)
                                             : Checked<InstallOutcome>(verdict.refused());
+  if (!outcome && verdict && stop != nullptr && stop->load()) {
+    // Not a refusal: the spool stays for the next start (see the header).
+    MESH_INFO("bundle %s version %llu: install interrupted by the stop; it is installed from its "
+              "spool at the next start",
+              verdict->manifest.name.c_str(),
+              static_cast<unsigned long long>(verdict->manifest.version));
+    return outcome;
+  }
   receiver.discard();
   if (!outcome) {
     Refused r = outcome.refused();
@@ -248,22 +384,26 @@ Checked<InstallOutcome> Installer::install(BundleReceiver& receiver) {
 }
 
 Checked<InstallOutcome> Installer::installVerified(const VerifiedBundle& bundle,
-                                                   const ReceiveLimits& limits) {
+                                                   const ReceiveLimits& limits,
+                                                   const std::atomic<bool>* stop) {
   const ManifestInfo& m = bundle.manifest;
   const std::string version = std::to_string(m.version);
   auto local = [](const std::string& message) { return refuse(Refusal::kLocalError, message); };
 
-  // A handler name must mean one program on this spore.
+  // A handler name must mean one program on this spore, compared as the registry names them
+  // ("x.serve" provides x): otherwise one bundle's handler silently replaces the other's.
   auto installed = list();
   if (!installed) return local(installed.error().message);
   for (const InstalledBundle& other : *installed) {
     if (other.name == m.name) continue;
     for (const std::string& h : m.handlers) {
-      if (std::find(other.handlers.begin(), other.handlers.end(), h) != other.handlers.end()) {
-        return refuse(Refusal::kHandlerClash, "handler " + h + " is already provided by bundle " +
-                                                  other.name + " version " +
-                                                  std::to_string(other.current) +
-                                                  ": rename it in one of the bundles");
+      for (const std::string& o : other.handlers) {
+        if (providedHandler(h) != providedHandler(o)) continue;
+        return refuse(Refusal::kHandlerClash,
+                      "handler " + providedHandler(h) + " (file " + h +
+                          ") is already provided by bundle " + other.name + " version " +
+                          std::to_string(other.current) + " (file " + o +
+                          "): rename it in one of the bundles");
       }
     }
   }
@@ -316,7 +456,7 @@ Checked<InstallOutcome> Installer::installVerified(const VerifiedBundle& bundle,
           ::openat(versionDir.get(), kFilesDir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       if (!files.valid())
         return local("cannot open " + tmp + "/" + kFilesDir + ": " + errnoText(errno));
-      if (auto r = unpackPayload(bundle, limits, files.get())) return r;
+      if (auto r = unpackPayload(bundle, limits, files.get(), stop)) return r;
       if (::fchmod(files.get(), 0755) != 0 || ::fchmod(versionDir.get(), 0755) != 0) {
         return local("cannot set the mode of " + tmp + ": " + errnoText(errno));
       }
@@ -396,6 +536,31 @@ Status Installer::rollback(const std::string& name, const std::string& reason) {
   return {};
 }
 
+Status Installer::withdraw(const std::string& name, const std::string& reason) {
+  if (!isValidBundleName(name)) return err("'" + printable(name) + "' is not a bundle name");
+  const std::string nameDirPath = root_ + "/" + name;
+  UniqueFd nameDir(::open(nameDirPath.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!nameDir.valid()) return err("no bundle " + name + " is installed");
+  auto current = readVersionLink(nameDir.get(), kCurrent);
+  if (!current) return err("no version of " + name + " is current");
+  if (readVersionLink(nameDir.get(), kPrevious)) return err(name + " has a previous version: roll back to it instead");
+  auto seen = ledger_.seen(name);
+  if (!seen) return seen.error();
+  if (!seen->has_value()) return err("no version state for " + name + " in " + ledger_.dir());
+  SeenVersion state = **seen;
+  state.bad.push_back(*current);
+  if (auto s = ledger_.record(name, state); !s) return s;  // marked bad before it goes
+  if (::unlinkat(nameDir.get(), kCurrent, 0) != 0 && errno != ENOENT) {
+    return err("cannot remove " + nameDirPath + "/current: " + errnoText(errno));
+  }
+  if (auto s = fsyncFd(nameDir.get(), nameDirPath); !s) return s;
+  std::string message = "version " + std::to_string(*current) + " is marked bad and removed; with no previous version, " +
+                        name + "'s handlers are gone from this spore until a higher version installs";
+  MESH_WARN("bundle %s withdrawn (%s): %s", name.c_str(), printable(reason).c_str(), message.c_str());
+  audit({"rolled-back", name, *current, reason, message, ""});
+  return {};
+}
+
 std::optional<InstalledBundle> Installer::describe(const std::string& name) const {
   const std::string nameDirPath = root_ + "/" + name;
   UniqueFd nameDir(::open(nameDirPath.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
@@ -421,6 +586,7 @@ std::optional<InstalledBundle> Installer::describe(const std::string& name) cons
   b.previous = readVersionLink(nameDir.get(), kPrevious);
   b.handlers = manifest->handlers;
   b.keyFingerprint = ReleasePublicKey::fromBytes(head->signerKey)->fingerprint();
+  b.expiresMs = manifest->expiresMs;
   b.path = versionDir + "/" + kFilesDir;
   auto seen = ledger_.seen(name);
   if (seen) b.seen = *seen;

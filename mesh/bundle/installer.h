@@ -15,14 +15,21 @@
 // renames to ROOT/NAME/VERSION, and switches `current`. The previous version is kept (tasks
 // running on it finish on it); older versions are deleted.
 //
-// Thread rule: an Installer is used by one thread (the spore's bundle worker); a second process
-// on the same ROOT is refused by the lock.
+// Thread rule: install() and rollback() run on one thread at a time (the spore's bundle worker);
+// the const methods (seen, list, installedHandlers, incomingDir) may run meanwhile on another
+// thread (the spore's loop): they only read files that install() and rollback() replace
+// atomically (links and state files by rename), and a version directory stays until the second
+// install after it stopped being current, so a read at worst misses a bundle replaced twice
+// during it. pruneSpools() runs between installs (see there). A second process on the same ROOT
+// is refused by the lock.
 // Errors: install() returns Checked (a named refusal, audited); the rest return Result/Status.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -40,6 +47,7 @@ struct InstalledBundle {
   std::optional<std::uint64_t> previous;
   std::vector<std::string> handlers;  // of the current version
   std::string keyFingerprint;         // the release key that signed the current version
+  std::int64_t expiresMs = 0;         // the current version's expiry (wall ms)
   std::string path;                   // ROOT/NAME/CURRENT/files (absolute)
   std::optional<SeenVersion> seen;    // highest seen and bad versions
 };
@@ -51,10 +59,14 @@ struct InstallOutcome {
   std::string path;                       // ROOT/NAME/VERSION/files (absolute)
 };
 
+// The longest spool id: a 64-character bundle name, '-' and a 20-digit version.
+inline constexpr std::size_t kMaxSpoolId = 64 + 1 + 20;
+
 class Installer final : public VersionLedger {
  public:
   // Opens (creating) ROOT, takes its lock, and cleans up what an interrupted install left behind
-  // (VERSION.tmp directories, half-made links). `clock` must outlive the Installer.
+  // (VERSION.tmp directories, half-made links), and finishes an interrupted rollback (a current
+  // version marked bad goes back to previous; audited). `clock` must outlive the Installer.
   static util::Result<Installer> open(const std::string& root, const util::Clock& clock);
 
   Installer(Installer&&) noexcept = default;
@@ -68,11 +80,21 @@ class Installer final : public VersionLedger {
   // refused while streaming is audited here too. The refusal or install is written to the audit
   // log, and the receiver's scratch directory is deleted either way. A failure to install is a
   // kLocalError refusal; `current` is then unchanged, and the same bundle may be received again.
-  Checked<InstallOutcome> install(BundleReceiver& receiver);
+  // `stop` (optional, borrowed): once it reads true, the unpack stops before its next file or
+  // 64 KiB piece and install() returns a kLocalError refusal without auditing it and without
+  // deleting the receiver's spool, so the next start installs the same spool (the version is
+  // recorded as not installed, which check 4 allows for the very same manifest).
+  Checked<InstallOutcome> install(BundleReceiver& receiver,
+                                  const std::atomic<bool>* stop = nullptr);
 
   // Switches `current` back to `previous`, marks the version it leaves as bad (never installed
   // again), and audits `reason`. Errors: nothing installed, or no previous version.
   util::Status rollback(const std::string& name, const std::string& reason);
+  // For a version with no previous one (a spore's first install of the name) that failed its
+  // trial: marks it bad, then removes `current`, so the name's handlers are gone from this spore
+  // until a higher version installs; audited as a rollback with `reason`. A crash between the
+  // two is finished by open(). Errors: nothing installed, or a previous version exists.
+  util::Status withdraw(const std::string& name, const std::string& reason);
 
   // Handler name -> absolute path of its executable in its bundle's current version (the resolved
   // version directory, so a task keeps running the version it started with).
@@ -80,9 +102,20 @@ class Installer final : public VersionLedger {
   // Every bundle with a current version, sorted by name (feeds hello and `mesh bundles`).
   util::Result<std::vector<InstalledBundle>> list() const;
 
-  // A scratch directory for a receive: ROOT/.incoming/ID. `id` follows the bundle name rule
-  // (e.g. "wordcount-7"); reusing the same id after a restart resumes that receive.
+  // The scratch id of the receive of bundle `name` (a valid bundle name) version `version`:
+  // "NAME-VERSION", at most kMaxSpoolId characters whatever the name's length and the version.
+  static std::string spoolId(const std::string& name, std::uint64_t version);
+  // A scratch directory for a receive: ROOT/.incoming/ID. `id` is a spoolId, or any other id of
+  // the same characters ([a-z0-9][a-z0-9._-]*, at most kMaxSpoolId); reusing the same id after a
+  // restart resumes that receive. Another id is a bug (asserts).
   std::string incomingDir(const std::string& id) const;
+  // Bounds ROOT/.incoming: deletes every scratch directory whose id is not in `wanted` (spools
+  // of versions superseded or no longer served, anything else found there), then, while more
+  // than `keepAtMost` remain, the one whose spool was written longest ago. Each deletion is
+  // logged. Returns how many were deleted. No receiver may be open on a spool it may delete, so
+  // it may not run beside install(); it touches only ROOT/.incoming, so it may beside rollback().
+  util::Result<std::size_t> pruneSpools(const std::set<std::string>& wanted,
+                                        std::size_t keepAtMost);
   const std::string& root() const { return root_; }
   const std::string& auditPath() const { return audit_.path(); }
 
@@ -90,7 +123,8 @@ class Installer final : public VersionLedger {
   Installer(std::string root, FileVersionLedger ledger, AuditLog audit, UniqueFd lock,
             const util::Clock& clock);
   Checked<InstallOutcome> installVerified(const VerifiedBundle& bundle,
-                                          const ReceiveLimits& limits);
+                                          const ReceiveLimits& limits,
+                                          const std::atomic<bool>* stop);
   void audit(const AuditEvent& event);
   std::optional<InstalledBundle> describe(const std::string& name) const;
 

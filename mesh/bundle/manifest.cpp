@@ -54,6 +54,14 @@ bool isValidBundleName(std::string_view name) {
 
 bool isValidHandlerName(std::string_view name) { return matchesNameRule(name); }
 
+std::string providedHandler(std::string_view file) {
+  constexpr std::string_view kServe = ".serve";
+  if (file.size() > kServe.size() && file.ends_with(kServe)) {
+    return std::string(file.substr(0, file.size() - kServe.size()));
+  }
+  return std::string(file);
+}
+
 std::string encodeManifest(const ManifestInfo& m) {
   MESH_ASSERT(isValidBundleName(m.name), "manifest name follows the name rule");
   MESH_ASSERT(m.version >= 1, "manifest version >= 1");

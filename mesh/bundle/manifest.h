@@ -47,6 +47,11 @@ struct ManifestInfo {
 // (it names a directory next to the audit log).
 bool isValidBundleName(std::string_view name);
 bool isValidHandlerName(std::string_view name);
+// The handler a listed file provides on a spore: "NAME.serve" is the serve handler NAME, any
+// other file the handler of its own name. The rule of exec::programName, which the spore's
+// registry applies; repeated here because bundle/ may not use exec/ (registry_test checks that
+// the two agree).
+std::string providedHandler(std::string_view file);
 
 // Precondition: `m` passes the rules decodeManifest checks (asserts otherwise).
 std::string encodeManifest(const ManifestInfo& m);

@@ -84,6 +84,12 @@ Result<SignedBundle> signBundle(const std::string& dir, const SignOptions& optio
   m.handlers = options.handlers.empty() ? tree->topLevelExecutables : options.handlers;
   std::sort(m.handlers.begin(), m.handlers.end());
   if (m.handlers.size() > kMaxHandlers) return err("a bundle has at most 256 handlers");
+  // A bundle without handlers would, once published, take its name's handlers away from every
+  // spore, with no failure for a trial to catch.
+  if (m.handlers.empty()) {
+    return err(dir + " has no executable file at its top, so the bundle would provide no handler: chmod +x the "
+               "handler programs (or name them with --bundle-handlers)");
+  }
   for (std::size_t i = 0; i < m.handlers.size(); ++i) {
     const std::string& h = m.handlers[i];
     if (!isValidHandlerName(h)) {

@@ -70,6 +70,26 @@ std::string printable(std::string text) {
   return text;
 }
 
+// ", line N" of the first line of a config file that sets the option a parse error names, or "".
+std::string lineOfOption(const std::string& path, const po::error& e) {
+  const auto* named = dynamic_cast<const po::error_with_option_name*>(&e);
+  if (!named) return "";
+  std::string option = named->get_option_name();
+  while (!option.empty() && option.front() == '-') option.erase(0, 1);
+  if (option.empty()) return "";
+  std::ifstream in(path);
+  std::string line;
+  for (int n = 1; n <= 100000 && std::getline(in, line); ++n) {
+    auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    std::string key = line.substr(0, eq);
+    key.erase(0, key.find_first_not_of(" \t"));
+    key.erase(key.find_last_not_of(" \t") + 1);
+    if (key == option) return ", line " + std::to_string(n);
+  }
+  return "";
+}
+
 // Parses argv and then the --config file (command line wins), notify()ing at the end.
 util::Status parseInto(int argc, const char* const* argv, const po::options_description& all,
                        const po::positional_options_description* positional, po::variables_map& vm,
@@ -88,9 +108,14 @@ util::Status parseInto(int argc, const char* const* argv, const po::options_desc
       if (!S_ISREG(st.st_mode)) return usage("config file " + path + " is not a regular file", program);
       std::ifstream in(path);
       if (!in) return usage("cannot read config file " + path, program);
-      po::parsed_options fromFile = po::parse_config_file(in, all);
-      if (auto s = refuseNegatives(fromFile, all, program); !s) return util::err("config file " + path + ": " + s.error().message, 2);
-      po::store(fromFile, vm);
+      try {
+        po::parsed_options fromFile = po::parse_config_file(in, all);
+        if (auto s = refuseNegatives(fromFile, all, program); !s) return util::err("config file " + path + ": " + s.error().message, 2);
+        po::store(fromFile, vm);
+      } catch (const po::error& e) {
+        // Name the file, and the line when the error names an option: a typo in a long file.
+        return usage("config file " + path + lineOfOption(path, e) + ": " + printable(e.what()), program);
+      }
     }
     if (!vm.count("help")) po::notify(vm);
   } catch (const po::error& e) {
@@ -258,7 +283,7 @@ util::Result<Parsed<SporeConfig>> parseSpore(int argc, const char* const* argv) 
       ("tags", po::value<std::vector<std::string>>(), "capabilities, e.g. gpu,ssd (repeatable or comma-separated)")
       ("handlers", po::value<std::string>(&c.handlersDir), "directory of handler programs (file name = handler name; NAME.serve is the serve handler NAME: one long-lived process fed many tasks)")
       ("trust", po::value<std::vector<std::string>>(), "a release public key file whose signed bundles this spore installs (repeatable)")
-      ("bundle-trial-failures", po::value<unsigned>(&c.bundleTrialFailures)->default_value(3), "roll a new bundle version back after its handlers fail this often...")
+      ("bundle-trial-failures", po::value<unsigned>(&c.bundleTrialFailures)->default_value(3), "roll a new bundle version back once this many of its handlers' tasks crashed or could not start, and at least half of them did (a plain failure or a timeout never counts)...")
       ("bundle-trial", po::value<std::string>()->default_value("60s"), "...within this long after its install")
       ("heartbeat", po::value<std::string>()->default_value("1s"), "heartbeat interval")
       ("missed-beats", po::value<int>(&c.missedBeats)->default_value(3), "reconnect after this many silent intervals")
@@ -458,7 +483,7 @@ util::Result<Parsed<CliCommand>> parseCli(int argc, const char* const* argv) {
         "                             map-reduce files across the mesh (Hadoop Streaming contract)\n"
         "  keys gen FILE              make a Curve key pair (FILE, FILE.pub); --release: a bundle key\n"
         "  keys list | pending        keys the nexus knows (needs --data-dir on the nexus host)\n"
-        "  keys accept FP [--role R]  let a pending key in (fingerprint, key or .pub file)\n"
+        "  keys accept FP [--role R]  let a pending key in (its whole fingerprint, key or .pub file)\n"
         "  keys revoke FP             shut a key out\n"
         "  keys fingerprint FILE      the fingerprint of a key file\n"
         "  bundle sign DIR --name N --version V --key release.key [--expires 30d] -o FILE\n"

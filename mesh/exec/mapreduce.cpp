@@ -159,7 +159,8 @@ bool runStep(const char* step, const HandlerTable& table, const std::string& han
   stepInput.timeoutMs = remaining;  // 0 only when there is no limit at all
   TaskOutput result = table.run(handler, stepInput, settings);
   if (result.outcome != Outcome::kOk) {
-    failure = {result.outcome, {}, std::string(step) + ": " + result.error};
+    failure = {result.outcome, {}, std::string(step) + ": " + result.error, result.programFault};
+    if (result.programFault) failure.faultHandler = handler;
     return false;
   }
   out = std::move(result.output);

@@ -170,6 +170,25 @@ int childMain(void* arg) {
   childFail(a, kStepExec);
 }
 
+// An execve error that is the program file's fault (subprocess.h kCannotExecute), not a lack of
+// memory or descriptors on this machine.
+bool programRefused(int error) {
+  switch (error) {
+    case ENOENT:        // missing, or its #! interpreter is
+    case EACCES:        // not executable, or a directory
+    case ENOEXEC:       // not a format the kernel runs
+    case ENOTDIR:
+    case ELOOP:
+    case ENAMETOOLONG:
+    case EISDIR:        // the interpreter is a directory
+    case ELIBBAD:
+    case EPERM:
+      return true;
+    default:
+      return false;
+  }
+}
+
 const char* stepText(int step) {
   switch (step) {
     case kStepPgid: return "setpgid";
@@ -327,7 +346,10 @@ util::Result<std::unique_ptr<ChildProcess>> ChildProcess::start(const RunSpec& s
                            ? errnoText(args.failedErrno)
                            : std::string(stepText(args.failedStep)) + " failed: " +
                                  errnoText(args.failedErrno);
-    return util::err("cannot run " + program + ": " + what);
+    return util::err("cannot run " + program + ": " + what,
+                     args.failedStep == kStepExec && programRefused(args.failedErrno)
+                         ? kCannotExecute
+                         : 0);
   }
   return std::make_unique<ChildProcess>(Key(), std::move(*workDir), *spawned, startUs,
                                         std::move(toStdin), std::move(fromStdout),

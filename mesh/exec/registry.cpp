@@ -1,6 +1,7 @@
 #include "mesh/exec/registry.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,20 +18,27 @@ namespace {
 
 constexpr std::size_t kMaxHandlerName = 128;
 
+// The signals a run gets from the kernel or its resource limits when it grows too big (the
+// OOM killer, RLIMIT_CPU, RLIMIT_FSIZE): like a timeout, input can bring them on.
+bool limitSignal(int signal) { return signal == SIGKILL || signal == SIGXCPU || signal == SIGXFSZ; }
+
 TaskOutput fromRun(std::string_view name, const util::Result<RunOutcome>& run) {
-  if (!run) return {Outcome::kFailed, {}, run.error().message};
+  if (!run) return {Outcome::kFailed, {}, run.error().message, run.error().code == kCannotExecute};
   const RunOutcome& r = run.value();
   switch (r.kind) {
     case RunOutcome::Kind::kExited:
       if (r.exitCode == 0) return {Outcome::kOk, r.out, {}};
       return {Outcome::kFailed, {}, r.describe()};
-    case RunOutcome::Kind::kSignaled: return {Outcome::kCrashed, {}, r.describe()};
+    case RunOutcome::Kind::kSignaled:
+      return {Outcome::kCrashed, {}, r.describe(), !limitSignal(r.signal)};
     case RunOutcome::Kind::kTimedOut: return {Outcome::kTimedOut, {}, r.describe()};
     case RunOutcome::Kind::kOutputTooLarge: return {Outcome::kFailed, {}, r.describe()};
     case RunOutcome::Kind::kCancelled: return {Outcome::kCancelled, {}, r.describe()};
     case RunOutcome::Kind::kReplied: return {Outcome::kOk, r.out, {}};
-    case RunOutcome::Kind::kRefused:
-    case RunOutcome::Kind::kBroken: return {Outcome::kFailed, {}, r.describe()};
+    case RunOutcome::Kind::kRefused: return {Outcome::kFailed, {}, r.describe()};
+    // The program's fault only when it broke the protocol: exiting before the reply is what a
+    // serve handler does on input it cannot take (an uncaught exception), like a non-zero exit.
+    case RunOutcome::Kind::kBroken: return {Outcome::kFailed, {}, r.describe(), r.brokeProtocol};
   }
   return {Outcome::kFailed, {}, "handler " + std::string(name) + ": unknown run outcome"};
 }
@@ -208,6 +216,9 @@ util::Result<std::map<std::string, std::string>> scanHandlerDirectory(const std:
     return util::err("cannot read the handler directory " + dir + ": " + std::strerror(errno));
 
   std::map<std::string, std::string> programs;
+  // Files that are plainly not programs (a README, sources, sub-directories) are expected in a
+  // directory like examples/wordcount: one INFO line names them; odd entries get a warning each.
+  std::vector<std::string> notPrograms;
   auto skip = [&dir](const std::string& name, const char* why) {
     MESH_WARN("handler directory %s: skipping '%s': %s", dir.c_str(), name.c_str(), why);
   };
@@ -241,15 +252,27 @@ util::Result<std::map<std::string, std::string>> scanHandlerDirectory(const std:
       path = targetPath;
       if (::stat(path.c_str(), &st) != 0) continue;
     }
+    if (S_ISDIR(st.st_mode)) {
+      notPrograms.push_back(name + "/");
+      continue;
+    }
     if (!S_ISREG(st.st_mode)) {
       skip(name, "not a regular file");
       continue;
     }
     if (::access(path.c_str(), X_OK) != 0) {
-      skip(name, "not executable");
+      notPrograms.push_back(name);
       continue;
     }
     programs.emplace(name, path);
+  }
+  if (!notPrograms.empty()) {
+    std::sort(notPrograms.begin(), notPrograms.end());
+    std::string names;
+    for (std::size_t i = 0; i < notPrograms.size() && i < 8; ++i) names += (i ? ", " : "") + notPrograms[i];
+    if (notPrograms.size() > 8) names += ", ... (" + std::to_string(notPrograms.size() - 8) + " more)";
+    MESH_INFO("handler directory %s: %zu entries are not executable files, so not handlers: %s", dir.c_str(),
+              notPrograms.size(), names.c_str());
   }
   return programs;
 }

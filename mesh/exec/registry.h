@@ -48,6 +48,17 @@ struct TaskOutput {
   Outcome outcome = Outcome::kOk;
   std::string output;  // the result (kOk only)
   std::string error;   // one line for the user (everything but kOk)
+  // True when the outcome shows that the program itself is broken, whatever its input: it could
+  // not be executed (kCannotExecute: missing, not executable, bad interpreter), it was killed by
+  // a signal nobody here sent (kCrashed; but not SIGKILL, SIGXCPU or SIGXFSZ, which the kernel
+  // and the resource limits send when a run grows too big, as a timeout does), or a serve
+  // handler broke its protocol. A plain failure (non-zero exit, an ERR reply, a serve handler
+  // that exits before its reply), a timeout and too much output are never a fault: bad input
+  // does that. The spore judges a new bundle version's trial by these (docs/bundles.md).
+  bool programFault = false;
+  // With programFault, for a map-reduce task: the handler of the step at fault (a combiner may
+  // come from another bundle than the mapper). Empty: the task's own handler.
+  std::string faultHandler = {};
 };
 
 // A built-in handler. Must honour input.cancel and input.timeoutMs if it can take long, and
@@ -96,7 +107,7 @@ class HandlerTable {
   // kFailed, a program killed by a signal it did not get from us is kCrashed, a program whose
   // stdout passes the cap is kFailed. A serve handler runs on input.serve (or a temporary
   // process); an ERR reply and a protocol error are kFailed, an exit before the reply is kFailed
-  // (kCrashed for a signal).
+  // (kCrashed for a signal). TaskOutput::programFault says which of these blame the program.
   TaskOutput run(std::string_view name, const TaskInput& input,
                  const ProgramSettings& settings) const;
 

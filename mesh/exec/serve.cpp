@@ -170,6 +170,7 @@ void describeEnd(const ChildProcess::IoResult& result, int status, ReplyReader& 
     bool large = reply.tooLarge();
     outcome.kind = large ? RunOutcome::Kind::kOutputTooLarge : RunOutcome::Kind::kBroken;
     outcome.reason = large ? reply.problem() : "serve protocol error: " + reply.problem();
+    outcome.brokeProtocol = !large;
   } else if (result.stop == ChildProcess::Stop::kNone && result.done) {
     // answered just before it exited, or before it read all of the payload
     outcome.kind = reply.ok() ? RunOutcome::Kind::kReplied : RunOutcome::Kind::kRefused;

@@ -80,6 +80,9 @@ struct RunOutcome {
   std::string reason;        // why the runner killed it (kTimedOut, kOutputTooLarge, kCancelled),
                              // the handler's message (kRefused), what broke (kBroken)
   std::int64_t durationUs = 0;  // spawn to exit of the main process (serve: task start to reply)
+  // kBroken only: it broke the framed protocol (a bad reply header), as opposed to exiting
+  // before it replied (which a handler does on input it cannot take, like a non-zero exit).
+  bool brokeProtocol = false;
 
   bool ok() const { return (kind == Kind::kExited && exitCode == 0) || kind == Kind::kReplied; }
   // One line that says what happened, fit to be a task's error text: for a non-zero exit the
@@ -99,6 +102,12 @@ struct RunOutcome {
 // only re-parent escapees to the whole spore, where they cannot be told apart per run without
 // waitpid(-1), which would steal other threads' children.
 [[nodiscard]] util::Result<RunOutcome> runProgram(const RunSpec& spec);
+
+// The Error::code of runProgram (and ServeProcesses::run) when execve refused the program file
+// itself: missing, not executable, a bad interpreter line, a format the kernel cannot run. The
+// program is broken, not this machine; every other start error (no work directory, out of
+// descriptors or memory) has code 0.
+inline constexpr int kCannotExecute = 126;
 
 // Sets SIGPIPE to SIG_IGN for the whole process (so a write to a closed pipe is EPIPE, not
 // death). Call once from main() before starting threads. Children get SIGPIPE back at default.

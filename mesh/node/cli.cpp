@@ -237,7 +237,7 @@ int keysCommand(const CliCommand& cmd) {
   }
   if (sub == "accept" || sub == "revoke") {
     if (cmd.args.size() != 1) return usageError("keys " + sub + " takes one fingerprint, key or .pub file");
-    auto rec = keys.resolve(cmd.args[0]);
+    auto rec = keys.resolve(cmd.args[0], /*wholeFingerprint=*/sub == "accept");
     if (!rec) return fail(util::err(rec.error().message, kExitUsage));
     auto key = crypto::PublicKey::fromZ85(rec->publicKey);
     if (!key) return fail(key.error());
@@ -457,16 +457,27 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   std::istream* in = nullptr;
   std::size_t nextFile = 0;
   std::vector<std::uint64_t> fileSizes;
+  std::uint64_t lines = 0;
   if (!s.linesFrom.empty()) {
     if (s.linesFrom == "-") {
       in = &std::cin;
     } else {
+      struct stat st {};
+      if (stat(s.linesFrom.c_str(), &st) != 0) return usageError("cannot read " + s.linesFrom + ": " + std::strerror(errno));
+      if (S_ISDIR(st.st_mode)) return usageError(s.linesFrom + " is a directory (--lines takes a file, one task per line)");
       file.open(s.linesFrom, std::ios::binary);
-      if (!file) return usageError("cannot read " + s.linesFrom);
+      if (!file) return usageError("cannot read " + s.linesFrom + ": " + std::strerror(errno));
       in = &file;
     }
-    source = [in](std::string* out) -> util::Result<bool> {
-      if (!std::getline(*in, *out)) return false;
+    std::string name = s.linesFrom == "-" ? std::string("stdin") : s.linesFrom;
+    source = [in, name, &lines](std::string* out) -> util::Result<bool> {
+      errno = 0;
+      if (!std::getline(*in, *out)) {
+        // The end of the input, or a read error: never taken for the end.
+        if (in->bad()) return util::err("cannot read " + name + ": " + std::strerror(errno ? errno : EIO), kExitUsage);
+        return false;
+      }
+      ++lines;
       return true;
     };
   } else {
@@ -518,6 +529,10 @@ int submitCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (!batch) return fail(batch.error());
   if (!(*client)->submitWarning().empty()) {
     std::fprintf(stderr, "mesh: batch %" PRIu64 ": %s\n", *batch, (*client)->submitWarning().c_str());
+  }
+  if (!s.linesFrom.empty() && lines == 0) {
+    std::fprintf(stderr, "mesh: batch %" PRIu64 " has no tasks: %s was empty\n", *batch,
+                 s.linesFrom == "-" ? "stdin" : s.linesFrom.c_str());
   }
   if (s.results) {
     // stdout carries the results alone; the batch id still reaches a person (or a log), with
@@ -586,7 +601,8 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                       ",\"slots\":" + std::to_string(s.getSlotsTotal()) + ",\"queued\":" + std::to_string(s.getQueued()) +
                       ",\"running\":" + std::to_string(s.getRunning()) +
                       ",\"max_payload_bytes\":" + std::to_string(s.getMaxPayloadBytes()) +
-                      ",\"max_frame_bytes\":" + std::to_string(s.getMaxFrameBytes()) + ",\"batches\":[";
+                      ",\"max_frame_bytes\":" + std::to_string(s.getMaxFrameBytes()) +
+                      ",\"keys_pending\":" + std::to_string(s.getKeysPending()) + ",\"batches\":[";
     bool first = true;
     for (auto b : s.getBatches()) {
       auto p = b.getProgress();
@@ -618,6 +634,9 @@ int statusCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (s.getMaxPayloadBytes() > 0) {
     std::printf("limits: payload %" PRIu64 " bytes per task (--max-payload), message %" PRIu64 " bytes (--max-frame)\n",
                 s.getMaxPayloadBytes(), s.getMaxFrameBytes());
+  }
+  if (s.getKeysPending() > 0) {
+    std::printf("keys: %u waiting to be let in (on the nexus host: mesh keys pending --data-dir DIR)\n", s.getKeysPending());
   }
   std::printf("\n%-8s %-16s %-20s %4s %9s %9s %9s %9s %8s  %s\n", "BATCH", "HANDLER", "LABEL", "PRIO", "TOTAL", "OK",
               "FAILED", "RUNNING", "QUEUED", "STATE");
@@ -1293,7 +1312,7 @@ int bundleSignCommand(const CliCommand& cmd) {
 int bundlePublishCommand(zmq::context_t& ctx, const CliCommand& cmd) {
   if (cmd.args.size() != 1) return usageError("bundle publish takes one FILE");
   std::ifstream in(cmd.args[0], std::ios::binary);
-  if (!in) return usageError("cannot read " + cmd.args[0]);
+  if (!in) return usageError("cannot read " + cmd.args[0] + ": " + std::strerror(errno));
   auto client = connectClient(ctx, cmd);
   if (!client) return fail(client.error());
   constexpr std::size_t kChunk = 1u << 20;  // the nexus's limit per upload message
@@ -1376,14 +1395,26 @@ int bundlesCommand(zmq::context_t& ctx, const CliCommand& cmd) {
                 isoTime(ref.getPublishedMs()).c_str());
     std::printf("  %-16s %-19s %7s  %-12s %7s  %9s  %s\n", "SPORE", "FINGERPRINT", "RUNNING", "LAST EVENT", "OF", "ROLLBACKS",
                 "REASON");
+    std::size_t spores = 0, rolledBack = 0;
     for (auto s : b.getSpores()) {
       std::string reason(wire::view(s.getReason()));
       std::string message(wire::view(s.getMessage()));
+      // A message that starts with its reason ("trial-failed: 3 of ...") is shown once.
+      if (!reason.empty() && message.rfind(reason + ": ", 0) == 0) message.erase(0, reason.size() + 2);
       std::printf("  %-16s %-19s %7" PRIu64 "  %-12s %7" PRIu64 "  %9u  %s%s%s\n", std::string(wire::view(s.getSpore())).c_str(),
                   std::string(wire::view(s.getFingerprint())).c_str(), s.getRunning(),
                   std::string(wire::view(s.getEvent())).c_str(), s.getVersion(), s.getRollbacks(),
                   escaped(reason).c_str(), message.empty() || reason == message ? "" : ": ",
                   message.empty() || reason == message ? "" : escaped(message).c_str());
+      ++spores;
+      if (wire::view(s.getEvent()) == "rolled-back" && s.getVersion() == ref.getVersion()) ++rolledBack;
+    }
+    if (rolledBack > 0) {
+      // The nexus still serves it (a spore's word alone does not withdraw a signed release): a
+      // spore that joins now installs it with no older version to go back to.
+      std::printf("  warning: version %" PRIu64 " was rolled back on %zu of %zu spores; spores that join now still install "
+                  "it: publish a fixed, higher version\n",
+                  ref.getVersion(), rolledBack, spores);
     }
   }
   for (auto x : r.getRefusals()) {

@@ -1,5 +1,8 @@
 #include "mesh/node/client.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <deque>
 #include <map>
@@ -88,7 +91,10 @@ util::Result<std::unique_ptr<Client>> Client::connect(zmq::context_t& ctx, const
   try {
     c->socket_.connect(options.endpoint);
   } catch (const zmq::error_t& e) {
-    return util::err("bad nexus endpoint " + options.endpoint + ": " + e.what(), kExitUsage);
+    // Most often a bare host or a missing port: say what the form is, not only errno's word.
+    return util::err("bad nexus endpoint '" + options.endpoint + "' (" + e.what() +
+                         "): MESH_NEXUS or --nexus takes tcp://HOST:PORT, the nexus's client port (7701 by default)",
+                     kExitUsage);
   }
   std::string detail;
   switch (watch.wait(static_cast<int>(options.timeoutMs), &detail)) {
@@ -107,6 +113,22 @@ util::Result<std::unique_ptr<Client>> Client::connect(zmq::context_t& ctx, const
                        kExitUnreachable);
     case transport::HandshakeResult::kTimedOut:
       break;
+  }
+  // ZeroMQ resolves a host name in its own thread and says nothing when it cannot: look it up
+  // here (a CLI may block) so that a typo or a missing DNS entry is named as such.
+  if (options.endpoint.rfind("tcp://", 0) == 0) {
+    std::string host = options.endpoint.substr(6, options.endpoint.rfind(':') - 6);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    int rc = host.empty() || host == "*" ? 0 : getaddrinfo(host.c_str(), nullptr, &hints, &found);
+    if (found) freeaddrinfo(found);
+    if (rc != 0) {
+      return util::err("cannot reach the nexus at " + options.endpoint + ": cannot resolve host '" + host + "' (" +
+                           gai_strerror(rc) + ")",
+                       kExitUnreachable);
+    }
   }
   return util::err("cannot reach the nexus at " + options.endpoint + " within " +
                        std::to_string(options.timeoutMs) + " ms: is it running, and is MESH_NEXUS_KEY its key?",

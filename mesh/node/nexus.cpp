@@ -22,6 +22,18 @@ util::Status NexusImpl::start() {
   if (!keys) return keys.error();
   serverKeys_ = std::move(*keys);
   dbPath_ = config_.dataDir + "/nexus.db";
+  // Results and small payloads are in the database: files made from here on are the nexus
+  // user's only (run by hand, the shell's umask would leave them readable by every user); an
+  // existing database others can read is pointed out, not changed (a backup group, say).
+  umask(077);
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    struct stat st {};
+    std::string path = dbPath_ + suffix;
+    if (stat(path.c_str(), &st) == 0 && (st.st_mode & S_IROTH) != 0) {
+      MESH_WARN("%s is readable by every user of this host (it holds results and payloads): chmod o-rwx %s",
+                path.c_str(), path.c_str());
+    }
+  }
   auto db = store::Db::open(dbPath_);
   if (!db) return db.error();
   readDb_ = std::move(*db);
@@ -38,6 +50,8 @@ util::Status NexusImpl::start() {
   writer_ = std::move(*writer);
   if (auto s = openBundles(); !s) return s;
   if (auto s = bindAndCheck(); !s) return s;
+  nodeHandshakes_ = std::make_unique<transport::ServerHandshakeWatch>(ctx_, nodeSocket_);
+  clientHandshakes_ = std::make_unique<transport::ServerHandshakeWatch>(ctx_, clientSocket_);
   if (auto s = recover(); !s) return s;
   payloadReader_->closeAll();  // recovery is its only reader; keep no deleted segment alive
   std::string endpoints = "node " + nodeEndpoint_ + "\nclient " + clientEndpoint_ + "\nevents " + eventsEndpoint_ + "\n";
@@ -76,10 +90,16 @@ util::Status NexusImpl::openKeys() {
     std::string path;
     std::optional<store::Db> db;
     std::shared_ptr<transport::RefusalGate> gate;  // made-up keys cannot flood the table or the log
+    std::string dataDir;                            // for the hint in the log
   };
   auto state = std::make_shared<ZapState>();
   state->path = dbPath_;
   state->gate = zapGate_;
+  {
+    char* abs = realpath(config_.dataDir.c_str(), nullptr);
+    state->dataDir = abs ? std::string(abs) : config_.dataDir;
+    std::free(abs);
+  }
   zap_ = std::make_unique<transport::ZapHandler>(ctx_, [state](const transport::ZapRequest& r) {
     if (!state->db) {
       auto db = store::Db::open(state->path);
@@ -115,9 +135,13 @@ util::Status NexusImpl::openKeys() {
       MESH_WARN("refused revoked key %s from %s on the %s port%s", r.key.fingerprint().c_str(), r.address.c_str(),
                 port.c_str(), more.c_str());
     } else {
-      MESH_WARN("refused unknown key %s from %s on the %s port; to let it in: mesh keys accept %s%s",
+      // The role follows the port; a spore given the client port by mistake would be let in as a client.
+      const bool nodePort = r.domain == kNodeDomain;
+      MESH_WARN("refused unknown key %s from %s on the %s port; to let it in: mesh keys accept %s --role %s "
+                "--data-dir %s%s%s",
                 r.key.fingerprint().c_str(), r.address.c_str(), port.c_str(), r.key.fingerprint().c_str(),
-                more.c_str());
+                nodePort ? "node" : "client", state->dataDir.c_str(),
+                nodePort ? "" : " (a spore? then it has the client port by mistake: give it the node port)", more.c_str());
     }
     return transport::ZapVerdict{false, verdict};
   });
@@ -309,7 +333,8 @@ util::Status NexusImpl::recover() {
 void NexusImpl::run(const std::atomic<bool>& stop) {
   poller_.reset();
   const std::size_t nodes = poller_.add(nodeSocket_), clients = poller_.add(clientSocket_),
-                    commits = poller_.add(writer_->socket());
+                    commits = poller_.add(writer_->socket()), nodeShakes = poller_.add(nodeHandshakes_->socket()),
+                    clientShakes = poller_.add(clientHandshakes_->socket());
   while (!stop.load()) {
     std::int64_t now = clock_.monotonicMs();
     std::int64_t wake = std::min({nextHeartbeat_, nextProgress_, nextKeyCheck_, now + 250});
@@ -332,6 +357,10 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
       }
       if (poller_.ready(nodes) && drainNodes()) poller_.drained(nodes);
       if (poller_.ready(clients) && drainClients()) poller_.drained(clients);
+      if (poller_.ready(nodeShakes) && onHandshakeFailures(*nodeHandshakes_, "node")) poller_.drained(nodeShakes);
+      if (poller_.ready(clientShakes) && onHandshakeFailures(*clientHandshakes_, "client")) {
+        poller_.drained(clientShakes);
+      }
       loadRetries();
       timers();
       scheduler_.tick(clock_.monotonicMs(), clock_.wallMs());
@@ -350,6 +379,33 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
   // Write what is pending before stopping; the writer's destructor drains its queue.
   collectEffects();
   flushWrites(true);
+  // What the operator leaves behind: nothing is lost, and it resumes at the next start.
+  std::uint64_t queued = scheduler_.queuedTotal(), running = scheduler_.runningTotal();
+  if (queued + running > 0) {
+    MESH_INFO("stopping with %llu tasks queued and %llu running on %zu spores: they are in nexus.db and resume at "
+              "the next start (running ones are adopted from spores that still run them, or run again)",
+              static_cast<unsigned long long>(queued), static_cast<unsigned long long>(running), conns_.size());
+  } else {
+    MESH_INFO("stopping with no task queued or running");
+  }
+}
+
+bool NexusImpl::onHandshakeFailures(transport::ServerHandshakeWatch& watch, const char* port) {
+  auto f = watch.drain();
+  // A peer that hangs up mid-handshake (a port check, a scanner) is only counted; one whose
+  // handshake does not decrypt is most likely pinned to another nexus key: that is logged.
+  if (f.dropped > 0) counters_.add("handshakes_dropped", f.dropped);
+  if (f.broken == 0) return !f.more;
+  std::size_t n = f.broken;
+  const std::string& last = f.last;
+  counters_.add("handshakes_failed", n);
+  if (auto held = nodeLog_.admit(std::string("handshake_") + port)) {
+    MESH_WARN("a Curve handshake failed on the %s port: most likely a spore or client with another nexus's public "
+              "key (check its --nexus-key or MESH_NEXUS_KEY against nexus.key.pub in the data dir), or a peer that "
+              "does not speak CurveZMQ; libzmq says: %s%s",
+              port, last.c_str(), util::heldBack(*held + n - 1).c_str());
+  }
+  return !f.more;
 }
 
 bool NexusImpl::sendTo(zmq::socket_t& socket, const std::string& routingId, zmq::message_t&& body) {

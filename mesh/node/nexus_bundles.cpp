@@ -10,6 +10,39 @@ namespace mesh::node {
 // DATA_DIR/bundles/.incoming/upload-N/   receive scratch of a publish in progress
 // DATA_DIR/bundles/audit.log             every publish accepted or refused
 // DATA_DIR/bundle-state/NAME             the highest version accepted per name (check 4)
+//
+// The index is the record of a publish: a publish is accepted when the index that lists it has
+// been written (after the bundle file is in place), and the version state is recorded after it.
+// A failed index write refuses the publish with nothing recorded; a failed state write (or a
+// crash before it) leaves the state behind the index, which check 4 reads as well (ServedLedger)
+// and openBundles() repairs.
+
+namespace {
+
+// Check 4 on the nexus: the version state, raised to the version the index serves.
+class ServedLedger final : public bundle::VersionLedger {
+ public:
+  ServedLedger(const bundle::FileVersionLedger& ledger, const std::map<std::string, StoredBundle>& served)
+      : ledger_(ledger), served_(served) {}
+  util::Result<std::optional<bundle::SeenVersion>> seen(const std::string& name) const override {
+    auto seen = ledger_.seen(name);
+    if (!seen) return seen;
+    auto it = served_.find(name);
+    if (it == served_.end() || (*seen && (*seen)->version >= it->second.version)) return seen;
+    bundle::SeenVersion v;
+    v.version = it->second.version;
+    v.manifestSha256 = it->second.manifestSha256;
+    v.installed = true;
+    if (*seen) v.bad = (*seen)->bad;
+    return std::optional<bundle::SeenVersion>(v);
+  }
+
+ private:
+  const bundle::FileVersionLedger& ledger_;
+  const std::map<std::string, StoredBundle>& served_;
+};
+
+}  // namespace
 
 util::Status NexusImpl::openBundles() {
   for (const auto& f : config_.trust) {
@@ -39,6 +72,18 @@ util::Status NexusImpl::openBundles() {
         MESH_WARN("bundle file %s is missing or has the wrong size: not served", b.path.c_str());
         continue;
       }
+      // The index was written before the version state: a state left behind (a crash or a
+      // failed write between the two) is brought up to the bundle the index serves.
+      if (auto seen = ledger_->seen(b.name); seen && (!*seen || (*seen)->version < b.version)) {
+        bundle::SeenVersion v;
+        v.version = b.version;
+        v.manifestSha256 = b.manifestSha256;
+        v.installed = true;
+        if (*seen) v.bad = (*seen)->bad;
+        if (auto s = ledger_->record(b.name, v); !s) return util::err("bundles: " + s.error().message);
+        MESH_WARN("bundle %s: version state raised to version %llu, which the index serves", b.name.c_str(),
+                  static_cast<unsigned long long>(b.version));
+      }
       bundles_[b.name] = b;
     }
   }
@@ -54,7 +99,8 @@ util::Status NexusImpl::saveBundleIndex() {
     text += b.name + " " + std::to_string(b.version) + " " + std::to_string(b.size) + " " + b.manifestSha256 + " " +
             std::to_string(b.publishedMs) + "\n";
   }
-  return util::writeFileAtomic(bundlesDir_ + "/index", text, 0600);
+  if (auto s = util::writeFileAtomic(bundlesDir_ + "/index", text, 0600); !s) return s;
+  return bundle::fsyncDir(bundlesDir_);  // the rename is the commit of a publish
 }
 
 void NexusImpl::fillBundleRef(proto::BundleRef::Builder out, const StoredBundle& b) {
@@ -149,7 +195,7 @@ void NexusImpl::onBundleUpload(const std::string& routingId, const std::string& 
     return;
   }
   // The last chunk: every check a spore runs, with this nexus's ledger.
-  auto verified = rx.finish(*ledger_);
+  auto verified = rx.finish(ServedLedger(*ledger_, bundles_));
   if (!verified) {
     bundle::Refused r = verified.refused();
     rx.discard();
@@ -165,25 +211,47 @@ void NexusImpl::onBundleUpload(const std::string& routingId, const std::string& 
   b.path = bundlesDir_ + "/" + m.name + "-" + std::to_string(m.version) + ".bundle";
   struct stat st {};
   if (::stat(verified->bundlePath.c_str(), &st) == 0) b.size = static_cast<std::uint64_t>(st.st_size);
+  std::optional<StoredBundle> before;  // the version served until now
+  if (auto prev = bundles_.find(m.name); prev != bundles_.end()) before = prev->second;
+  std::string oldPath = before ? before->path : "";
+  // The file, then the index (the publish is accepted once it is written), then the state.
+  util::Status stored = rx.keepBundleFile(b.path);
+  if (!stored) {
+    rx.discard();
+    ::unlink(b.path.c_str());  // in case it was moved but not made durable
+  } else {
+    bundles_[m.name] = b;
+    stored = saveBundleIndex();
+    if (!stored) {
+      if (before) bundles_[m.name] = *before;
+      else bundles_.erase(m.name);
+      // Renamed but not made durable, perhaps: put the old index back (best effort; an index
+      // line without its file is not served after a restart either).
+      (void)saveBundleIndex();
+      ::unlink(b.path.c_str());
+    }
+  }
+  uploads_.erase(it);
+  if (!stored) {
+    counters_.add("bundle_store_errors");
+    MESH_ERROR("cannot store bundle %s version %llu (nothing recorded): %s", m.name.c_str(),
+               static_cast<unsigned long long>(m.version), stored.error().message.c_str());
+    replyError(routingId, requestId, proto::Error::Code::INTERNAL,
+               "the nexus could not store the bundle (disk full? see its log); nothing was published: publish "
+               "again once it can write to its data dir");
+    return;
+  }
   bundle::SeenVersion seen;
   seen.version = m.version;
   seen.manifestSha256 = verified->manifestSha256;
   seen.installed = true;
   if (auto old = ledger_->seen(m.name); old && *old) seen.bad = (*old)->bad;
-  util::Status stored = rx.keepBundleFile(b.path);
-  if (stored) stored = ledger_->record(m.name, seen);
-  std::string oldPath;
-  if (auto prev = bundles_.find(m.name); prev != bundles_.end()) oldPath = prev->second.path;
-  if (stored) {
-    bundles_[m.name] = b;
-    stored = saveBundleIndex();
-  }
-  uploads_.erase(it);
-  if (!stored) {
-    MESH_ERROR("cannot store bundle %s version %llu: %s", m.name.c_str(), static_cast<unsigned long long>(m.version),
-               stored.error().message.c_str());
-    replyError(routingId, requestId, proto::Error::Code::INTERNAL, "the nexus could not store the bundle; see its log");
-    return;
+  if (auto s = ledger_->record(m.name, seen); !s) {
+    // Accepted all the same (the index lists it): check 4 reads the index too, and the next
+    // start brings the state up to it.
+    counters_.add("bundle_store_errors");
+    MESH_ERROR("bundle %s version %llu: cannot record its version state (repaired at the next start): %s",
+               m.name.c_str(), static_cast<unsigned long long>(m.version), s.error().message.c_str());
   }
   if (!oldPath.empty() && oldPath != b.path) ::unlink(oldPath.c_str());
   bundle::AuditEvent ev{"installed", m.name, m.version, "", "published", verified->keyFingerprint};

@@ -625,6 +625,8 @@ void NexusImpl::onStatus(const std::string& routingId, std::uint64_t requestId) 
   // connection, unanswered.
   s.setMaxPayloadBytes(config_.maxPayloadBytes);
   s.setMaxFrameBytes(config_.maxFrameBytes);
+  // A spore or client waiting to be let in is visible from anywhere, not only on the nexus host.
+  if (auto pending = keys_->list(store::KeyState::kPending)) s.setKeysPending(static_cast<std::uint32_t>(pending->size()));
   std::vector<std::uint64_t> shown;
   for (const auto& [id, b] : scheduler_.batches()) shown.push_back(id);
   auto recent = readStore_->recentBatches(5);
@@ -1078,6 +1080,7 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
       }
       out.setNode(node);
       out.setAssignedMs(live->assignedWallMs);
+      out.setStartedMs(scheduler_.startedOf(live->id));  // 0 until its spore's next heartbeat
       out.setOutcome("running");
       info.setState("running");
     } else {

@@ -105,6 +105,7 @@ constexpr std::int64_t kReduceRetryMaxMs = 30'000;
 constexpr std::size_t kHelloHandlersMax = 10000;
 constexpr std::size_t kHelloTagsMax = 256;
 constexpr std::size_t kHelloTasksMax = 65536;  // `running`, `done`
+constexpr std::size_t kHeartbeatStartsMax = 4096;  // Heartbeat.started (the spore's limit too)
 
 using Which = proto::Envelope::Body::Which;
 
@@ -486,6 +487,10 @@ class NexusImpl {
   std::unordered_map<std::string, store::Role> accepted_;
 
   std::unique_ptr<transport::ZapHandler> zap_;
+  // Curve handshakes that fail before ZAP (a peer pinned to another nexus key): counted, logged.
+  std::unique_ptr<transport::ServerHandshakeWatch> nodeHandshakes_, clientHandshakes_;
+  // True when it read every event waiting.
+  bool onHandshakeFailures(transport::ServerHandshakeWatch& watch, const char* port);
   // Refusals of unknown keys: the ZAP thread decides with it, the loop reads its count.
   std::shared_ptr<transport::RefusalGate> zapGate_ = std::make_shared<transport::RefusalGate>();
   std::unique_ptr<store::StoreWriter> writer_;

@@ -60,6 +60,21 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
       // The beat counts for liveness (above) whatever it says; its load figures feed the load
       // score only when they are percentages (a NaN would break pickNode's ordering).
       auto hb = bodyReader.getHeartbeat();
+      // Starts of its running tasks (for `mesh task`); one for a task that ended meanwhile, or
+      // that is not its, is dropped (the check is the scheduler's). A spore sends at most
+      // kHeartbeatStartsMax per beat: a longer list is a broken or hostile one, and dropped whole.
+      auto started = hb.getStarted();
+      if (started.size() > kHeartbeatStartsMax) {
+        counters_.add("bad_heartbeats");
+        if (auto held = nodeLog_.admit("bad_heartbeat_starts")) {
+          MESH_WARN("ignored the %u starts of a heartbeat from node %s (at most %zu)%s", started.size(), conn.name.c_str(),
+                    kHeartbeatStartsMax, util::heldBack(*held).c_str());
+        }
+      } else {
+        for (auto s : started) {
+          if (!scheduler_.noteStarted(conn.id, s.getId(), s.getAttempt(), s.getStartedMs())) counters_.add("starts_unheld");
+        }
+      }
       float cpu = hb.getCpuPct(), mem = hb.getMemPct();
       auto percent = [](float v) { return std::isfinite(v) && v >= 0.0f && v <= 100.0f; };
       if (!percent(cpu) || !percent(mem)) {
@@ -186,15 +201,38 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
     sendTo(nodeSocket_, routingId, wire::encodeError(0, proto::Error::Code::BAD_REQUEST, "malformed hello: " + *bad));
     return;
   }
-  if (auto same = conns_.find(routingId);
-      same != conns_.end() && same->second.key == key && same->second.handlers == f.handlers) {
-    // A repeated hello on a live connection (several messages were refused at once): the node is
-    // already registered, so only welcome it again. (A hello with other handlers, after a bundle
-    // install or rollback, registers the node again below; its running tasks are adopted.)
-    counters_.add("repeated_hellos");
-    same->second.lastSeenMono = clock_.monotonicMs();
-    same->second.address = address;
-    scheduler_.adoptDone(same->second.id, f.done);
+  auto keepsHandlers = [&f](const std::vector<std::string>& had) {
+    std::unordered_set<std::string> now(f.handlers.begin(), f.handlers.end());
+    return std::all_of(had.begin(), had.end(), [&now](const std::string& h) { return now.count(h) > 0; });
+  };
+  if (auto same = conns_.find(routingId); same != conns_.end() && same->second.key == key &&
+                                          same->second.instance == f.instance && keepsHandlers(same->second.handlers)) {
+    // The same process on its live connection says hello again: a repeat (several messages were
+    // refused at once), or new handlers after a bundle install that kept every handler it had.
+    // The node is updated in place; nothing it runs or holds ends. (A hello that drops a handler,
+    // after a rollback or a bundle that lost one, registers the node again below: the tasks it
+    // holds for that handler go back to the queue uncharged, the others are adopted.)
+    NodeConn& c = same->second;
+    if (c.handlers == f.handlers && c.tags == f.tags && c.slots == f.slots && c.name == f.name) {
+      counters_.add("repeated_hellos");
+    } else {
+      counters_.add("hellos_updated");
+      MESH_INFO("node %s (%s) updated: %zu handlers (was %zu), %u slots", f.name.c_str(), c.fingerprint.c_str(),
+                f.handlers.size(), c.handlers.size(), f.slots);
+      routing::NodeInfo info;
+      info.name = f.name;
+      info.slots = f.slots;
+      info.tags.insert(f.tags.begin(), f.tags.end());
+      info.handlers.insert(f.handlers.begin(), f.handlers.end());
+      scheduler_.updateNode(c.id, std::move(info));
+      c.name = f.name;
+      c.slots = f.slots;
+      c.handlers = std::move(f.handlers);
+      c.tags = std::move(f.tags);
+    }
+    c.lastSeenMono = clock_.monotonicMs();
+    c.address = address;
+    scheduler_.adoptDone(c.id, f.done);
     sendWelcome(routingId);
     return;
   }
@@ -282,6 +320,17 @@ void NexusImpl::onHello(const std::string& routingId, const std::string& key, co
   MESH_INFO("node %s (%s, %u slots, %zu handlers) joined; %zu tasks still running there%s", f.name.c_str(),
             stored.fingerprint.c_str(), stored.slots, stored.handlers.size(), f.running.size() - unknown.size(),
             drained ? "; it is drained (`mesh nodes undrain` gives it work again)" : "");
+  // Names are what operators type (`mesh nodes drain NAME`) and read in `mesh task`: two spores
+  // with one name (cloned machines, containers: the default is the host name) are told apart
+  // only by key. Said at once, not when a drain by name is refused.
+  for (const auto& [rid, other] : conns_) {
+    if (rid == routingId || other.name != stored.name || other.key == stored.key) continue;
+    counters_.add("node_names_shared");
+    MESH_WARN("node %s (%s) has the name of connected node %s: give each spore its own --name (the default is the "
+              "host name)",
+              stored.name.c_str(), stored.fingerprint.c_str(), other.fingerprint.c_str());
+    break;
+  }
   sendWelcome(routingId);
   if (!unknown.empty()) {
     wire::Encoder cancel(0, 64 + unknown.size());

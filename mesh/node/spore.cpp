@@ -35,8 +35,7 @@ util::Status SporeImpl::start() {
   auto keys = crypto::loadKeyPair(config_.keyFile);
   if (!keys) return keys.error();
   keys_ = std::move(*keys);
-  MESH_INFO("spore %s key %s (on the nexus host, let it in with: mesh keys accept %s)", config_.name.c_str(),
-            keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str());
+  MESH_INFO("spore %s key %s", config_.name.c_str(), keys_.publicKey.fingerprint().c_str());
   std::string work = config_.dataDir + "/work";
   if (mkdir(work.c_str(), 0700) != 0 && errno != EEXIST) {
     return util::err("cannot create " + work + ": " + std::strerror(errno));
@@ -80,7 +79,8 @@ util::Status SporeImpl::start() {
 }
 
 SporeImpl::~SporeImpl() {
-  for (auto& jobEntry : jobs_) jobEntry.second.cancel->store(true);
+  stopBundleWorker();  // an install in progress stops before its next file (its spool is kept)
+  for (auto& jobEntry : jobs_) jobEntry.second.shared->cancel.store(true);
   for (auto& pipe : pipes_) {
     try {
       pipe.send(pointerMessage(std::make_unique<WorkBatch>()), zmq::send_flags::none);
@@ -152,14 +152,14 @@ void SporeImpl::sendHello() {
   // A job being cancelled (its handler still dying) is not listed: its result will not be
   // sent, so the nexus must not adopt it (it would wait for the task's deadline).
   std::size_t live = 0;
-  for (const auto& [id, job] : jobs_) live += job.cancel->load() ? 0 : 1;
+  for (const auto& [id, job] : jobs_) live += job.shared->cancel.load() ? 0 : 1;
   unsigned held = static_cast<unsigned>(std::min(live, kHelloTasksMax));
   auto running = h.initRunning(held);
   auto attempts = h.initRunningAttempts(held);
   unsigned i = 0;
   for (const auto& [id, job] : jobs_) {
     if (i == held) break;
-    if (job.cancel->load()) continue;
+    if (job.shared->cancel.load()) continue;
     running.set(i, id);
     attempts.set(i, job.attempt);
     ++i;
@@ -218,6 +218,7 @@ void SporeImpl::onNexusMessage(zmq::message_t& frame) {
       if (w.getHeartbeatMs() >= 50) heartbeatMs_ = w.getHeartbeatMs();
       if (w.getMissedBeats() >= 1) missedBeats_ = w.getMissedBeats();
       nextHeartbeat_ = 0;  // beat now, then at the nexus's interval
+      for (auto& jobEntry : jobs_) jobEntry.second.startSent = false;  // it may be a new nexus run
       MESH_INFO("welcomed by nexus %s at %s", std::string(wire::view(w.getNexusName())).c_str(), endpoint_.c_str());
       if (w.getEventsPort() != 0 && !events_) {
         auto colon = endpoint_.rfind(':');
@@ -314,7 +315,24 @@ void SporeImpl::heartbeat(std::int64_t now) {
   hb.setMemPct(static_cast<float>(LoadMeter::memPct()));
   hb.setRunning(running_);
   hb.setFreeSlots(running_ >= config_.slots ? 0 : config_.slots - running_);
-  send(e.finish());
+  // The starts the nexus has not heard of on this connection, of jobs still running here (a
+  // short task's start goes with its result instead).
+  std::vector<std::pair<std::uint64_t, JobRef*>> starts;
+  for (auto& [id, job] : jobs_) {
+    if (starts.size() == kHeartbeatStartsMax) break;
+    if (job.startSent || job.shared->cancel.load() || job.shared->startedMs.load(std::memory_order_relaxed) == 0) continue;
+    starts.emplace_back(id, &job);
+  }
+  auto list = hb.initStarted(static_cast<unsigned>(starts.size()));
+  for (unsigned i = 0; i < starts.size(); ++i) {
+    auto& [id, job] = starts[i];
+    list[i].setId(id);
+    list[i].setAttempt(job->attempt);
+    list[i].setStartedMs(job->shared->startedMs.load(std::memory_order_relaxed));
+  }
+  if (send(e.finish())) {
+    for (auto& [id, job] : starts) job->startSent = true;  // a beat not sent: they go with the next
+  }
 }
 
 // ---- the loop --------------------------------------------------------------------------------
@@ -325,6 +343,7 @@ void SporeImpl::watchPoller() {
   poller_.reset();
   polled_ = PollerLayout{};
   for (auto& p : pipes_) poller_.add(p);
+  if (bundlePipe_) polled_.bundleAt = poller_.add(bundlePipe_);
   if (connected_) polled_.dealerAt = poller_.add(dealer_);
   if (events_) polled_.eventsAt = poller_.add(events_);
   if (connected_ && watch_) polled_.monitorAt = poller_.add(watch_->socket());
@@ -363,6 +382,11 @@ void SporeImpl::run(const std::atomic<int>& stops) {
         zmq::message_t m;
         while (pipes_[w].recv(m, zmq::recv_flags::dontwait)) onWorker(w, m);
         poller_.drained(w);
+      }
+      if (poller_.ready(polled_.bundleAt)) {
+        zmq::message_t m;
+        while (bundlePipe_.recv(m, zmq::recv_flags::dontwait)) onBundleDone(takePointer<BundleJobDone>(m));
+        poller_.drained(polled_.bundleAt);
       }
       if (poller_.ready(polled_.dealerAt)) {
         bool empty = false;
@@ -407,7 +431,7 @@ void SporeImpl::run(const std::atomic<int>& stops) {
       }
       if (handshake == transport::HandshakeResult::kRefused) {
         MESH_ERROR("nexus %s refused this spore's key %s: if the key is new, on the nexus host run `mesh keys "
-                   "accept %s`; if it is accepted already, check that %s is the nexus's node port (7700 by default, "
+                   "accept %s --role node --data-dir NEXUS_DATA_DIR`; if it is accepted already, check that %s is the nexus's node port (7700 by default, "
                    "not the client port) and that the key's role is node (`mesh keys list` on the nexus host)",
                    endpoint_.c_str(), keys_.publicKey.fingerprint().c_str(), keys_.publicKey.fingerprint().c_str(),
                    endpoint_.c_str());
@@ -426,7 +450,7 @@ void SporeImpl::run(const std::atomic<int>& stops) {
       if (connected_ && now - lastHeardMono_ > heartbeatMs_ * missedBeats_) {
         MESH_WARN("nexus %s silent for %lld ms%s: reconnecting in %lld ms", endpoint_.c_str(),
                   static_cast<long long>(now - lastHeardMono_),
-                  welcomed_ ? "" : " (never answered: not running, not reachable, or another port?)",
+                  welcomed_ ? "" : " (never answered: not running, not reachable, a host name that does not resolve, or another port?)",
                   static_cast<long long>(backoffMs_));
         counters_.add("nexus_lost");
         disconnect();
@@ -446,6 +470,7 @@ void SporeImpl::run(const std::atomic<int>& stops) {
       MESH_ERROR("internal error in the spore loop (continuing): %s", e.getDescription().cStr());
     }
   }
+  bundleStop_.store(true);  // the loop is done: an install in progress stops (see stopBundleWorker)
   disconnect(true);
   // The spore's own counters (bad frames, duplicates, tasks run on the loop, ...) have no other
   // outlet: say them once, at the stop.

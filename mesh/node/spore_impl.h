@@ -4,8 +4,9 @@
 // include it from those files only.
 //
 // Thread rule: as spore.h says, one actor; every member runs on the thread of run() (start()
-// before it), except workerLoop() and execute(), which run on the worker threads and reach the
-// loop only by messages over their inproc pipes.
+// before it), except workerLoop() and execute(), which run on the worker threads, and
+// bundleWorker(), which runs on the bundle thread (installs and rollbacks); they reach the loop
+// only by messages over their inproc pipes.
 #pragma once
 
 #include "mesh/node/spore.h"
@@ -18,10 +19,12 @@
 #include <deque>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "mesh/bundle/installer.h"
 #include "mesh/bundle/receiver.h"
@@ -54,6 +57,9 @@ constexpr std::uint32_t kFetchChunkBytes = 256u << 10;  // one bundle fetch requ
 constexpr unsigned kFetchWindow = 4;                    // fetch requests outstanding at once
 constexpr std::int64_t kBundleCheckEveryMs = 10'000;    // ask the nexus for its bundle list
 constexpr std::int64_t kFetchStallMs = 10'000;          // re-ask chunks unanswered this long
+// Receive spools kept in DATA_DIR/bundles/.incoming (pruneSpools): a partial download costs
+// disk until it completes, and a nexus could offer made-up versions and never finish them.
+constexpr std::size_t kMaxSpools = 2;
 constexpr std::size_t kInstantPayloadMax = 16u << 10;  // built-ins this small may run on the loop
 constexpr std::size_t kInstantQueueMax = 2;            // ... when no more than this is queued
 // Built-ins this small take well under 1 ms (sha256 of 256 KiB: 0.13 ms with the CPU's SHA
@@ -74,6 +80,8 @@ constexpr std::size_t kResendMax = 4096;
 constexpr std::size_t kResendBytesMax = 8u << 20;
 // The ids a hello may name in `running` and in `done` (the nexus refuses longer lists).
 constexpr std::size_t kHelloTasksMax = 65536;
+// The starts of running tasks one heartbeat carries (Heartbeat.started); the rest go with the next.
+constexpr std::size_t kHeartbeatStartsMax = 4096;
 
 // A bundle the nexus serves, as announced in Welcome or a BundleList.
 struct BundleOffer {
@@ -93,11 +101,50 @@ struct BundleFetchState {
   std::int64_t lastMono = 0;
 };
 
-// A newly installed version on trial: rolled back if its handlers fail too often too soon.
+// Messages between the loop and the bundle thread (bundleWorker), as pointers like the workers'.
+// The thread does one job at a time, in order, so installs and rollbacks never overlap.
+struct BundleJob {
+  enum class Kind { kInstall, kRollback, kStop };
+  Kind kind = Kind::kStop;
+  BundleOffer offer;                            // kInstall: what was fetched
+  std::unique_ptr<bundle::BundleReceiver> rx;   // kInstall: the complete (or refused) receive
+  std::string name;                             // kRollback: the bundle and the version on trial
+  std::uint64_t version = 0;
+  std::string reason;
+};
+struct BundleJobDone {
+  BundleJob::Kind kind = BundleJob::Kind::kStop;
+  BundleOffer offer;
+  std::optional<bundle::Checked<bundle::InstallOutcome>> outcome;  // kInstall
+  std::string name;                                               // kRollback, as asked
+  std::uint64_t version = 0;
+  std::string reason;
+  util::Status rolledBack;  // kRollback: the error, if it did not roll back
+  bool superseded = false;  // kRollback: the version was no longer current (nothing done)
+  bool withdrawn = false;   // kRollback: it had no previous version, so it was removed (Installer::withdraw)
+  std::int64_t tookMs = 0;
+};
+
+// A newly installed version on trial (docs/bundles.md "Trial and rollback"): rolled back when
+// its programs turn out broken on this spore: at least --bundle-trial-failures of its handlers'
+// tasks ended with a program fault (exec::TaskOutput::programFault: crashed, could not start),
+// and those are at least half of its handlers' tasks that ended here within --bundle-trial. A
+// plain failure or a timeout is the input's doing and never counts against the release. A task
+// counts once, however many of its attempts end here.
 struct BundleTrial {
   std::uint64_t version = 0;
   std::int64_t untilMono = 0;
-  unsigned failures = 0;
+  std::unordered_set<std::uint64_t> ended;    // task ids (not cancelled) of its handlers
+  std::unordered_set<std::uint64_t> faulted;  // those of them whose program was at fault
+};
+// A version that has seen this many tasks end here without a rollback has passed its trial
+// (bounds the trial's memory whatever the task rate).
+constexpr std::size_t kTrialTasksMax = 100000;
+
+// What the loop and the worker running a job both see.
+struct JobShared {
+  std::atomic<bool> cancel{false};           // set by the loop: stop promptly, report nothing
+  std::atomic<std::int64_t> startedMs{0};    // set by the worker when it starts the job (wall ms)
 };
 
 struct Job {
@@ -107,7 +154,7 @@ struct Job {
   std::string handler;
   std::string payload;
   std::uint32_t timeoutMs = 0;
-  std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<JobShared> shared = std::make_shared<JobShared>();
   proto::MapReduce::Stage stage = proto::MapReduce::Stage::NONE;
   std::uint32_t partitions = 0;
   std::string combiner;
@@ -135,6 +182,8 @@ struct Done {
   std::string error;
   std::int64_t startedMs = 0;
   std::uint64_t durationUs = 0;
+  bool programFault = false;  // exec::TaskOutput::programFault: for a bundle's trial only
+  std::string faultHandler;   // exec::TaskOutput::faultHandler: the map-reduce step at fault
 };
 
 // Messages between the loop and a worker: ownership of a heap object, sent as its pointer,
@@ -246,14 +295,27 @@ class SporeImpl {
   void refreshBundleHandlers();
   void onBundleOffers(capnp::List<proto::BundleRef>::Reader list);
   void maybeFetchBundle();
+  bool startFetch(const BundleOffer& offer);
+  void pruneSpools();
   void pumpFetch();
   void onBundleChunk(proto::BundleChunk::Reader chunk);
   void finishFetch();
   void sendBundleReport(const std::string& name, std::uint64_t version, const std::string& event,
                         const std::string& reason, const std::string& message);
   void reportBundleState();
-  void noteTaskFailure(const std::string& handler);
+  // A task of `handler` ended here (not cancelled): counted in the trial of its bundle, if any.
+  void noteTrialTask(const std::string& handler, const Done& done);
   void bundleTimers(std::int64_t now);
+  // Hands a rollback of `name` (on trial at `version`) to the bundle thread; onBundleDone
+  // finishes it.
+  void startRollback(const std::string& name, std::uint64_t version, const std::string& reason);
+  // What the bundle thread reports: an install or a rollback done (refresh, report, hello).
+  void onBundleDone(std::unique_ptr<BundleJobDone> done);
+  // The bundle thread: runs the jobs sent on its pipe with `installer` (which outlives it) until
+  // a kStop job. `stop` interrupts an install (set when the spore stops). Touches no member.
+  static void bundleWorker(zmq::context_t& ctx, bundle::Installer& installer,
+                           const std::atomic<bool>& stop, const std::string& endpoint);
+  void stopBundleWorker();
 
   zmq::context_t& ctx_;
   config::SporeConfig config_;
@@ -275,13 +337,14 @@ class SporeImpl {
   zmq::socket_t dealer_;
   zmq::socket_t events_;
   std::unique_ptr<transport::HandshakeWatch> watch_;
-  // The loop's wait, over the worker pipes, then the dealer, the events and the handshake
-  // monitor when they exist, then the beacon fd; rebuilt (watchPoller) after socketsChanged_
+  // The loop's wait, over the worker pipes, then the bundle thread's pipe, the dealer, the
+  // events and the handshake monitor when they exist, then the beacon fd; rebuilt (watchPoller) after socketsChanged_
   // moved on, which connect(), disconnect() and the events socket's creation do.
   transport::Poller poller_;
   std::uint64_t socketsChanged_ = 1, socketsPolled_ = 0;
   struct PollerLayout {
     std::size_t dealerAt = SIZE_MAX, eventsAt = SIZE_MAX, monitorAt = SIZE_MAX, beaconAt = SIZE_MAX;
+    std::size_t bundleAt = SIZE_MAX;
   } polled_;
   void watchPoller();
   bool connected_ = false;    // a socket exists
@@ -341,8 +404,9 @@ class SporeImpl {
   void finishLeaving(const std::atomic<int>& stops);
   struct JobRef {
     std::uint8_t attempt = 0;
-    std::shared_ptr<std::atomic<bool>> cancel;
+    std::shared_ptr<JobShared> shared;
     std::string handler;
+    bool startSent = false;  // its start has gone with a heartbeat on this connection
   };
   std::unordered_map<std::uint64_t, JobRef> jobs_;  // queued or running
   // Attempts the nexus sent for a task whose cancelled older attempt is still being stopped here;
@@ -370,6 +434,17 @@ class SporeImpl {
   std::map<std::string, BundleTrial> trials_;           // by bundle name
   std::map<std::string, std::string> handlerBundle_;    // handler -> bundle name
   std::int64_t nextBundleCheck_ = 0;
+  // Running versions found past their expiry (name -> version), said once each: expiry bounds
+  // what can be installed, not what runs, so a withheld update shows here (docs/bundles.md).
+  std::map<std::string, std::uint64_t> expiredSaid_;
+  void checkExpiry();
+  // The bundle thread (started with the installer): installs and rollbacks run there, so that
+  // a bundle of many files (seconds of unpacking and fsyncs) does not stop heartbeats, task
+  // starts and results. While it holds an install, no other fetch starts (installing_).
+  std::thread bundleThread_;
+  zmq::socket_t bundlePipe_;  // the loop's end
+  std::atomic<bool> bundleStop_{false};
+  bool installing_ = false;
 };
 
 }  // namespace mesh::node

@@ -12,8 +12,9 @@ Done SporeImpl::execute(Job& job, exec::ServeProcesses* serve, const std::functi
   done.id = job.id;
   done.attempt = job.attempt;
   done.startedMs = clock.wallMs();
+  job.shared->startedMs.store(done.startedMs, std::memory_order_relaxed);  // the next heartbeat tells the nexus
   std::int64_t t0 = clock.monotonicUs();
-  if (job.cancel->load()) {
+  if (job.shared->cancel.load()) {
     done.status = proto::TaskStatus::CANCELLED;
   } else {
     exec::TaskInput input;
@@ -21,7 +22,7 @@ Done SporeImpl::execute(Job& job, exec::ServeProcesses* serve, const std::functi
     input.attempt = job.attempt;
     input.payload = job.payload;
     input.timeoutMs = job.timeoutMs;
-    input.cancel = job.cancel.get();
+    input.cancel = &job.shared->cancel;
     input.serve = serve;
     input.onLong = onLong;
     exec::TaskOutput result;
@@ -40,6 +41,8 @@ Done SporeImpl::execute(Job& job, exec::ServeProcesses* serve, const std::functi
       result.error = std::string("handler threw: ") + e.what();
     }
     done.status = statusOf(result.outcome);
+    done.programFault = result.programFault;
+    done.faultHandler = std::move(result.faultHandler);
     done.output = std::move(result.output);
     done.error = std::move(result.error);
   }
@@ -159,14 +162,15 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
       // A repeat of an attempt this spore runs is a duplicate; one of an attempt it is stopping
       // (cancelled) is not: a restarted nexus that lost the attempt's record asks for it again
       // under the same number, and it runs once the old run has ended (below).
-      if (t.getAttempt() <= held->second.attempt && !held->second.cancel->load()) {
+      if (t.getAttempt() <= held->second.attempt && !held->second.shared->cancel.load()) {
         counters_.add("assign_duplicates");
         continue;
       }
-      if (!held->second.cancel->load()) {
+      if (!held->second.shared->cancel.load()) {
         // The nexus gave up on the attempt that is still running here (a late reconnect, say)
         // and asks again: its result will be reported under the new attempt.
         held->second.attempt = t.getAttempt();
+        held->second.startSent = false;  // its start again, under the new attempt
         counters_.add("assign_attempts_raised");
         continue;
       }
@@ -202,7 +206,7 @@ void SporeImpl::onAssign(proto::Assign::Reader assign) {
       reassigned_[job.id] = std::move(job);
       continue;
     }
-    jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
+    jobs_[job.id] = JobRef{job.attempt, job.shared, job.handler};
     queue_.push(job.priority, std::move(job));
   }
   feedWorkers();
@@ -213,13 +217,13 @@ void SporeImpl::onCancel(proto::CancelTasks::Reader cancel) {
     reassigned_.erase(id);
     auto it = jobs_.find(id);
     if (it == jobs_.end()) continue;
-    it->second.cancel->store(true);
+    it->second.shared->cancel.store(true);
     counters_.add("tasks_cancelled");
   }
   // Queued ones never start: drop them now (the nexus no longer wants their result). Those in a
   // worker's run are skipped by the worker, or dropped if it gives them back (takeBack).
   queue_.removeIf([&](const Job& j) {
-    if (!j.cancel->load()) return false;
+    if (!j.shared->cancel.load()) return false;
     jobs_.erase(j.id);
     return true;
   });
@@ -246,7 +250,7 @@ void SporeImpl::onRecall(proto::TaskAttempts::Reader asked) {
   std::unordered_map<std::uint64_t, std::uint8_t> wanted;
   for (unsigned i = 0; i < ids.size(); ++i) {
     auto held = jobs_.find(ids[i]);
-    if (held != jobs_.end() && held->second.attempt == attempts[i] && !held->second.cancel->load()) {
+    if (held != jobs_.end() && held->second.attempt == attempts[i] && !held->second.shared->cancel.load()) {
       wanted[ids[i]] = attempts[i];
     } else if (auto next = reassigned_.find(ids[i]); next != reassigned_.end() && next->second.attempt == attempts[i]) {
       // Waiting for its older attempt to be stopped: not started.
@@ -387,7 +391,7 @@ void SporeImpl::takeBack(std::vector<Job>&& returned) {
   std::vector<Job> again;
   std::uint8_t priority = returned.front().priority;
   for (auto& job : returned) {
-    if (job.cancel->load()) {
+    if (job.shared->cancel.load()) {
       // Cancelled while in the run: ends here as the worker would have ended it (not reported).
       Done d;
       d.id = job.id;
@@ -446,12 +450,8 @@ void SporeImpl::noteDuration(const std::string& handler, std::uint64_t durationU
 void SporeImpl::onDone(Done&& d) {
   --running_;
   auto it = jobs_.find(d.id);
-  bool cancelled = it != jobs_.end() && it->second.cancel->load();
-  if (it != jobs_.end() && !cancelled &&
-      (d.status == proto::TaskStatus::FAILED || d.status == proto::TaskStatus::CRASHED ||
-       d.status == proto::TaskStatus::TIMED_OUT)) {
-    noteTaskFailure(it->second.handler);
-  }
+  bool cancelled = it != jobs_.end() && it->second.shared->cancel.load();
+  if (it != jobs_.end() && !cancelled) noteTrialTask(it->second.handler, d);
   if (it != jobs_.end() && !cancelled) d.attempt = std::max(d.attempt, it->second.attempt);
   if (it != jobs_.end()) {
     noteDuration(it->second.handler, d.durationUs);
@@ -464,7 +464,7 @@ void SporeImpl::onDone(Done&& d) {
     if (leaving_) {
       toGiveBack_.emplace_back(job.id, job.attempt);
     } else {
-      jobs_[job.id] = JobRef{job.attempt, job.cancel, job.handler};
+      jobs_[job.id] = JobRef{job.attempt, job.shared, job.handler};
       queue_.push(job.priority, std::move(job));  // fed to a worker at the end of this turn
     }
   }
@@ -531,12 +531,13 @@ void SporeImpl::resendLately() {
 
 void SporeImpl::beginLeaving(std::int64_t now) {
   leaving_ = true;
+  bundleStop_.store(true);  // an install in progress stops before its next file (its spool is kept)
   leaveDeadlineMono_ = now + config_.stopGraceMs;
   // Queued here, not started: back to the nexus now, so other spores run them meanwhile.
   while (!queue_.empty()) {
     for (auto& job : queue_.takeRun(queue_.size())) {
       jobs_.erase(job.id);
-      if (!job.cancel->load()) toGiveBack_.emplace_back(job.id, job.attempt);
+      if (!job.shared->cancel.load()) toGiveBack_.emplace_back(job.id, job.attempt);
     }
   }
   for (auto& [id, job] : reassigned_) toGiveBack_.emplace_back(id, job.attempt);
@@ -575,8 +576,13 @@ void SporeImpl::finishLeaving(const std::atomic<int>& stops) {
   }
   flushResults();
   if (!welcomed_) {
-    MESH_WARN("stopping without a word to the nexus (not connected): it re-queues this spore's tasks when it "
-              "finds it gone");
+    if (jobs_.empty() && outbox_.empty()) {
+      MESH_INFO("stopping (not connected to a nexus; this spore holds no task)");
+    } else {
+      MESH_WARN("stopping without a word to the nexus (not connected): it re-queues this spore's %zu tasks when it "
+                "finds it gone",
+                jobs_.size() + outbox_.size());
+    }
     return;
   }
   sendLeaving(true);

@@ -160,8 +160,8 @@ std::uint64_t Scheduler::cancel(Batch& b, std::int64_t nowWallMs) {
     if (t->state == Task::State::kRunning) {
       effects_.cancels.emplace_back(t->node, t->id);
       NodeId node = t->node;
-      detachFromNode(*t);
-      finish(*t, Status::kCancelled, "", why, nowWallMs, 0, 0, node);
+      std::int64_t startedMs = detachFromNode(*t);
+      finish(*t, Status::kCancelled, "", why, nowWallMs, startedMs, 0, node);
     } else {
       if (t->state == Task::State::kQueued) {
         --b.queued;
@@ -286,6 +286,16 @@ NodeId Scheduler::addNode(NodeInfo info) {
   // A new node can unblock batches that found no eligible node.
   for (auto& [bid, b] : batches_) makeActive(*b);
   return id;
+}
+
+void Scheduler::updateNode(NodeId id, NodeInfo info) {
+  Node* n = node(id);
+  if (!n) return;
+  info.key = n->info.key;
+  if (info.slots == 0) info.slots = 1;
+  n->info = std::move(info);
+  // New handlers or tags can unblock batches that found no eligible node.
+  for (auto& [bid, b] : batches_) makeActive(*b);
 }
 
 void Scheduler::updateLoad(NodeId id, double cpuPct, double memPct) {
@@ -844,9 +854,16 @@ std::vector<Assignment> Scheduler::dispatch(std::int64_t nowMono, std::int64_t n
   return result;
 }
 
-void Scheduler::detachFromNode(Task& t) {
-  if (t.state != Task::State::kRunning) return;
+std::int64_t Scheduler::detachFromNode(Task& t) {
+  if (t.state != Task::State::kRunning) return 0;
   deadlines_.erase({t.deadlineMono, t.id});
+  std::int64_t started = 0;
+  if (!starts_.empty()) {
+    if (auto s = starts_.find(t.id); s != starts_.end()) {
+      if (s->second.first == t.attempts) started = s->second.second;
+      starts_.erase(s);
+    }
+  }
   if (Node* n = node(t.node)) {
     n->running.erase(t.id);
     release(*n, t);
@@ -855,6 +872,24 @@ void Scheduler::detachFromNode(Task& t) {
   --runningTotal_;
   t.lastNode = t.node;
   t.node = kNoNode;
+  return started;
+}
+
+bool Scheduler::noteStarted(NodeId id, std::uint64_t task, std::uint8_t attempt, std::int64_t startedMs) {
+  auto it = tasks_.find(task);
+  if (it == tasks_.end() || startedMs <= 0) return false;
+  const Task& t = *it->second;
+  if (t.state != Task::State::kRunning || t.node != id || t.attempts != attempt) return false;
+  starts_[task] = {attempt, startedMs};
+  return true;
+}
+
+std::int64_t Scheduler::startedOf(std::uint64_t task) const {
+  auto s = starts_.find(task);
+  if (s == starts_.end()) return 0;
+  auto it = tasks_.find(task);
+  if (it == tasks_.end() || it->second->state != Task::State::kRunning || it->second->attempts != s->second.first) return 0;
+  return s->second.second;
 }
 
 std::string Scheduler::nodeName(NodeId id) const {
@@ -894,7 +929,8 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
   NodeId node = t.node;
   std::string nodeLabel = nodeName(node);
   addFormerHolder(t.id, node, t.assignedWallMs);  // its late result still counts
-  detachFromNode(t);
+  std::int64_t reportedStart = detachFromNode(t);  // by a heartbeat, when the attempt ends without a report
+  std::int64_t startedMs = report && report->startedMs > 0 ? report->startedMs : reportedStart;
   Batch& b = *t.batch;
   if (nodeLost) ++t.nodesLost;
   if (nodeLost && !charge) ++t.reconnects;
@@ -907,7 +943,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
     finish(t, Status::kQuarantined, "",
            "quarantined: its spore died or went silent under it " + std::to_string(t.nodesLost) +
                " times (last: " + error + ")",
-           nowWallMs, 0, 0, node);
+           nowWallMs, startedMs, 0, node);
     return;
   }
   if (exhausted) {
@@ -915,7 +951,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
     if (status == Status::kTimedOut) counters_.add("tasks_timed_out");
     finish(t, status, report ? report->output : std::string(),
            error + " (attempt " + std::to_string(t.attempts) + " of " + std::to_string(b.spec.maxAttempts) + ")",
-           nowWallMs, report ? report->startedMs : 0, report ? report->durationUs : 0, node);
+           nowWallMs, startedMs, report ? report->durationUs : 0, node);
     return;
   }
   EndedAttempt a;
@@ -924,7 +960,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
   a.node = nodeLabel;
   a.assignedMs = t.assignedWallMs;
   a.endedMs = nowWallMs;
-  a.startedMs = report ? report->startedMs : 0;
+  a.startedMs = startedMs;
   a.outcome = nodeLost ? (charge ? "node lost" : leftOutcome) : statusName(status);  // left: not its fault (the reason is in error)
   a.error = error;
   a.nodeLost = nodeLost && charge;

@@ -337,6 +337,10 @@ class Scheduler {
 
   // ---- nodes
   NodeId addNode(NodeInfo info);
+  // The node says what it offers again (a spore's hello after a bundle install that kept every
+  // handler it had): its handlers, tags, slots and name change, what it runs does not. The key
+  // stays the node's.
+  void updateNode(NodeId id, NodeInfo info);
   void updateLoad(NodeId id, double cpuPct, double memPct);
   // Ends every attempt running on the node: its tasks are re-queued at once. When nodeFault is
   // true (the node died or went silent) the loss is charged to each task, which is quarantined
@@ -416,6 +420,13 @@ class Scheduler {
   // connection), whose results it sends after its hello: their results are accepted from it
   // like late results (see onReport). Tasks it is not eligible for are ignored.
   void adoptDone(NodeId id, const std::vector<std::uint64_t>& tasks);
+  // The node's word (a heartbeat) that it started `task` under `attempt` at `startedMs`, its wall
+  // clock: kept while that attempt runs there, for startedOf() and for the attempt's record if
+  // it ends without a report (node lost, deadline, cancel). False, and nothing kept, when the
+  // task does not run on that node under that attempt (it has ended meanwhile, say).
+  bool noteStarted(NodeId id, std::uint64_t task, std::uint8_t attempt, std::int64_t startedMs);
+  // The start its node reported for the running attempt of `task`; 0 when not known.
+  std::int64_t startedOf(std::uint64_t task) const;
   // Does any live node offer this handler?
   bool handlerOffered(const std::string& handler) const;
 
@@ -471,7 +482,8 @@ class Scheduler {
                   const char* leftOutcome = "node left");
   void finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
               std::int64_t startedMs, std::uint64_t durationUs, NodeId node);
-  void detachFromNode(Task& t);
+  // Takes a running attempt off its node; returns its start as the node reported it (0: none).
+  std::int64_t detachFromNode(Task& t);
   // Counts a task in (hold) or out of (release) the node's in flight, and in its long ones.
   void hold(Node& n, Task& t) const;
   static void release(Node& n, Task& t);
@@ -503,6 +515,9 @@ class Scheduler {
   // attempt runs (added at dispatch or adoption, removed when the attempt ends), so memory stays
   // proportional to the tasks in flight, not to the tasks finished within one timeout.
   std::set<std::pair<std::int64_t, std::uint64_t>> deadlines_;
+  // Starts of running attempts reported before their results (noteStarted): task id ->
+  // (attempt, wall ms). Like deadlines_, an entry lives no longer than its attempt runs.
+  std::unordered_map<std::uint64_t, std::pair<std::uint8_t, std::int64_t>> starts_;
   // The nodes (by key) that ran an ended attempt of a task that has not finished (or reported it
   // done): the senders whose late results count, with when their (latest) attempt was assigned
   // (0: not known, e.g. one reported done after a restart), which a late result of theirs

@@ -131,7 +131,7 @@ util::Result<std::map<std::string, std::int64_t>> KeyStore::drained() {
   return out;
 }
 
-util::Result<KeyRecord> KeyStore::resolve(const std::string& text) {
+util::Result<KeyRecord> KeyStore::resolve(const std::string& text, bool wholeFingerprint) {
   // A full key or a key file first.
   bool isFile = access(text.c_str(), F_OK) == 0;
   if (text.size() == 40 || isFile) {
@@ -152,6 +152,10 @@ util::Result<KeyRecord> KeyStore::resolve(const std::string& text) {
   }
   std::string want = crypto::normalizeFingerprint(text);
   if (want.size() < 4) return util::err("give at least 4 hex digits of the fingerprint, or the whole key");
+  if (wholeFingerprint && want.size() < 16) {
+    return util::err("give the whole fingerprint (16 hex digits, as the log and `mesh keys pending` show it) or the key: a "
+                     "prefix could name a key somebody made to match it");
+  }
   auto all = list();
   if (!all) return all.error();
   std::vector<KeyRecord> matches;

@@ -52,8 +52,10 @@ class KeyStore {
                              std::int64_t nowMs);
   util::Status revoke(const crypto::PublicKey& key, std::int64_t nowMs);
   // Resolves what an operator typed: a full z85 key, a key file, or a fingerprint (prefix).
-  // Errors when nothing or more than one key matches.
-  util::Result<KeyRecord> resolve(const std::string& text);
+  // Errors when nothing or more than one key matches. `wholeFingerprint`: a fingerprint must
+  // have all its 16 hex digits (accepting a key: anyone can record a pending key by trying to
+  // connect, and can make one whose fingerprint starts with the few digits an operator types).
+  util::Result<KeyRecord> resolve(const std::string& text, bool wholeFingerprint = false);
   util::Result<std::vector<KeyRecord>> list(std::optional<KeyState> state = std::nullopt);
   // `mesh nodes drain`: marks the key (z85) drained since sinceMs, or not drained (nullopt).
   // Errors when the table has no such key.

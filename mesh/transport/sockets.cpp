@@ -130,6 +130,24 @@ std::string describeHandshakeFailure(std::uint16_t event, std::uint32_t value) {
       return "handshake event " + std::to_string(event) + ", value " + std::to_string(value);
   }
 }
+
+// One event of a socket monitor (libzmq: a frame of event number and value, then the endpoint):
+// nullopt when none was waiting; event 0 for a malformed one.
+struct MonitorEvent {
+  std::uint16_t event = 0;
+  std::uint32_t value = 0;
+};
+std::optional<MonitorEvent> readMonitorEvent(zmq::socket_t& monitor, zmq::recv_flags flags) {
+  zmq::message_t header, address;
+  if (!monitor.recv(header, flags)) return std::nullopt;
+  if (header.more()) (void)monitor.recv(address);
+  MonitorEvent e;
+  if (header.size() >= 6) {
+    std::memcpy(&e.event, header.data(), 2);
+    std::memcpy(&e.value, static_cast<const char*>(header.data()) + 2, 4);
+  }
+  return e;
+}
 }  // namespace
 
 HandshakeResult HandshakeWatch::wait(int timeoutMs, std::string* detail) {
@@ -143,19 +161,44 @@ HandshakeResult HandshakeWatch::wait(int timeoutMs, std::string* detail) {
       if (clock.monotonicMs() >= deadline) return HandshakeResult::kTimedOut;
       continue;
     }
-    zmq::message_t header, address;
-    if (!monitor_.recv(header)) continue;
-    if (header.more()) (void)monitor_.recv(address);
-    if (header.size() < 6) continue;
-    std::uint16_t event;
-    std::uint32_t value;
-    std::memcpy(&event, header.data(), 2);
-    std::memcpy(&value, static_cast<const char*>(header.data()) + 2, 4);
-    if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) return HandshakeResult::kSucceeded;
-    if (detail) *detail = describeHandshakeFailure(event, value);
-    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return HandshakeResult::kRefused;
+    auto e = readMonitorEvent(monitor_, zmq::recv_flags::none);
+    if (!e || e->event == 0) continue;
+    if (e->event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) return HandshakeResult::kSucceeded;
+    if (detail) *detail = describeHandshakeFailure(e->event, e->value);
+    if (e->event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) return HandshakeResult::kRefused;
     return HandshakeResult::kFailed;
   }
+}
+
+ServerHandshakeWatch::ServerHandshakeWatch(zmq::context_t& ctx, zmq::socket_t& socket) : socket_(&socket) {
+  std::string endpoint = "inproc://mesh-server-handshake-" + std::to_string(getpid()) + "-" + std::to_string(gMonitorSeq++);
+  int rc = zmq_socket_monitor(socket.handle(), endpoint.c_str(),
+                              ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL);
+  MESH_ASSERT(rc == 0, "zmq_socket_monitor");
+  monitor_ = zmq::socket_t(ctx, zmq::socket_type::pair);
+  monitor_.connect(endpoint);
+}
+
+ServerHandshakeWatch::~ServerHandshakeWatch() { zmq_socket_monitor(socket_->handle(), nullptr, 0); }
+
+ServerHandshakeWatch::Failures ServerHandshakeWatch::drain(std::size_t max) {
+  Failures f;
+  for (std::size_t i = 0;; ++i) {
+    if (i == max) {
+      f.more = true;
+      break;
+    }
+    auto e = readMonitorEvent(monitor_, zmq::recv_flags::dontwait);
+    if (!e) break;
+    if (e->event == 0) continue;
+    if (e->event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+      ++f.broken;
+      f.last = describeHandshakeFailure(e->event, e->value);
+    } else {
+      ++f.dropped;
+    }
+  }
+  return f;
 }
 
 HandshakeResult probeWithKey(zmq::context_t& ctx, const std::string& endpoint,

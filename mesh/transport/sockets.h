@@ -77,6 +77,30 @@ class HandshakeWatch {
   std::string endpoint_;
 };
 
+// Watches a server socket for Curve handshakes that fail before ZAP is asked (a peer that pinned
+// another server key, or that does not speak CurveZMQ, or hangs up mid-handshake): libzmq tells
+// that peer, not the server's application, unless it monitors. ZAP refusals are not counted here.
+class ServerHandshakeWatch {
+ public:
+  ServerHandshakeWatch(zmq::context_t& ctx, zmq::socket_t& socket);
+  ~ServerHandshakeWatch();
+  ServerHandshakeWatch(const ServerHandshakeWatch&) = delete;
+  ServerHandshakeWatch& operator=(const ServerHandshakeWatch&) = delete;
+  // Reads the events waiting (at most `max`), without blocking.
+  struct Failures {
+    std::size_t broken = 0;   // the peer's messages did not decrypt or parse (another server key)
+    std::size_t dropped = 0;  // the peer hung up mid-handshake (a port check, a scanner, a timeout)
+    std::string last;         // the last broken one, in words
+    bool more = false;        // `max` read: more may be waiting
+  };
+  Failures drain(std::size_t max = 1000);
+  zmq::socket_t& socket() { return monitor_; }
+
+ private:
+  zmq::socket_t* socket_;
+  zmq::socket_t monitor_;
+};
+
 // Connects to `endpoint` with a throwaway key and reports whether the server admitted it.
 // The nexus calls this on each of its own ports at start-up and refuses to serve if it gets in.
 HandshakeResult probeWithKey(zmq::context_t& ctx, const std::string& endpoint,

@@ -2,6 +2,8 @@
 # Publishing is refused, with the reason, for: a client (non-admin) key, a bundle signed by a key
 # the nexus does not trust, a tampered payload, a tampered manifest, an older version and the same
 # version again. Nothing refused is announced, and the version in place keeps serving tasks.
+# Spores refuse an expired bundle, and a bundle whose handler another bundle provides (x.serve
+# and x being one handler).
 . "$(dirname "$0")/lib.sh"
 mesh_bin=$bin/mesh
 "$mesh_bin" keys gen --release "$T/release.key" > /dev/null
@@ -83,4 +85,27 @@ wait_until 30 "spore-late to refuse the expired bundle" late_refused
 grep -q '"reason":"expired"' "$T/c/spore-late/bundles/audit.log" || fail "spore-late did not audit the refusal"
 mesh bundles > "$T/table"
 grep -Eq "^  spore-late .* refused .* expired" "$T/table" || fail "mesh bundles text: $(cat "$T/table")"
-note "refusals: client key, untrusted-key, payload-mismatch, tampered manifest, older-version, replayed-version; expired on a spore"
+
+# Bundle alpha's wc.serve is the handler wc: bundle beta, whose wc would silently lose to it (or
+# replace it), is refused by every spore with handler-clash.
+mkdir -p "$T/alpha" "$T/beta"
+printf '#!/bin/sh\nwhile read -r verb id attempt n; do p=$(head -c "$n"); printf "OK %%d\\n%%s" "${#p}" "$p"; done\n' > "$T/alpha/wc.serve"
+printf '#!/bin/sh\ncat\n' > "$T/beta/wc"
+chmod 755 "$T/alpha/wc.serve" "$T/beta/wc"
+"$mesh_bin" bundle sign "$T/alpha" --name alpha --version 1 --key "$T/release.key" -o "$T/alpha.bundle" > /dev/null
+"$mesh_bin" bundle sign "$T/beta" --name beta --version 1 --key "$T/release.key" -o "$T/beta.bundle" > /dev/null
+expect_rc 0 timeout 60 mesh bundle publish "$T/alpha.bundle"
+alpha_on_all() { [ "$(mesh bundles --json --timeout 2s | grep '^{"name":"alpha"' | grep -o '"running":1' | wc -l)" -ge 3 ]; }
+wait_until 30 "3 spores to run alpha 1" alpha_on_all
+expect_rc 0 timeout 60 mesh bundle publish "$T/beta.bundle"
+beta_clashes() {
+  [ "$(mesh bundles --json --timeout 2s | grep '^{"name":"beta"' |
+    grep -o '"running":0,"event":"refused","version":1,"reason":"handler-clash"' | wc -l)" -ge 3 ]
+}
+wait_until 30 "3 spores to refuse beta with handler-clash" beta_clashes
+mesh bundles --json | grep '^{"name":"beta"' | grep -q '"message":"handler wc (file wc) is already provided by bundle alpha version 1 (file wc.serve)' ||
+  fail "the clash message: $(mesh bundles --json | grep '^{"name":"beta"')"
+batch=$(printf 'x\n' | mesh submit --handler wc --lines -)
+expect_rc 0 timeout 60 mesh wait "$batch"
+mesh results "$batch" --json | grep -q '"output":"x"' || fail "alpha's wc.serve does not serve wc"
+note "refusals: client key, untrusted-key, payload-mismatch, tampered manifest, older-version, replayed-version; expired and handler-clash on a spore"

@@ -63,4 +63,19 @@ after_restart() {
     grep -q '^{"name":"greeter","version":1,' "$T/b" && grep -q '"spore":"spore-late","fingerprint":"[^"]*","running":1' "$T/b"
 }
 wait_until 30 "greeter 1 to be listed after a nexus restart" after_restart
-note "greeter 1 installed on 3 spores and on a late joiner; listed after a nexus restart"
+
+# A release past its expiry keeps running (expiry bounds what can be installed, not what runs),
+# and the spore says so: a warning, and the `expired` event in `mesh bundles`.
+mkdir -p "$T/brief"
+printf '#!/bin/sh\necho brief\n' > "$T/brief/brief"
+chmod 755 "$T/brief/brief"
+expect_rc 0 "$mesh_bin" bundle sign "$T/brief" --name brief --version 1 --key "$T/release.key" --expires 4s \
+  -o "$T/brief-1.bundle"
+expect_rc 0 timeout 60 mesh bundle publish "$T/brief-1.bundle"
+expired_shown() { mesh bundles --json --timeout 2s | grep -q '"spore":"spore-late","fingerprint":"[^"]*","running":1,"event":"expired","version":1,"reason":"expired","message":"version 1 expired'; }
+wait_until 40 "spore-late to report brief 1 as expired" expired_shown
+grep -q "WARN  bundle brief: version 1 expired .* still runs here" "$T/c/spore-late.log" || fail "no warning in spore-late's log"
+b=$(echo x | mesh submit --handler brief --lines -)
+expect_rc 0 timeout 30 mesh wait "$b"
+mesh results "$b" --json | grep -q '"output":"brief\\n"' || fail "the expired release does not run: $(mesh results "$b")"
+note "greeter 1 installed on 3 spores and on a late joiner; listed after a nexus restart; an expired release runs and is reported"

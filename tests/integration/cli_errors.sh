@@ -10,6 +10,13 @@ expect_rc 2 mesh submit --lines /dev/null
 grep -q -- "--handler" "$T/err" || fail "no hint about --handler"
 expect_rc 2 mesh submit --handler echo
 expect_rc 2 mesh submit --handler echo --lines /no/such/file
+grep -q "cannot read /no/such/file: No such file or directory" "$T/err" || fail "no reason: $(cat "$T/err")"
+# A directory is not an empty input (it used to make a batch of no tasks, and exit 0).
+expect_rc 2 mesh submit --handler echo --lines "$T"
+grep -q "is a directory (--lines takes a file" "$T/err" || fail "a directory as --lines: $(cat "$T/err")"
+# An empty input makes an empty batch, and says so.
+expect_rc 0 mesh submit --handler echo --lines /dev/null
+grep -q "has no tasks: /dev/null was empty" "$T/err" || fail "an empty batch not pointed out: $(cat "$T/err")"
 expect_rc 2 mesh wait not-a-number
 expect_rc 2 mesh submit --handler echo --priority 999 --lines -
 expect_rc 1 sh -c 'echo x | mesh submit --handler no-such-handler --lines -'
@@ -38,6 +45,10 @@ grep -q "no task 999999 (task ids run across batches" "$T/err" || fail "unknown 
 expect_rc 3 env MESH_NEXUS=tcp://127.0.0.1:1 mesh status --timeout 1s
 grep -q "cannot reach the nexus" "$T/err" || fail "unreachable nexus not explained: $(cat "$T/err")"
 expect_rc 2 env MESH_KEY= mesh status
+expect_rc 2 env MESH_NEXUS=127.0.0.1 mesh status
+grep -q "takes tcp://HOST:PORT, the nexus's client port" "$T/err" || fail "a bare host as MESH_NEXUS: $(cat "$T/err")"
+expect_rc 3 env MESH_NEXUS=tcp://no-such-host.invalid:7701 mesh status --timeout 1s
+grep -q "cannot resolve host 'no-such-host.invalid'" "$T/err" || fail "a host that does not resolve: $(cat "$T/err")"
 # Commands without arguments refuse one (a typo for another command, say) instead of ignoring it.
 for c in status nodes bundles; do
   expect_rc 2 mesh "$c" 7

@@ -6,17 +6,7 @@
 # long task), so the finished low-priority one is not sent out again before the spore reports
 # it done.
 . "$(dirname "$0")/lib.sh"
-mkdir "$T/h"
-cat > "$T/h/gate" <<'EOF'
-#!/bin/sh
-# Payload: a file name. Waits for that file (at most 60 s), prints its name and leaves a mark.
-read -r f
-i=0
-while [ ! -e "$f" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
-echo "$f"
-echo $$ > "$f.ran"
-EOF
-chmod +x "$T/h/gate"
+gate_handler "$T/h"
 up --spores 1 --slots 1 --nexus-args "--heartbeat 300ms" --spore-args "--handlers $T/h"
 task_of() { sql "SELECT id FROM tasks WHERE batch = $1 ORDER BY id LIMIT 1"; }
 in_flight() { mesh nodes --json | grep -q "\"in_flight\":$1,"; }

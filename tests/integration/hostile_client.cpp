@@ -323,12 +323,20 @@ int conversation(zmq::socket_t& s, const std::string& mode, int seconds) {
     return 0;
   }
   if (kind == "beat") {
-    float cpu = std::strtof(arg.c_str(), nullptr);
+    // CPU "startsN": a sane load, and N starts of tasks this node does not run.
+    unsigned starts = arg.rfind("starts", 0) == 0 ? static_cast<unsigned>(std::strtoul(arg.c_str() + 6, nullptr, 10)) : 0;
+    float cpu = starts > 0 ? 10.0f : std::strtof(arg.c_str(), nullptr);
     for (int i = 0; i < seconds * 5; ++i) {
       wire::Encoder e(0, 32);
       auto hb = e.body().initHeartbeat();
       hb.setCpuPct(cpu);
       hb.setMemPct(cpu);
+      auto list = hb.initStarted(starts);
+      for (unsigned j = 0; j < starts; ++j) {
+        list[j].setId(1000000 + j);
+        list[j].setAttempt(1);
+        list[j].setStartedMs(1);
+      }
       s.send(e.finish(), zmq::send_flags::none);
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
       zmq::message_t m;

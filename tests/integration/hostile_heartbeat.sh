@@ -27,4 +27,20 @@ for line in open(sys.argv[1]):
 grep -q 'ignored the load of a heartbeat from node beat' "$T/c/nexus.log" || fail "the bad heartbeats were not logged"
 batch=$(seq 1 100 | mesh submit --handler echo --lines -)
 expect_rc 0 timeout 30 mesh wait "$batch"
+# Starts of tasks it does not run: each dropped and counted; more than a spore may send in one
+# beat: the list dropped whole (and counted as a bad heartbeat), the beat still counts.
+before=$(counter bad_heartbeats)
+for v in starts10 starts5000; do
+  mesh keys gen "$T/beat$v.key" > /dev/null
+  mesh keys accept "$T/beat$v.key.pub" --role node > /dev/null
+  timeout 60 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/beat$v.key" "beat:beat$v:$v" 0 3 > "$T/beat$v.out" &
+  extra_pids+=($!)
+done
+unheld_at_least() { [ "$(counter starts_unheld)" -ge "$1" ]; }
+wait_until 20 "foreign starts to be counted" unheld_at_least 10
+wait_until 20 "the oversized start lists to be refused" grep -q "ignored the 5000 starts of a heartbeat from node beatstarts5000 (at most 4096)" "$T/c/nexus.log"
+[ "$(counter bad_heartbeats)" -gt "$before" ] || fail "the oversized start list was not counted"
+[ $(( $(counter starts_unheld) % 10 )) -eq 0 ] || fail "starts of the oversized lists were looked at: starts_unheld $(counter starts_unheld)"
+batch=$(seq 1 100 | mesh submit --handler echo --lines -)
+expect_rc 0 timeout 30 mesh wait "$batch"
 note "bad_heartbeats=$(counter bad_heartbeats)"

@@ -94,6 +94,22 @@ at_least_done() { [ "$(done_count "$1")" -ge "$2" ]; }
 
 pid_of() { awk -v n="$1" '$1 == n { p = $2 } END { print p }' "$T/c/pids"; }
 
+# gate_handler DIR: writes DIR/gate, a handler whose payload is a file name: it waits for that
+# file (at most 60 s), prints its name, and leaves its pid in FILE.ran. A test opens the gate by
+# creating the file.
+gate_handler() {
+  mkdir -p "$1"
+  cat > "$1/gate" <<'EOF'
+#!/bin/sh
+read -r f
+i=0
+while [ ! -e "$f" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+echo "$f"
+echo $$ > "$f.ran"
+EOF
+  chmod +x "$1/gate"
+}
+
 # long_task_start BATCH INDEX: the start (ms) of task INDEX of BATCH, once checked that it ran
 # about 3 s (the long task of the tests of runs on a spore). Use as `started=$(long_task_start
 # ...)`: a failed check ends the test.

@@ -3,6 +3,11 @@
 # empty input, one huge line, binary bytes, keys with spaces.
 . "$(dirname "$0")/lib.sh"
 up --spores 2 --spore-args "--handlers $repo/examples/wordcount"
+# The directory the README points at holds a README, sources and sub-directories too: one INFO
+# line names them, no warning each (they are expected there).
+grep -q "handler directory .*entries are not executable files, so not handlers: .*README.md" "$T/c/spore-1.log" ||
+  fail "the non-programs are not named: $(grep 'handler directory' "$T/c/spore-1.log")"
+! grep -q "WARN .*handler directory" "$T/c/spore-1.log" || fail "warnings for expected files: $(grep WARN "$T/c/spore-1.log")"
 # Empty input: no map tasks, R empty parts.
 : > "$T/empty"
 expect_rc 0 timeout 60 mesh mapreduce --mapper mapper --reducer reducer --reducers 3 --output "$T/o1" "$T/empty"

@@ -64,6 +64,9 @@ check_cli
 
 # After a restart: still expired, the running batch recovered, and no removed task id reused.
 "$cluster" stop "$T/c" nexus
+# Its last words say what it leaves behind, and that it is kept.
+grep -q "stopping with 0 tasks queued and 2 running on 2 spores: they are in nexus.db and resume" "$T/c/nexus.log" ||
+  fail "no summary at the stop: $(tail -3 "$T/c/nexus.log")"
 "$cluster" restart-nexus "$T/c"
 check_cli
 [ "$(sql "SELECT COUNT(*) FROM tasks WHERE batch = $running")" -eq 2 ] || fail "the running batch lost tasks at the restart"

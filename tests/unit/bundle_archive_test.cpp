@@ -150,6 +150,15 @@ TEST_CASE("a symbolic link in the source directory is refused at sign time") {
   CHECK(::access((tmp / "out.bundle.payload.tmp").c_str(), F_OK) != 0);
 }
 
+TEST_CASE("a directory with no executable at its top is refused at sign time: the bundle would provide no handler") {
+  TempDir tmp;
+  writeFile(tmp / "src/notes.txt", "not a program\n", 0644);
+  auto r = signBundle(tmp / "src", options(1), ReleaseKey::generate(), tmp / "out.bundle");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("no executable file at its top") != std::string::npos);
+  CHECK(::access((tmp / "out.bundle").c_str(), F_OK) != 0);
+}
+
 TEST_CASE("a FIFO in the source directory is refused at sign time") {
   TempDir tmp;
   writeFile(tmp / "src/run", "#!/bin/sh\n", 0755);

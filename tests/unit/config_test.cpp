@@ -215,3 +215,16 @@ TEST_CASE("mesh --timeout must be more than 0") {
   CHECK(zero.error().code == 2);
   CHECK_FALSE(parse(parseCli, {"mesh", "status", "--timeout", "-1s"}).ok());
 }
+
+TEST_CASE("an error in a config file names the file and the line of the option") {
+  std::string path = "/tmp/mesh-config-test-" + std::to_string(::getpid()) + ".conf";
+  {
+    std::ofstream f(path);
+    f << "data-dir = /srv/mesh\n# a comment\nmissed-beat = 7\n";
+  }
+  auto r = parse(parseNexus, {"nexus", "--config", path.c_str()});
+  std::remove(path.c_str());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("config file " + path + ", line 3: unrecognised option 'missed-beat'") !=
+        std::string::npos);
+}

@@ -642,6 +642,11 @@ TEST_CASE("a failing combiner fails the map task and the error names the combine
       runMapTask(*table, {"echo", "crash-combiner", 2}, taskInput("a\t1\n"), dir.settings());
   CHECK(crash.outcome == Outcome::kCrashed);
   CHECK(crash.error.rfind("combiner: ", 0) == 0);
+  // The fault is the combiner's (a bundle's trial charges the combiner's bundle, not the mapper's).
+  CHECK(crash.programFault);
+  CHECK(crash.faultHandler == "crash-combiner");
+  CHECK_FALSE(out.programFault);  // a plain failure is nobody's fault
+  CHECK(out.faultHandler.empty());
 }
 
 TEST_CASE("a mapper that outlives the task's timeout is timed out") {

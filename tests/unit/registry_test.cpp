@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "mesh/bundle/manifest.h"
 #include "mesh/exec/builtins.h"
 #include "mesh/exec/registry.h"
 #include "mesh/exec/serve.h"
@@ -178,16 +179,19 @@ TEST_CASE("program failures map to failed, crashed, timed out and cancelled") {
   auto failed = table->run("exit3", input(""), settings);
   CHECK(failed.outcome == Outcome::kFailed);
   CHECK(failed.error == "boom");
+  CHECK_FALSE(failed.programFault);  // bad input does that
 
   auto crashed = table->run("segv", input(""), settings);
   CHECK(crashed.outcome == Outcome::kCrashed);
   CHECK(crashed.error.find("SIGSEGV") != std::string::npos);
+  CHECK(crashed.programFault);
 
   std::int64_t start = nowMs();
   auto late = table->run("hang", input("", 200), settings);
   CHECK(late.outcome == Outcome::kTimedOut);
   CHECK(late.error == "timed out after 200 ms");
   CHECK(nowMs() - start < 2000);
+  CHECK_FALSE(late.programFault);
 
   std::atomic<bool> cancel{true};
   CHECK(table->run("hang", input("", 0, &cancel), settings).outcome == Outcome::kCancelled);
@@ -195,7 +199,46 @@ TEST_CASE("program failures map to failed, crashed, timed out and cancelled") {
   auto missing = table->run("gone", input(""), settings);
   CHECK(missing.outcome == Outcome::kFailed);
   CHECK(missing.error.find("No such file or directory") != std::string::npos);
+  CHECK(missing.programFault);
   CHECK(fs::is_empty(dir.work));
+}
+
+TEST_CASE("a program that cannot be executed or crashes is the program's fault; limits are not") {
+  TestDir dir;
+  const std::string interp = dir.handlers + "/interp";
+  REQUIRE(mesh::util::writeFileAtomic(interp, "#!/nonexistent/python9\nprint(1)\n", 0755).ok());
+  const std::string garbage = dir.handlers + "/garbage";
+  REQUIRE(mesh::util::writeFileAtomic(garbage, "\x01\x02\x03 not a program\n", 0755).ok());
+  HandlerRegistry registry;
+  registry.setPrograms(
+      Source::kDirectory,
+      {{"interp", interp},
+       {"garbage", garbage},
+       {"noexec", dir.write(dir.handlers + "/noexec", "echo hi\n", 0644)},
+       {"abort", dir.write(dir.handlers + "/abort", "kill -ABRT $$\n")},
+       {"killed", dir.write(dir.handlers + "/killed", "kill -KILL $$\n")},
+       {"cpu", dir.write(dir.handlers + "/cpu", "kill -XCPU $$\n")}});
+  auto table = registry.snapshot();
+  ProgramSettings settings = dir.settings();
+  for (const char* name : {"interp", "garbage", "noexec"}) {
+    CAPTURE(name);
+    auto out = table->run(name, input(""), settings);
+    CHECK(out.outcome == Outcome::kFailed);
+    CHECK(out.error.find("cannot run") != std::string::npos);
+    CHECK(out.programFault);
+  }
+  CHECK(table->run("abort", input(""), settings).programFault);
+  for (const char* name : {"killed", "cpu"}) {
+    CAPTURE(name);
+    auto out = table->run(name, input(""), settings);
+    CHECK(out.outcome == Outcome::kCrashed);
+    CHECK_FALSE(out.programFault);
+  }
+  // A start that fails for want of a work directory is this machine's trouble, not the program's.
+  settings.workParent = dir.path + "/no-such-dir";
+  auto noWork = table->run("abort", input(""), settings);
+  CHECK(noWork.outcome == Outcome::kFailed);
+  CHECK_FALSE(noWork.programFault);
 }
 
 // A serve handler (serve.h) that answers each task with its PID, the task, and its environment.
@@ -205,6 +248,7 @@ const char* const kServeHandler = R"sh(while read -r verb id attempt n; do
     err) printf 'ERR 6\nrefuse'; continue ;;
     junk) printf 'junk\n'; continue ;;
     crash) kill -SEGV $$ ;;
+    quit) echo 'cannot take this input' >&2; exit 3 ;;
   esac
   out="$$ $id $attempt $MESH_HANDLER ${MESH_TASK_ID:-none} $p"
   printf 'OK %d\n%s' "${#out}" "$out"
@@ -221,6 +265,12 @@ TEST_CASE("a file named NAME.serve is the serve handler NAME; anything else runs
   CHECK_FALSE(programName("serve").serve);
   CHECK_FALSE(programName("x.served").serve);
   CHECK_FALSE(programName(".serve").serve);  // all suffix, no name: not a serve handler
+  // The installer compares bundles' handlers by the same rule (bundle/ may not use exec/).
+  for (const char* file : {"wc-map.serve", "wc-map", "a.serve.serve", "serve", "x.served", ".serve",
+                           "s.serve"}) {
+    CAPTURE(file);
+    CHECK(mesh::bundle::providedHandler(file) == programName(file).handler);
+  }
 
   TestDir dir;
   std::string program = dir.write(dir.handlers + "/count.serve", kServeHandler);
@@ -275,12 +325,21 @@ TEST_CASE("serve handler failures map to failed and crashed") {
   auto refused = run("err");
   CHECK(refused.outcome == Outcome::kFailed);
   CHECK(refused.error == "refuse");
+  CHECK_FALSE(refused.programFault);  // ERR is how a serve handler says "bad input"
   auto broken = run("junk");
   CHECK(broken.outcome == Outcome::kFailed);
   CHECK(broken.error.rfind("serve protocol error: bad reply header 'junk'", 0) == 0);
+  CHECK(broken.programFault);
   auto crashed = run("crash");
   CHECK(crashed.outcome == Outcome::kCrashed);
   CHECK(crashed.error.find("SIGSEGV") != std::string::npos);
+  CHECK(crashed.programFault);
+  // Exiting before the reply (an uncaught exception on bad input) is the input's doing, as a
+  // one-shot handler's non-zero exit is: not a fault of the release.
+  auto quit = run("quit");
+  CHECK(quit.outcome == Outcome::kFailed);
+  CHECK(quit.error.find("exited with code 3 before it replied") != std::string::npos);
+  CHECK_FALSE(quit.programFault);
   CHECK(run("fine").outcome == Outcome::kOk);
 }
 

@@ -1370,3 +1370,84 @@ TEST_CASE("an empty held batch finishes when released or cancelled, not at its s
   CHECK(s.cancel(c, 0) == 0);
   CHECK(s.takeEffects().finishedBatches == std::vector<std::uint64_t>{2});
 }
+
+TEST_CASE("a start a node reports before the result is kept for its running attempt only, and recorded when the attempt ends without a report") {
+  SchedulerConfig c;
+  c.deadlineGraceMs = 500;
+  c.retryBaseMs = 10;
+  Scheduler s(c);
+  NodeId a = s.addNode(nodeInfo("a", 1));
+  NodeId b = s.addNode(nodeInfo("b", 1));
+  Batch& batch = batchOf(s, 1, spec(), 2, 100);  // timeout 1000 ms
+  batch.avgTaskUs = 5'000'000;                    // long: one task per node
+  s.dispatch(0, 0);
+  NodeId onA = s.task(100)->node == a ? a : b;
+  NodeId other = onA == a ? b : a;
+  // Not its node, not its attempt, not a time, not a task: refused and nothing kept.
+  CHECK_FALSE(s.noteStarted(other, 100, 1, 5000));
+  CHECK_FALSE(s.noteStarted(onA, 100, 2, 5000));
+  CHECK_FALSE(s.noteStarted(onA, 100, 1, 0));
+  CHECK_FALSE(s.noteStarted(onA, 999, 1, 5000));
+  CHECK(s.startedOf(100) == 0);
+  REQUIRE(s.noteStarted(onA, 100, 1, 5000));
+  CHECK(s.startedOf(100) == 5000);
+  // The node is lost: the ended attempt carries the start, and the requeued task has none.
+  s.removeNode(onA, 9000, "missed 3 heartbeats");
+  auto fx = s.takeEffects();
+  REQUIRE(fx.attempts.size() == 1);
+  CHECK(fx.attempts[0].task == 100);
+  CHECK(fx.attempts[0].startedMs == 5000);
+  CHECK(s.startedOf(100) == 0);
+  // Its next attempt expires at the deadline: the start reported for it is recorded too.
+  NodeId c2 = s.addNode(nodeInfo("c", 1));
+  s.dispatch(10, 0);
+  NodeId now = s.task(100)->node;
+  REQUIRE(now != kNoNode);
+  REQUIRE(s.noteStarted(now, 100, 2, 7000));
+  s.tick(10 + 1500, 0);
+  fx = s.takeEffects();
+  REQUIRE(fx.attempts.size() >= 1);
+  bool seen = false;
+  for (const auto& at : fx.attempts) {
+    if (at.task == 100) {
+      CHECK(at.attempt == 2);
+      CHECK(at.startedMs == 7000);
+      seen = true;
+    }
+  }
+  CHECK(seen);
+  (void)c2;
+  // A cancelled running task's final record has the start its node reported (101 expired too:
+  // it runs again after its backoff).
+  s.tick(3000, 0);
+  s.dispatch(3000, 0);
+  REQUIRE(s.task(101) != nullptr);
+  NodeId runner = s.task(101)->node;
+  REQUIRE(runner != kNoNode);
+  REQUIRE(s.noteStarted(runner, 101, s.task(101)->attempts, 6000));
+  s.cancel(batch, 20000);
+  fx = s.takeEffects();
+  bool cancelled = false;
+  for (const auto& f : fx.finals) {
+    if (f.task == 101) {
+      CHECK(f.status == Status::kCancelled);
+      CHECK(f.startedMs == 6000);
+      cancelled = true;
+    }
+  }
+  CHECK(cancelled);
+}
+
+TEST_CASE("a node updated in place keeps what it runs and gets the batches its new handler unblocks") {
+  Scheduler s(SchedulerConfig{});
+  NodeId a = s.addNode(nodeInfo("a", 2, {}, {"echo", "sleep"}));
+  batchOf(s, 1, spec("sleep"), 1, 100);
+  REQUIRE(assignedTo(s.dispatch(0, 0), a) == 1);
+  batchOf(s, 2, spec("count"), 1, 200);
+  CHECK(s.dispatch(0, 0).empty());  // no node offers count
+  s.updateNode(a, nodeInfo("a", 2, {}, {"echo", "sleep", "count"}));
+  CHECK(s.node(a)->info.key == "a-key");
+  CHECK(s.task(100)->node == a);  // still running there
+  CHECK(assignedTo(s.dispatch(0, 0), a) == 1);
+  CHECK(s.takeEffects().attempts.empty());
+}
