@@ -193,6 +193,10 @@ struct TaskResult {
   error @4 :Text;
   startedMs @5 :Int64;         # wall clock, ms since the epoch
   durationUs @6 :UInt64;
+  # The signed bundle whose program ran the task's handler: its name and version ("" and 0 for
+  # a built-in or a program of the spore's --handlers directory).
+  bundle @7 :Text;
+  bundleVersion @8 :UInt64;
 }
 
 struct Results {
@@ -405,6 +409,8 @@ struct Attempt {
   endedMs @4 :Int64;
   outcome @5 :Text;            # ok, failed, timed out, crashed, node lost, ...
   error @6 :Text;
+  bundle @7 :Text;             # TaskResult.bundle of the attempt's result; "" when none came
+  bundleVersion @8 :UInt64;
 }
 
 struct TaskInfo {

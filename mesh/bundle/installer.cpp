@@ -502,62 +502,65 @@ Checked<InstallOutcome> Installer::installVerified(const VerifiedBundle& bundle,
   return outcome;
 }
 
-Status Installer::rollback(const std::string& name, const std::string& reason) {
+Result<Installer::CurrentOf> Installer::openCurrent(const std::string& name) const {
   if (!isValidBundleName(name)) return err("'" + printable(name) + "' is not a bundle name");
-  const std::string nameDirPath = root_ + "/" + name;
-  UniqueFd nameDir(::open(nameDirPath.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!nameDir.valid()) return err("no bundle " + name + " is installed");
-  auto current = readVersionLink(nameDir.get(), kCurrent);
-  auto previous = readVersionLink(nameDir.get(), kPrevious);
+  CurrentOf of;
+  of.path = root_ + "/" + name;
+  of.dir = UniqueFd(::open(of.path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!of.dir.valid()) return err("no bundle " + name + " is installed");
+  auto current = readVersionLink(of.dir.get(), kCurrent);
   if (!current) return err("no version of " + name + " is current");
-  if (!previous) return err(name + " has no previous version to roll back to");
-  struct stat st {};
-  const std::string prevName = std::to_string(*previous);
-  if (::fstatat(nameDir.get(), prevName.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-      !S_ISDIR(st.st_mode)) {
-    return err(name + " version " + prevName + " is missing from " + nameDirPath);
-  }
+  of.current = *current;
+  of.previous = readVersionLink(of.dir.get(), kPrevious);
+  return of;
+}
+
+Status Installer::markBad(const std::string& name, std::uint64_t version) {
   auto seen = ledger_.seen(name);
   if (!seen) return seen.error();
   if (!seen->has_value()) return err("no version state for " + name + " in " + ledger_.dir());
   SeenVersion state = **seen;
-  state.bad.push_back(*current);
-  if (auto s = ledger_.record(name, state); !s) return s;  // marked bad before the switch
-  if (auto s = switchLink(nameDir.get(), kCurrent, prevName); !s) return s;
-  if (::unlinkat(nameDir.get(), kPrevious, 0) != 0 && errno != ENOENT) {
-    return err("cannot remove " + nameDirPath + "/previous: " + errnoText(errno));
+  state.bad.push_back(version);
+  return ledger_.record(name, state);
+}
+
+Status Installer::rollback(const std::string& name, const std::string& reason) {
+  auto of = openCurrent(name);
+  if (!of) return of.error();
+  if (!of->previous) return err(name + " has no previous version to roll back to");
+  struct stat st {};
+  const std::string prevName = std::to_string(*of->previous);
+  if (::fstatat(of->dir.get(), prevName.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+      !S_ISDIR(st.st_mode)) {
+    return err(name + " version " + prevName + " is missing from " + of->path);
   }
-  if (auto s = fsyncFd(nameDir.get(), nameDirPath); !s) return s;
+  if (auto s = markBad(name, of->current); !s) return s;
+  if (auto s = switchLink(of->dir.get(), kCurrent, prevName); !s) return s;
+  if (::unlinkat(of->dir.get(), kPrevious, 0) != 0 && errno != ENOENT) {
+    return err("cannot remove " + of->path + "/previous: " + errnoText(errno));
+  }
+  if (auto s = fsyncFd(of->dir.get(), of->path); !s) return s;
   std::string message = "current is version " + prevName + " again; version " +
-                        std::to_string(*current) + " is marked bad";
+                        std::to_string(of->current) + " is marked bad";
   MESH_WARN("bundle %s rolled back (%s): %s", name.c_str(), printable(reason).c_str(),
             message.c_str());
-  audit({"rolled-back", name, *current, reason, message, ""});
+  audit({"rolled-back", name, of->current, reason, message, ""});
   return {};
 }
 
 Status Installer::withdraw(const std::string& name, const std::string& reason) {
-  if (!isValidBundleName(name)) return err("'" + printable(name) + "' is not a bundle name");
-  const std::string nameDirPath = root_ + "/" + name;
-  UniqueFd nameDir(::open(nameDirPath.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!nameDir.valid()) return err("no bundle " + name + " is installed");
-  auto current = readVersionLink(nameDir.get(), kCurrent);
-  if (!current) return err("no version of " + name + " is current");
-  if (readVersionLink(nameDir.get(), kPrevious)) return err(name + " has a previous version: roll back to it instead");
-  auto seen = ledger_.seen(name);
-  if (!seen) return seen.error();
-  if (!seen->has_value()) return err("no version state for " + name + " in " + ledger_.dir());
-  SeenVersion state = **seen;
-  state.bad.push_back(*current);
-  if (auto s = ledger_.record(name, state); !s) return s;  // marked bad before it goes
-  if (::unlinkat(nameDir.get(), kCurrent, 0) != 0 && errno != ENOENT) {
-    return err("cannot remove " + nameDirPath + "/current: " + errnoText(errno));
+  auto of = openCurrent(name);
+  if (!of) return of.error();
+  if (of->previous) return err(name + " has a previous version: roll back to it instead");
+  if (auto s = markBad(name, of->current); !s) return s;
+  if (::unlinkat(of->dir.get(), kCurrent, 0) != 0 && errno != ENOENT) {
+    return err("cannot remove " + of->path + "/current: " + errnoText(errno));
   }
-  if (auto s = fsyncFd(nameDir.get(), nameDirPath); !s) return s;
-  std::string message = "version " + std::to_string(*current) + " is marked bad and removed; with no previous version, " +
+  if (auto s = fsyncFd(of->dir.get(), of->path); !s) return s;
+  std::string message = "version " + std::to_string(of->current) + " is marked bad and removed; with no previous version, " +
                         name + "'s handlers are gone from this spore until a higher version installs";
   MESH_WARN("bundle %s withdrawn (%s): %s", name.c_str(), printable(reason).c_str(), message.c_str());
-  audit({"rolled-back", name, *current, reason, message, ""});
+  audit({"rolled-back", name, of->current, reason, message, ""});
   return {};
 }
 
@@ -600,6 +603,24 @@ Result<std::vector<InstalledBundle>> Installer::list() const {
     if (auto b = describe(name)) out.push_back(std::move(*b));
   }
   return out;
+}
+
+std::optional<BundleVersion> Installer::versionOfProgram(std::string_view path) const {
+  if (path.size() <= root_.size() || path.substr(0, root_.size()) != root_ || path[root_.size()] != '/') {
+    return std::nullopt;
+  }
+  std::string_view rest = path.substr(root_.size() + 1);  // NAME/VERSION/files/FILE
+  const auto slash1 = rest.find('/');
+  if (slash1 == std::string_view::npos) return std::nullopt;
+  const auto slash2 = rest.find('/', slash1 + 1);
+  if (slash2 == std::string_view::npos) return std::nullopt;
+  BundleVersion v;
+  v.name = std::string(rest.substr(0, slash1));
+  if (!isValidBundleName(v.name) || !parseVersion(rest.substr(slash1 + 1, slash2 - slash1 - 1), &v.version) ||
+      rest.substr(slash2 + 1, std::string_view(kFilesDir).size() + 1) != std::string(kFilesDir) + "/") {
+    return std::nullopt;
+  }
+  return v;
 }
 
 Result<std::map<std::string, std::string>> Installer::installedHandlers() const {

@@ -52,6 +52,12 @@ struct InstalledBundle {
   std::optional<SeenVersion> seen;    // highest seen and bad versions
 };
 
+// One version of one bundle.
+struct BundleVersion {
+  std::string name;
+  std::uint64_t version = 0;
+};
+
 struct InstallOutcome {
   std::string name;
   std::uint64_t version = 0;
@@ -99,6 +105,10 @@ class Installer final : public VersionLedger {
   // Handler name -> absolute path of its executable in its bundle's current version (the resolved
   // version directory, so a task keeps running the version it started with).
   util::Result<std::map<std::string, std::string>> installedHandlers() const;
+  // The bundle version whose files hold `path`, a program path of installedHandlers()
+  // (ROOT/NAME/VERSION/files/FILE); nullopt for any other path (a built-in, the handler
+  // directory). Reads only the root: safe beside any other call.
+  std::optional<BundleVersion> versionOfProgram(std::string_view path) const;
   // Every bundle with a current version, sorted by name (feeds hello and `mesh bundles`).
   util::Result<std::vector<InstalledBundle>> list() const;
 
@@ -127,6 +137,19 @@ class Installer final : public VersionLedger {
                                           const std::atomic<bool>* stop);
   void audit(const AuditEvent& event);
   std::optional<InstalledBundle> describe(const std::string& name) const;
+
+  // A name's directory with its current version, as rollback and withdraw start from.
+  struct CurrentOf {
+    std::string path;
+    UniqueFd dir;
+    std::uint64_t current = 0;
+    std::optional<std::uint64_t> previous;
+  };
+  // Errors: not a bundle name, nothing installed, or no current version.
+  util::Result<CurrentOf> openCurrent(const std::string& name) const;
+  // Adds `version` to the name's bad versions in the ledger (before any link moves, so a crash
+  // after it never installs that version again).
+  util::Status markBad(const std::string& name, std::uint64_t version);
 
   std::string root_;
   FileVersionLedger ledger_;

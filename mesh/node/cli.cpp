@@ -962,7 +962,11 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
              ",\"node\":" + util::jsonString(wire::view(a.getNode())) + ",\"assigned_ms\":" + jsonTime(a.getAssignedMs()) +
              ",\"started_ms\":" + jsonTime(a.getStartedMs()) + ",\"ended_ms\":" + jsonTime(a.getEndedMs()) +
              ",\"outcome\":" + util::jsonString(wire::view(a.getOutcome())) +
-             ",\"error\":" + util::jsonString(wire::view(a.getError())) + "}";
+             ",\"error\":" + util::jsonString(wire::view(a.getError())) + ",\"bundle\":" +
+             (a.getBundle().size() == 0 ? std::string("null")
+                                        : "{\"name\":" + util::jsonString(wire::view(a.getBundle())) +
+                                              ",\"version\":" + std::to_string(a.getBundleVersion()) + "}") +
+             "}";
       first = false;
     }
     out += "]}\n";
@@ -1001,8 +1005,13 @@ int taskCommand(zmq::context_t& ctx, const CliCommand& cmd) {
     if (a.getStartedMs() > 0) std::printf("%s  attempt %u started\n", isoTime(a.getStartedMs()).c_str(), a.getNumber());
     if (a.getEndedMs() > 0) {
       std::string err(wire::view(a.getError()));
-      std::printf("%s  attempt %u ended: %s%s%s\n", isoTime(a.getEndedMs()).c_str(), a.getNumber(),
-                  std::string(wire::view(a.getOutcome())).c_str(), err.empty() ? "" : ": ", escaped(err).c_str());
+      // The signed bundle version that ran it, as its spore reported (what a rollout changed).
+      std::string ran = a.getBundle().size() == 0 ? std::string()
+                                                   : " (bundle " + escaped(wire::view(a.getBundle())) + " version " +
+                                                         std::to_string(a.getBundleVersion()) + ")";
+      std::printf("%s  attempt %u ended: %s%s%s%s\n", isoTime(a.getEndedMs()).c_str(), a.getNumber(),
+                  std::string(wire::view(a.getOutcome())).c_str(), ran.c_str(), err.empty() ? "" : ": ",
+                  escaped(err).c_str());
       endShown = a.getEndedMs() == t.getFinishedMs() && a.getOutcome() == t.getState();
     } else {
       std::printf("%*s  attempt %u %s\n", 24, "", a.getNumber(), std::string(wire::view(a.getOutcome())).c_str());

@@ -1053,6 +1053,10 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
     out.setEndedMs(a.endedMs);
     out.setOutcome(a.outcome);
     out.setError(a.error);
+    if (!a.bundle.empty()) {
+      out.setBundle(a.bundle);
+      out.setBundleVersion(a.bundleVersion);
+    }
   }
   if (t.result) {
     if (finalRan) {
@@ -1064,6 +1068,10 @@ void NexusImpl::onTask(const std::string& routingId, std::uint64_t requestId, st
       out.setEndedMs(t.result->finishedMs);
       out.setOutcome(routing::statusName(static_cast<routing::Status>(t.result->status)));
       out.setError(t.result->error);
+      if (!t.result->bundle.empty()) {
+        out.setBundle(t.result->bundle);
+        out.setBundleVersion(t.result->bundleVersion);
+      }
     }
     info.setState(routing::statusName(static_cast<routing::Status>(t.result->status)));
     info.setOutput(wire::asData(t.result->output));

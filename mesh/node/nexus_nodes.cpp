@@ -123,6 +123,7 @@ void NexusImpl::onResults(routing::NodeId from, proto::Results::Reader message) 
   auto results = message.getResults();
   counters_.add("results_received", results.size());
   const std::uint64_t unassignedBefore = scheduler_.counters().get("results_unassigned");
+  std::uint64_t badBundles = 0;
   for (auto r : results) {
     routing::Report rep;
     rep.task = r.getId();
@@ -134,16 +135,34 @@ void NexusImpl::onResults(routing::NodeId from, proto::Results::Reader message) 
     rep.error = std::string(wire::view(r.getError()));
     rep.startedMs = r.getStartedMs();
     rep.durationUs = r.getDurationUs();
+    if (r.hasBundle()) {
+      rep.bundle = std::string(wire::view(r.getBundle()));
+      if (bundle::isValidBundleName(rep.bundle) && r.getBundleVersion() > 0) {
+        rep.bundleVersion = r.getBundleVersion();
+      } else {  // shown to users and stored: only a name a bundle may have
+        if (!rep.bundle.empty()) ++badBundles;
+        rep.bundle.clear();
+      }
+    }
     scheduler_.onReport(from, std::move(rep), nowMono, nowWall);
+  }
+  auto sender = [&] {
+    auto c = nodeRoute_.find(from);
+    auto conn = c == nodeRoute_.end() ? conns_.end() : conns_.find(c->second);
+    return conn == conns_.end() ? std::string("?") : conn->second.name;
+  };
+  if (badBundles > 0) {
+    counters_.add("bad_result_bundles", badBundles);
+    if (auto held = nodeLog_.admit("bad_result_bundles")) {
+      MESH_WARN("ignored the bundle named by %llu results from node %s (not a bundle name and version)%s",
+                static_cast<unsigned long long>(badBundles), sender().c_str(), util::heldBack(*held).c_str());
+    }
   }
   auto unassigned = scheduler_.counters().get("results_unassigned") - unassignedBefore;
   if (unassigned > 0) {
     if (auto held = nodeLog_.admit("unassigned")) {
-      auto c = nodeRoute_.find(from);
-      auto conn = c == nodeRoute_.end() ? conns_.end() : conns_.find(c->second);
       MESH_WARN("dropped %llu results from node %s for tasks never assigned to it%s",
-                static_cast<unsigned long long>(unassigned), conn == conns_.end() ? "?" : conn->second.name.c_str(),
-                util::heldBack(*held).c_str());
+                static_cast<unsigned long long>(unassigned), sender().c_str(), util::heldBack(*held).c_str());
     }
   }
 }

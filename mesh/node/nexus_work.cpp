@@ -76,6 +76,8 @@ void NexusImpl::collectEffects() {
     r.startedMs = f.startedMs;
     r.finishedMs = f.finishedMs;
     r.durationUs = f.durationUs;
+    r.bundle = std::move(f.bundle);
+    r.bundleVersion = f.bundleVersion;
     r.payload = std::move(f.payload);
     current_->results.push_back(std::move(r));
   }
@@ -90,6 +92,8 @@ void NexusImpl::collectEffects() {
     r.outcome = std::move(a.outcome);
     r.error = std::move(a.error);
     r.nodeLost = a.nodeLost;
+    r.bundle = std::move(a.bundle);
+    r.bundleVersion = a.bundleVersion;
     current_->attempts.push_back(std::move(r));
   }
   std::map<routing::NodeId, std::vector<std::uint64_t>> cancels;

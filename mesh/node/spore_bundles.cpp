@@ -374,11 +374,18 @@ void SporeImpl::noteTrialTask(const std::string& handler, const Done& done) {
   if (done.status == proto::TaskStatus::CANCELLED || done.status == proto::TaskStatus::UNKNOWN_HANDLER) return;
   // A map task's combiner (or a reduce task's reducer step) at fault is charged to its own
   // bundle, which may not be the mapper's.
-  auto h = handlerBundle_.find(done.programFault && !done.faultHandler.empty() ? done.faultHandler : handler);
+  const bool combinerAtFault = done.programFault && !done.faultHandler.empty();
+  auto h = handlerBundle_.find(combinerAtFault ? done.faultHandler : handler);
   if (h == handlerBundle_.end()) return;
   auto t = trials_.find(h->second);
   if (t == trials_.end()) return;
   BundleTrial& trial = t->second;
+  // A task that ran on another version (it started before the install, or the previous version
+  // after a rollback) says nothing about this one. The combiner's version is not reported: its
+  // fault is charged to its bundle's trial, as the version current now is the likely one.
+  if (!combinerAtFault && !done.bundle.empty() && (done.bundle != t->first || done.bundleVersion != trial.version)) {
+    return;
+  }
   if (clock_.monotonicMs() > trial.untilMono || trial.ended.size() >= kTrialTasksMax) {
     trials_.erase(t);  // the version passed its trial
     return;

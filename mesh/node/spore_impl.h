@@ -182,6 +182,8 @@ struct Done {
   std::string error;
   std::int64_t startedMs = 0;
   std::uint64_t durationUs = 0;
+  std::string bundle;              // the bundle whose program ran the handler ("": none)
+  std::uint64_t bundleVersion = 0;  // and its version
   bool programFault = false;  // exec::TaskOutput::programFault: for a bundle's trial only
   std::string faultHandler;   // exec::TaskOutput::faultHandler: the map-reduce step at fault
 };

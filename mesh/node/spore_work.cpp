@@ -28,6 +28,12 @@ Done SporeImpl::execute(Job& job, exec::ServeProcesses* serve, const std::functi
     exec::TaskOutput result;
     try {
       auto table = registry_.snapshot();
+      if (installer_) {  // which version of a bundle runs it (the path is that version's directory)
+        if (auto v = installer_->versionOfProgram(table->where(job.handler))) {
+          done.bundle = std::move(v->name);
+          done.bundleVersion = v->version;
+        }
+      }
       if (job.stage == proto::MapReduce::Stage::MAP) {
         exec::MapSpec spec{job.handler, job.combiner, job.partitions};
         result = exec::runMapTask(*table, spec, input, programSettings_);
@@ -494,6 +500,10 @@ void SporeImpl::flushResults() {
       out.setError(d.error);
       out.setStartedMs(d.startedMs);
       out.setDurationUs(d.durationUs);
+      if (!d.bundle.empty()) {
+        out.setBundle(d.bundle);
+        out.setBundleVersion(d.bundleVersion);
+      }
     }
     if (!send(e.finish())) {
       counters_.add("results_unsent");

@@ -898,7 +898,7 @@ std::string Scheduler::nodeName(NodeId id) const {
 }
 
 void Scheduler::finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
-                       std::int64_t startedMs, std::uint64_t durationUs, NodeId node) {
+                       std::int64_t startedMs, std::uint64_t durationUs, NodeId node, const Report* ran) {
   FinalResult r;
   r.task = t.id;
   r.batch = t.batch->id;
@@ -912,6 +912,10 @@ void Scheduler::finish(Task& t, Status status, std::string output, std::string e
   r.startedMs = startedMs;
   r.finishedMs = nowWallMs;
   r.durationUs = durationUs;
+  if (ran) {
+    r.bundle = ran->bundle;
+    r.bundleVersion = ran->bundleVersion;
+  }
   if (status != Status::kOk && status != Status::kCancelled) r.payload = std::move(t.payload);
   effects_.finals.push_back(std::move(r));
   Batch& b = *t.batch;
@@ -951,7 +955,7 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
     if (status == Status::kTimedOut) counters_.add("tasks_timed_out");
     finish(t, status, report ? report->output : std::string(),
            error + " (attempt " + std::to_string(t.attempts) + " of " + std::to_string(b.spec.maxAttempts) + ")",
-           nowWallMs, startedMs, report ? report->durationUs : 0, node);
+           nowWallMs, startedMs, report ? report->durationUs : 0, node, report);
     return;
   }
   EndedAttempt a;
@@ -964,6 +968,10 @@ void Scheduler::endAttempt(Task& t, Status status, const std::string& error, std
   a.outcome = nodeLost ? (charge ? "node lost" : leftOutcome) : statusName(status);  // left: not its fault (the reason is in error)
   a.error = error;
   a.nodeLost = nodeLost && charge;
+  if (report) {
+    a.bundle = report->bundle;
+    a.bundleVersion = report->bundleVersion;
+  }
   effects_.attempts.push_back(std::move(a));
   if (nodeLost) {
     counters_.add("tasks_requeued");
@@ -1027,13 +1035,13 @@ void Scheduler::onReport(NodeId from, Report&& report, std::int64_t nowMono, std
     // assignment (a re-send, perhaps to another spore, after it): 0 when it is not known.
     if (!former) former = formerHolder(t.id, from);
     t.assignedWallMs = former ? former->assignedWallMs : 0;
-    finish(t, Status::kOk, std::move(report.output), "", nowWallMs, report.startedMs, report.durationUs, from);
+    finish(t, Status::kOk, std::move(report.output), "", nowWallMs, report.startedMs, report.durationUs, from, &report);
     return;
   }
   if (report.status == Status::kOk) {
     detachFromNode(t);
     if (n) ++n->done;
-    finish(t, Status::kOk, std::move(report.output), "", nowWallMs, report.startedMs, report.durationUs, from);
+    finish(t, Status::kOk, std::move(report.output), "", nowWallMs, report.startedMs, report.durationUs, from, &report);
     return;
   }
   if (n) ++n->done;

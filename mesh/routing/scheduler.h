@@ -253,6 +253,8 @@ struct FinalResult {
   std::string node;
   std::int64_t assignedMs = 0, startedMs = 0, finishedMs = 0;
   std::uint64_t durationUs = 0;
+  std::string bundle;  // Report::bundle of the attempt that ended it ("": none)
+  std::uint64_t bundleVersion = 0;
   // A failure's payload (any status but ok and cancelled), moved out of the task, so that the
   // store can keep it for `mesh retry` (store::ResultRecord::payload); empty otherwise.
   std::string payload;
@@ -268,6 +270,8 @@ struct EndedAttempt {
   std::string outcome;
   std::string error;
   bool nodeLost = false;
+  std::string bundle;  // Report::bundle ("": no report, or a handler of no bundle)
+  std::uint64_t bundleVersion = 0;
 };
 
 // What the nexus must do after a call: write these records, send these cancels.
@@ -292,6 +296,8 @@ struct Report {
   std::string error;
   std::int64_t startedMs = 0;
   std::uint64_t durationUs = 0;
+  std::string bundle;  // the signed bundle whose program ran it, and its version ("", 0: none)
+  std::uint64_t bundleVersion = 0;
 };
 
 class Scheduler {
@@ -481,7 +487,7 @@ class Scheduler {
                   std::int64_t nowWallMs, bool nodeLost, const Report* report, bool charge = true,
                   const char* leftOutcome = "node left");
   void finish(Task& t, Status status, std::string output, std::string error, std::int64_t nowWallMs,
-              std::int64_t startedMs, std::uint64_t durationUs, NodeId node);
+              std::int64_t startedMs, std::uint64_t durationUs, NodeId node, const Report* ran = nullptr);
   // Takes a running attempt off its node; returns its start as the node reported it (0: none).
   std::int64_t detachFromNode(Task& t);
   // Counts a task in (hold) or out of (release) the node's in flight, and in its long ones.

@@ -165,6 +165,15 @@ ALTER TABLE batches ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
 const char* kV11 = R"sql(
 ALTER TABLE attempts ADD COLUMN started_ms INTEGER;
 )sql";
+// Version 12: the signed bundle whose program ran an attempt (name and version), from the
+// spore's report; NULL for a built-in, a program of the spore's handler directory, an attempt
+// that ended without a report, and the rows stored before this version.
+const char* kV12 = R"sql(
+ALTER TABLE results ADD COLUMN bundle TEXT;
+ALTER TABLE results ADD COLUMN bundle_version INTEGER;
+ALTER TABLE attempts ADD COLUMN bundle TEXT;
+ALTER TABLE attempts ADD COLUMN bundle_version INTEGER;
+)sql";
 }  // namespace
 
 util::Status migrate(Db& db) {
@@ -179,7 +188,7 @@ util::Status migrate(Db& db) {
                      ", this release knows " + std::to_string(kSchemaVersion) + "): upgrade");
   }
   // Step n brings version n-1 to n, each in its own transaction.
-  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7, kV8, kV9, kV10, kV11};
+  const char* steps[] = {kV1, kV2, kV3, kV4, kV5, kV6, kV7, kV8, kV9, kV10, kV11, kV12};
   static_assert(sizeof steps / sizeof steps[0] == kSchemaVersion, "one migration step per schema version");
   for (int next = version + 1; next <= kSchemaVersion; ++next) {
     Transaction tx(db);

@@ -8,7 +8,7 @@ namespace mesh::store {
 
 class Db;
 
-constexpr int kSchemaVersion = 11;
+constexpr int kSchemaVersion = 12;
 
 // Brings the database to kSchemaVersion in one transaction per step. Refuses a newer file.
 util::Status migrate(Db& db);

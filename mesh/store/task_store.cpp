@@ -56,7 +56,8 @@ BatchRecord readBatch(const Statement& st, int c = 0) {
 
 const char* kResultColumns =
     "r.status, r.output, r.error, r.attempts, r.node, r.assigned_ms, r.started_ms, r.finished_ms, "
-    "r.duration_us";
+    "r.duration_us, COALESCE(r.bundle, ''), COALESCE(r.bundle_version, 0)";
+constexpr int kResultColumnCount = 11;
 
 ResultRecord readResult(const Statement& st, std::uint64_t task, int c) {
   ResultRecord r;
@@ -70,6 +71,8 @@ ResultRecord readResult(const Statement& st, std::uint64_t task, int c) {
   r.startedMs = st.getInt(c + 6);
   r.finishedMs = st.getInt(c + 7);
   r.durationUs = static_cast<std::uint64_t>(st.getInt(c + 8));
+  r.bundle = st.getText(c + 9);
+  r.bundleVersion = static_cast<std::uint64_t>(st.getInt(c + 10));
   return r;
 }
 
@@ -194,13 +197,18 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
   if (!set.results.empty()) {
     auto st = db_.prepare(
         "INSERT OR IGNORE INTO results(task, status, output, error, attempts, node, assigned_ms, "
-        "started_ms, finished_ms, duration_us) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10 "
+        "started_ms, finished_ms, duration_us, bundle, bundle_version) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12 "
         "WHERE EXISTS(SELECT 1 FROM tasks WHERE id = ?1)");
     if (!st) return st.error();
     for (const auto& r : set.results) {
       st->bind(1, static_cast<std::int64_t>(r.task)).bind(2, r.status).bindBlobStatic(3, r.output)
           .bindText(4, r.error).bind(5, r.attempts).bindText(6, r.node).bind(7, r.assignedMs)
           .bind(8, r.startedMs).bind(9, r.finishedMs).bind(10, static_cast<std::int64_t>(r.durationUs));
+      if (r.bundle.empty()) {
+        st->bindNull(11).bindNull(12);
+      } else {
+        st->bindText(11, r.bundle).bind(12, static_cast<std::int64_t>(r.bundleVersion));
+      }
       if (auto s = st->run(); !s) return s;
       st->reset();
     }
@@ -223,7 +231,8 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
   if (!set.attempts.empty()) {
     auto st = db_.prepare(
         "INSERT OR IGNORE INTO attempts(task, attempt, node, assigned_ms, ended_ms, outcome, error, node_lost, "
-        "started_ms) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9 WHERE EXISTS(SELECT 1 FROM tasks WHERE id = ?1)");
+        "started_ms, bundle, bundle_version) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11 "
+        "WHERE EXISTS(SELECT 1 FROM tasks WHERE id = ?1)");
     if (!st) return st.error();
     for (const auto& a : set.attempts) {
       st->bind(1, static_cast<std::int64_t>(a.task)).bind(2, a.attempt).bindText(3, a.node)
@@ -233,6 +242,11 @@ util::Status TaskStore::write(const WriteSet& set, const std::vector<PayloadRef>
         st->bind(9, a.startedMs);
       } else {
         st->bindNull(9);
+      }
+      if (a.bundle.empty()) {
+        st->bindNull(10).bindNull(11);
+      } else {
+        st->bindText(10, a.bundle).bind(11, static_cast<std::int64_t>(a.bundleVersion));
       }
       if (auto s = st->run(); !s) return s;
       st->reset();
@@ -616,9 +630,10 @@ util::Result<std::vector<ResultRow>> TaskStore::resultsPage(std::uint64_t batch,
     r.task = static_cast<std::uint64_t>(s.getInt(0));
     r.index = static_cast<std::uint64_t>(s.getInt(1));
     r.result = readResult(s, r.task, 2);
-    if (!s.isNull(11)) {
-      r.retryOf = RetryOrigin{static_cast<std::uint64_t>(s.getInt(13)), static_cast<std::uint64_t>(s.getInt(11)),
-                              static_cast<std::uint64_t>(s.getInt(12))};
+    constexpr int c = 2 + kResultColumnCount;  // t.retry_of_task, t.retry_of_idx, the batch's retry_of
+    if (!s.isNull(c)) {
+      r.retryOf = RetryOrigin{static_cast<std::uint64_t>(s.getInt(c + 2)), static_cast<std::uint64_t>(s.getInt(c)),
+                              static_cast<std::uint64_t>(s.getInt(c + 1))};
     }
     out.push_back(std::move(r));
   });
@@ -694,16 +709,18 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
   t.id = static_cast<std::uint64_t>(st->getInt(0));
   t.batch = static_cast<std::uint64_t>(st->getInt(1));
   t.index = static_cast<std::uint64_t>(st->getInt(2));
-  if (st->getInt(12) == 0) t.result = readResult(*st, t.id, 3);
-  t.batchRecord = readBatch(*st, 13);
-  if (!st->isNull(40)) {
-    t.retryOf = RetryOrigin{t.batchRecord.retryOf.value_or(0), static_cast<std::uint64_t>(st->getInt(40)),
-                            static_cast<std::uint64_t>(st->getInt(41))};
+  constexpr int noResult = 3 + kResultColumnCount, batchAt = noResult + 1, retryAt = batchAt + 27;
+  if (st->getInt(noResult) == 0) t.result = readResult(*st, t.id, 3);
+  t.batchRecord = readBatch(*st, batchAt);
+  if (!st->isNull(retryAt)) {
+    t.retryOf = RetryOrigin{t.batchRecord.retryOf.value_or(0), static_cast<std::uint64_t>(st->getInt(retryAt)),
+                            static_cast<std::uint64_t>(st->getInt(retryAt + 1))};
   }
   st->reset();
   if (auto r = readAfter(std::span<BatchRecord>(&t.batchRecord, 1)); !r) return r.error();
   auto at = db_.prepare(
-      "SELECT attempt, node, assigned_ms, ended_ms, outcome, error, node_lost, COALESCE(started_ms, 0) FROM attempts "
+      "SELECT attempt, node, assigned_ms, ended_ms, outcome, error, node_lost, COALESCE(started_ms, 0), "
+      "COALESCE(bundle, ''), COALESCE(bundle_version, 0) FROM attempts "
       "WHERE task = ? ORDER BY attempt");
   if (!at) return at.error();
   at->bind(1, static_cast<std::int64_t>(id));
@@ -718,6 +735,8 @@ util::Result<std::optional<TaskRow>> TaskStore::task(std::uint64_t id) {
     a.error = s.getText(5);
     a.nodeLost = s.getInt(6) != 0;
     a.startedMs = s.getInt(7);
+    a.bundle = s.getText(8);
+    a.bundleVersion = static_cast<std::uint64_t>(s.getInt(9));
     t.attempts.push_back(std::move(a));
   });
   if (!s) return s.error();

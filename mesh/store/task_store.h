@@ -91,6 +91,8 @@ struct ResultRecord {
   std::int64_t startedMs = 0;
   std::int64_t finishedMs = 0;
   std::uint64_t durationUs = 0;
+  std::string bundle;  // the bundle whose program ran it and its version ("", 0: none; schema 12)
+  std::uint64_t bundleVersion = 0;
   // A failure's (status neither ok nor cancelled) payload, when the nexus still had it: written
   // into the task's row if the row's payload is in the payload log, whose segments are deleted
   // once no unfinished batch needs them; so a failed task's payload stays as long as its row,
@@ -108,6 +110,8 @@ struct AttemptRecord {
   std::string outcome;
   std::string error;
   bool nodeLost = false;
+  std::string bundle;  // from the spore's report, as ResultRecord::bundle ("": none; schema 12)
+  std::uint64_t bundleVersion = 0;
 };
 
 struct BatchCounts {

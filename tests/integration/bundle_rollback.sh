@@ -70,6 +70,28 @@ expect_rc 0 timeout 90 mesh wait "$batch"
 store_check "$batch" 40
 mesh results "$batch" --json > "$T/res"
 [ "$(grep -c '"output":"v2:[0-9]' "$T/res")" -eq 30 ] || fail "the crashed inputs were not all served by v2: $(grep -v '"output":"v2:' "$T/res" | head -3)"
+# Each attempt names the version that ran it (schema 12): every v2 output came from version 2,
+# every crash from version 3, and mesh task shows a crash on 3 followed by the success on 2.
+in_batch="JOIN tasks t ON t.id = x.task WHERE t.batch = $batch"
+[ "$(sql "SELECT COUNT(*) FROM results x $in_batch AND CAST(x.output AS TEXT) LIKE 'v2:%' AND x.bundle = 'greeter' AND x.bundle_version = 2")" -ge 30 ] &&
+  [ "$(sql "SELECT COUNT(*) FROM results x $in_batch AND CAST(x.output AS TEXT) LIKE 'v2:%' AND (x.bundle <> 'greeter' OR x.bundle_version <> 2)")" -eq 0 ] ||
+  fail "the results served by v2 do not all name greeter 2: $(sql "SELECT x.output, x.bundle, x.bundle_version FROM results x $in_batch")"
+[ "$(sql "SELECT COUNT(*) FROM results x $in_batch AND CAST(x.output AS TEXT) LIKE 'v3:%' AND (x.bundle <> 'greeter' OR x.bundle_version <> 3)")" -eq 0 ] ||
+  fail "a result served by v3 names another version"
+[ "$(sql "SELECT COUNT(*) FROM attempts x $in_batch AND x.outcome = 'crashed' AND (x.bundle <> 'greeter' OR x.bundle_version <> 3)")" -eq 0 ] ||
+  fail "a crash does not name greeter 3: $(sql "SELECT x.outcome, x.bundle, x.bundle_version FROM attempts x $in_batch")"
+idx=$(sql "SELECT t.idx FROM attempts x $in_batch AND x.outcome = 'crashed' ORDER BY t.idx LIMIT 1")
+[ -n "$idx" ] || fail "no crashed attempt was stored"
+mesh task "$batch:$idx" --json > "$T/task.json"
+python3 - "$T/task.json" <<'PYEOF' || fail "mesh task does not name the versions that ran: $(cat "$T/task.json")"
+import json, sys
+a = json.load(open(sys.argv[1]))["attempts"]
+assert a[-1]["outcome"] == "ok" and a[-1]["bundle"] == {"name": "greeter", "version": 2}, a
+assert any(x["outcome"] == "crashed" and x["bundle"] == {"name": "greeter", "version": 3} for x in a[:-1]), a
+PYEOF
+mesh task "$batch:$idx" > "$T/task.txt"
+grep -q "ended: crashed (bundle greeter version 3): " "$T/task.txt" && grep -q "ended: ok (bundle greeter version 2)$" "$T/task.txt" ||
+  fail "mesh task's text does not name the versions: $(cat "$T/task.txt")"
 rolled_back() {
   [ "$(mesh bundles --json --timeout 2s | grep -o '"running":2,"event":"rolled-back","version":3,"reason":"trial-failed"' | wc -l)" -ge 2 ]
 }

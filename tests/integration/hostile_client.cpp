@@ -238,6 +238,8 @@ std::string forgedResults(const std::string& idList) {
     r[i].setAttempt(1);
     r[i].setStatus(proto::TaskStatus::OK);
     r[i].setOutput(wire::asData("FORGED"));
+    r[i].setBundle("../forged bundle");  // not a bundle name: dropped and counted (bad_result_bundles)
+    r[i].setBundleVersion(7);
   }
   return bytesOf(e.finish());
 }

@@ -28,6 +28,8 @@ wait_until 10 "the refused results to be counted" sh -c "[ \$(mesh status --json
 expect_rc 0 timeout 30 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/forger.key" "helloforge:forger:$both" 0 0
 [ "$(head -1 "$T/out")" = welcome ] || fail "the forger's hello got '$(cat "$T/out")'"
 wait_until 10 "7 results dropped as unassigned" sh -c "[ \$(mesh status --json | grep -o '\"results_unassigned\":[0-9]*' | cut -d: -f2) -ge 7 ]"
+[ "$(counter bad_result_bundles)" -ge 7 ] || fail "the forged results' bundle names were not counted: $(counter bad_result_bundles)"
+grep -q "ignored the bundle named by 7 results from node forger" "$T/c/nexus.log" || fail "the bad bundle names were not logged"
 [ "$(sql "SELECT COUNT(*) FROM results r JOIN tasks t ON t.id = r.task WHERE t.batch = $queued")" -eq 0 ] ||
   fail "a forged result was recorded: $(mesh results "$queued")"
 # A node that "stops" and hands back tasks it was never given: nothing is re-queued (they run

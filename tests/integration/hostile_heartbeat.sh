@@ -5,12 +5,14 @@
 up --spores 1
 node=$(awk '$1 == "node" { print $2 }' "$T/c/nexus/endpoints")
 hc=$MESH_BUILD/tests/integration/hostile_client
-for v in nan inf -5; do
-  mesh keys gen "$T/beat$v.key" > /dev/null
-  mesh keys accept "$T/beat$v.key.pub" --role node > /dev/null
-  timeout 60 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/beat$v.key" "beat:beat$v:$v" 0 8 > "$T/beat$v.out" &
+# beater VALUE BEATS: a node "beatVALUE" with its own accepted key sends BEATS heartbeats of VALUE.
+beater() {
+  mesh keys gen "$T/beat$1.key" > /dev/null
+  mesh keys accept "$T/beat$1.key.pub" --role node > /dev/null
+  timeout 60 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/beat$1.key" "beat:beat$1:$1" 0 "$2" > "$T/beat$1.out" &
   extra_pids+=($!)
-done
+}
+for v in nan inf -5; do beater "$v" 8; done
 bad_at_least() { [ "$(counter bad_heartbeats)" -ge "$1" ]; }
 wait_until 20 "bad heartbeats to be counted" bad_at_least 6
 all_listed() { [ "$(mesh nodes --json | grep -c '"name":"beat')" -eq 3 ]; }
@@ -30,12 +32,7 @@ expect_rc 0 timeout 30 mesh wait "$batch"
 # Starts of tasks it does not run: each dropped and counted; more than a spore may send in one
 # beat: the list dropped whole (and counted as a bad heartbeat), the beat still counts.
 before=$(counter bad_heartbeats)
-for v in starts10 starts5000; do
-  mesh keys gen "$T/beat$v.key" > /dev/null
-  mesh keys accept "$T/beat$v.key.pub" --role node > /dev/null
-  timeout 60 "$hc" "$node" "$MESH_NEXUS_KEY" "$T/beat$v.key" "beat:beat$v:$v" 0 3 > "$T/beat$v.out" &
-  extra_pids+=($!)
-done
+for v in starts10 starts5000; do beater "$v" 3; done
 unheld_at_least() { [ "$(counter starts_unheld)" -ge "$1" ]; }
 wait_until 20 "foreign starts to be counted" unheld_at_least 10
 wait_until 20 "the oversized start lists to be refused" grep -q "ignored the 5000 starts of a heartbeat from node beatstarts5000 (at most 4096)" "$T/c/nexus.log"

@@ -838,8 +838,18 @@ TEST_CASE("the writer deletes payload segments that no unfinished batch needs") 
   }
 }
 
-// Takes a database back to schema version 10: drops what version 11 (attempts' start) added.
+// Takes a database back to schema version 11: drops what version 12 (the bundle that ran) added.
+void dropVersion12(Db& db) {
+  for (const char* t : {"results", "attempts"}) {
+    for (const char* c : {"bundle", "bundle_version"}) {
+      REQUIRE(db.exec(std::string("ALTER TABLE ") + t + " DROP COLUMN " + c).ok());
+    }
+  }
+}
+
+// Takes a database back to schema version 10: drops what version 11 (attempts' start) and later added.
 void dropVersion11(Db& db) {
+  dropVersion12(db);
   REQUIRE(db.exec("ALTER TABLE attempts DROP COLUMN started_ms").ok());
 }
 
@@ -1814,4 +1824,75 @@ TEST_CASE("a batch that names itself or a later batch as a dependency is a bug, 
   set.newBatches[0].after = {5};
   CHECK_THROWS(tasks.apply(set));
   CHECK_FALSE(tasks.batch(5)->has_value());
+}
+
+TEST_CASE("results and attempts keep the bundle version that ran them, and a version 11 database learns the columns") {
+  TempDb t;
+  {
+    auto db = Db::open(t.path);
+    REQUIRE(db.ok());
+    TaskStore tasks(*db);
+    std::shared_ptr<std::vector<std::string>> keep;
+    REQUIRE(tasks.apply(batchWithTasks(1, 100, {"a", "b"}, &keep)).ok());
+    WriteSet set;
+    AttemptRecord failed;
+    failed.task = 100;
+    failed.attempt = 1;
+    failed.node = "s1";
+    failed.outcome = "crashed";
+    failed.bundle = "greeter";
+    failed.bundleVersion = 3;
+    AttemptRecord lost = failed;
+    lost.attempt = 2;
+    lost.outcome = "node lost";
+    lost.bundle.clear();  // no report
+    lost.bundleVersion = 0;
+    set.attempts = {failed, lost};
+    ResultRecord ok;
+    ok.task = 100;
+    ok.attempts = 3;
+    ok.node = "s2";
+    ok.output = "v2:a";
+    ok.bundle = "greeter";
+    ok.bundleVersion = 2;
+    ResultRecord builtin;
+    builtin.task = 101;
+    builtin.attempts = 1;
+    builtin.output = "b";
+    set.results = {ok, builtin};
+    REQUIRE(tasks.apply(set).ok());
+    auto row = tasks.task(100);
+    REQUIRE(row.ok());
+    REQUIRE(row->has_value());
+    REQUIRE((*row)->attempts.size() == 2);
+    CHECK((*row)->attempts[0].bundle == "greeter");
+    CHECK((*row)->attempts[0].bundleVersion == 3);
+    CHECK((*row)->attempts[1].bundle.empty());
+    CHECK((*row)->attempts[1].bundleVersion == 0);
+    REQUIRE((*row)->result.has_value());
+    CHECK((*row)->result->bundle == "greeter");
+    CHECK((*row)->result->bundleVersion == 2);
+    CHECK((*row)->batchRecord.id == 1);  // the columns after the result's are read where they are
+    auto page = tasks.resultsPage(1, 0, 10);
+    REQUIRE(page.ok());
+    REQUIRE(page->size() == 2);
+    CHECK((*page)[0].result.bundle == "greeter");
+    CHECK((*page)[0].result.bundleVersion == 2);
+    CHECK((*page)[0].result.output == "v2:a");
+    CHECK((*page)[1].result.bundle.empty());
+    CHECK_FALSE((*page)[1].retryOf.has_value());
+    dropVersion12(*db);
+    REQUIRE(db->exec("PRAGMA user_version = 11").ok());
+  }
+  auto db = Db::open(t.path);  // migrates 11 -> 12: the rows stored before name no bundle
+  REQUIRE(db.ok());
+  TaskStore tasks(*db);
+  auto row = tasks.task(100);
+  REQUIRE(row.ok());
+  REQUIRE(row->has_value());
+  REQUIRE((*row)->attempts.size() == 2);
+  CHECK((*row)->attempts[0].bundle.empty());
+  REQUIRE((*row)->result.has_value());
+  CHECK((*row)->result->bundle.empty());
+  CHECK((*row)->result->output == "v2:a");
 }
