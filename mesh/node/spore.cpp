@@ -81,12 +81,7 @@ util::Status SporeImpl::start() {
 SporeImpl::~SporeImpl() {
   stopBundleWorker();  // an install in progress stops before its next file (its spool is kept)
   for (auto& jobEntry : jobs_) jobEntry.second.shared->cancel.store(true);
-  for (auto& pipe : pipes_) {
-    try {
-      pipe.send(pointerMessage(std::make_unique<WorkBatch>()), zmq::send_flags::none);
-    } catch (...) {
-    }
-  }
+  for (auto& pipe : pipes_) sendStop<WorkBatch>(pipe);
   for (auto& t : threads_) t.join();
   for (auto& pipe : pipes_) {
     zmq::message_t m;

@@ -231,7 +231,8 @@ void SporeImpl::bundleWorker(zmq::context_t& ctx, bundle::Installer& installer, 
     zmq::message_t m;
     try {
       if (!pipe.recv(m)) continue;
-    } catch (const zmq::error_t&) {
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;  // a stop signal that landed on this thread (see workerLoop)
       return;
     }
     auto job = takePointer<BundleJob>(m);
@@ -294,10 +295,7 @@ void SporeImpl::bundleWorker(zmq::context_t& ctx, bundle::Installer& installer, 
 void SporeImpl::stopBundleWorker() {
   if (!bundleThread_.joinable()) return;
   bundleStop_.store(true);  // an install in progress stops before its next file
-  try {
-    bundlePipe_.send(pointerMessage(std::make_unique<BundleJob>()), zmq::send_flags::none);
-  } catch (const zmq::error_t&) {
-  }
+  sendStop<BundleJob>(bundlePipe_);
   bundleThread_.join();
   zmq::message_t m;
   while (bundlePipe_.recv(m, zmq::recv_flags::dontwait)) takePointer<BundleJobDone>(m);

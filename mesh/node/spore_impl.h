@@ -202,6 +202,19 @@ struct DoneBatch {
 using transport::pointerMessage;
 using transport::takePointer;
 
+// Asks a worker thread to return: an empty T over its pipe. Never blocks: a thread that has
+// returned already (its end of the pipe closed) would leave a blocking send waiting for ever.
+template <typename T>
+void sendStop(zmq::socket_t& pipe) {
+  zmq::message_t stop = pointerMessage(std::make_unique<T>());
+  bool sent = false;
+  try {
+    sent = pipe.send(stop, zmq::send_flags::dontwait).has_value();
+  } catch (const zmq::error_t&) {
+  }
+  if (!sent) takePointer<T>(stop);  // not sent: still ours to free
+}
+
 inline proto::TaskStatus statusOf(exec::Outcome o) {
   switch (o) {
     case exec::Outcome::kOk: return proto::TaskStatus::OK;

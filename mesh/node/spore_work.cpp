@@ -74,7 +74,11 @@ void SporeImpl::workerLoop(unsigned index, std::string endpoint) {
         serve.stopIdle();
         continue;
       }
-    } catch (const zmq::error_t&) {
+    } catch (const zmq::error_t& e) {
+      // A stop signal the kernel gave this thread interrupts the wait (the handler passes it on
+      // to the main thread): wait again. Returning here left the loop's next send to this
+      // worker, and the spore's stop, blocked for ever on a pipe nobody reads.
+      if (e.num() == EINTR) continue;
       return;
     }
     if (m.size() == 0) continue;  // a recall that came after the run had ended
