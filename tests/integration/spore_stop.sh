@@ -111,21 +111,25 @@ slow4=$(pid_of slow-4)
 nexus_pid=$(pid_of nexus)
 kill -STOP "$nexus_pid"
 at_exit="kill -CONT $nexus_pid"
-kill -TERM "$slow4"
+# Both signals go to its other threads (workers; ZeroMQ's threads block every signal), as the
+# kernel may choose for a process-directed signal: the first must start the leave, the second
+# end the main thread's wait at once (before, the wait ran out its 2 s and the spore left
+# without noticing the signal), and the workers whose waits they interrupted must keep serving.
+signal_workers() {
+  local threads="" t blocked
+  for t in $(ls "/proc/$slow4/task" | grep -vx "$slow4"); do
+    blocked=$(awk '/^SigBlk:/ { print $2 }' "/proc/$slow4/task/$t/status")
+    if [ $(( 0x$blocked & 0x4000 )) -eq 0 ]; then threads="$threads $t"; fi
+  done
+  [ -n "$threads" ] || fail "slow-4 has no thread besides its main one that takes SIGTERM"
+  python3 -c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True)
+sys.exit(any(libc.syscall(234, int(sys.argv[1]), int(t), 15) != 0 for t in sys.argv[2:]))' "$slow4" $threads ||
+    fail "could not signal threads$threads of slow-4"
+}
+signal_workers
 wait_until 5 "slow-4 to start leaving" sh -c "grep -q 'stopping: 0 queued tasks' '$T/c/slow-4.log'"
-# The second signal goes to one of its other threads (a worker or ZeroMQ's), as the kernel may
-# choose for a process-directed signal: it must still end the main thread's wait at once
-# (before, the wait ran out its 2 s and the spore left without noticing the signal).
-# (Only a thread that does not block SIGTERM can get it: ZeroMQ's threads block every signal.)
-thread=""
-for t in $(ls "/proc/$slow4/task" | grep -vx "$slow4"); do
-  blocked=$(awk '/^SigBlk:/ { print $2 }' "/proc/$slow4/task/$t/status")
-  if [ $(( 0x$blocked & 0x4000 )) -eq 0 ]; then thread=$t; break; fi
-done
-[ -n "$thread" ] || fail "slow-4 has no thread besides its main one that takes SIGTERM"
-python3 -c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True)
-sys.exit(libc.syscall(234, int(sys.argv[1]), int(sys.argv[2]), 15) != 0)' "$slow4" "$thread" ||
-  fail "could not signal thread $thread of slow-4"
+sleep 0.5  # a worker that had returned on its interrupted wait would be gone by now
+signal_workers
 slow4_gone() { ! kill -0 "$slow4" 2>/dev/null; }
 # The worker the signal interrupted must keep serving: it once returned on the EINTR, and the
 # spore, having logged "stopped", then hung for ever sending that worker its stop (CI saw it
