@@ -74,6 +74,14 @@ WriteSet batchWithTasks(std::uint64_t batch, std::uint64_t firstId, const std::v
 }
 }  // namespace
 
+// The stored row of task `id`, which must be there.
+TaskRow storedTask(TaskStore& tasks, std::uint64_t id) {
+  auto row = tasks.task(id);
+  REQUIRE(row.ok());
+  REQUIRE(row->has_value());
+  return std::move(**row);
+}
+
 TEST_CASE("a new database is migrated and a newer one is refused") {
   TempDb t;
   {
@@ -248,12 +256,10 @@ TEST_CASE("tasks without results are pending after a restart, and the first resu
   REQUIRE(page->size() == 1);
   CHECK((*page)[0].result.output == "first");
   CHECK((*page)[0].index == 1);
-  auto info = tasks.task(102);
-  REQUIRE(info.ok());
-  REQUIRE(info->has_value());
-  CHECK_FALSE((*info)->result.has_value());
-  CHECK((*info)->batchRecord.requiredTags.size() == 2);
-  CHECK((*info)->attempts.size() == 4);
+  TaskRow info = storedTask(tasks, 102);
+  CHECK_FALSE(info.result.has_value());
+  CHECK(info.batchRecord.requiredTags.size() == 2);
+  CHECK(info.attempts.size() == 4);
   auto counts = tasks.countResults(1);
   REQUIRE(counts.ok());
   CHECK(counts->succeeded == 1);
@@ -1348,13 +1354,11 @@ TEST_CASE("a retry chunk copies every failed task in index order with its payloa
     CHECK(copied[i].index == i);
     CHECK(copied[i].payload == want[i]);
     CHECK(copied[i].payloadError.empty());
-    auto row = tasks.task(100 + i);
-    REQUIRE(row.ok());
-    REQUIRE(row->has_value());
-    REQUIRE((*row)->retryOf.has_value());
-    CHECK((*row)->retryOf->batch == 1);
-    CHECK((*row)->retryOf->task == origins[i]);
-    CHECK((*row)->retryOf->index == origins[i] - 10);
+    TaskRow row = storedTask(tasks, 100 + i);
+    REQUIRE(row.retryOf.has_value());
+    CHECK(row.retryOf->batch == 1);
+    CHECK(row.retryOf->task == origins[i]);
+    CHECK(row.retryOf->index == origins[i] - 10);
   }
   // In steps: `each` says when to stop, the next step starts after the last id given.
   std::vector<std::uint64_t> ids;
@@ -1434,14 +1438,12 @@ TEST_CASE("a retry of a retry names the retry batch and its task as the origin")
   r2.results.push_back(finalResult(11, 2, "c"));
   REQUIRE(tasks.apply(r2).ok());
   REQUIRE(tasks.apply(retryOf(2, 3, 20, 1)).ok());
-  auto row = tasks.task(20);
-  REQUIRE(row.ok());
-  REQUIRE(row->has_value());
-  CHECK((*row)->index == 0);
-  REQUIRE((*row)->retryOf.has_value());
-  CHECK((*row)->retryOf->batch == 2);
-  CHECK((*row)->retryOf->task == 11);
-  CHECK((*row)->retryOf->index == 1);
+  TaskRow row = storedTask(tasks, 20);
+  CHECK(row.index == 0);
+  REQUIRE(row.retryOf.has_value());
+  CHECK(row.retryOf->batch == 2);
+  CHECK(row.retryOf->task == 11);
+  CHECK(row.retryOf->index == 1);
 }
 
 namespace {
@@ -1707,11 +1709,9 @@ TEST_CASE("a batch's dependencies and its hold are stored with it and read back 
   CHECK((*unfinished)[2].afterDone == std::vector<std::uint64_t>{3});
   CHECK_FALSE((*unfinished)[2].held);
   CHECK((*unfinished)[0].after.empty());
-  auto row = tasks.task(300);
-  REQUIRE(row.ok());
-  REQUIRE(row->has_value());
-  CHECK((*row)->batchRecord.after == std::vector<std::uint64_t>{1, 2});
-  CHECK((*row)->batchRecord.held);
+  TaskRow row = storedTask(tasks, 300);
+  CHECK(row.batchRecord.after == std::vector<std::uint64_t>{1, 2});
+  CHECK(row.batchRecord.held);
   // A listing by state: held batches are waiting, not open or running.
   auto waiting = tasks.listBatches(filterOf(BatchFilter::State::kWaiting), 0, 10, 1000);
   REQUIRE(waiting.ok());
@@ -1760,23 +1760,19 @@ TEST_CASE("an ended attempt keeps the start its spore reported, and a version 10
     lost.nodeLost = true;
     set.attempts = {reported, lost};
     REQUIRE(tasks.apply(set).ok());
-    auto row = tasks.task(100);
-    REQUIRE(row.ok());
-    REQUIRE(row->has_value());
-    REQUIRE((*row)->attempts.size() == 2);
-    CHECK((*row)->attempts[0].startedMs == 1005);
-    CHECK((*row)->attempts[1].startedMs == 0);
+    TaskRow row = storedTask(tasks, 100);
+    REQUIRE(row.attempts.size() == 2);
+    CHECK(row.attempts[0].startedMs == 1005);
+    CHECK(row.attempts[1].startedMs == 0);
     dropVersion11(*db);
     REQUIRE(db->exec("PRAGMA user_version = 10").ok());
   }
   auto db = Db::open(t.path);  // migrates 10 -> 11: the rows stored before have no start
   REQUIRE(db.ok());
   TaskStore tasks(*db);
-  auto row = tasks.task(100);
-  REQUIRE(row.ok());
-  REQUIRE(row->has_value());
-  REQUIRE((*row)->attempts.size() == 2);
-  CHECK((*row)->attempts[0].startedMs == 0);
+  TaskRow row = storedTask(tasks, 100);
+  REQUIRE(row.attempts.size() == 2);
+  CHECK(row.attempts[0].startedMs == 0);
 }
 
 TEST_CASE("a version 9 database learns batch dependencies: its batches wait for none and are not held") {
@@ -1861,18 +1857,16 @@ TEST_CASE("results and attempts keep the bundle version that ran them, and a ver
     builtin.output = "b";
     set.results = {ok, builtin};
     REQUIRE(tasks.apply(set).ok());
-    auto row = tasks.task(100);
-    REQUIRE(row.ok());
-    REQUIRE(row->has_value());
-    REQUIRE((*row)->attempts.size() == 2);
-    CHECK((*row)->attempts[0].bundle == "greeter");
-    CHECK((*row)->attempts[0].bundleVersion == 3);
-    CHECK((*row)->attempts[1].bundle.empty());
-    CHECK((*row)->attempts[1].bundleVersion == 0);
-    REQUIRE((*row)->result.has_value());
-    CHECK((*row)->result->bundle == "greeter");
-    CHECK((*row)->result->bundleVersion == 2);
-    CHECK((*row)->batchRecord.id == 1);  // the columns after the result's are read where they are
+    TaskRow row = storedTask(tasks, 100);
+    REQUIRE(row.attempts.size() == 2);
+    CHECK(row.attempts[0].bundle == "greeter");
+    CHECK(row.attempts[0].bundleVersion == 3);
+    CHECK(row.attempts[1].bundle.empty());
+    CHECK(row.attempts[1].bundleVersion == 0);
+    REQUIRE(row.result.has_value());
+    CHECK(row.result->bundle == "greeter");
+    CHECK(row.result->bundleVersion == 2);
+    CHECK(row.batchRecord.id == 1);  // the columns after the result's are read where they are
     auto page = tasks.resultsPage(1, 0, 10);
     REQUIRE(page.ok());
     REQUIRE(page->size() == 2);
@@ -1887,12 +1881,10 @@ TEST_CASE("results and attempts keep the bundle version that ran them, and a ver
   auto db = Db::open(t.path);  // migrates 11 -> 12: the rows stored before name no bundle
   REQUIRE(db.ok());
   TaskStore tasks(*db);
-  auto row = tasks.task(100);
-  REQUIRE(row.ok());
-  REQUIRE(row->has_value());
-  REQUIRE((*row)->attempts.size() == 2);
-  CHECK((*row)->attempts[0].bundle.empty());
-  REQUIRE((*row)->result.has_value());
-  CHECK((*row)->result->bundle.empty());
-  CHECK((*row)->result->output == "v2:a");
+  TaskRow row = storedTask(tasks, 100);
+  REQUIRE(row.attempts.size() == 2);
+  CHECK(row.attempts[0].bundle.empty());
+  REQUIRE(row.result.has_value());
+  CHECK(row.result->bundle.empty());
+  CHECK(row.result->output == "v2:a");
 }
