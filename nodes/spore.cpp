@@ -5,6 +5,7 @@
 #include "mesh/config/config.h"
 #include "mesh/exec/builtins.h"
 #include "mesh/exec/registry.h"
+#include "mesh/exec/strays.h"
 #include "mesh/exec/subprocess.h"
 #include "mesh/node/spore.h"
 #include "mesh/transport/sockets.h"
@@ -35,6 +36,11 @@ int main(int argc, char** argv) {
     util::setLogLevel(level);
     nodes::stopOnSignals();
     exec::ignoreSigpipe();
+    // Processes a handler leaves outside its process group come here, not to init, and die
+    // when its task ends (mesh/exec/strays.h).
+    if (auto s = exec::strays::enable(); !s)
+      MESH_WARN("%s: processes that handlers leave outside their process group will outlive their tasks",
+                s.error().message.c_str());
     exec::HandlerRegistry registry;
     exec::registerBuiltins(registry);
     if (!config.handlersDir.empty()) {
@@ -53,7 +59,12 @@ int main(int argc, char** argv) {
       return spore.error().code == 2 ? 2 : 1;  // 2: a bad option or file named by one (not restarted)
     }
     (*spore)->run(nodes::gStops);
-    MESH_INFO("stopped");
+    (*spore).reset();  // the workers end, and with them every run: the last strays are swept
+    if (std::uint64_t strays = exec::strays::totals().killed; strays > 0)
+      MESH_INFO("stopped (%llu processes that handlers left running after their tasks were killed)",
+                static_cast<unsigned long long>(strays));
+    else
+      MESH_INFO("stopped");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "spore: fatal: %s (this is a bug: please report it with the log)\n", e.what());

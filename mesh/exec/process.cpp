@@ -19,6 +19,7 @@
 #include <cstring>
 #include <utility>
 
+#include "mesh/exec/strays.h"
 #include "mesh/util/clock.h"
 #include "mesh/util/log.h"
 
@@ -303,6 +304,9 @@ util::Result<std::unique_ptr<ChildProcess>> ChildProcess::start(const RunSpec& s
   }
   envStore.push_back("HOME=" + workPath);
   envStore.push_back("TMPDIR=" + workPath);
+  // From here until the run is registered, no sweep looks at this process's children.
+  strays::Spawning spawning;
+  envStore.push_back(spawning.envEntry());
   std::vector<char*> envp;
   for (const std::string& e : envStore) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
@@ -340,8 +344,10 @@ util::Result<std::unique_ptr<ChildProcess>> ChildProcess::start(const RunSpec& s
   std::int64_t startUs = util::systemClock().monotonicUs();
   auto spawned = spawn(args);
   if (!spawned) return util::err("cannot run " + program + ": " + spawned.error().message);
+  spawning.started(*spawned);
   if (args.failedStep != kStepNone) {
     waitFor(*spawned);
+    strays::ended(spawning.token());
     std::string what = args.failedStep == kStepExec
                            ? errnoText(args.failedErrno)
                            : std::string(stepText(args.failedStep)) + " failed: " +
@@ -351,15 +357,17 @@ util::Result<std::unique_ptr<ChildProcess>> ChildProcess::start(const RunSpec& s
                          ? kCannotExecute
                          : 0);
   }
-  return std::make_unique<ChildProcess>(Key(), std::move(*workDir), *spawned, startUs,
-                                        std::move(toStdin), std::move(fromStdout),
+  return std::make_unique<ChildProcess>(Key(), std::move(*workDir), *spawned, spawning.token(),
+                                        startUs, std::move(toStdin), std::move(fromStdout),
                                         std::move(fromStderr));
 }
 
-ChildProcess::ChildProcess(Key, std::unique_ptr<WorkDir> workDir, pid_t pid, std::int64_t startUs,
-                           UniqueFd toStdin, UniqueFd fromStdout, UniqueFd fromStderr)
+ChildProcess::ChildProcess(Key, std::unique_ptr<WorkDir> workDir, pid_t pid, std::uint64_t runToken,
+                           std::int64_t startUs, UniqueFd toStdin, UniqueFd fromStdout,
+                           UniqueFd fromStderr)
     : workDir_(std::move(workDir)),
       pid_(pid),
+      runToken_(runToken),
       startUs_(startUs),
       toStdin_(std::move(toStdin)),
       fromStdout_(std::move(fromStdout)),
@@ -385,10 +393,13 @@ void ChildProcess::killGroup(int sig) const {
   if (!reaped_) ::kill(-pid_, sig);
 }
 
+// After the program, whatever it left outside its group (strays.h): its run has ended now.
 int ChildProcess::reap() {
   int status = waitFor(pid_);
   reaped_ = true;
   pidFd_.reset();
+  strays::ended(runToken_);
+  strays::sweep();
   return status;
 }
 
@@ -575,7 +586,8 @@ int ChildProcess::finish(const Io& io, IoResult& result) {
   int status = reap();
 
   // Take what is still in the pipes. EOF comes once every killed holder has closed them; a
-  // setsid() escapee holding them must not keep us here, hence the short deadline.
+  // setsid() escapee holding them (in a process that is no child subreaper, strays.h) must not
+  // keep us here, hence the short deadline.
   std::int64_t drainUntil = nowMs() + kDrainAfterExitMs;
   while (fromStdout_.valid() || fromStderr_.valid()) {
     std::int64_t left = drainUntil - nowMs();

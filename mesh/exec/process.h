@@ -6,8 +6,8 @@
 // limits, every descriptor but 0..2 closed, PR_SET_PDEATHSIG(SIGKILL)), its work directory
 // (HOME and TMPDIR; removed when the ChildProcess is destroyed) and the runner's ends of its
 // stdin, stdout and stderr pipes (non-blocking). Destroying it kills what is left of the group,
-// reaps the program and removes the work directory: nothing outlives it (but see the setsid()
-// caveat in subprocess.h).
+// reaps the program, sweeps the strays (strays.h: the processes that left the group, when this
+// process is a child subreaper) and removes the work directory: nothing outlives it.
 //
 // Thread rule: a ChildProcess belongs to the thread that started it and is used by that thread
 // only. The program gets SIGKILL when that thread ends (PR_SET_PDEATHSIG follows the thread
@@ -82,8 +82,9 @@ class ChildProcess {
   // a program that cannot be executed, out of descriptors.
   [[nodiscard]] static util::Result<std::unique_ptr<ChildProcess>> start(const RunSpec& spec);
 
-  ChildProcess(Key, std::unique_ptr<WorkDir> workDir, pid_t pid, std::int64_t startUs,
-               util::UniqueFd toStdin, util::UniqueFd fromStdout, util::UniqueFd fromStderr);
+  ChildProcess(Key, std::unique_ptr<WorkDir> workDir, pid_t pid, std::uint64_t runToken,
+               std::int64_t startUs, util::UniqueFd toStdin, util::UniqueFd fromStdout,
+               util::UniqueFd fromStderr);
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
   ~ChildProcess();
@@ -129,6 +130,7 @@ class ChildProcess {
 
   std::unique_ptr<WorkDir> workDir_;  // removed after the program is reaped (see ~ChildProcess)
   pid_t pid_;
+  std::uint64_t runToken_;  // its MESH_RUN (strays.h)
   bool reaped_ = false;
   std::int64_t startUs_;
   util::UniqueFd toStdin_, fromStdout_, fromStderr_;

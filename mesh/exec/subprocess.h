@@ -2,8 +2,8 @@
 // its stdout is the result, exit 0 is success, its stderr (truncated) explains a failure. Each
 // run gets a fresh working directory, its own process group, a clean environment, resource
 // limits, a timeout (SIGTERM to the group, SIGKILL after a grace period) and an output cap.
-// Nothing the run started is left running when runProgram returns (see the caveat on setsid
-// below).
+// Nothing the run started is left running when runProgram returns: the group gets SIGKILL,
+// and in a child subreaper (strays::enable) what left the group is swept (strays.h).
 //
 // Thread rule: runProgram is safe to call from many threads at once; it keeps no shared state,
 // reaps only its own child (never waitpid(-1)) and blocks no signal for longer than the spawn.
@@ -97,10 +97,9 @@ struct RunOutcome {
 // of descriptors): one line naming the program and the reason. Everything the program itself
 // does is a RunOutcome.
 //
-// Caveat: a descendant that calls setsid() or setpgid() leaves the process group and escapes
-// the kill. Catching those needs a cgroup per run (cgroup.kill); PR_SET_CHILD_SUBREAPER would
-// only re-parent escapees to the whole spore, where they cannot be told apart per run without
-// waitpid(-1), which would steal other threads' children.
+// A descendant that calls setsid() or setpgid() leaves the process group and escapes the group
+// kill; in a process that called strays::enable() it is killed by the sweep at the run's end
+// (strays.h: told apart from other runs' processes by the MESH_RUN in its environment).
 [[nodiscard]] util::Result<RunOutcome> runProgram(const RunSpec& spec);
 
 // The Error::code of runProgram (and ServeProcesses::run) when execve refused the program file

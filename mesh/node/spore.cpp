@@ -87,6 +87,7 @@ SporeImpl::~SporeImpl() {
     zmq::message_t m;
     while (pipe.recv(m, zmq::recv_flags::dontwait)) takePointer<DoneBatch>(m);
   }
+  exec::strays::sweep();  // every run has ended: nothing a handler started stays behind
 }
 
 // ---- connection ------------------------------------------------------------------------------
@@ -453,6 +454,10 @@ void SporeImpl::run(const std::atomic<int>& stops) {
         backoffMs_ = std::min<std::int64_t>(backoffMs_ * 2, 32000);
       }
       if (now >= nextHeartbeat_) heartbeat(now);
+      if (now >= nextStraySweep_) {
+        exec::strays::sweep();
+        nextStraySweep_ = now + kStraySweepEveryMs;
+      }
       if (installer_) bundleTimers(now);
       feedWorkers();
       flushResults();

@@ -33,6 +33,7 @@
 #include "mesh/discovery/beacon_udp.h"
 #include "mesh/exec/mapreduce.h"
 #include "mesh/exec/serve.h"
+#include "mesh/exec/strays.h"
 #include "mesh/node/common.h"
 #include "mesh/routing/run_queue.h"
 #include "mesh/transport/inproc.h"
@@ -82,6 +83,9 @@ constexpr std::size_t kResendBytesMax = 8u << 20;
 constexpr std::size_t kHelloTasksMax = 65536;
 // The starts of running tasks one heartbeat carries (Heartbeat.started); the rest go with the next.
 constexpr std::size_t kHeartbeatStartsMax = 4096;
+// How often the loop sweeps strays (mesh/exec/strays.h) besides each run's end: it reaps the
+// killed ones and catches those whose parent outlived their run.
+constexpr std::int64_t kStraySweepEveryMs = 1000;
 
 // A bundle the nexus serves, as announced in Welcome or a BundleList.
 struct BundleOffer {
@@ -370,6 +374,7 @@ class SporeImpl {
   std::int64_t heartbeatMs_;
   int missedBeats_;
   std::int64_t nextHeartbeat_ = 0;
+  std::int64_t nextStraySweep_ = 0;
   LoadMeter load_;
 
   std::vector<std::thread> threads_;

@@ -246,7 +246,7 @@ TEST_CASE("each run gets a fresh working directory, removed afterwards without f
   CHECK(*mesh::util::readFile(victim + "/keep") == "precious");
 }
 
-TEST_CASE("the environment holds only what the spec gives, plus HOME and TMPDIR") {
+TEST_CASE("the environment holds only what the spec gives, plus HOME, TMPDIR and MESH_RUN") {
   TestDir dir;
   REQUIRE(setenv("MESH_SHOULD_NOT_LEAK", "1", 1) == 0);
   RunSpec spec = specFor({"/usr/bin/env"}, dir);
@@ -256,11 +256,13 @@ TEST_CASE("the environment holds only what the spec gives, plus HOME and TMPDIR"
   REQUIRE(run.ok());
   auto env = lines(run->out);
   std::sort(env.begin(), env.end());
-  REQUIRE(env.size() == 4);
+  REQUIRE(env.size() == 5);
   CHECK(env[0].rfind("HOME=" + dir.work + "/run-", 0) == 0);
-  CHECK(env[1] == "MESH_TASK_ID=42");
-  CHECK(env[2] == "PATH=/usr/bin:/bin");
-  CHECK(env[3] == "TMPDIR=" + env[0].substr(5));
+  CHECK(env[1].rfind("MESH_RUN=", 0) == 0);  // the run's id for the stray sweep (strays.h)
+  CHECK(std::stoull(env[1].substr(9)) > 0);
+  CHECK(env[2] == "MESH_TASK_ID=42");
+  CHECK(env[3] == "PATH=/usr/bin:/bin");
+  CHECK(env[4] == "TMPDIR=" + env[0].substr(5));
 }
 
 TEST_CASE("resource limits apply to the program") {
