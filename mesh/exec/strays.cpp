@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -37,6 +38,9 @@ struct State {
   std::atomic<std::uint64_t> spawnsBegun{0}, spawnsSettled{0};
   std::mutex liveMutex;
   std::unordered_map<std::uint64_t, pid_t> live;  // token -> the run's program
+  // Strays sent SIGKILL and not reaped yet (under sweepMutex): not walked again, so that one
+  // stuck in an uninterruptible sleep costs no sweep the 50 ms wait for its stop.
+  std::unordered_set<pid_t> killedPids;
   std::atomic<std::uint64_t> nextToken{1};
   std::atomic<bool> enabled{false};
   bool childrenFiles = true;  // /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN)
@@ -180,6 +184,7 @@ bool settledStopped(pid_t pid) {
 
 // SIGSTOP down the tree of `root` (a child of this process, so its pid cannot be reused while
 // it is not reaped), then SIGKILL to every process stopped. Returns how many got SIGKILL.
+// Under State::sweepMutex.
 int killTree(pid_t root) {
   std::vector<pid_t> stopped;
   std::unordered_set<pid_t> seen{root};
@@ -197,6 +202,7 @@ int killTree(pid_t root) {
     }
   }
   for (pid_t p : stopped) ::kill(p, SIGKILL);
+  if (!stopped.empty()) state().killedPids.insert(root);
   return static_cast<int>(stopped.size());
 }
 
@@ -263,13 +269,19 @@ SweepResult sweep() {
     }
   }
   if (s.spawnsBegun.load() != begun) return result;  // one began meanwhile: its child may be listed
+  std::unordered_set<pid_t> listed(children.begin(), children.end());
+  for (auto it = s.killedPids.begin(); it != s.killedPids.end();)  // reaped by someone else?
+    it = listed.count(*it) != 0 ? std::next(it) : s.killedPids.erase(it);
   for (pid_t child : children) {
     if (livePids.count(child) != 0) continue;  // a run's own program: its thread reaps it
     Stat st = statOf(child);
     if (!st.ok) continue;
-    if (st.dying()) {  // reaped if dead, else by the next sweep
+    if (st.dying() || s.killedPids.count(child) != 0) {  // reaped if dead, else by a later sweep
       int status = 0;
-      if (::waitpid(child, &status, WNOHANG) == child) ++result.reaped;
+      if (::waitpid(child, &status, WNOHANG) == child) {
+        ++result.reaped;
+        s.killedPids.erase(child);
+      }
       continue;
     }
     if (livePids.count(st.pgrp) != 0) continue;  // still in a live run's group
