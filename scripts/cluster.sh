@@ -45,7 +45,9 @@ pid_of() { awk -v n="$2" '$1 == n { p = $2 } END { if (p) print p }' "$1/pids"; 
 # True when PID is still the process this cluster started (not a recycled PID).
 ours() {
   local dir=$1 pid=$2
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$dir"
+  local cmdline
+  cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$dir"* ]]
 }
 
 # stop_pid DIR PID [SIGNAL [PATIENCE]]: SIGTERM lets a spore finish its running tasks (it hands
@@ -74,7 +76,9 @@ spores_alive() {
 
 spore_joined() {
   local dir=$1 name=$2
-  (. "$dir/env" && "$bin/mesh" nodes --json --timeout 2s | grep -q "\"name\":\"$name\"")
+  local nodes
+  nodes=$(. "$dir/env" && "$bin/mesh" nodes --json --timeout 2s) || return 1
+  [[ $nodes == *"\"name\":\"$name\""* ]]
 }
 
 start_nexus() {
@@ -170,8 +174,11 @@ cmd_add_spore() {
   dir=$(cd "$1" && pwd)
   local name=$2
   shift 2
-  local args=("$@")
-  if ! printf '%s\n' "${args[@]}" | grep -q -- '--slots'; then args+=(--slots "$(cat "$dir/slots")"); fi
+  local args=("$@") a has_slots=""
+  # A loop, not `printf | grep -q`: with pipefail, grep quitting at its match can fail the
+  # printf with SIGPIPE, and --slots was then given twice (chaos.sh saw it under load).
+  for a in "${args[@]}"; do case $a in --slots|--slots=*) has_slots=1 ;; esac; done
+  [ -n "$has_slots" ] || args+=(--slots "$(cat "$dir/slots")")
   start_spore "$dir" "$name" "${args[@]}"
   wait_for 30 "spore $name to join" spore_joined "$dir" "$name"
 }
