@@ -4,7 +4,8 @@
 // end of a file (it grows) and over existing blocks, whether two flushes overlap, the round trip of a hand-off between two
 // threads that sleep in poll(), and the floor of C's shape: a ZeroMQ round trip through a relay
 // process (client -> relay -> worker -> relay -> client, as a task goes through the nexus to a
-// spore and back) beside a direct one, without and with CurveZMQ. Prints one line per fact.
+// spore and back) beside a direct one, without and with CurveZMQ, and what the stray sweep
+// (mesh/exec/strays.h) adds to a handler run. Prints one line per fact.
 //
 //   build/bench/machine_facts [DIR]     (DIR: where the fdatasync file goes; default: bench/results)
 #include <fcntl.h>
@@ -24,6 +25,8 @@
 #include <zmq.hpp>
 
 #include "mesh/crypto/sha256.h"
+#include "mesh/exec/strays.h"
+#include "mesh/exec/subprocess.h"
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -350,6 +353,43 @@ int main(int argc, char** argv) {
     std::printf("ZeroMQ round trip, direct, %s: %.1f us p50, %.1f us p99\n", how, direct.p50, direct.p99);
     std::printf("ZeroMQ round trip through a relay process, %s: %.1f us p50 (%.2fx the direct plain p50), %.1f us p99\n",
                 how, relayed.p50, relayed.p50 / std::max(1.0, rawPlain), relayed.p99);
+  }
+  // Last: from here on this process is a child subreaper, as a spore is. What each handler run
+  // pays for the sweep: its registration (at the spawn and the reap) and one sweep that finds
+  // nothing (one /proc read), beside the run itself.
+  {
+    mesh::exec::ignoreSigpipe();
+    if (!mesh::exec::strays::enable().ok()) {
+      std::printf("stray sweep: cannot become a child subreaper here\n");
+      return 0;
+    }
+    const int sweeps = 10000;
+    auto t0 = Clock::now();
+    for (int i = 0; i < sweeps; ++i) sink += static_cast<unsigned>(mesh::exec::strays::sweep().killed);
+    double sweepUs = microsPer(sweeps, t0);
+    t0 = Clock::now();
+    for (int i = 0; i < sweeps; ++i) {
+      mesh::exec::strays::Spawning spawning;
+      spawning.started(::getpid());
+      mesh::exec::strays::ended(spawning.token());
+    }
+    double registerUs = microsPer(sweeps, t0);
+    char work[] = "/tmp/mesh-facts-XXXXXX";
+    if (::mkdtemp(work) == nullptr) return 1;
+    mesh::exec::RunSpec spec;
+    spec.argv = {"/bin/true"};
+    spec.workParent = work;
+    std::vector<double> runUs;
+    for (int i = 0; i < 200; ++i) {
+      auto r0 = Clock::now();
+      auto run = mesh::exec::runProgram(spec);
+      if (!run || !run->ok()) break;
+      runUs.push_back(std::chrono::duration<double, std::micro>(Clock::now() - r0).count());
+    }
+    ::rmdir(work);
+    std::printf("stray sweep that finds nothing: %.1f us; registering and ending a run: %.2f us; "
+                "a /bin/true run through exec::runProgram: %.0f us p50\n",
+                sweepUs, registerUs, runUs.empty() ? 0.0 : median(runUs));
   }
   std::fprintf(stderr, "(checksum %u: keeps the loops from being optimised away)\n", sink);
   return 0;
