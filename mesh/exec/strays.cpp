@@ -12,9 +12,13 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <iterator>
+#include <mutex>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -28,7 +32,10 @@ namespace {
 
 constexpr std::size_t kMaxTree = 4096;            // processes stopped and killed per stray
 constexpr std::size_t kMaxEnvironBytes = 1 << 20;  // of /proc/PID/environ read for MESH_RUN
-constexpr int kStopChecks = 200;                  // ... every 250 µs: 50 ms for a SIGSTOP to land
+constexpr auto kStopWait = std::chrono::milliseconds(50);  // for one SIGSTOP to land
+// For all of one sweep's waits: a tree of processes that cannot stop (uninterruptible sleep on a
+// hung mount, a vfork parent) must not hold the spore's loop 50 ms per process.
+constexpr auto kStopWaitPerSweep = std::chrono::milliseconds(100);
 constexpr auto kStopCheckEvery = std::chrono::microseconds(250);
 
 struct State {
@@ -171,21 +178,22 @@ Origin originOf(pid_t pid) {
   return o;
 }
 
-// Waits (at most 50 ms) until `pid` is stopped or dead: true then, false if it still runs
-// (uninterruptible sleep, say).
-bool settledStopped(pid_t pid) {
-  for (int i = 0; i < kStopChecks; ++i) {
+// Waits until `pid` is stopped or dead, for at most kStopWait and not past `deadline` (the
+// sweep's budget): true then, false if it still runs (uninterruptible sleep, say).
+bool settledStopped(pid_t pid, std::chrono::steady_clock::time_point deadline) {
+  auto until = std::min(deadline, std::chrono::steady_clock::now() + kStopWait);
+  for (;;) {
     Stat s = statOf(pid);
     if (!s.ok || s.state == 'T' || s.state == 't' || s.state == 'Z' || s.state == 'X') return true;
+    if (std::chrono::steady_clock::now() >= until) return false;
     std::this_thread::sleep_for(kStopCheckEvery);
   }
-  return false;
 }
 
 // SIGSTOP down the tree of `root` (a child of this process, so its pid cannot be reused while
 // it is not reaped), then SIGKILL to every process stopped. Returns how many got SIGKILL.
-// Under State::sweepMutex.
-int killTree(pid_t root) {
+// `deadline`: when the sweep stops waiting for stops. Under State::sweepMutex.
+int killTree(pid_t root, std::chrono::steady_clock::time_point deadline) {
   std::vector<pid_t> stopped;
   std::unordered_set<pid_t> seen{root};
   std::deque<pid_t> todo{root};
@@ -195,8 +203,9 @@ int killTree(pid_t root) {
     if (::kill(p, SIGSTOP) != 0) continue;  // gone, or not ours to signal
     stopped.push_back(p);
     // Only a stopped process's children list is safe to act on: it cannot reap one meanwhile.
-    // One that does not stop in time keeps its children until a later sweep adopts them.
-    if (!settledStopped(p)) continue;
+    // One that does not stop in time keeps its children until a later sweep adopts them (they
+    // are re-parented to this process when it dies of the SIGKILL below).
+    if (!settledStopped(p, deadline)) continue;
     for (pid_t c : childrenOf(p)) {
       if (seen.insert(c).second) todo.push_back(c);
     }
@@ -269,6 +278,7 @@ SweepResult sweep() {
     }
   }
   if (s.spawnsBegun.load() != begun) return result;  // one began meanwhile: its child may be listed
+  const auto stopDeadline = std::chrono::steady_clock::now() + kStopWaitPerSweep;
   std::unordered_set<pid_t> listed(children.begin(), children.end());
   for (auto it = s.killedPids.begin(); it != s.killedPids.end();)  // reaped by someone else?
     it = listed.count(*it) != 0 ? std::next(it) : s.killedPids.erase(it);
@@ -287,17 +297,24 @@ SweepResult sweep() {
     if (livePids.count(st.pgrp) != 0) continue;  // still in a live run's group
     Origin origin = originOf(child);
     if (origin.token != 0 && liveTokens.count(origin.token) != 0) continue;
-    int killed = killTree(child);
+    int killed = killTree(child, stopDeadline);
     if (killed == 0) continue;
     result.killed += killed;
-    std::string from = origin.task.empty() ? std::string("a handler run")
-                                           : "task " + origin.task + " (handler " + origin.handler + ")";
     std::string more = killed == 1 ? ""
                        : killed == 2 ? " and 1 process it started"
                                      : " and " + std::to_string(killed - 1) + " processes it started";
-    MESH_WARN("killed pid %d (%s)%s, left running by %s after it ended (setsid or a double fork "
-              "took it out of the run's process group)",
-              static_cast<int>(child), st.comm.c_str(), more.c_str(), from.c_str());
+    if (origin.token == 0) {  // it cleared its environment (or it cannot be read): whose run is unknown
+      MESH_WARN("killed pid %d (%s)%s, left by a handler run outside the run's process group and "
+                "without MESH_RUN in its environment (such a process is killed even while its run "
+                "goes on)",
+                static_cast<int>(child), st.comm.c_str(), more.c_str());
+    } else {
+      std::string from = origin.task.empty() ? std::string("a handler run")
+                                             : "task " + origin.task + " (handler " + origin.handler + ")";
+      MESH_WARN("killed pid %d (%s)%s, left running by %s after it ended (setsid or a double fork "
+                "took it out of the run's process group)",
+                static_cast<int>(child), st.comm.c_str(), more.c_str(), from.c_str());
+    }
   }
   s.killed.fetch_add(static_cast<std::uint64_t>(result.killed));
   s.reaped.fetch_add(static_cast<std::uint64_t>(result.reaped));

@@ -11,7 +11,9 @@
 // is a live run's group (a background job that never left the group: its run's own end kills
 // it). Every other one is killed: SIGSTOP down its tree first, each process confirmed stopped
 // before its children are listed (a stopped process can neither fork nor reap, so the pids
-// listed stay its own), then SIGKILL to all of them. A process that both left its group and
+// listed stay its own; one that does not stop within 50 ms, or once the sweep has waited 100 ms in
+// all, is killed without its children being listed: they come to this process when it dies, and
+// a later sweep takes them), then SIGKILL to all of them. A process that both left its group and
 // dropped MESH_RUN from its environment is killed as soon as its parent exits, even while its
 // run goes on: the price of not needing a cgroup per run.
 //
