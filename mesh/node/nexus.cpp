@@ -335,9 +335,17 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
   const std::size_t nodes = poller_.add(nodeSocket_), clients = poller_.add(clientSocket_),
                     commits = poller_.add(writer_->socket()), nodeShakes = poller_.add(nodeHandshakes_->socket()),
                     clientShakes = poller_.add(clientHandshakes_->socket());
+  const std::int64_t restMs = std::max<std::int64_t>(1, std::min(kNodeRestMs, config_.heartbeatMs / 4));
   while (!stop.load()) {
     std::int64_t now = clock_.monotonicMs();
     std::int64_t wake = std::min({nextHeartbeat_, nextProgress_, nextKeyCheck_, now + 250});
+    // The node port rests while only heartbeats come and no task is queued or running.
+    if (scheduler_.queuedTotal() + scheduler_.runningTotal() > 0) nodesBusyMono_ = now;
+    const bool resting = now - nodesBusyMono_ >= kNodeRestAfterMs;
+    if (resting && !nodesResting_) counters_.add("node_port_rests");
+    nodesResting_ = resting;
+    poller_.pause(nodes, resting && now < nodesNextReadMono_);
+    if (poller_.paused(nodes)) wake = std::min(wake, nodesNextReadMono_);
     if (auto d = scheduler_.nextDeadline()) wake = std::min(wake, *d);
     if (beacon_) wake = std::min(wake, beacon_->sendIfDue());
     std::int64_t timeoutUs = std::max<std::int64_t>(0, wake - now) * 1000;
@@ -355,7 +363,10 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
         onCommits();
         poller_.drained(commits);
       }
-      if (poller_.ready(nodes) && drainNodes()) poller_.drained(nodes);
+      if (poller_.ready(nodes)) {
+        if (drainNodes()) poller_.drained(nodes);
+        if (resting) nodesNextReadMono_ = clock_.monotonicMs() + restMs;
+      }
       if (poller_.ready(clients) && drainClients()) poller_.drained(clients);
       if (poller_.ready(nodeShakes) && onHandshakeFailures(*nodeHandshakes_, "node")) poller_.drained(nodeShakes);
       if (poller_.ready(clientShakes) && onHandshakeFailures(*clientHandshakes_, "client")) {

@@ -52,6 +52,14 @@ namespace mesh::node {
 namespace nexus_detail {
 
 constexpr int kMaxMessagesPerTurn = 4096;
+// Resting node port: once nothing but heartbeats has come from the spores for kNodeRestAfterMs
+// and no task is queued or running, the loop reads the node port at most once every
+// kNodeRestMs (or a quarter of the heartbeat interval, if shorter) instead of waking for every
+// heartbeat; the first message after the quiet waits at most that long, and anything else
+// (a result, a hello, a fetch, a queued task) ends the rest. Heartbeats arrive spread over the
+// second (one per spore), so this turns a thousand wake-ups a second into about twenty.
+constexpr std::int64_t kNodeRestAfterMs = 1000;
+constexpr std::int64_t kNodeRestMs = 50;
 constexpr std::uint32_t kResultPageMax = 1000;
 constexpr std::size_t kResultPageBytes = 8u << 20;
 // `mesh batches` (protocol section 4.19): at most this many batches per reply, and batch rows
@@ -536,6 +544,11 @@ class NexusImpl {
 
   std::int64_t startedMono_ = 0;
   std::int64_t nextHeartbeat_ = 0, nextProgress_ = 0, nextKeyCheck_ = 0, nextRecallCheck_ = 0;
+  // The resting node port (kNodeRestAfterMs): when it last had a reason to be prompt (a node
+  // message other than a heartbeat, or tasks queued or running), and when a resting loop reads
+  // it next.
+  std::int64_t nodesBusyMono_ = 0, nodesNextReadMono_ = 0;
+  bool nodesResting_ = false;
   // Drained node keys (z85) and since when (wall ms), as the store keeps them (keys.drained_ms).
   std::map<std::string, std::int64_t> drained_;
   // Node keys whose spore was connected since this nexus started and is not now: its name and

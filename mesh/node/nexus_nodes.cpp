@@ -17,6 +17,7 @@ void NexusImpl::onNodeMessage(const std::string& routingId, zmq::message_t& body
               decoded.error().message.c_str());
     return;
   }
+  if (decoded->which() != Which::HEARTBEAT) nodesBusyMono_ = clock_.monotonicMs();  // no rest (nexus_impl.h)
   auto role = roleOf(key);
   if (!role || *role != store::Role::kNode) {
     counters_.add("refused_messages");

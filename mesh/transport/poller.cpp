@@ -7,7 +7,7 @@
 namespace mesh::transport {
 
 std::size_t Poller::add(zmq::socket_t& socket) {
-  entries_.push_back(Entry{&socket, false, false});
+  entries_.push_back(Entry{&socket, false, false, false, -1});
   pollfd p{};
   p.fd = socket.get(zmq::sockopt::fd);
   p.events = POLLIN;
@@ -16,7 +16,7 @@ std::size_t Poller::add(zmq::socket_t& socket) {
 }
 
 std::size_t Poller::addFd(int fd) {
-  entries_.push_back(Entry{nullptr, false, false});
+  entries_.push_back(Entry{nullptr, false, false, false, -1});
   pollfd p{};
   p.fd = fd;
   p.events = POLLIN;
@@ -41,7 +41,7 @@ bool Poller::askEvents(Entry& e) {
 int Poller::waitUs(std::int64_t timeoutUs) {
   int ready = 0;
   for (auto& e : entries_) {
-    e.ready = e.socket && !e.clean && askEvents(e);
+    e.ready = e.socket && !e.paused && !e.clean && askEvents(e);
     if (e.ready) ++ready;
   }
   timespec timeout{};  // zero: at once
@@ -71,6 +71,21 @@ void Poller::drained(std::size_t index) {
 
 void Poller::touched(std::size_t index) {
   if (index < entries_.size() && entries_[index].socket) entries_[index].clean = false;
+}
+
+void Poller::pause(std::size_t index, bool paused) {
+  if (index >= entries_.size() || entries_[index].paused == paused) return;
+  Entry& e = entries_[index];
+  e.paused = paused;
+  e.ready = false;
+  if (paused) {
+    e.fd = fds_[index].fd;
+    fds_[index].fd = -1;
+  } else {
+    fds_[index].fd = e.fd;
+    fds_[index].revents = 0;
+    if (e.socket) e.clean = false;
+  }
 }
 
 void Poller::touched(const zmq::socket_t& socket) {

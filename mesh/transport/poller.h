@@ -58,6 +58,10 @@ class Poller {
   void touched(const zmq::socket_t& socket);
   // The same by index, for a loop over many sockets (touched(socket) looks the socket up).
   void touched(std::size_t index);
+  // A paused entry is left out of waits (never ready) until resumed; what arrives meanwhile
+  // waits in its socket. Resuming a socket makes it dirty, so the next wait asks it.
+  void pause(std::size_t index, bool paused);
+  bool paused(std::size_t index) const { return index < entries_.size() && entries_[index].paused; }
 
   // How many times waits have asked a socket for ZMQ_EVENTS, and called poll(2), so far.
   std::uint64_t asks() const { return asks_; }
@@ -68,6 +72,8 @@ class Poller {
     zmq::socket_t* socket = nullptr;  // null for a plain fd
     bool clean = false;
     bool ready = false;
+    bool paused = false;
+    int fd = -1;  // its fd while paused (fds_ then holds -1, which poll(2) skips)
   };
   bool askEvents(Entry& e);
 
