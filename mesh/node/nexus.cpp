@@ -344,8 +344,9 @@ void NexusImpl::run(const std::atomic<bool>& stop) {
     const bool resting = now - nodesBusyMono_ >= kNodeRestAfterMs;
     if (resting && !nodesResting_) counters_.add("node_port_rests");
     nodesResting_ = resting;
-    poller_.pause(nodes, resting && now < nodesNextReadMono_);
-    if (poller_.paused(nodes)) wake = std::min(wake, nodesNextReadMono_);
+    const bool nodesPaused = resting && now < nodesNextReadMono_;
+    poller_.pause(nodes, nodesPaused);
+    if (nodesPaused) wake = std::min(wake, nodesNextReadMono_);
     if (auto d = scheduler_.nextDeadline()) wake = std::min(wake, *d);
     if (beacon_) wake = std::min(wake, beacon_->sendIfDue());
     std::int64_t timeoutUs = std::max<std::int64_t>(0, wake - now) * 1000;

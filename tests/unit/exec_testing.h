@@ -66,15 +66,20 @@ struct TestDir {
   bool workIsEmpty() const { return std::filesystem::is_empty(work); }
 };
 
-// Runnable means not gone and not a zombie (state from /proc/PID/stat, after the ")").
-inline bool runnable(pid_t pid) {
+// The state letter of /proc/PID/stat (after the ")"): 'R', 'S', 'D', 'Z', ...; '?' when gone.
+inline char procState(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
-  if (!std::getline(stat, line)) return false;
+  if (!std::getline(stat, line)) return '?';
   auto close = line.rfind(')');
-  if (close == std::string::npos || close + 2 >= line.size()) return false;
-  char state = line[close + 2];
-  return state != 'Z' && state != 'X';
+  if (close == std::string::npos || close + 2 >= line.size()) return '?';
+  return line[close + 2];
+}
+
+// Runnable means not gone and not a zombie.
+inline bool runnable(pid_t pid) {
+  char state = procState(pid);
+  return state != '?' && state != 'Z' && state != 'X';
 }
 
 // Processes of group `pgid` that are still runnable.

@@ -214,16 +214,9 @@ TEST_CASE("processes that cannot stop do not hold a sweep up, and what they star
     stuck.push_back(child);
     left.pids.push_back(child);
   }
-  auto stateOf = [](pid_t p) {
-    std::ifstream stat("/proc/" + std::to_string(p) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    auto close = line.rfind(')');
-    return close == std::string::npos || close + 2 >= line.size() ? '?' : line[close + 2];
-  };
   REQUIRE(within(5000, [&] {
     for (pid_t p : stuck) {
-      if (stateOf(p) != 'D') return false;
+      if (procState(p) != 'D') return false;
     }
     return true;
   }));

@@ -159,6 +159,21 @@ double msSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// A pair's socket `b` and an eventfd `fd`, both watched by `poller` (entries `sock` and `efd`),
+// after a first wait that found nothing.
+struct SocketAndFd {
+  Pair p;
+  int fd = eventfd(0, EFD_NONBLOCK);
+  transport::Poller poller;
+  std::size_t sock = poller.add(p.b);
+  std::size_t efd = poller.addFd(fd);
+  SocketAndFd() {
+    REQUIRE(fd >= 0);
+    CHECK(poller.wait(0) == 0);
+  }
+  ~SocketAndFd() { ::close(fd); }
+};
+
 // Reads the socket empty, as a loop following the Poller's contract does.
 int drain(zmq::socket_t& s, transport::Poller& poller, std::size_t index) {
   int n = 0;
@@ -240,13 +255,8 @@ TEST_CASE("a socket read only in part stays ready until it is read empty") {
 }
 
 TEST_CASE("the poller watches plain file descriptors beside sockets") {
-  Pair p;
-  int fd = eventfd(0, EFD_NONBLOCK);
-  REQUIRE(fd >= 0);
-  transport::Poller poller;
-  auto b = poller.add(p.b);
-  auto f = poller.addFd(fd);
-  CHECK(poller.wait(0) == 0);
+  SocketAndFd w;
+  auto& [p, fd, poller, b, f] = w;
   std::uint64_t one = 1;
   REQUIRE(::write(fd, &one, sizeof one) == sizeof one);
   REQUIRE(poller.wait(2000) == 1);
@@ -257,17 +267,11 @@ TEST_CASE("the poller watches plain file descriptors beside sockets") {
   CHECK(poller.wait(0) == 0);
   poller.reset();
   CHECK(poller.size() == 0);
-  ::close(fd);
 }
 
 TEST_CASE("a paused entry is never ready; what came meanwhile is reported once it is resumed") {
-  Pair p;
-  int fd = eventfd(0, EFD_NONBLOCK);
-  REQUIRE(fd >= 0);
-  transport::Poller poller;
-  auto b = poller.add(p.b);
-  auto f = poller.addFd(fd);
-  CHECK(poller.wait(0) == 0);
+  SocketAndFd w;
+  auto& [p, fd, poller, b, f] = w;
   poller.pause(b, true);
   poller.pause(f, true);
   CHECK(poller.paused(b));
@@ -303,7 +307,6 @@ TEST_CASE("a paused entry is never ready; what came meanwhile is reported once i
   poller.pause(b, false);
   REQUIRE(poller.wait(2000) == 1);
   CHECK(drain(p.b, poller, b) == 1);
-  ::close(fd);
 }
 
 TEST_CASE("RefusalGate records and logs made-up keys up to its limits per window, each key once") {
